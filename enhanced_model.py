@@ -1,0 +1,496 @@
+"""Enhanced BERT4Rec: a bidirectional transformer over a user's item sequence, with movie metadata,
+user tokens read through cross-attention, day-of-year embeddings and three heads.
+
+    sequence_embeds = item_embeds + position_embeds + day_embeds
+    query           = LayerNorm(sequence_embeds + movie_meta_embeds)
+    enhanced        = LayerNorm(query + CrossAttention(query, user_tokens))
+    hidden          = TransformerEncoder(enhanced)          # bidirectional, padding masked
+    heads           : item_logits(rows), predict_rating(rows, item), predict_preference(hidden, item_seq)
+
+Every side part can be switched off in ModelConfig; with all switches off this is a plain BERT4Rec.
+Index conventions follow data_processor.py: 0 is padding / unknown everywhere, MASK = num_items + 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+# Same values as data_processor.py's PAD_INDEX / mask_index(); kept here so the model has no import-time
+# dependency on the data stage.
+PAD_INDEX = 0
+NUM_DAY_SLOTS = 367  # day of year 1..366, 0 = padding
+USER_TOKENS = ("identity", "gender", "age", "occupation")  # order of the cross-attention columns
+INIT_STD = 0.02  # BERT's initializer_range
+
+
+@dataclass
+class ModelConfig:
+    """Sizes and switches of EnhancedBERT4Rec. Defaults: the design card, sizes of raw MovieLens-1M.
+
+    Vocabulary sizes follow data_processor.py: num_items and num_users count real items / users only
+    (tables get +2 for pad and MASK, +1 for the unknown user); num_years, num_genders, num_ages and
+    num_occupations already include their 0 = padding/unknown slot; num_genres is the width of the
+    genre multi-hot.
+    """
+
+    num_items: int = 3706
+    num_users: int = 6040
+    num_genres: int = 18
+    num_years: int = 84
+    num_genders: int = 3
+    num_ages: int = 8
+    num_occupations: int = 22
+    hidden_size: int = 256
+    num_heads: int = 4
+    num_layers: int = 4
+    seq_length: int = 50
+    dropout: float = 0.2
+    side_dim: int = 32
+    positional: str = "sinusoidal"  # "sinusoidal" | "learned"
+    use_item_side_info: bool = True  # genre + year encoder
+    use_user_tokens: bool = True  # user tokens and the cross-attention that reads them
+    use_temporal: bool = True  # day-of-year embeddings
+    use_rating_head: bool = True
+    use_preference_head: bool = True
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.positional not in ("sinusoidal", "learned"):
+            raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+                raise ValueError(f"{f.name} must be positive, got {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def mask_index(self) -> int:
+        return self.num_items + 1
+
+    @property
+    def item_vocab_size(self) -> int:
+        return self.num_items + 2  # + pad (0) and MASK (num_items + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of ints, floats, bools and strings (goes into checkpoints and metadata.json)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Inverse of to_dict(); missing keys take their defaults, unknown keys are an error."""
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys {sorted(unknown)}: checkpoint from another version?")
+        return cls(**values)
+
+
+@dataclass
+class EncoderOutput:
+    """hidden: (B, T, H) final states. With return_attention=True, self_attention holds one (B, heads, T, T)
+    tensor per layer and cross_attention is (B, T, len(USER_TOKENS)), averaged over heads (None when user
+    tokens are off); both are None otherwise."""
+
+    hidden: Tensor
+    self_attention: list[Tensor] | None = None
+    cross_attention: Tensor | None = None
+
+
+def sinusoid_table(length: int, dim: int) -> Tensor:
+    """Vaswani et al.'s sin/cos position table, (length, dim), scaled to unit RMS per row."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table * math.sqrt(2.0)
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoid with one learned gain. The gain starts at the embeddings' init std so that order does
+    not drown item identity at the start (a unit-amplitude sinusoid is 35x larger than a 0.02 embedding),
+    and it can grow as Adam grows the item embeddings."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.register_buffer("table", sinusoid_table(config.seq_length, config.hidden_size), persistent=False)
+        self.scale = nn.Parameter(torch.tensor(INIT_STD))
+
+    def forward(self, positions: Tensor) -> Tensor:
+        return self.scale * self.table[positions]
+
+
+class Attention(nn.Module):
+    """Multi-head attention of `states` over `context` (self-attention when they are the same tensor).
+
+    SDPA when no weights are wanted (the training path); the explicit softmax otherwise, same result.
+    A row whose context_mask is all False (an all-padding sequence, a user with nothing known) gets zero
+    attention output and zero weights instead of softmax-over-nothing = NaN.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.dropout = config.dropout
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key_value = nn.Linear(config.hidden_size, 2 * config.hidden_size)
+        self.output = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self, states: Tensor, context: Tensor, context_mask: Tensor, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        B, T, H = states.shape
+        S = context.size(1)
+        head_dim = H // self.num_heads
+        q = self.query(states).view(B, T, self.num_heads, head_dim).transpose(1, 2)
+        k, v = self.key_value(context).view(B, S, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        has_key = context_mask.any(dim=1)[:, None, None, None]  # (B, 1, 1, 1)
+        allowed = (context_mask[:, None, None, :] | ~has_key)  # let key-less rows attend anywhere, then zero
+        dropout_p = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim)
+            weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1) * has_key
+            attended = F.dropout(weights, dropout_p, self.training) @ v
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+            attended = attended * has_key
+        return self.output(attended.transpose(1, 2).reshape(B, T, H)), weights
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.expand = nn.Linear(config.hidden_size, 4 * config.hidden_size)
+        self.contract = nn.Linear(4 * config.hidden_size, config.hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.contract(F.gelu(self.expand(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN transformer layer: x + attn(LN(x)), then x + FFN(LN(x)). Pre-LN trains without a learning
+    rate warm-up and tolerates the larger learning rates BERT4Rec needs (see model_notes.md)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(config.hidden_size)
+        self.attention = Attention(config)
+        self.feed_forward_norm = nn.LayerNorm(config.hidden_size)
+        self.feed_forward = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, key_mask: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        normed = self.attention_norm(x)
+        attended, weights = self.attention(normed, normed, key_mask, need_weights)
+        x = x + self.dropout(attended)
+        x = x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
+        return x, weights
+
+
+class Encoder(nn.Module):
+    """Stack of bidirectional layers; padding positions are masked as keys (their own rows are ignored)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size)  # pre-LN leaves the residual stream unnormalised
+        self.gradient_checkpointing = config.gradient_checkpointing
+
+    def forward(self, x: Tensor, key_mask: Tensor, need_weights: bool) -> tuple[Tensor, list[Tensor] | None]:
+        # attention weights are not kept through a recomputation, so they switch checkpointing off
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        recompute = recompute and not need_weights
+        all_weights = []
+        for layer in self.layers:
+            if recompute:
+                x, weights = checkpoint(layer, x, key_mask, False, use_reentrant=False)
+            else:
+                x, weights = layer(x, key_mask, need_weights)
+            all_weights.append(weights)
+        return self.final_norm(x), (all_weights if need_weights else None)
+
+
+class MovieMetaEncoder(nn.Module):
+    """Genre + release year of each item in the sequence, projected to hidden_size.
+
+    The side tables are buffers indexed by item, so a checkpoint carries them. Padding and MASK positions
+    get exactly zero: a MASK must not reveal the genres of the item it hides.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.mask_index = config.mask_index
+        self.genre_embedding = nn.Embedding(config.num_genres, config.side_dim)  # a table for the multi-hot
+        self.year_embedding = nn.Embedding(config.num_years, config.side_dim, padding_idx=PAD_INDEX)
+        self.projection = nn.Linear(2 * config.side_dim, config.hidden_size)
+        self.register_buffer("item_genres", torch.zeros(config.item_vocab_size, config.num_genres))
+        self.register_buffer("item_years", torch.zeros(config.item_vocab_size, dtype=torch.long))
+
+    def forward(self, item_seq: Tensor) -> Tensor:
+        genre_multi_hot = self.item_genres[item_seq]  # (B, T, G)
+        genre_count = genre_multi_hot.sum(dim=-1, keepdim=True).clamp(min=1.0)
+        genre_embeds = (genre_multi_hot @ self.genre_embedding.weight) / genre_count  # mean over the genres
+        year_embeds = self.year_embedding(self.item_years[item_seq])
+        movie_meta_embeds = self.projection(torch.cat([genre_embeds, year_embeds], dim=-1))
+        is_movie = (item_seq != PAD_INDEX) & (item_seq != self.mask_index)
+        return movie_meta_embeds * is_movie.unsqueeze(-1)
+
+
+class UserMetaEncoder(nn.Module):
+    """One token per user feature (USER_TOKENS order), each embedded at side_dim and projected to hidden.
+
+    Index 0 means unknown for every feature; its token is masked out of cross-attention rather than given
+    an "unknown" embedding, which would never be trained (every training user has an index and all four
+    demographics) and would push the same noise into every cold-start user.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        sizes = {
+            "identity": config.num_users + 1,
+            "gender": config.num_genders,
+            "age": config.num_ages,
+            "occupation": config.num_occupations,
+        }
+        self.embeddings = nn.ModuleDict(
+            {name: nn.Embedding(size, config.side_dim, padding_idx=PAD_INDEX) for name, size in sizes.items()}
+        )
+        self.projections = nn.ModuleDict(
+            {name: nn.Linear(config.side_dim, config.hidden_size) for name in sizes}
+        )
+
+    def forward(self, user_features: Tensor) -> tuple[Tensor, Tensor]:
+        """user_features (B, 4) in USER_TOKENS order -> tokens (B, 4, H), known (B, 4) bool."""
+        tokens = [
+            self.projections[name](self.embeddings[name](user_features[:, i]))
+            for i, name in enumerate(USER_TOKENS)
+        ]
+        return torch.stack(tokens, dim=1), user_features != PAD_INDEX
+
+
+class UserCrossAttention(nn.Module):
+    """Each position reads the user tokens it finds useful: LayerNorm(x + attn(x, user_tokens))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention = Attention(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norm = nn.LayerNorm(config.hidden_size)
+
+    def forward(
+        self, x: Tensor, user_tokens: Tensor, token_known: Tensor, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        attended, weights = self.attention(x, user_tokens, token_known, need_weights)
+        return self.norm(x + self.dropout(attended)), weights
+
+
+class ItemHead(nn.Module):
+    """BERT's masked-LM head: dense + GELU + LayerNorm, then scores against the tied item table + bias."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.transform = nn.Sequential(
+            nn.Linear(config.hidden_size, config.hidden_size), nn.GELU(), nn.LayerNorm(config.hidden_size)
+        )
+        self.bias = nn.Parameter(torch.zeros(config.item_vocab_size))
+        self.register_buffer(
+            "special_columns", torch.tensor([PAD_INDEX, config.mask_index]), persistent=False
+        )
+
+    def forward(self, hidden_rows: Tensor, item_table: Tensor) -> Tensor:
+        logits = F.linear(self.transform(hidden_rows), item_table, self.bias)
+        # In place is safe: the matmul's backward needs its inputs, not its output.
+        return logits.index_fill_(1, self.special_columns, float("-inf"))
+
+
+class RatingHead(nn.Module):
+    """Rating of a candidate item at a position: 1 + 4 * sigmoid(MLP([hidden, item_embed])) in [1, 5]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * config.hidden_size, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, 1)
+        )
+
+    def forward(self, hidden_rows: Tensor, item_embeds: Tensor) -> Tensor:
+        return 1.0 + 4.0 * torch.sigmoid(self.mlp(torch.cat([hidden_rows, item_embeds], dim=-1)).squeeze(-1))
+
+
+class PreferenceHead(nn.Module):
+    """Genre logits of the user's long-term taste from the mean of the sequence's non-padding states."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(config.hidden_size, config.hidden_size),
+            nn.GELU(),
+            nn.Linear(config.hidden_size, config.num_genres),
+        )
+
+    def forward(self, hidden: Tensor, item_seq: Tensor) -> Tensor:
+        is_real = (item_seq != PAD_INDEX).unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * is_real).sum(dim=1) / is_real.sum(dim=1).clamp(min=1.0)
+        return self.mlp(pooled)
+
+
+class EnhancedBERT4Rec(nn.Module):
+    """BERT4Rec with movie metadata, user tokens via cross-attention, day-of-year embeddings and
+    item / rating / genre-preference heads. Parts switched off in the config create no parameters.
+
+    Parameter-name prefixes per part: item_embedding, position_embedding, input_norm, encoder, item_head
+    (always); day_embedding (use_temporal); movie_meta (use_item_side_info); user_meta and
+    cross_attention (use_user_tokens); rating_head (use_rating_head); preference_head (use_preference_head).
+    """
+
+    def __init__(
+        self, config: ModelConfig, item_genres: Tensor | None = None, item_years: Tensor | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        H = config.hidden_size
+        self.item_embedding = nn.Embedding(config.item_vocab_size, H, padding_idx=PAD_INDEX)
+        if config.positional == "sinusoidal":
+            self.position_embedding = SinusoidalPositions(config)
+        else:
+            self.position_embedding = nn.Embedding(config.seq_length, H)
+        self.day_embedding = (
+            nn.Embedding(NUM_DAY_SLOTS, H, padding_idx=PAD_INDEX) if config.use_temporal else None
+        )
+        self.movie_meta = MovieMetaEncoder(config) if config.use_item_side_info else None
+        self.user_meta = UserMetaEncoder(config) if config.use_user_tokens else None
+        self.cross_attention = UserCrossAttention(config) if config.use_user_tokens else None
+        self.input_norm = nn.LayerNorm(H)  # BERT's embedding LayerNorm: the summed embeddings differ in scale
+        self.input_dropout = nn.Dropout(config.dropout)
+        self.encoder = Encoder(config)
+        self.item_head = ItemHead(config)
+        self.rating_head = RatingHead(config) if config.use_rating_head else None
+        self.preference_head = PreferenceHead(config) if config.use_preference_head else None
+        self.apply(_init_bert_weights)
+        if item_genres is not None or item_years is not None:
+            self.set_item_side_info(item_genres, item_years)
+
+    def set_item_side_info(self, item_genres: Tensor | np.ndarray, item_years: Tensor | np.ndarray) -> None:
+        """Fill the genre multi-hot (num_items+2, num_genres) and year index (num_items+2,) tables, as
+        ML1MData.item_genres / item_years. They are buffers, so they are saved with the state_dict.
+        Does nothing when use_item_side_info is off."""
+        if self.movie_meta is None:
+            return
+        genres = torch.as_tensor(item_genres, dtype=torch.float32)
+        years = torch.as_tensor(item_years, dtype=torch.long)
+        expected = tuple(self.movie_meta.item_genres.shape)
+        if tuple(genres.shape) != expected or tuple(years.shape) != expected[:1]:
+            raise ValueError(
+                f"item side info must be item_genres {expected} and item_years {expected[:1]}, got "
+                f"{tuple(genres.shape)} and {tuple(years.shape)}: built for another dataset or num_items?"
+            )
+        if years.numel() and not 0 <= int(years.min()) <= int(years.max()) < self.config.num_years:
+            raise ValueError(f"item_years must lie in [0, num_years={self.config.num_years})")
+        self.movie_meta.item_genres.copy_(genres)
+        self.movie_meta.item_years.copy_(years)
+
+    def forward(
+        self,
+        item_seq: Tensor,
+        day_of_year: Tensor | None = None,
+        user_idx: Tensor | None = None,
+        gender: Tensor | None = None,
+        age: Tensor | None = None,
+        occupation: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> EncoderOutput:
+        """Encode left-padded item sequences (B, T <= seq_length); day_of_year (B, T) and the user features
+        (B,) are required only when their part is switched on. The newest position is always at
+        seq_length - 1, so a shorter T equals the same sequence with more left padding."""
+        self._check_inputs(item_seq, day_of_year, user_idx, gender, age, occupation)
+        x = self.input_dropout(self.input_norm(self._embed_sequence(item_seq, day_of_year)))
+        cross_weights = None
+        if self.user_meta is not None:
+            user_features = torch.stack([user_idx, gender, age, occupation], dim=1)
+            user_tokens, token_known = self.user_meta(user_features)
+            x, cross_weights = self.cross_attention(x, user_tokens, token_known, return_attention)
+        hidden, self_weights = self.encoder(x, item_seq != PAD_INDEX, return_attention)
+        if cross_weights is not None:
+            cross_weights = cross_weights.mean(dim=1)  # (B, T, n_user_tokens): one distribution per position
+        return EncoderOutput(hidden=hidden, self_attention=self_weights, cross_attention=cross_weights)
+
+    def _embed_sequence(self, item_seq: Tensor, day_of_year: Tensor | None) -> Tensor:
+        """item + position (+ day of year) (+ movie metadata): the query of the cross-attention."""
+        T = item_seq.size(1)
+        positions = torch.arange(self.config.seq_length - T, self.config.seq_length, device=item_seq.device)
+        embeds = self.item_embedding(item_seq) + self.position_embedding(positions)
+        if self.day_embedding is not None:
+            embeds = embeds + self.day_embedding(day_of_year)
+        if self.movie_meta is not None:
+            embeds = embeds + self.movie_meta(item_seq)
+        return embeds
+
+    def _check_inputs(
+        self, item_seq: Tensor, day_of_year: Tensor | None, *user_inputs: Tensor | None
+    ) -> None:
+        if item_seq.dim() != 2 or item_seq.size(1) > self.config.seq_length:
+            raise ValueError(
+                f"item_seq must be (batch, T <= seq_length={self.config.seq_length}), "
+                f"got {tuple(item_seq.shape)}"
+            )
+        if self.day_embedding is not None and (day_of_year is None or day_of_year.shape != item_seq.shape):
+            raise ValueError("use_temporal is on: pass day_of_year with the shape of item_seq")
+        if self.user_meta is not None and any(
+            u is None or u.shape != item_seq.shape[:1] for u in user_inputs
+        ):
+            raise ValueError("use_user_tokens is on: pass user_idx, gender, age, occupation, each (batch,)")
+
+    def item_logits(self, hidden_rows: Tensor) -> Tensor:
+        """Scores (N, num_items+2) of every item for N hidden rows (gather the positions first: never call
+        this on B x T rows). Pad and MASK columns are -inf."""
+        return self.item_head(hidden_rows, self.item_embedding.weight)
+
+    def predict_rating(self, hidden_rows: Tensor, item_idx: Tensor) -> Tensor:
+        """Rating in [1, 5], (N,), of candidate item_idx (N,) at the positions of hidden_rows (N, H)."""
+        if self.rating_head is None:
+            raise RuntimeError("the rating head is switched off (use_rating_head=False)")
+        return self.rating_head(hidden_rows, self.item_embedding(item_idx))
+
+    def predict_preference(self, hidden: Tensor, item_seq: Tensor) -> Tensor:
+        """Genre logits (B, num_genres) of the user's long-term genre distribution from the window
+        hidden (B, T, H) of item_seq (B, T); train with preference_loss against user_genre_profile."""
+        if self.preference_head is None:
+            raise RuntimeError("the preference head is switched off (use_preference_head=False)")
+        return self.preference_head(hidden, item_seq)
+
+
+def _init_bert_weights(module: nn.Module) -> None:
+    # nn.init.trunc_normal_'s default bounds are +-2 absolute, i.e. no truncation at std 0.02: pass +-2 std.
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        with torch.no_grad():
+            module.weight[module.padding_idx].zero_()
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def preference_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """KL(target || softmax(logits)), averaged over the batch. target (B, num_genres) rows sum to 1
+    (ML1MData.user_genre_profile[user]); zero entries contribute nothing."""
+    return F.kl_div(F.log_softmax(logits, dim=-1), target, reduction="batchmean")
+
+
+def preference_top_k_overlap(logits: Tensor, target: Tensor, k: int = 3) -> Tensor:
+    """Mean over users of |top-k genres of logits  &  top-k genres of target| / k (ties: torch.topk order)."""
+    predicted = F.one_hot(logits.topk(k, dim=-1).indices, logits.size(-1)).sum(dim=1)
+    actual = F.one_hot(target.topk(k, dim=-1).indices, target.size(-1)).sum(dim=1)
+    return (predicted * actual).sum(dim=-1).float().mean() / k
