@@ -1,0 +1,355 @@
+"""Behaviour of enhanced_model.py on small hand-made tensors (no data files needed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from enhanced_model import (
+    NUM_DAY_SLOTS,
+    USER_TOKENS,
+    EncoderOutput,
+    EnhancedBERT4Rec,
+    ModelConfig,
+    preference_loss,
+    preference_top_k_overlap,
+)
+
+SWITCH_PREFIXES = {
+    "use_item_side_info": ("movie_meta.",),
+    "use_user_tokens": ("user_meta.", "cross_attention."),
+    "use_temporal": ("day_embedding.",),
+    "use_rating_head": ("rating_head.",),
+    "use_preference_head": ("preference_head.",),
+}
+ALL_OFF = {switch: False for switch in SWITCH_PREFIXES}
+
+
+def small_config(**overrides) -> ModelConfig:
+    values = dict(num_items=40, num_users=10, num_years=7, hidden_size=32, num_heads=4, num_layers=2,
+                  seq_length=12, side_dim=8)
+    return ModelConfig(**{**values, **overrides})
+
+
+def build(config: ModelConfig, seed: int = 0) -> EnhancedBERT4Rec:
+    torch.manual_seed(seed)
+    model = EnhancedBERT4Rec(config)
+    generator = torch.Generator().manual_seed(seed)
+    genres = (torch.rand(config.item_vocab_size, config.num_genres, generator=generator) < 0.3).float()
+    genres[[0, config.mask_index]] = 0.0
+    years = torch.randint(1, config.num_years, (config.item_vocab_size,), generator=generator)
+    years[[0, config.mask_index]] = 0
+    model.set_item_side_info(genres, years)
+    return model
+
+
+def make_inputs(config: ModelConfig, lengths: list[int], seed: int = 0) -> dict[str, Tensor]:
+    """Left-padded sequences with the given real lengths; the last position of each row is MASK."""
+    generator = torch.Generator().manual_seed(seed)
+    B, T = len(lengths), config.seq_length
+    item_seq = torch.randint(1, config.num_items + 1, (B, T), generator=generator)
+    day_of_year = torch.randint(1, NUM_DAY_SLOTS, (B, T), generator=generator)
+    is_pad = torch.arange(T)[None, :] < (T - torch.tensor(lengths))[:, None]
+    item_seq[:, -1] = config.mask_index
+    return {
+        "item_seq": item_seq.masked_fill(is_pad, 0),
+        "day_of_year": day_of_year.masked_fill(is_pad, 0),
+        "user_idx": torch.randint(1, config.num_users + 1, (B,), generator=generator),
+        "gender": torch.randint(1, config.num_genders, (B,), generator=generator),
+        "age": torch.randint(1, config.num_ages, (B,), generator=generator),
+        "occupation": torch.randint(1, config.num_occupations, (B,), generator=generator),
+    }
+
+
+def all_heads(model: EnhancedBERT4Rec, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every output for every sequence, read at each row's last (MASK) position."""
+    hidden = model(**inputs).hidden
+    last = hidden[:, -1]
+    outputs = {"hidden": hidden, "item_logits": model.item_logits(last)}
+    if model.config.use_rating_head:
+        candidates = inputs["item_seq"][:, -2].clamp(min=1)  # score the item before the MASK again
+        outputs["rating"] = model.predict_rating(last, candidates)
+    if model.config.use_preference_head:
+        outputs["preference"] = model.predict_preference(hidden, inputs["item_seq"])
+    return outputs
+
+
+def total_loss(model: EnhancedBERT4Rec, inputs: dict[str, Tensor]) -> Tensor:
+    outputs = all_heads(model, inputs)
+    targets = torch.arange(1, outputs["item_logits"].size(0) + 1)
+    loss = F.cross_entropy(outputs["item_logits"], targets)
+    if "rating" in outputs:
+        loss = loss + F.mse_loss(outputs["rating"], torch.full_like(outputs["rating"], 4.0))
+    if "preference" in outputs:
+        target = torch.softmax(torch.arange(model.config.num_genres, dtype=torch.float32), dim=0)
+        loss = loss + preference_loss(outputs["preference"], target.expand_as(outputs["preference"]))
+    return loss
+
+
+def test_config_round_trips_through_a_plain_dict():
+    config = small_config(positional="learned", use_temporal=False, dropout=0.1)
+    values = config.to_dict()
+    assert all(type(v) in (int, float, bool, str) for v in values.values())
+    assert ModelConfig.from_dict(values) == config
+    assert ModelConfig.from_dict({}) == ModelConfig()
+    defaults = ModelConfig()
+    assert (defaults.hidden_size, defaults.num_heads, defaults.num_layers) == (256, 4, 4)
+    assert (defaults.seq_length, defaults.dropout, defaults.positional) == (50, 0.2, "sinusoidal")
+    with pytest.raises(ValueError, match="unknown ModelConfig keys"):
+        ModelConfig.from_dict({**values, "num_experts": 2})
+    with pytest.raises(ValueError, match="positional"):
+        ModelConfig(positional="rotary")
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(hidden_size=30, num_heads=4)
+
+
+def test_every_head_has_the_documented_shape():
+    config = small_config()
+    model = build(config).eval()
+    inputs = make_inputs(config, [12, 5, 8])
+    out = model(**inputs, return_attention=True)
+    assert isinstance(out, EncoderOutput)
+    assert out.hidden.shape == (3, 12, 32)
+    assert len(out.self_attention) == config.num_layers
+    assert all(w.shape == (3, 4, 12, 12) for w in out.self_attention)
+    assert out.cross_attention.shape == (3, 12, len(USER_TOKENS))
+    rows = out.hidden[:, -1]
+    assert model.item_logits(rows).shape == (3, config.num_items + 2)
+    assert model.predict_rating(rows, torch.tensor([1, 2, 3])).shape == (3,)
+    assert model.predict_preference(out.hidden, inputs["item_seq"]).shape == (3, config.num_genres)
+    plain = model(**inputs)
+    assert plain.self_attention is None and plain.cross_attention is None
+
+
+def test_padding_never_changes_the_outputs_at_real_positions():
+    config = small_config()
+    model = build(config).eval()
+    inputs = make_inputs(config, [12, 4, 7])
+    reference = all_heads(model, inputs)
+    is_real = inputs["item_seq"] != 0
+
+    # garbage day of year under the padding
+    garbage_days = dict(inputs, day_of_year=inputs["day_of_year"].masked_fill(~is_real, 200))
+    # garbage side info in the padding row of the item tables
+    side_model = build(config).eval()
+    side_model.movie_meta.item_genres[0] = 1.0
+    side_model.movie_meta.item_years[0] = 3
+    for outputs in (all_heads(model, garbage_days), all_heads(side_model, inputs)):
+        assert torch.allclose(outputs["hidden"][is_real], reference["hidden"][is_real], atol=1e-6)
+        for head in ("item_logits", "rating", "preference"):
+            assert torch.allclose(outputs[head], reference[head], atol=1e-6), head
+
+    # a shorter window is the same sequence with less left padding: positions are right-aligned
+    short = {k: (v[:, 5:] if v.dim() == 2 else v) for k, v in inputs.items()}
+    short_outputs = all_heads(model, {k: v[1:] for k, v in short.items()})
+    longer_rows = {k: v[1:] for k, v in reference.items()}
+    assert torch.allclose(short_outputs["hidden"], longer_rows["hidden"][:, 5:], atol=1e-5)
+    for head in ("item_logits", "rating", "preference"):
+        assert torch.allclose(short_outputs[head], longer_rows[head], atol=1e-5), head
+
+    # the preference pool ignores whatever the encoder left at padded positions
+    hidden = reference["hidden"].masked_fill(~is_real[..., None], 1e3)
+    assert torch.allclose(model.predict_preference(hidden, inputs["item_seq"]), reference["preference"])
+
+
+def test_an_all_padding_row_and_an_unknown_user_give_no_nan():
+    config = small_config()
+    model = build(config).train()
+    inputs = make_inputs(config, [12, 0, 3])
+    inputs["item_seq"][1] = 0
+    for feature in ("user_idx", "gender", "age", "occupation"):
+        inputs[feature][1:] = 0  # row 1: nothing known; row 2: a new user with no demographics either
+    loss = total_loss(model, inputs)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    out = model(**inputs, return_attention=True)
+    assert torch.isfinite(out.hidden).all()
+    assert all(torch.isfinite(w).all() for w in out.self_attention)
+    assert torch.equal(out.cross_attention[1:], torch.zeros_like(out.cross_attention[1:]))
+    assert all(torch.isfinite(v).all() for v in all_heads(model, inputs).values() if v.dim() != 2)
+
+
+def test_unknown_user_features_are_masked_out_of_cross_attention():
+    config = small_config()
+    model = build(config).eval()
+    inputs = make_inputs(config, [12, 6])
+    inputs["user_idx"][0] = 0
+    inputs["occupation"][1] = 0
+    weights = model(**inputs, return_attention=True).cross_attention
+    identity, occupation = USER_TOKENS.index("identity"), USER_TOKENS.index("occupation")
+    assert torch.equal(weights[0, :, identity], torch.zeros(12))
+    assert torch.equal(weights[1, :, occupation], torch.zeros(12))
+    assert torch.allclose(weights.sum(dim=-1), torch.ones(2, 12))
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_every_enabled_part_receives_gradient(positional):
+    config = small_config(positional=positional)
+    model = build(config).train()
+    total_loss(model, make_inputs(config, [12, 9, 5])).backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+    for prefixes in SWITCH_PREFIXES.values():
+        assert any(name.startswith(prefixes) for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("switch", list(SWITCH_PREFIXES))
+def test_a_disabled_part_has_no_parameters(switch):
+    config = small_config(**{switch: False})
+    model = build(config)
+    names = [name for name, _ in model.named_parameters()]
+    assert not [name for name in names if name.startswith(SWITCH_PREFIXES[switch])]
+    for other, prefixes in SWITCH_PREFIXES.items():
+        if other != switch:
+            assert any(name.startswith(prefixes) for name in names), other
+    if switch == "use_item_side_info":
+        assert not [name for name in model.state_dict() if name.startswith("movie_meta.")]
+    inputs = make_inputs(config, [12, 3])
+    total_loss(model, inputs).backward()  # the rest still runs and trains
+    if switch == "use_rating_head":
+        with pytest.raises(RuntimeError, match="rating head"):
+            model.predict_rating(torch.zeros(1, 32), torch.tensor([1]))
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_plain_bert4rec_has_exactly_the_expected_parameters(positional):
+    config = small_config(positional=positional, **ALL_OFF)
+    model = EnhancedBERT4Rec(config)
+    V, H, T, L = config.num_items + 2, config.hidden_size, config.seq_length, config.num_layers
+    embeddings = V * H + (T * H if positional == "learned" else 1)  # the sinusoid has one learned gain
+    input_norm = 2 * H
+    attention = 3 * (H * H + H) + (H * H + H)  # q, k, v, output projections
+    feed_forward = (H * 4 * H + 4 * H) + (4 * H * H + H)
+    layer = attention + feed_forward + 2 * (2 * H)  # two LayerNorms
+    final_norm = 2 * H
+    item_head = (H * H + H) + 2 * H + V  # dense, LayerNorm, output bias (weights tied to the embedding)
+    expected = embeddings + input_norm + L * layer + final_norm + item_head
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert {name.split(".")[0] for name, _ in model.named_parameters()} == {
+        "item_embedding", "position_embedding", "input_norm", "encoder", "item_head"}
+    hidden = model(make_inputs(config, [12, 4])["item_seq"]).hidden  # only item_seq is needed
+    assert hidden.shape == (2, 12, H)
+
+
+def test_the_same_seed_gives_the_same_output():
+    config = small_config()
+    inputs = make_inputs(config, [12, 6])
+    outputs = []
+    for _ in range(2):
+        model = build(config, seed=3).train()
+        torch.manual_seed(7)  # dropout
+        outputs.append(all_heads(model, inputs))
+    for head in outputs[0]:
+        assert torch.equal(outputs[0][head], outputs[1][head]), head
+    other = build(config, seed=4).train()
+    torch.manual_seed(7)
+    assert not torch.equal(all_heads(other, inputs)["hidden"], outputs[0]["hidden"])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    inputs = make_inputs(small_config(), [12, 7, 2])
+    gradients = []
+    for checkpointing in (False, True):
+        model = build(small_config(gradient_checkpointing=checkpointing)).train()
+        torch.manual_seed(11)  # same dropout masks: checkpoint replays the RNG state on recomputation
+        total_loss(model, inputs).backward()
+        gradients.append({name: p.grad for name, p in model.named_parameters()})
+    for name, gradient in gradients[0].items():
+        assert torch.allclose(gradient, gradients[1][name], atol=1e-6), name
+
+
+def test_the_attention_weights_path_equals_the_sdpa_path():
+    config = small_config()
+    model = build(config).eval()
+    inputs = make_inputs(config, [12, 5, 1])
+    inputs["user_idx"][2] = 0
+    fast = model(**inputs)
+    explicit = model(**inputs, return_attention=True)
+    assert torch.allclose(fast.hidden, explicit.hidden, atol=1e-5)
+    is_pad = inputs["item_seq"] == 0
+    for weights in explicit.self_attention:
+        assert torch.allclose(weights.sum(dim=-1), torch.ones(3, 4, 12))
+        to_padding = weights.masked_select(is_pad[:, None, None, :])  # every head and query: 4 * 12 each
+        assert torch.equal(to_padding, torch.zeros(int(is_pad.sum()) * 48))
+
+
+def test_the_mask_token_gets_no_genre_or_year():
+    config = small_config()
+    model = build(config).eval()
+    with torch.no_grad():
+        model.movie_meta.item_genres[config.mask_index] = 1.0  # even a table that wrongly holds a MASK row
+        model.movie_meta.item_years[config.mask_index] = 5
+    item_seq = torch.tensor([[0, 0, 3, config.mask_index, 7, config.mask_index] + [5] * 6])
+    movie_meta_embeds = model.movie_meta(item_seq)
+    is_movie = (item_seq != 0) & (item_seq != config.mask_index)
+    assert torch.equal(movie_meta_embeds[~is_movie], torch.zeros(4, config.hidden_size))
+    assert (movie_meta_embeds[is_movie].abs().sum(dim=-1) > 0).all()
+    # and so the encoder cannot tell which tables sit behind the MASK row
+    clean = build(config).eval()
+    inputs = make_inputs(config, [12, 8])
+    assert torch.allclose(model(**inputs).hidden, clean(**inputs).hidden, atol=1e-6)
+
+
+def test_item_side_info_is_checked_and_saved_with_the_model():
+    config = small_config()
+    model = build(config)
+    with pytest.raises(ValueError, match="item_genres"):
+        model.set_item_side_info(torch.zeros(5, 18), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="num_years"):
+        model.set_item_side_info(torch.zeros(42, 18), torch.full((42,), config.num_years))
+    restored = EnhancedBERT4Rec(config)
+    restored.load_state_dict(model.state_dict())
+    assert torch.equal(restored.movie_meta.item_genres, model.movie_meta.item_genres)
+    assert torch.equal(restored.movie_meta.item_years, model.movie_meta.item_years)
+
+
+def test_item_logits_rule_out_pad_and_mask():
+    config = small_config()
+    model = build(config).eval()
+    logits = model.item_logits(torch.randn(5, config.hidden_size))
+    assert torch.equal(logits[:, [0, config.mask_index]], torch.full((5, 2), -math.inf))
+    assert torch.isfinite(logits[:, 1 : config.mask_index]).all()
+    assert torch.isfinite(F.cross_entropy(logits, torch.tensor([1, 2, 3, 4, 40])))
+
+
+def test_ratings_stay_within_one_to_five():
+    config = small_config()
+    model = build(config).eval()
+    rows = torch.cat([torch.full((1, 32), -1e4), torch.full((1, 32), 1e4), torch.randn(2, 32)])
+    ratings = model.predict_rating(rows, torch.tensor([1, 2, 3, 4]))
+    assert ((ratings >= 1) & (ratings <= 5)).all()
+
+
+def test_missing_inputs_of_an_enabled_part_are_reported():
+    config = small_config()
+    model = build(config)
+    inputs = make_inputs(config, [12])
+    with pytest.raises(ValueError, match="day_of_year"):
+        model(**dict(inputs, day_of_year=None))
+    with pytest.raises(ValueError, match="user_idx"):
+        model(**dict(inputs, occupation=None))
+    with pytest.raises(ValueError, match="seq_length"):
+        model(torch.ones(1, 13, dtype=torch.long))
+
+
+def test_preference_loss_is_the_kl_divergence_from_the_profile():
+    target = torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.25, 0.5]])
+    assert preference_loss(target.clamp(min=1e-30).log(), target).item() == pytest.approx(0.0, abs=1e-6)
+    uniform_logits = torch.zeros(2, 3)
+    # KL(p || uniform) = sum p log p + log 3, averaged over the two users
+    expected = ((0.5 * math.log(0.5) * 2 + math.log(3)) + (0.25 * math.log(0.25) * 2 + 0.5 * math.log(0.5)
+                                                            + math.log(3))) / 2
+    assert preference_loss(uniform_logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_top_k_overlap_counts_shared_genres():
+    target = torch.tensor([[0.4, 0.3, 0.2, 0.1, 0.0], [0.0, 0.1, 0.2, 0.3, 0.4]])
+    logits = torch.tensor([[5.0, 4.0, 0.0, 3.0, 0.0], [5.0, 4.0, 3.0, 0.0, 0.0]])
+    # user 0 shares {0, 1} of top-3 {0, 1, 2}; user 1 shares {2} of {2, 3, 4}
+    assert preference_top_k_overlap(logits, target, k=3).item() == pytest.approx((2 / 3 + 1 / 3) / 2)
