@@ -1,0 +1,1083 @@
+"""MovieLens 1M: raw files -> validated tables -> features -> sequences + metadata.json.
+
+The first stage of the pipeline. `load_dataset` turns ML-1M's three files (a folder, a zip, or a fresh
+download) into an `ML1MData` of numpy arrays:
+
+- items: contiguous indices 1..num_items over the rated movies by MovieID (0 = padding, num_items + 1 =
+  [MASK]), with genre multi-hot and release-year tables looked up by index;
+- users: indices 1..num_users by UserID (0 = unknown), with gender, age group and occupation;
+- each user's ratings ordered by timestamp with a STABLE sort (ties keep ratings.dat order), split
+  leave-one-out (last = test, second-to-last = validation, the rest = training), as EVALUATION.md prescribes;
+- sliding training windows cut from the training parts only.
+
+`eval_inputs` builds the validation/test inputs; `save_metadata` writes everything inference needs except the
+weights. Processed arrays are cached (npz, no pickle) under a key made of the source files' md5, the
+processing parameters and FORMAT_VERSION.
+
+    python data_processor.py --data_dir ml-1m --output_dir data
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import re
+import secrets
+import sys
+import time
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import IO, Any, Literal, NamedTuple
+
+import numpy as np
+import pandas as pd
+import requests
+from tqdm import tqdm
+
+log = logging.getLogger("data_processor")
+
+# ----------------------------------------------------------------------------------------------------------
+# Index conventions and vocabularies (contract.md): every stage imports these, none re-types them.
+
+PAD_INDEX = 0
+UNKNOWN = "unknown"
+GENRES = (
+    "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip  # README order; the multi-hot column of a genre = its position
+GENDERS = ("F", "M")  # gender index = position + 1; 0 = unknown
+AGE_GROUPS = {1: "Under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "56+"}
+OCCUPATIONS = (
+    '"other" or not specified', "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student",
+    "lawyer", "programmer", "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer",
+    "tradesman/craftsman", "unemployed", "writer",
+)  # fmt: skip  # occupation code = position; occupation index = code + 1
+MIN_RATINGS_PER_USER = 3  # leave-one-out needs a training, a validation and a test event
+
+FORMAT_VERSION = 1  # bump when the arrays or metadata.json change meaning: stale caches are then rebuilt
+
+SOURCE_FILES = ("ratings.dat", "movies.dat", "users.dat")
+GROUPLENS_MD5 = {
+    "ratings.dat": "a89aa3591bc97d6d4e0c89459ff39362",
+    "movies.dat": "ef9fd9ff8d1b33faf73e2122c371e910",
+    "users.dat": "681c0711d0d4548cd3d4718a49c2dcd8",
+}
+ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+ML1M_ZIP_MD5 = "c4d9eecfca2ab87c1945afe126590906"
+ML1M_ZIP_SHA256 = "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"
+
+
+def mask_index(num_items: int) -> int:
+    """Index of the [MASK] token: one past the last item (the vocabulary is num_items + 2 with padding)."""
+    return num_items + 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Errors a user can cause. The CLI turns DataError and OSError into one line on stderr.
+
+
+class DataError(Exception):
+    """A problem with the input data that the user can fix (corrupt file, failed download, ...)."""
+
+
+class DataFormatError(DataError, ValueError):
+    """A malformed ML-1M file; the message names the file, the 1-based line number and the line."""
+
+
+class ChecksumMismatchError(DataError, ValueError):
+    """A file's checksum differs from the expected one."""
+
+
+class UnsafeArchiveError(DataError, ValueError):
+    """A zip member with an absolute path or '..', which would be written outside the target folder."""
+
+
+class DownloadError(DataError, OSError):
+    """The download failed: an HTTP error, or the connection failed on every retry."""
+
+
+class SourceChecksumWarning(UserWarning):
+    """A source file differs from the GroupLens original (raised as ChecksumMismatchError when strict)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The processed dataset
+
+
+@dataclass
+class ML1MData:
+    """MovieLens 1M as numpy arrays; index conventions in contract.md.
+
+    Items (rated movies): item_movie_ids, item_genres (multi-hot over GENRES), item_years (year index:
+    0 = padding, 1 = unknown, 2 + year - min_year), each of length num_items + 2 (pad and mask rows are -1/0).
+    Users: user_ids, user_gender, user_age, user_occupation, of length num_users + 1 (row 0 = unknown user).
+    Timelines (CSR): user u's events are [seq_offsets[u], seq_offsets[u + 1]) of seq_items, seq_ratings,
+    seq_days (day of year, UTC) and seq_timestamps, stably sorted by timestamp; the last event is the test
+    target, the second-to-last the validation target, the rest the training part.
+    user_genre_profile: the genre distribution of each user's training part (row 0: of all training events).
+    Training windows (N, seq_length), left-padded with 0: window_items, window_ratings, window_days;
+    window_users. All movies of movies.dat, rated or not (for cold start): movie_ids, movie_titles,
+    movie_genres, movie_years.
+    source_md5: md5 of each source file, the fingerprint recorded in metadata.json and the cache key.
+    """
+
+    num_items: int
+    num_users: int
+    num_genres: int
+    num_years: int
+    num_genders: int
+    num_ages: int
+    num_occupations: int
+    min_year: int
+    seq_length: int
+    window_stride: int
+    item_movie_ids: np.ndarray
+    item_genres: np.ndarray
+    item_years: np.ndarray
+    user_ids: np.ndarray
+    user_gender: np.ndarray
+    user_age: np.ndarray
+    user_occupation: np.ndarray
+    seq_offsets: np.ndarray
+    seq_items: np.ndarray
+    seq_ratings: np.ndarray
+    seq_days: np.ndarray
+    seq_timestamps: np.ndarray
+    user_genre_profile: np.ndarray
+    window_items: np.ndarray
+    window_ratings: np.ndarray
+    window_days: np.ndarray
+    window_users: np.ndarray
+    movie_ids: np.ndarray
+    movie_titles: np.ndarray
+    movie_genres: np.ndarray
+    movie_years: np.ndarray
+    source_md5: dict[str, str]
+
+
+@dataclass
+class EvalInputs:
+    """Model inputs for scoring every user's validation or test target (U = num_users rows).
+
+    items/days (U, T): the last T - 1 input events, left-padded, then [MASK] at position T - 1, whose day is
+    that of the newest input event (no future timestamps). seen_items[seen_offsets[i]:seen_offsets[i + 1]] are
+    ALL input items of row i, to exclude from the ranking.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    days: np.ndarray
+    targets: np.ndarray
+    target_ratings: np.ndarray
+    seen_offsets: np.ndarray
+    seen_items: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """Write `path` through a temporary file beside it, renamed into place only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp_path = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    try:
+        with temp_path.open("xb") as handle:
+            yield handle
+        os.replace(temp_path, path)
+    finally:
+        temp_path.unlink(missing_ok=True)
+
+
+def _file_digests(path: Path) -> tuple[str, str]:
+    """md5 and sha256 of a file."""
+    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            md5.update(block)
+            sha256.update(block)
+    return md5.hexdigest(), sha256.hexdigest()
+
+
+def _digest_mismatch(
+    expected_md5: str | None, expected_sha256: str | None, md5: str, sha256: str
+) -> str | None:
+    """Describe how the digests differ from the expected ones (None: they match)."""
+    if expected_md5 is not None and md5 != expected_md5:
+        return f"md5 {md5} is not the expected {expected_md5}"
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        return f"sha256 {sha256} is not the expected {expected_sha256}"
+    return None
+
+
+def day_of_year(timestamps: np.ndarray) -> np.ndarray:
+    """Day of year 1..366 (UTC) of Unix timestamps in seconds."""
+    days = np.asarray(timestamps, dtype=np.int64).astype("datetime64[s]").astype("datetime64[D]")
+    return (days - days.astype("datetime64[Y]")).astype(np.int64) + 1
+
+
+def _window_stride(seq_length: int, window_stride: int | None) -> int:
+    """The stride to use (default seq_length // 2), checked against seq_length."""
+    if seq_length < 2:
+        raise ValueError(f"seq_length must be at least 2 (one input event and [MASK]), got {seq_length}")
+    stride = seq_length // 2 if window_stride is None else window_stride
+    if not 1 <= stride <= seq_length:
+        raise ValueError(
+            f"window_stride must be in 1..seq_length ({seq_length}) so windows leave no gaps, got {stride}"
+        )
+    return stride
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Download and safe extraction
+
+_RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+def download_ml1m(
+    dest_dir: str | Path = "ml-1m",
+    url: str = ML1M_URL,
+    md5: str | None = ML1M_ZIP_MD5,
+    sha256: str | None = ML1M_ZIP_SHA256,
+    retries: int = 4,
+    backoff_s: float = 1.0,
+    timeout_s: float = 30.0,
+) -> Path:
+    """Download ML-1M's zip beside `dest_dir` (as <dest_dir>.zip) and extract its files into `dest_dir`.
+
+    Skipped when `dest_dir` already holds the three files; a zip already there is reused when its checksums
+    match. The download streams into a temporary file and is renamed into place only once verified; connection
+    errors (including a connection dropped mid-transfer) are retried `retries` times, waiting
+    backoff_s * 2**attempt seconds. Returns `dest_dir`.
+    """
+    dest_dir = Path(dest_dir).resolve()
+    if all((dest_dir / name).is_file() for name in SOURCE_FILES):
+        return dest_dir
+    zip_path = dest_dir.with_name(dest_dir.name + ".zip")
+    if not (zip_path.is_file() and _digest_mismatch(md5, sha256, *_file_digests(zip_path)) is None):
+        _download_with_retries(url, zip_path, md5, sha256, retries, backoff_s, timeout_s)
+    extract_ml1m_zip(zip_path, dest_dir)
+    return dest_dir
+
+
+def _download_with_retries(
+    url: str,
+    target: Path,
+    md5: str | None,
+    sha256: str | None,
+    retries: int,
+    backoff_s: float,
+    timeout_s: float,
+) -> None:
+    for attempt in range(retries + 1):
+        try:
+            _download_verified(url, target, md5, sha256, timeout_s)
+            return
+        except _RETRYABLE as exc:
+            if attempt == retries:
+                raise DownloadError(f"could not download {url} ({retries + 1} attempts): {exc}") from exc
+            delay = backoff_s * 2**attempt
+            log.warning("download of %s failed (%s); retrying in %.1f s", url, exc, delay)
+            time.sleep(delay)
+        except requests.RequestException as exc:
+            raise DownloadError(f"could not download {url}: {exc}") from exc
+
+
+def _download_verified(url: str, target: Path, md5: str | None, sha256: str | None, timeout_s: float) -> None:
+    md5_hash, sha256_hash = hashlib.md5(), hashlib.sha256()
+    with _atomic_file(target) as partial, requests.get(url, stream=True, timeout=timeout_s) as response:
+        response.raise_for_status()
+        expected_size = int(response.headers.get("Content-Length", 0)) or None
+        received = 0
+        with tqdm(total=expected_size, unit="B", unit_scale=True, desc=target.name, disable=None) as progress:
+            for chunk in response.iter_content(chunk_size=1 << 16):
+                partial.write(chunk)
+                md5_hash.update(chunk)
+                sha256_hash.update(chunk)
+                received += len(chunk)
+                progress.update(len(chunk))
+        # urllib3 < 2 does not enforce Content-Length: a short body is a dropped connection, so retry it.
+        if expected_size is not None and received != expected_size:
+            raise requests.ConnectionError(f"connection closed after {received} of {expected_size} bytes")
+        mismatch = _digest_mismatch(md5, sha256, md5_hash.hexdigest(), sha256_hash.hexdigest())
+        if mismatch is not None:
+            raise ChecksumMismatchError(
+                f"{url}: {mismatch}; the download is corrupt or the server's file changed; nothing was kept"
+            )
+
+
+def _is_unsafe_member(name: str) -> bool:
+    parts = re.split(r"[/\\]", name)
+    return name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) is not None or ".." in parts
+
+
+def _data_members(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, str]:
+    """File name -> member for the files beside ratings.dat (GroupLens' zip keeps them in ml-1m/)."""
+    ratings = [name for name in archive.namelist() if posixpath.basename(name) == "ratings.dat"]
+    if not ratings:
+        raise DataError(f"{zip_path}: no ratings.dat in the archive; is it MovieLens 1M?")
+    folder = posixpath.dirname(ratings[0])
+    return {
+        posixpath.basename(name): name
+        for name in archive.namelist()
+        if posixpath.dirname(name) == folder and not name.endswith("/")
+    }
+
+
+def extract_ml1m_zip(zip_path: str | Path, dest_dir: str | Path) -> Path:
+    """Extract the ML-1M files of `zip_path` into `dest_dir`, refusing archives with unsafe member names.
+
+    Every member is checked before anything is written; each file is written atomically. Returns `dest_dir`.
+    """
+    zip_path, dest_dir = Path(zip_path), Path(dest_dir)
+    with zipfile.ZipFile(zip_path) as archive:
+        unsafe = [name for name in archive.namelist() if _is_unsafe_member(name)]
+        if unsafe:
+            raise UnsafeArchiveError(
+                f"{zip_path}: refusing to extract member {unsafe[0]!r} (absolute path or '..'); "
+                "the archive is not a genuine ML-1M zip"
+            )
+        for file_name, member in _data_members(archive, zip_path).items():
+            with archive.open(member) as source, _atomic_file(dest_dir / file_name) as target:
+                while block := source.read(1 << 20):
+                    target.write(block)
+    return dest_dir
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading the source files (folder or zip, kept in memory: 25 MB)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """The bytes of one ML-1M file and where they came from (for error messages)."""
+
+    label: str
+    raw: bytes
+
+
+def read_source_files(data_dir: str | Path | None) -> dict[str, SourceFile]:
+    """Read ratings.dat, movies.dat and users.dat from an ml-1m folder or an ml-1m.zip.
+
+    None downloads ML-1M into ./ml-1m first (skipped when already there).
+    """
+    path = download_ml1m() if data_dir is None else Path(data_dir)
+    if path.is_dir():
+        missing = [name for name in SOURCE_FILES if not (path / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{path}: missing {', '.join(missing)}; expected ML-1M's {', '.join(SOURCE_FILES)}"
+            )
+        return {name: SourceFile(str(path / name), (path / name).read_bytes()) for name in SOURCE_FILES}
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            members = _data_members(archive, path)
+            missing = [name for name in SOURCE_FILES if name not in members]
+            if missing:
+                raise DataError(f"{path}: no {', '.join(missing)} beside ratings.dat in the archive")
+            return {
+                name: SourceFile(f"{path}:{members[name]}", archive.read(members[name]))
+                for name in SOURCE_FILES
+            }
+    if path.exists():
+        raise DataError(f"{path}: neither an ml-1m folder nor a zip file")
+    raise FileNotFoundError(
+        f"{path}: no such file or folder; pass the ml-1m folder or ml-1m.zip, or omit it to download ML-1M"
+    )
+
+
+def _verify_sources(sources: dict[str, SourceFile], source_md5: dict[str, str], strict: bool) -> None:
+    differing = [name for name in SOURCE_FILES if source_md5[name] != GROUPLENS_MD5[name]]
+    if not differing:
+        return
+    details = "; ".join(
+        f"{sources[name].label} has md5 {source_md5[name]}, the GroupLens original {GROUPLENS_MD5[name]}"
+        for name in differing
+    )
+    message = f"{details}: results are not comparable with published ML-1M figures"
+    if strict:
+        raise ChecksumMismatchError(message)
+    warnings.warn(
+        f"{message} (strict=True / --strict makes this an error)", SourceChecksumWarning, stacklevel=3
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parsing: vectorised, with errors that point at the first offending line
+
+
+def _line_text(raw: bytes, row: int) -> str:
+    line_ends = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == ord("\n"))
+    start = 0 if row == 0 else int(line_ends[row - 1]) + 1
+    end = int(line_ends[row]) if row < len(line_ends) else len(raw)
+    return raw[start:end].decode("latin-1")
+
+
+def _row_error(source: SourceFile, row: int, problem: str) -> DataFormatError:
+    return DataFormatError(f"{source.label}, line {row + 1}: {problem}: {_line_text(source.raw, row)!r}")
+
+
+def _check_rows(source: SourceFile, bad_rows: np.ndarray | pd.Series, problem: str) -> None:
+    """Raise for the first row flagged in `bad_rows` (rows are lines: blank lines are rejected earlier)."""
+    bad = np.flatnonzero(np.asarray(bad_rows))
+    if bad.size:
+        raise _row_error(source, int(bad[0]), problem)
+
+
+def _check_field_counts(source: SourceFile, table: bytes, num_fields: int) -> None:
+    buf = np.frombuffer(table, dtype=np.uint8)
+    separators_before_line_end = np.searchsorted(
+        np.flatnonzero(buf == ord("\t")), np.flatnonzero(buf == ord("\n"))
+    )
+    fields_per_line = np.diff(separators_before_line_end, prepend=0) + 1
+    bad = np.flatnonzero(fields_per_line != num_fields)
+    if bad.size:
+        row = int(bad[0])
+        raise _row_error(
+            source, row, f"expected {num_fields} fields separated by '::', found {fields_per_line[row]}"
+        )
+
+
+def _read_table(source: SourceFile, columns: tuple[str, ...], int_columns: tuple[str, ...]) -> pd.DataFrame:
+    """Parse a '::'-separated latin-1 file with pandas' C engine (the separator becomes a tab first)."""
+    raw = source.raw
+    if not raw.strip():
+        raise DataFormatError(f"{source.label}: the file is empty; re-download ML-1M")
+    if not raw.endswith(b"\n"):
+        raise _row_error(
+            source, raw.count(b"\n"), "the file ends inside this line (truncated?); re-download ML-1M"
+        )
+    table = raw.replace(b"::", b"\t")
+    _check_field_counts(source, table, len(columns))
+
+    def parse(dtypes: dict[str, Any]) -> pd.DataFrame:
+        return pd.read_csv(
+            io.BytesIO(table),
+            sep="\t",
+            header=None,
+            names=list(columns),
+            dtype=dtypes,
+            quoting=csv.QUOTE_NONE,
+            na_filter=False,
+            encoding="latin-1",
+            engine="c",
+        )
+
+    try:
+        return parse({name: np.int64 if name in int_columns else str for name in columns})
+    except ValueError as exc:
+        as_text = parse(dict.fromkeys(columns, str))
+        first_bad = [
+            (int(rows[0]), name)
+            for name in int_columns
+            if (rows := np.flatnonzero(~as_text[name].str.fullmatch(r"-?\d{1,18}").to_numpy())).size
+        ]
+        if first_bad:
+            row, name = min(first_bad)
+            raise _row_error(source, row, f"{name} is not an integer") from None
+        raise DataFormatError(f"{source.label}: {exc}") from exc
+
+
+class MovieTable(NamedTuple):
+    """movies.dat sorted by MovieID: genres multi-hot over GENRES, release year (-1 = none in the title)."""
+
+    movie_ids: np.ndarray
+    titles: np.ndarray
+    genres: np.ndarray
+    years: np.ndarray
+
+
+class UserTable(NamedTuple):
+    """users.dat sorted by UserID, features as indices (contract.md); rows = 0-based line of each user."""
+
+    user_ids: np.ndarray
+    gender: np.ndarray
+    age: np.ndarray
+    occupation: np.ndarray
+    rows: np.ndarray
+
+
+def release_years(titles: pd.Series) -> np.ndarray:
+    """The year in each title's trailing "(YYYY)", -1 if there is none.
+
+    Other parentheses are ignored: "City of Lost Children, The (Cité des enfants perdus, La) (1995)" -> 1995.
+    """
+    year = titles.str.extract(r"\((\d{4})\)\s*$", expand=False)
+    return pd.to_numeric(year).fillna(-1).to_numpy(np.int64)
+
+
+def parse_movies(source: SourceFile) -> MovieTable:
+    """Parse and validate movies.dat (MovieID::Title::Genres)."""
+    movies = _read_table(source, ("movie_id", "title", "genres"), ("movie_id",))
+    _check_rows(source, movies["movie_id"].duplicated(), "duplicate MovieID")
+    dummies = movies["genres"].str.get_dummies(sep="|")
+    unknown = [name for name in dummies.columns if name not in GENRES]
+    genres = dummies.reindex(columns=list(GENRES), fill_value=0).to_numpy(np.float32)
+    _check_rows(
+        source,
+        dummies[unknown].any(axis=1).to_numpy() | (genres.sum(axis=1) == 0),
+        f"genres must be '|'-separated names from {', '.join(GENRES)}",
+    )
+    order = np.argsort(movies["movie_id"].to_numpy(), kind="stable")
+    return MovieTable(
+        movie_ids=movies["movie_id"].to_numpy()[order],
+        titles=movies["title"].to_numpy(str)[order],
+        genres=genres[order],
+        years=release_years(movies["title"])[order],
+    )
+
+
+def parse_users(source: SourceFile) -> UserTable:
+    """Parse and validate users.dat (UserID::Gender::Age::Occupation::Zip-code)."""
+    columns = ("user_id", "gender", "age", "occupation", "zip_code")
+    users = _read_table(source, columns, ("user_id", "age", "occupation"))
+    _check_rows(source, users["user_id"].duplicated(), "duplicate UserID")
+    _check_rows(source, ~users["gender"].isin(GENDERS), "gender must be F or M")
+    _check_rows(
+        source, ~users["age"].isin(list(AGE_GROUPS)), f"age must be one of {', '.join(map(str, AGE_GROUPS))}"
+    )
+    _check_rows(source, ~users["occupation"].between(0, len(OCCUPATIONS) - 1), "occupation must be 0..20")
+    order = np.argsort(users["user_id"].to_numpy(), kind="stable")
+    return UserTable(
+        user_ids=users["user_id"].to_numpy()[order],
+        gender=np.searchsorted(GENDERS, users["gender"].to_numpy(str))[order] + 1,
+        age=np.searchsorted(list(AGE_GROUPS), users["age"].to_numpy())[order] + 1,
+        occupation=users["occupation"].to_numpy()[order] + 1,
+        rows=order,
+    )
+
+
+def parse_ratings(source: SourceFile, movie_ids: np.ndarray, user_ids: np.ndarray) -> pd.DataFrame:
+    """Parse and validate ratings.dat (UserID::MovieID::Rating::Timestamp) against known movies and users."""
+    columns = ("user_id", "movie_id", "rating", "timestamp")
+    ratings = _read_table(source, columns, columns)
+    _check_rows(source, ~ratings["rating"].between(1, 5), "rating must be 1..5")
+    _check_rows(source, ~np.isin(ratings["movie_id"], movie_ids), "MovieID not in movies.dat")
+    _check_rows(source, ~np.isin(ratings["user_id"], user_ids), "UserID not in users.dat")
+    repeated = np.flatnonzero(ratings.duplicated(["user_id", "movie_id"]).to_numpy())
+    if repeated.size:
+        user, movie = ratings.loc[repeated[0], ["user_id", "movie_id"]]
+        first = np.flatnonzero(
+            (ratings["user_id"] == user).to_numpy() & (ratings["movie_id"] == movie).to_numpy()
+        )[0]
+        raise _row_error(
+            source, int(repeated[0]), f"user {user} already rated movie {movie} on line {first + 1}"
+        )
+    return ratings
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Features, timelines and windows
+
+
+def _left_padded(values: np.ndarray, ends: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """Row i = values[max(starts[i], ends[i] - width):ends[i]], left-padded with 0 to `width`."""
+    positions = ends[:, None] - width + np.arange(width)
+    return np.where(positions >= starts[:, None], values[np.maximum(positions, 0)], 0)
+
+
+def window_ends(
+    train_lengths: np.ndarray, seq_length: int, window_stride: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each user's training windows end, as (user row, end position within the training part).
+
+    A part of at most seq_length events gives one window. A longer one gives windows ending at its newest
+    event and every window_stride events before it while a full window fits, plus one covering its oldest
+    seq_length events, so every training event is in at least one window. A user's windows are in
+    chronological order.
+    """
+    longer = train_lengths > seq_length
+    counts = np.where(longer, -(-(train_lengths - seq_length) // window_stride) + 1, 1)
+    user_rows = np.repeat(np.arange(len(train_lengths)), counts)
+    rank = np.arange(len(user_rows)) - np.repeat(np.cumsum(counts) - counts, counts)  # 0 = oldest window
+    length, count = train_lengths[user_rows], counts[user_rows]
+    ends = np.where(rank == 0, np.minimum(length, seq_length), length - (count - 1 - rank) * window_stride)
+    return user_rows, ends
+
+
+def _timelines(
+    ratings: pd.DataFrame, users: UserTable, rated_movie_ids: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """CSR offsets and per-event arrays, each user's events stably sorted by timestamp (ties: file order)."""
+    user_index = np.searchsorted(users.user_ids, ratings["user_id"].to_numpy()) + 1
+    timestamps = ratings["timestamp"].to_numpy()
+    order = np.argsort(timestamps, kind="stable")
+    order = order[np.argsort(user_index[order], kind="stable")]
+    counts = np.bincount(user_index, minlength=len(users.user_ids) + 1)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    events = {
+        "seq_items": np.searchsorted(rated_movie_ids, ratings["movie_id"].to_numpy()[order]) + 1,
+        "seq_ratings": ratings["rating"].to_numpy()[order],
+        "seq_days": day_of_year(timestamps[order]),
+        "seq_timestamps": timestamps[order],
+    }
+    return offsets, events
+
+
+def _genre_profiles(seq_offsets: np.ndarray, seq_items: np.ndarray, item_genres: np.ndarray) -> np.ndarray:
+    """Genre distribution of each user's training part; row 0 over all training events."""
+    counts = np.diff(seq_offsets)[1:]
+    train_lengths = counts - 2
+    position = np.arange(len(seq_items)) - np.repeat(seq_offsets[1:-1], counts)
+    train_genres = item_genres[seq_items[position < np.repeat(train_lengths, counts)]]
+    per_user = np.add.reduceat(train_genres, np.cumsum(train_lengths) - train_lengths, axis=0)
+    profiles = np.vstack([per_user.sum(axis=0, keepdims=True), per_user])
+    return (profiles / profiles.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def process_ml1m(
+    sources: dict[str, SourceFile], source_md5: dict[str, str], seq_length: int, window_stride: int
+) -> ML1MData:
+    """Parse, validate and featurise the three source files (no cache)."""
+    movies = parse_movies(sources["movies.dat"])
+    users = parse_users(sources["users.dat"])
+    ratings = parse_ratings(sources["ratings.dat"], movies.movie_ids, users.user_ids)
+
+    rated_movie_ids = np.unique(ratings["movie_id"].to_numpy())
+    seq_offsets, events = _timelines(ratings, users, rated_movie_ids)
+    too_few = np.diff(seq_offsets)[1:] < MIN_RATINGS_PER_USER
+    if too_few.any():
+        raise _row_error(
+            sources["users.dat"],
+            int(users.rows[too_few].min()),
+            f"user has fewer than {MIN_RATINGS_PER_USER} ratings (leave-one-out needs them)",
+        )
+
+    known_years = movies.years[movies.years >= 0]
+    min_year, max_year = (int(known_years.min()), int(known_years.max())) if known_years.size else (0, -1)
+    movie_year_index = np.where(movies.years >= 0, movies.years - min_year + 2, 1)
+    movie_rows = np.searchsorted(movies.movie_ids, rated_movie_ids)
+    item_genres = np.zeros((len(rated_movie_ids) + 2, len(GENRES)), np.float32)  # pad and mask rows stay 0
+    item_genres[1:-1] = movies.genres[movie_rows]
+    item_years = np.zeros(len(rated_movie_ids) + 2, np.int64)
+    item_years[1:-1] = movie_year_index[movie_rows]
+    pad = np.zeros(1, dtype=np.int64)
+
+    starts = seq_offsets[1:-1]
+    train_lengths = np.diff(seq_offsets)[1:] - 2
+    user_rows, ends = window_ends(train_lengths, seq_length, window_stride)
+    window_starts, window_stops = starts[user_rows], starts[user_rows] + ends
+    return ML1MData(
+        num_items=len(rated_movie_ids),
+        num_users=len(users.user_ids),
+        num_genres=len(GENRES),
+        num_years=max_year - min_year + 3,
+        num_genders=len(GENDERS) + 1,
+        num_ages=len(AGE_GROUPS) + 1,
+        num_occupations=len(OCCUPATIONS) + 1,
+        min_year=min_year,
+        seq_length=seq_length,
+        window_stride=window_stride,
+        item_movie_ids=np.concatenate([[-1], rated_movie_ids, [-1]]),
+        item_genres=item_genres,
+        item_years=item_years,
+        user_ids=np.concatenate([[-1], users.user_ids]),
+        user_gender=np.concatenate([pad, users.gender]),
+        user_age=np.concatenate([pad, users.age]),
+        user_occupation=np.concatenate([pad, users.occupation]),
+        seq_offsets=seq_offsets,
+        **events,
+        user_genre_profile=_genre_profiles(seq_offsets, events["seq_items"], item_genres),
+        window_items=_left_padded(events["seq_items"], window_stops, window_starts, seq_length),
+        window_ratings=_left_padded(events["seq_ratings"], window_stops, window_starts, seq_length),
+        window_days=_left_padded(events["seq_days"], window_stops, window_starts, seq_length),
+        window_users=user_rows + 1,
+        movie_ids=movies.movie_ids,
+        movie_titles=movies.titles,
+        movie_genres=movies.genres,
+        movie_years=movie_year_index,
+        source_md5=source_md5,
+    )
+
+
+def eval_inputs(data: ML1MData, split: Literal["val", "test"], seq_length: int) -> EvalInputs:
+    """Inputs and targets for scoring every user's validation ("val") or test ("test") item.
+
+    The input is the training part for "val" and the training part + validation item for "test".
+    """
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    if seq_length < 2:
+        raise ValueError(f"seq_length must be at least 2 (one input event and [MASK]), got {seq_length}")
+    starts = data.seq_offsets[1:-1]
+    counts = np.diff(data.seq_offsets)[1:]
+    target_positions = data.seq_offsets[2:] - (2 if split == "val" else 1)
+    items = _left_padded(data.seq_items, target_positions, starts, seq_length - 1)
+    days = _left_padded(data.seq_days, target_positions, starts, seq_length - 1)
+    input_lengths = target_positions - starts
+    position = np.arange(len(data.seq_items)) - np.repeat(starts, counts)
+    return EvalInputs(
+        users=np.arange(1, data.num_users + 1),
+        items=np.column_stack([items, np.full(data.num_users, mask_index(data.num_items))]),
+        days=np.column_stack([days, data.seq_days[target_positions - 1]]),
+        targets=data.seq_items[target_positions],
+        target_ratings=data.seq_ratings[target_positions],
+        seen_offsets=np.concatenate([[0], np.cumsum(input_lengths)]),
+        seen_items=data.seq_items[position < np.repeat(input_lengths, counts)],
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading with a cache
+
+
+def _cache_key(source_md5: dict[str, str], seq_length: int, window_stride: int) -> str:
+    spec = {
+        "format_version": FORMAT_VERSION,
+        "source_md5": source_md5,
+        "seq_length": seq_length,
+        "window_stride": window_stride,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _read_cache(path: Path, key: str) -> ML1MData | None:
+    """The cached dataset, or None when the cache is missing, stale (other key) or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            scalars = json.loads(str(archive["scalars"]))
+            if scalars.pop("cache_key") != key:
+                log.info("cache %s is stale (source files, parameters or format changed): rebuilding", path)
+                return None
+            arrays = {name: archive[name] for name in archive.files if name != "scalars"}
+        return ML1MData(**scalars, **arrays)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        log.warning("cache %s is unreadable (%s): rebuilding", path, exc)
+        return None
+
+
+def _write_cache(path: Path, key: str, data: ML1MData) -> None:
+    values = {field.name: getattr(data, field.name) for field in fields(data)}
+    arrays = {name: value for name, value in values.items() if isinstance(value, np.ndarray)}
+    scalars = {name: value for name, value in values.items() if name not in arrays} | {"cache_key": key}
+    with _atomic_file(path) as handle:
+        np.savez(handle, scalars=np.array(json.dumps(scalars)), **arrays)
+
+
+def load_dataset(
+    data_dir: str | Path | None,
+    cache_dir: str | Path | None = None,
+    seq_length: int = 50,
+    window_stride: int | None = None,
+    verify: bool = True,
+    strict: bool = False,
+) -> ML1MData:
+    """Load MovieLens 1M as an ML1MData.
+
+    data_dir: an ml-1m folder or ml-1m.zip; None downloads ML-1M into ./ml-1m (skipped when already there).
+    cache_dir: where processed arrays are cached (None: no cache). The cache is keyed by the md5 of the source
+        files, seq_length, window_stride and FORMAT_VERSION; a stale or unreadable cache is rebuilt.
+    window_stride: stride of the training windows (default seq_length // 2).
+    verify: compare the source files' md5 with the GroupLens originals; a difference is a
+        SourceChecksumWarning, or a ChecksumMismatchError when `strict`.
+    Raises DataError (DataFormatError for a malformed file, naming file, line and content) or
+    FileNotFoundError for a bad data_dir.
+    """
+    window_stride = _window_stride(seq_length, window_stride)
+    sources = read_source_files(data_dir)
+    source_md5 = {name: hashlib.md5(source.raw).hexdigest() for name, source in sources.items()}
+    if verify:
+        _verify_sources(sources, source_md5, strict)
+    if cache_dir is None:
+        return process_ml1m(sources, source_md5, seq_length, window_stride)
+    cache_path = Path(cache_dir) / f"ml1m_T{seq_length}_S{window_stride}.npz"
+    key = _cache_key(source_md5, seq_length, window_stride)
+    data = _read_cache(cache_path, key)
+    if data is None:
+        data = process_ml1m(sources, source_md5, seq_length, window_stride)
+        _write_cache(cache_path, key, data)
+        log.info("cached the processed arrays in %s", cache_path)
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Statistics and metadata.json
+
+
+def dataset_statistics(data: ML1MData) -> dict[str, Any]:
+    """Counts and ranges of the processed dataset (printed by the CLI, stored in metadata.json)."""
+    counts = np.diff(data.seq_offsets)[1:]
+    event_users = np.repeat(np.arange(1, data.num_users + 1), counts)
+    timestamps = data.seq_timestamps
+    tie = (timestamps[1:] == timestamps[:-1]) & (event_users[1:] == event_users[:-1])
+    in_tie = np.zeros(len(timestamps), dtype=bool)
+    in_tie[1:] |= tie
+    in_tie[:-1] |= tie
+    first, last = (
+        str(np.datetime64(int(t), "s").astype("datetime64[D]")) for t in (timestamps.min(), timestamps.max())
+    )
+    return {
+        "ratings": len(data.seq_items),
+        "users": data.num_users,
+        "movies": len(data.movie_ids),
+        "rated_movies": data.num_items,
+        "never_rated_movies": len(data.movie_ids) - data.num_items,
+        "genres": data.num_genres,
+        "release_years": f"{data.min_year}-{data.min_year + data.num_years - 3}",
+        "movies_without_year": int((data.movie_years == 1).sum()),
+        "rating_dates_utc": f"{first} .. {last}",
+        "mean_rating": round(float(data.seq_ratings.mean()), 4),
+        "density": round(len(data.seq_items) / (data.num_users * data.num_items), 6),
+        "ratings_per_user_min": int(counts.min()),
+        "ratings_per_user_median": float(np.median(counts)),
+        "ratings_per_user_max": int(counts.max()),
+        "ratings_sharing_user_and_timestamp": int(in_tie.sum()),
+        "training_events": len(data.seq_items) - 2 * data.num_users,
+        "validation_targets": data.num_users,
+        "test_targets": data.num_users,
+        "training_windows": len(data.window_users),
+        "seq_length": data.seq_length,
+        "window_stride": data.window_stride,
+    }
+
+
+def build_metadata(data: ML1MData) -> dict[str, Any]:
+    """Everything inference needs except the weights, as plain JSON-able values.
+
+    Dicts keyed by MovieID/UserID have int keys here (strings in the JSON file; load_metadata converts back).
+    "movies" covers all of movies.dat, including never-rated movies (no item index) for cold start; "users"
+    holds each user's profile and full chronological history as item indices, days and ratings.
+    """
+    max_year = data.min_year + data.num_years - 3
+    item_movie_ids = data.item_movie_ids.tolist()
+    user_ids = data.user_ids.tolist()
+    offsets = data.seq_offsets.tolist()
+    items, days, ratings = data.seq_items.tolist(), data.seq_days.tolist(), data.seq_ratings.tolist()
+    age_codes = list(AGE_GROUPS)
+    movies = {
+        movie_id: {
+            "title": title,
+            "genres": [GENRES[g] for g in np.flatnonzero(genres)],
+            "year": None if year_index == 1 else data.min_year + year_index - 2,
+            "year_index": year_index,
+        }
+        for movie_id, title, genres, year_index in zip(
+            data.movie_ids.tolist(),
+            data.movie_titles.tolist(),
+            data.movie_genres,
+            data.movie_years.tolist(),
+            strict=True,
+        )
+    }
+    users = {
+        user_ids[u]: {
+            "gender": GENDERS[gender - 1],
+            "age": age_codes[age - 1],
+            "age_group": AGE_GROUPS[age_codes[age - 1]],
+            "occupation_code": occupation - 1,
+            "occupation": OCCUPATIONS[occupation - 1],
+            "gender_index": gender,
+            "age_index": age,
+            "occupation_index": occupation,
+            "history": {
+                "items": items[offsets[u] : offsets[u + 1]],
+                "days": days[offsets[u] : offsets[u + 1]],
+                "ratings": ratings[offsets[u] : offsets[u + 1]],
+            },
+        }
+        for u, gender, age, occupation in zip(
+            range(1, data.num_users + 1),
+            data.user_gender[1:].tolist(),
+            data.user_age[1:].tolist(),
+            data.user_occupation[1:].tolist(),
+            strict=True,
+        )
+    }
+    return {
+        "format_version": FORMAT_VERSION,
+        "source_md5": dict(data.source_md5),
+        "matches_grouplens_original": data.source_md5 == GROUPLENS_MD5,
+        "params": {"seq_length": data.seq_length, "window_stride": data.window_stride},
+        "sizes": {
+            "pad_index": PAD_INDEX,
+            "mask_index": mask_index(data.num_items),
+            "num_items": data.num_items,
+            "vocab_size": data.num_items + 2,
+            "num_users": data.num_users,
+            "num_genres": data.num_genres,
+            "num_years": data.num_years,
+            "num_genders": data.num_genders,
+            "num_ages": data.num_ages,
+            "num_occupations": data.num_occupations,
+        },
+        "vocabularies": {
+            "genres": list(GENRES),
+            "genders": [UNKNOWN, *GENDERS],
+            "age_groups": [{"age": None, "label": UNKNOWN}]
+            + [{"age": age, "label": label} for age, label in AGE_GROUPS.items()],
+            "occupations": [{"code": None, "name": UNKNOWN}]
+            + [{"code": code, "name": name} for code, name in enumerate(OCCUPATIONS)],
+            "years": {
+                "min_year": data.min_year,
+                "max_year": max_year,
+                "encoding": "0 = padding, 1 = unknown year, 2 + (year - min_year)",
+            },
+            "day_of_year": "1..366 (UTC) from the timestamp, 0 = padding",
+        },
+        "item_index_by_movie_id": {
+            movie_id: index for index, movie_id in enumerate(item_movie_ids) if movie_id >= 0
+        },
+        "movie_id_by_item_index": [None if movie_id < 0 else movie_id for movie_id in item_movie_ids],
+        "user_index_by_user_id": {user_id: index for index, user_id in enumerate(user_ids) if user_id >= 0},
+        "user_id_by_user_index": [None if user_id < 0 else user_id for user_id in user_ids],
+        "movies": movies,
+        "users": users,
+        "statistics": dataset_statistics(data),
+    }
+
+
+_ID_KEYED = ("item_index_by_movie_id", "user_index_by_user_id", "movies", "users")
+
+
+def save_metadata(data: ML1MData, path: str | Path) -> Path:
+    """Write build_metadata(data) as JSON, atomically (temporary file + os.replace). Returns the path."""
+    path = Path(path)
+    with _atomic_file(path) as handle:
+        handle.write(
+            json.dumps(build_metadata(data), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        )
+    return path
+
+
+def load_metadata(path: str | Path) -> dict[str, Any]:
+    """Read metadata.json as written by save_metadata (MovieID/UserID keys back to int)."""
+    metadata = json.loads(Path(path).read_text(encoding="utf-8"))
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise DataError(
+            f"{path}: metadata format {metadata.get('format_version')}, this code reads {FORMAT_VERSION}; "
+            "rerun data_processor.py"
+        )
+    for name in _ID_KEYED:
+        metadata[name] = {int(key): value for key, value in metadata[name].items()}
+    return metadata
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Synthetic data in ML-1M's format, for fast tests of every stage
+
+_SYNTHETIC_TITLES = (
+    "Misérables, Les",
+    "City of Lost Children, The (Cité des enfants perdus, La)",
+    "Seven (Se7en)",
+    "Eighth Day, The (Le Huitième jour )",
+    "Cold Fever (Á köldum klaka)",
+    "Fantasia 2000",
+    "Toy Story",
+    "Shanghai Triad (Yao a yao yao dao waipo qiao)",
+)
+
+
+def write_synthetic_ml1m(
+    folder: str | Path, num_users: int = 40, num_movies: int = 120, seed: int = 0
+) -> Path:
+    """Write a small random dataset in ML-1M's format (ratings.dat, movies.dat, users.dat) into `folder`.
+
+    Titles are latin-1 with accents and extra parentheses, every 7th movie has no year, about a tenth of the
+    movies are never rated, MovieIDs have gaps, every user has >= 5 ratings with at least one timestamp tie,
+    and ratings are grouped by user but not sorted by time within a user (as in ML-1M). Returns `folder`.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    movie_ids = np.sort(rng.choice(np.arange(1, 3 * num_movies + 1), size=num_movies, replace=False))
+    movie_lines = []
+    for number, movie_id in enumerate(movie_ids.tolist()):
+        title = f"{_SYNTHETIC_TITLES[number % len(_SYNTHETIC_TITLES)]} {number}"
+        if number % 7 != 3:
+            title += f" ({rng.integers(1919, 2001)})"
+        genres = rng.choice(GENRES, size=rng.integers(1, 4), replace=False)
+        movie_lines.append(f"{movie_id}::{title}::{'|'.join(genres)}\n")
+
+    user_lines = [
+        f"{user_id}::{rng.choice(GENDERS)}::{rng.choice(list(AGE_GROUPS))}::{rng.integers(0, 21)}::"
+        f"{rng.integers(10000, 99999)}\n"
+        for user_id in range(1, num_users + 1)
+    ]
+
+    rated_pool = movie_ids[rng.permutation(num_movies)[: max(num_movies - max(num_movies // 10, 1), 5)]]
+    rating_lines = []
+    for user_id in range(1, num_users + 1):
+        count = int(rng.integers(5, min(80, len(rated_pool)) + 1))
+        gaps = rng.exponential(3 * 86400, size=count).astype(np.int64)
+        gaps[rng.integers(1, count)] = 0  # a timestamp tie
+        timestamps = rng.integers(946684800, 1025481600) + np.cumsum(gaps)  # 2000-01-01 .. 2002-07-01
+        shuffled = rng.permutation(count)
+        movies = rng.choice(rated_pool, size=count, replace=False)
+        stars = rng.integers(1, 6, size=count)
+        rating_lines += [f"{user_id}::{movies[i]}::{stars[i]}::{timestamps[i]}\n" for i in shuffled.tolist()]
+    for name, lines in (
+        ("movies.dat", movie_lines),
+        ("users.dat", user_lines),
+        ("ratings.dat", rating_lines),
+    ):
+        (folder / name).write_bytes("".join(lines).encode("latin-1"))
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def format_statistics(statistics: dict[str, Any]) -> str:
+    """The statistics as aligned 'name  value' lines."""
+    width = max(map(len, statistics))
+    return "\n".join(
+        f"{name:<{width}}  {value:,}" if isinstance(value, int) else f"{name:<{width}}  {value}"
+        for name, value in statistics.items()
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Process ML-1M, write metadata.json and the cache, print the statistics. Returns the exit status."""
+    parser = argparse.ArgumentParser(description="MovieLens 1M -> processed arrays (cached) + metadata.json")
+    parser.add_argument("--data_dir", help="ml-1m folder or ml-1m.zip (default: download into ./ml-1m)")
+    parser.add_argument("--output_dir", default="data", help="where metadata.json is written (default: data)")
+    parser.add_argument("--cache_dir", help="where the processed arrays are cached (default: --output_dir)")
+    parser.add_argument("--seq_length", type=int, default=50, help="training window length T (default: 50)")
+    parser.add_argument("--window_stride", type=int, help="stride between windows (default: seq_length // 2)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail, instead of warning, when a file differs from the GroupLens original",
+    )
+    args = parser.parse_args(argv)
+    try:
+        window_stride = _window_stride(args.seq_length, args.window_stride)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    output_dir = Path(args.output_dir)
+    try:
+        data = load_dataset(
+            args.data_dir,
+            cache_dir=args.cache_dir or output_dir,
+            seq_length=args.seq_length,
+            window_stride=window_stride,
+            strict=args.strict,
+        )
+        metadata_path = save_metadata(data, output_dir / "metadata.json")
+    except (DataError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_statistics(dataset_statistics(data)))
+    print(f"wrote {metadata_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
