@@ -1,0 +1,23 @@
+"""Shared fixtures: a synthetic ML-1M folder (fast tests of every stage) and the real ML-1M when present."""
+
+from pathlib import Path
+
+import pytest
+
+from data_processor import write_synthetic_ml1m
+
+REAL_ML1M_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-1m"
+
+
+@pytest.fixture
+def synthetic_ml1m_dir(tmp_path: Path) -> Path:
+    """A fresh synthetic ML-1M folder (40 users, 120 movies) in a temporary directory."""
+    return write_synthetic_ml1m(tmp_path / "ml-1m")
+
+
+@pytest.fixture(scope="session")
+def real_ml1m_dir() -> Path:
+    """The real ML-1M folder (../shared/data/ml-1m beside the repository); skips the test when absent."""
+    if not all((REAL_ML1M_DIR / name).is_file() for name in ("ratings.dat", "movies.dat", "users.dat")):
+        pytest.skip("real ML-1M not found at ../shared/data/ml-1m")
+    return REAL_ML1M_DIR
