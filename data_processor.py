@@ -1061,6 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     output_dir = Path(args.output_dir)
     try:
         data = load_dataset(
