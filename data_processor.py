@@ -165,6 +165,18 @@ class ML1MData:
     movie_years: np.ndarray
     source_md5: dict[str, str]
 
+    @property
+    def fingerprint(self) -> str:
+        """One string identifying the source files (see source_fingerprint)."""
+        return source_fingerprint(self.source_md5)
+
+
+def source_fingerprint(source_md5: dict[str, str]) -> str:
+    """sha256 over the md5 of ratings.dat, movies.dat and users.dat: equal fingerprints, equal source data."""
+    return hashlib.sha256(
+        ",".join(f"{name}:{source_md5[name]}" for name in SOURCE_FILES).encode()
+    ).hexdigest()
+
 
 @dataclass
 class EvalInputs:
@@ -736,7 +748,7 @@ def eval_inputs(data: ML1MData, split: Literal["val", "test"], seq_length: int) 
 def _cache_key(source_md5: dict[str, str], seq_length: int, window_stride: int) -> str:
     spec = {
         "format_version": FORMAT_VERSION,
-        "source_md5": source_md5,
+        "source_fingerprint": source_fingerprint(source_md5),
         "seq_length": seq_length,
         "window_stride": window_stride,
     }
@@ -899,6 +911,7 @@ def build_metadata(data: ML1MData) -> dict[str, Any]:
     }
     return {
         "format_version": FORMAT_VERSION,
+        "fingerprint": data.fingerprint,
         "source_md5": dict(data.source_md5),
         "matches_grouplens_original": data.source_md5 == GROUPLENS_MD5,
         "params": {"seq_length": data.seq_length, "window_stride": data.window_stride},

@@ -372,12 +372,13 @@ def test_cache_hit_skips_parsing(tmp_path, parse_counter):
 def test_stale_cache_is_rebuilt(tmp_path, parse_counter, monkeypatch):
     folder = write_ml1m(tmp_path / "ml-1m")
     cache = tmp_path / "cache"
-    load_dataset(folder, cache_dir=cache, verify=False)
+    original = load_dataset(folder, cache_dir=cache, verify=False)
     # same size, same layout, one rating changed: the md5 changes, so the cache must not be reused
     write_ml1m(folder, ratings=[*RATINGS[:-1], RATINGS[-1].replace("::2::", "::5::")])
     changed = load_dataset(folder, cache_dir=cache, verify=False)
     assert len(parse_counter) == 2
     assert changed.seq_ratings[2] == 5
+    assert changed.fingerprint != original.fingerprint
     load_dataset(folder, cache_dir=cache, verify=False)
     assert len(parse_counter) == 2  # the rebuilt cache is used
 
@@ -451,6 +452,7 @@ def test_metadata_round_trip(tmp_path):
         == dp.hashlib.md5((tmp_path / "ml-1m" / "ratings.dat").read_bytes()).hexdigest()
     )
     assert metadata["matches_grouplens_original"] is False
+    assert metadata["fingerprint"] == data.fingerprint == dp.source_fingerprint(metadata["source_md5"])
     assert metadata["statistics"]["ratings"] == 13 and metadata["statistics"]["never_rated_movies"] == 1
 
 
@@ -643,3 +645,4 @@ def test_real_metadata_has_cold_start_movies(real_data):
     assert metadata["users"][1]["age_group"] == "Under 18"
     assert metadata["users"][1]["occupation"] == "K-12 student"
     assert metadata["matches_grouplens_original"] is True
+    assert metadata["fingerprint"] == real_data.fingerprint == dp.source_fingerprint(dp.GROUPLENS_MD5)
