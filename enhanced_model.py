@@ -118,8 +118,8 @@ def sinusoid_table(length: int, dim: int) -> Tensor:
 
 class SinusoidalPositions(nn.Module):
     """Fixed sinusoid with one learned gain. The gain starts at the embeddings' init std so that order does
-    not drown item identity at the start (a unit-amplitude sinusoid is 35x larger than a 0.02 embedding),
-    and it can grow as Adam grows the item embeddings."""
+    not drown item identity at the start (a unit-RMS sinusoid is 50x a 0.02-std embedding), and it can
+    grow as the item embeddings grow in training."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -179,8 +179,11 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Pre-LN transformer layer: x + attn(LN(x)), then x + FFN(LN(x)). Pre-LN trains without a learning
-    rate warm-up and tolerates the larger learning rates BERT4Rec needs (see model_notes.md)."""
+    """Pre-LN transformer layer: x + attn(LN(x)), then x + FFN(LN(x)); GELU FFN of 4 * hidden as BERT4Rec.
+
+    On ML-1M (cloze loss, 64 epochs) pre-LN and BERT's post-LN reached the same validation NDCG@10;
+    pre-LN is kept because it does not depend on a learning-rate warm-up to stay stable (Xiong et al. 2020).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
