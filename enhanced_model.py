@@ -357,7 +357,10 @@ class EnhancedBERT4Rec(nn.Module):
     """
 
     def __init__(
-        self, config: ModelConfig, item_genres: Tensor | None = None, item_years: Tensor | None = None
+        self,
+        config: ModelConfig,
+        item_genres: Tensor | np.ndarray | None = None,
+        item_years: Tensor | np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -380,7 +383,9 @@ class EnhancedBERT4Rec(nn.Module):
         self.rating_head = RatingHead(config) if config.use_rating_head else None
         self.preference_head = PreferenceHead(config) if config.use_preference_head else None
         self.apply(_init_bert_weights)
-        if item_genres is not None or item_years is not None:
+        if (item_genres is None) != (item_years is None):
+            raise ValueError("pass both item_genres and item_years, or neither")
+        if item_genres is not None:
             self.set_item_side_info(item_genres, item_years)
 
     def set_item_side_info(self, item_genres: Tensor | np.ndarray, item_years: Tensor | np.ndarray) -> None:

@@ -303,8 +303,13 @@ def test_item_side_info_is_checked_and_saved_with_the_model():
         model.set_item_side_info(torch.zeros(5, 18), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="num_years"):
         model.set_item_side_info(torch.zeros(42, 18), torch.full((42,), config.num_years))
+    with pytest.raises(ValueError, match="both"):
+        EnhancedBERT4Rec(config, item_genres=torch.zeros(42, 18))
     restored = EnhancedBERT4Rec(config)
     restored.load_state_dict(model.state_dict())
+    tables = model.movie_meta.item_genres.numpy(), model.movie_meta.item_years.numpy()  # as in ML1MData
+    from_numpy = EnhancedBERT4Rec(config, *tables)
+    assert torch.equal(from_numpy.movie_meta.item_years, model.movie_meta.item_years)
     assert torch.equal(restored.movie_meta.item_genres, model.movie_meta.item_genres)
     assert torch.equal(restored.movie_meta.item_years, model.movie_meta.item_years)
 
