@@ -1,0 +1,105 @@
+"""Metric and batching functions of trainer.py against hand-computed answers."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import (
+    exclude_seen,
+    fit_bias_baseline,
+    learning_rate_factor,
+    mask_last_item,
+    mask_random_items,
+    ranking_metrics,
+    target_ranks,
+)
+
+
+def test_target_rank_counts_ties_against_the_target():
+    scores = torch.tensor([[0.1, 0.5, 0.3, 0.5],
+                           [0.9, 0.2, 0.3, 0.1],
+                           [0.0, 0.0, 0.0, 0.0]])
+    targets = torch.tensor([1, 0, 2])
+    assert target_ranks(scores, targets).tolist() == [1, 0, 3]
+
+
+def test_constant_scorer_scores_zero():
+    scores = torch.zeros(50, 100)
+    targets = torch.randint(0, 100, (50,))
+    metrics = ranking_metrics(target_ranks(scores, targets))
+    assert all(value == 0.0 for value in metrics.values())
+
+
+def test_ranking_metrics_hand_computed():
+    ranks = torch.tensor([0, 1, 4, 9, 10, 30])
+    metrics = ranking_metrics(ranks, ks=(1, 5, 10, 20))
+    assert metrics["HR@1"] == pytest.approx(1 / 6)
+    assert metrics["HR@5"] == pytest.approx(3 / 6)
+    assert metrics["HR@10"] == pytest.approx(4 / 6)
+    assert metrics["HR@20"] == pytest.approx(5 / 6)
+    assert metrics["NDCG@1"] == pytest.approx(1 / 6)
+    assert metrics["NDCG@5"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(6)) / 6)
+    expected_10 = (1 + 1 / math.log2(3) + 1 / math.log2(6) + 1 / math.log2(11)) / 6
+    assert metrics["NDCG@10"] == pytest.approx(expected_10)
+    assert metrics["NDCG@20"] == pytest.approx(expected_10 + 1 / math.log2(12) / 6)
+
+
+def test_exclude_seen_masks_exactly_the_history_rows():
+    scores = torch.zeros(3, 6)
+    offsets = np.array([0, 2, 2, 5])
+    items = np.array([1, 4, 2, 3, 5])
+    exclude_seen(scores, offsets, items)
+    expected = torch.zeros(3, 6)
+    expected[0, [1, 4]] = -math.inf
+    expected[2, [2, 3, 5]] = -math.inf
+    assert torch.equal(scores, expected)
+
+
+def test_exclude_seen_on_a_slice_of_a_larger_csr():
+    scores = torch.zeros(2, 5)
+    offsets = np.array([0, 1, 3, 4])
+    items = np.array([4, 1, 2, 3])
+    exclude_seen(scores, offsets[1:], items)  # users 1 and 2 only
+    assert torch.isinf(scores[0, [1, 2]]).all() and torch.isinf(scores[1, 3])
+    assert torch.isinf(scores).sum() == 3
+
+
+def test_random_masking_respects_padding_and_masks_every_row():
+    generator = torch.Generator().manual_seed(0)
+    item_seq = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5], [0, 0, 0, 0, 7]] * 50)
+    masked_seq, masked = mask_random_items(item_seq, 0.3, 99, generator)
+    assert not masked[item_seq == 0].any()
+    assert masked.any(dim=1).all()
+    assert torch.equal(masked_seq[masked], torch.full((int(masked.sum()),), 99))
+    assert torch.equal(masked_seq[~masked], item_seq[~masked])
+    share = masked[item_seq != 0].float().mean().item()
+    assert 0.25 < share < 0.45  # 0.3 plus the forced masks of rows that drew none
+
+
+def test_mask_last_item_uses_the_previous_day():
+    item_seq = torch.tensor([[0, 5, 6, 7]])
+    days = torch.tensor([[0, 10, 11, 12]])
+    next_seq, next_days = mask_last_item(item_seq, days, 9)
+    assert next_seq.tolist() == [[0, 5, 6, 9]]
+    assert next_days.tolist() == [[0, 10, 11, 11]]
+    assert item_seq.tolist() == [[0, 5, 6, 7]]
+
+
+def test_learning_rate_schedule():
+    assert learning_rate_factor(0, 10, 110, "cosine") == pytest.approx(0.1)
+    assert learning_rate_factor(9, 10, 110, "cosine") == pytest.approx(1.0)
+    assert learning_rate_factor(60, 10, 110, "cosine") == pytest.approx(0.5)
+    assert learning_rate_factor(110, 10, 110, "cosine") == pytest.approx(0.0)
+    assert learning_rate_factor(60, 10, 110, "linear") == pytest.approx(0.5)
+    assert learning_rate_factor(100, 10, 110, "constant") == 1.0
+
+
+def test_bias_baseline_recovers_an_additive_matrix():
+    users = np.array([1, 1, 1, 2, 2, 2, 3, 3, 3])
+    items = np.array([1, 2, 3, 1, 2, 3, 1, 2, 3])
+    true_user, true_item = np.array([0, 0.5, -0.5, 0.0]), np.array([0, 1.0, 0.0, -1.0])
+    ratings = 3 + true_user[users] + true_item[items]
+    mu, user_bias, item_bias = fit_bias_baseline(users, items, ratings, reg=0.0, iterations=50)
+    np.testing.assert_allclose(mu + user_bias[users] + item_bias[items], ratings, atol=1e-9)

@@ -1,0 +1,811 @@
+"""Multi-task training of EnhancedBERT4Rec on MovieLens 1M.
+
+    python trainer.py                                   # seed defaults, downloads ML-1M into ./ml-1m
+    python trainer.py --data_dir ../shared/data/ml-1m   # an existing ml-1m folder or ml-1m.zip
+    torchrun --nproc_per_node 2 trainer.py ...          # distributed data parallel (gloo on CPU, nccl on GPU)
+
+One loop, in plain sight: windows -> masking -> four weighted losses -> AdamW with warmup and decay ->
+validation NDCG@10 (full ranking, ../shared/EVALUATION.md) -> early stopping and checkpoints -> test
+metrics from the best-validation checkpoint, written to results.json beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data_processor import (
+    DataError,
+    EvalInputs,
+    ML1MData,
+    eval_inputs,
+    load_dataset,
+    mask_index,
+    save_metadata,
+)
+from enhanced_model import EnhancedBERT4Rec, ModelConfig, preference_loss, preference_top_k_overlap
+
+TASKS = ("item_prediction", "next_item", "rating_prediction", "user_preference")
+RANKING_KS = (1, 5, 10, 20)
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingError(RuntimeError):
+    """A problem the user can fix (bad flag combination, incompatible checkpoint, diverged run)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    metadata_path: str = "metadata.json"
+    window_stride: int | None = None
+    # model (the seed's defaults)
+    hidden_size: int = 256
+    num_heads: int = 4
+    num_layers: int = 4
+    seq_length: int = 50
+    dropout: float = 0.2
+    positional: str = "sinusoidal"
+    use_item_side_info: bool = True
+    use_user_tokens: bool = True
+    use_temporal: bool = True
+    # tasks
+    item_prediction_weight: float = 1.0
+    next_item_weight: float = 1.0
+    rating_prediction_weight: float = 0.3
+    user_preference_weight: float = 0.2
+    mask_prob: float = 0.2
+    user_dropout: float = 0.1
+    # optimisation (the seed's defaults)
+    batch_size: int = 64
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    lr_schedule: str = "cosine"
+    grad_clip: float = 1.0
+    grad_accum_steps: int = 1
+    gradient_checkpointing: bool = False
+    amp: str = "off"
+    max_epochs: int = 100
+    patience: int = 15
+    eval_every: int = 1
+    eval_batch_size: int = 512
+    max_minutes: float | None = None
+    # bookkeeping
+    seed: int = 42
+    device: str = "auto"
+    deterministic: bool = False
+    checkpoint_dir: str = "checkpoints"
+    resume: str | None = None
+    use_wandb: bool = False
+    wandb_project: str = "enhanced-bert4rec"
+    wandb_run_name: str | None = None
+    progress: bool = True
+    task_weights: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.task_weights = {task: getattr(self, f"{task}_weight") for task in TASKS}
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The command line: every TrainConfig field is a flag, `--help` shows each default."""
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(
+        description="Train the enhanced BERT4Rec on MovieLens 1M (multi-task, full-ranking evaluation).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+    group = parser
+
+    def add(name: str, help_text: str, **kwargs) -> None:
+        group.add_argument(f"--{name}", default=getattr(defaults, name), help=help_text, **kwargs)
+
+    def switch(name: str, help_text: str) -> None:
+        group.add_argument(f"--{name}", default=getattr(defaults, name), help=help_text,
+                           action=argparse.BooleanOptionalAction)
+
+    group = parser.add_argument_group("data")
+    add("data_dir", "existing ml-1m folder or ml-1m.zip; omitted: download into ./ml-1m")
+    add("cache_dir", "where processed arrays are cached (default: beside the data)")
+    add("metadata_path", "where the metadata.json that inference.py needs is written")
+    add("window_stride", "stride of the training sliding windows (default: seq_length // 2)", type=int)
+    group = parser.add_argument_group("model")
+    add("hidden_size", "transformer hidden dimension", type=int)
+    add("num_heads", "attention heads", type=int)
+    add("num_layers", "transformer layers", type=int)
+    add("seq_length", "maximum sequence length", type=int)
+    add("dropout", "dropout probability", type=float)
+    add("positional", "positional encoding", choices=["sinusoidal", "learned"])
+    switch("use_item_side_info", "genre and release-year embeddings of the movies")
+    switch("use_user_tokens", "user identity/demographic tokens and the cross-attention over them")
+    switch("use_temporal", "day-of-year embeddings")
+    group = parser.add_argument_group("multi-task weights (0 switches a task off: no parameters, no compute)")
+    add("item_prediction_weight", "masked-item (BERT cloze) loss", type=float)
+    add("next_item_weight", "next-item loss (last position masked, as at inference)", type=float)
+    add("rating_prediction_weight", "1-5 rating regression loss", type=float)
+    add("user_preference_weight", "user genre-preference KL loss", type=float)
+    add("mask_prob", "share of positions masked for the masked-item task", type=float)
+    add("user_dropout", "share of training rows whose user id is hidden (teaches the cold-start path)",
+        type=float)
+    group = parser.add_argument_group("optimisation")
+    add("batch_size", "training batch size (per process)", type=int)
+    add("learning_rate", "peak learning rate (AdamW)", type=float)
+    add("weight_decay", "AdamW weight decay (not on biases, norms, embeddings)", type=float)
+    add("warmup_steps", "linear warmup steps (optimizer steps)", type=int)
+    add("lr_schedule", "decay after warmup", choices=["cosine", "linear", "constant"])
+    add("grad_clip", "clip gradient norm (0: off)", type=float)
+    add("grad_accum_steps", "micro-batches per optimizer step", type=int)
+    switch("gradient_checkpointing", "recompute encoder activations in backward to save memory")
+    add("amp", "mixed precision: bf16 (GPU, or CPU) or fp16 (GPU only)", choices=["off", "bf16", "fp16"])
+    add("max_epochs", "maximum training epochs", type=int)
+    add("patience", "early stopping: evaluations without validation NDCG@10 improvement", type=int)
+    add("eval_every", "validate every N epochs", type=int)
+    add("eval_batch_size", "users per batch in full-ranking evaluation", type=int)
+    add("max_minutes", "stop cleanly after this many minutes of training, then evaluate and save", type=float)
+    group = parser.add_argument_group("run")
+    add("seed", "random seed", type=int)
+    add("device", "auto (cuda if present), cpu, cuda, cuda:N")
+    switch("deterministic", "deterministic algorithms (bit-exact resume on CPU)")
+    add("checkpoint_dir", "where best_model.pt, last.pt and results.json are written")
+    add("resume", "continue from this checkpoint (usually <checkpoint_dir>/last.pt)")
+    switch("use_wandb", "log to Weights & Biases (WANDB_MODE=offline works without network)")
+    add("wandb_project", "wandb project")
+    add("wandb_run_name", "wandb run name")
+    switch("progress", "tqdm progress bars")
+    args = parser.parse_args(argv)
+    return TrainConfig(**vars(args))
+
+
+def build_model_config(config: TrainConfig, data: ML1MData) -> ModelConfig:
+    """The network the flags describe; heads of tasks with weight 0 are not built at all."""
+    return ModelConfig(
+        num_items=data.num_items, num_users=data.num_users, num_genres=data.num_genres,
+        num_years=data.num_years, num_genders=data.num_genders, num_ages=data.num_ages,
+        num_occupations=data.num_occupations,
+        hidden_size=config.hidden_size, num_heads=config.num_heads, num_layers=config.num_layers,
+        seq_length=config.seq_length, dropout=config.dropout, positional=config.positional,
+        use_item_side_info=config.use_item_side_info, use_user_tokens=config.use_user_tokens,
+        use_temporal=config.use_temporal,
+        use_rating_head=config.rating_prediction_weight > 0,
+        use_preference_head=config.user_preference_weight > 0,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
+
+
+def validate_config(config: TrainConfig) -> None:
+    checks = [
+        (config.batch_size > 0, "--batch_size must be positive"),
+        (config.learning_rate > 0, "--learning_rate must be positive"),
+        (config.max_epochs > 0, "--max_epochs must be positive"),
+        (config.grad_accum_steps > 0, "--grad_accum_steps must be positive"),
+        (config.seq_length >= 2, "--seq_length must be at least 2"),
+        (config.hidden_size % config.num_heads == 0, "--hidden_size must be divisible by --num_heads"),
+        (0 < config.mask_prob < 1, "--mask_prob must be in (0, 1)"),
+        (0 <= config.user_dropout < 1, "--user_dropout must be in [0, 1)"),
+        (all(w >= 0 for w in config.task_weights.values()), "task weights must be >= 0"),
+        (config.item_prediction_weight > 0 or config.next_item_weight > 0,
+         "at least one of --item_prediction_weight and --next_item_weight must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise TrainingError(message)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics (../shared/EVALUATION.md): pessimistic ties, full ranking
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each row's target: the number of other items scoring >= the target.
+
+    Ties count against the target, so a constant scorer ranks every target last, not first.
+    """
+    target_scores = scores.gather(1, targets[:, None])
+    return (scores >= target_scores).sum(dim=1) - 1
+
+
+def ranking_metrics(ranks: torch.Tensor, ks: tuple[int, ...] = RANKING_KS) -> dict[str, float]:
+    """HR@K and NDCG@K (one relevant item per user) from 0-based ranks."""
+    ranks = ranks.double()
+    metrics = {}
+    for k in ks:
+        hit = ranks < k
+        metrics[f"HR@{k}"] = hit.double().mean().item()
+        metrics[f"NDCG@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0).mean().item()
+    return metrics
+
+
+def exclude_seen(scores: torch.Tensor, seen_offsets: np.ndarray, seen_items: np.ndarray) -> None:
+    """Set, in place, the scores of every item in each row's input history to -inf (CSR rows)."""
+    lengths = np.diff(seen_offsets)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    items = seen_items[seen_offsets[0]:seen_offsets[-1]]
+    scores[torch.from_numpy(rows).to(scores.device), torch.from_numpy(items).to(scores.device)] = -math.inf
+
+
+def fit_bias_baseline(users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
+                      reg: float = 10.0, iterations: int = 10) -> tuple[float, np.ndarray, np.ndarray]:
+    """Regularised user + item bias model r ~ mu + b_u + b_i by alternating least squares."""
+    ratings = ratings.astype(np.float64)
+    mu = ratings.mean()
+    user_bias = np.zeros(users.max() + 1)
+    item_bias = np.zeros(items.max() + 1)
+    for _ in range(iterations):
+        residual = ratings - mu - user_bias[users]
+        item_bias = np.bincount(items, residual, len(item_bias)) / (np.bincount(items, None, len(item_bias)) + reg)
+        residual = ratings - mu - item_bias[items]
+        user_bias = np.bincount(users, residual, len(user_bias)) / (np.bincount(users, None, len(user_bias)) + reg)
+    return mu, user_bias, item_bias
+
+
+def training_events(data: ML1MData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, item, rating) of every training-part event: each user's events except the last two."""
+    lengths = np.diff(data.seq_offsets)
+    users = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(users)) - data.seq_offsets[users]
+    keep = position < lengths[users] - 2
+    return users[keep], data.seq_items[keep], data.seq_ratings[keep]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batches: pre-made tensors, vectorised masking
+
+
+def user_features(data_tensors: dict[str, torch.Tensor], users: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"user_idx": users, "gender": data_tensors["user_gender"][users],
+            "age": data_tensors["user_age"][users], "occupation": data_tensors["user_occupation"][users]}
+
+
+def mask_random_items(item_seq: torch.Tensor, mask_prob: float, mask_token: int,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT4Rec cloze masking: each real position becomes [MASK] with probability mask_prob.
+
+    A row that drew no mask gets its newest position masked, so every row trains the item head.
+    """
+    real = item_seq != 0
+    masked = (torch.rand(item_seq.shape, generator=generator, device=item_seq.device) < mask_prob) & real
+    masked[:, -1] |= ~masked.any(dim=1)
+    return item_seq.masked_fill(masked, mask_token), masked
+
+
+def mask_last_item(item_seq: torch.Tensor, day_of_year: torch.Tensor,
+                   mask_token: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inference situation: the newest position is [MASK] and carries the previous event's day."""
+    next_seq = item_seq.clone()
+    next_seq[:, -1] = mask_token
+    next_days = day_of_year.clone()
+    next_days[:, -1] = torch.where(day_of_year[:, -2] > 0, day_of_year[:, -2], day_of_year[:, -1])
+    return next_seq, next_days
+
+
+class MultiTaskObjective(nn.Module):
+    """The weighted sum of the four task losses; wrapping it (not the bare model) keeps DDP in control.
+
+    A task with weight 0 is skipped entirely: no forward pass, no head.
+    """
+
+    def __init__(self, model: EnhancedBERT4Rec, task_weights: dict[str, float]) -> None:
+        super().__init__()
+        self.model = model
+        self.task_weights = task_weights
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        losses: dict[str, torch.Tensor] = {}
+        weights = self.task_weights
+        rating_rows, rating_items, rating_targets = [], [], []
+        pooled_hidden = None
+        if weights["item_prediction"] > 0:
+            hidden = self.model(batch["masked_seq"], batch["days"], **batch["user"]).hidden
+            masked = batch["masked"]
+            rows = hidden[masked]
+            losses["item_prediction"] = F.cross_entropy(self.model.item_logits(rows).float(),
+                                                        batch["items"][masked])
+            rating_rows.append(rows)
+            rating_items.append(batch["items"][masked])
+            rating_targets.append(batch["ratings"][masked])
+            pooled_hidden = (hidden, batch["masked_seq"])
+        if weights["next_item"] > 0:
+            hidden = self.model(batch["next_seq"], batch["next_days"], **batch["user"]).hidden
+            rows = hidden[:, -1]
+            losses["next_item"] = F.cross_entropy(self.model.item_logits(rows).float(), batch["items"][:, -1])
+            rating_rows.append(rows)
+            rating_items.append(batch["items"][:, -1])
+            rating_targets.append(batch["ratings"][:, -1])
+            pooled_hidden = pooled_hidden or (hidden, batch["next_seq"])
+        if weights["rating_prediction"] > 0:
+            predicted = self.model.predict_rating(torch.cat(rating_rows), torch.cat(rating_items))
+            losses["rating_prediction"] = F.mse_loss(predicted.float(), torch.cat(rating_targets).float())
+        if weights["user_preference"] > 0:
+            logits = self.model.predict_preference(*pooled_hidden)
+            losses["user_preference"] = preference_loss(logits.float(), batch["genre_profile"])
+        losses["total"] = sum(weights[task] * loss for task, loss in losses.items())
+        return losses
+
+
+def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_token: int,
+               mask_prob: float, user_dropout: float, generator: torch.Generator) -> dict:
+    items = data_tensors["window_items"][rows]
+    days = data_tensors["window_days"][rows]
+    users = data_tensors["window_users"][rows]
+    masked_seq, masked = mask_random_items(items, mask_prob, mask_token, generator)
+    next_seq, next_days = mask_last_item(items, days, mask_token)
+    hide_user = torch.rand(users.shape, generator=generator, device=users.device) < user_dropout
+    return {
+        "items": items, "ratings": data_tensors["window_ratings"][rows], "days": days,
+        "masked_seq": masked_seq, "masked": masked, "next_seq": next_seq, "next_days": next_days,
+        "user": user_features(data_tensors, users.masked_fill(hide_user, 0)),
+        "genre_profile": data_tensors["user_genre_profile"][users],
+    }
+
+
+def epoch_batches(num_windows: int, batch_size: int, generator: torch.Generator, rank: int,
+                  world_size: int) -> Iterator[torch.Tensor]:
+    """This process's share of a fresh shuffle; every rank gets the same number of batches."""
+    order = torch.randperm(num_windows, generator=generator)
+    per_rank = num_windows // world_size
+    mine = order[rank * per_rank:(rank + 1) * per_rank]
+    yield from mine.split(batch_size)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass
+class EvalTensors:
+    """EvalInputs moved to torch once, with the user features each batch needs."""
+
+    inputs: EvalInputs
+    items: torch.Tensor
+    days: torch.Tensor
+    users: torch.Tensor
+    targets: torch.Tensor
+
+
+def to_eval_tensors(inputs: EvalInputs, device: torch.device) -> EvalTensors:
+    return EvalTensors(inputs, torch.from_numpy(inputs.items).to(device), torch.from_numpy(inputs.days).to(device),
+                       torch.from_numpy(inputs.users).to(device), torch.from_numpy(inputs.targets).to(device))
+
+
+@torch.no_grad()
+def score_last_position(model: EnhancedBERT4Rec, item_seq: torch.Tensor, day_of_year: torch.Tensor,
+                        user: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Item scores (B, vocabulary) at the [MASK] in the newest position, and all hidden states (B, T, H)."""
+    hidden = model(item_seq, day_of_year, **user).hidden
+    return model.item_logits(hidden[:, -1]).float(), hidden
+
+
+@torch.no_grad()
+def evaluate(model: EnhancedBERT4Rec, split: EvalTensors, data_tensors: dict[str, torch.Tensor],
+             batch_size: int) -> dict[str, float]:
+    """Full-ranking HR/NDCG over all users (seen items excluded), plus the auxiliary heads' metrics."""
+    was_training = model.training
+    model.eval()
+    inputs = split.inputs
+    ranks, rating_errors, preference_kl, preference_overlap = [], [], [], []
+    for start in range(0, len(inputs.users), batch_size):
+        stop = min(start + batch_size, len(inputs.users))
+        users = split.users[start:stop]
+        scores, hidden = score_last_position(model, split.items[start:stop], split.days[start:stop],
+                                             user_features(data_tensors, users))
+        offsets = inputs.seen_offsets[start:stop + 1]
+        exclude_seen(scores, offsets, inputs.seen_items)
+        ranks.append(target_ranks(scores, split.targets[start:stop]))
+        if model.config.use_rating_head:
+            predicted = model.predict_rating(hidden[:, -1], split.targets[start:stop]).float()
+            true = torch.from_numpy(inputs.target_ratings[start:stop]).to(predicted)
+            rating_errors.append(predicted - true)
+        if model.config.use_preference_head:
+            logits = model.predict_preference(hidden, split.items[start:stop]).float()
+            target = data_tensors["user_genre_profile"][users]
+            preference_kl.append(preference_loss(logits, target) * len(users))
+            preference_overlap.append(preference_top_k_overlap(logits, target) * len(users))
+    metrics = ranking_metrics(torch.cat(ranks))
+    if rating_errors:
+        metrics["rating_rmse"] = torch.cat(rating_errors).pow(2).mean().sqrt().item()
+    if preference_kl:
+        metrics["preference_kl"] = (sum(preference_kl) / len(inputs.users)).item()
+        metrics["preference_top3_overlap"] = (sum(preference_overlap) / len(inputs.users)).item()
+    model.train(was_training)
+    return metrics
+
+
+def baseline_metrics(data: ML1MData, split_inputs: EvalInputs) -> dict[str, float]:
+    """Reference points computed from the training part only: bias-model RMSE and global-genre KL."""
+    users, items, ratings = training_events(data)
+    mu, user_bias, item_bias = fit_bias_baseline(users, items, ratings)
+    predicted = np.clip(mu + user_bias[split_inputs.users] + item_bias[split_inputs.targets], 1, 5)
+    rmse = float(np.sqrt(np.mean((predicted - split_inputs.target_ratings) ** 2)))
+    profile = data.user_genre_profile[split_inputs.users].astype(np.float64)
+    global_profile = data.user_genre_profile[0].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(profile > 0, profile * (np.log(profile) - np.log(global_profile)), 0.0)
+    return {"bias_baseline_rmse": rmse, "global_genre_kl": float(terms.sum(axis=1).mean())}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints: plain data only, written atomically
+
+
+def atomic_torch_save(payload: dict, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def atomic_write_json(payload: dict, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint written by this trainer (plain data only: weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"checkpoint {path} does not exist: pass a file written by trainer.py")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a corrupt or foreign file
+        raise TrainingError(f"checkpoint {path} cannot be read ({error.__class__.__name__}: {error}); "
+                            "it is corrupt or not a trainer.py checkpoint") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"checkpoint {path} is not a trainer.py checkpoint (format {CHECKPOINT_FORMAT})")
+    return checkpoint
+
+
+def check_resumable(checkpoint: dict, model_config: ModelConfig, config: TrainConfig, fingerprint: str,
+                    path: str) -> None:
+    """Refuse to continue a run on other data, another network or other task weights."""
+    if checkpoint["data_fingerprint"] != fingerprint:
+        raise TrainingError(f"checkpoint {path} was trained on other data (fingerprint "
+                            f"{checkpoint['data_fingerprint'][:12]} vs {fingerprint[:12]}): "
+                            "resume with the same --data_dir and --seq_length/--window_stride")
+    if checkpoint["model_config"] != model_config.to_dict():
+        differ = sorted(k for k, v in model_config.to_dict().items() if checkpoint["model_config"].get(k) != v)
+        raise TrainingError(f"checkpoint {path} has another model configuration (differs in {', '.join(differ)}): "
+                            "resume with the flags it was trained with")
+    if checkpoint["train_config"]["task_weights"] != config.task_weights:
+        raise TrainingError(f"checkpoint {path} was trained with other task weights: resume with the same weights")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The training run
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(config: TrainConfig) -> Runtime:
+    """Device choice and, under torchrun, the process group (gloo on CPU, nccl on GPU)."""
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError(f"--device {config.device} asked for, but no CUDA GPU is available: use --device cpu")
+    if config.amp == "fp16" and device.type != "cuda":
+        raise TrainingError("--amp fp16 needs a CUDA GPU: use --amp bf16 or --amp off on the CPU")
+    if config.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainingError("--amp bf16 is not supported by this GPU: use --amp fp16")
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return Runtime(device)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device, rank, world_size)
+
+
+def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """Linear warmup to the peak, then cosine or linear decay to 0 at total_steps (or constant)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and embeddings."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.ndim < 2 or "embed" in name or "norm" in name:
+            no_decay.append(parameter)
+        else:
+            decay.append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.98))
+
+
+def data_to_tensors(data: ML1MData, device: torch.device) -> dict[str, torch.Tensor]:
+    names = ("window_items", "window_ratings", "window_days", "window_users", "user_gender", "user_age",
+             "user_occupation", "user_genre_profile")
+    return {name: torch.from_numpy(np.ascontiguousarray(getattr(data, name))).to(device) for name in names}
+
+
+def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
+    if torch.isfinite(losses["total"]):
+        return
+    bad = [task for task, loss in losses.items() if task != "total" and not torch.isfinite(loss)]
+    raise TrainingError(f"loss of task {', '.join(bad) or 'total'} is {losses['total'].item()} at step {step}: "
+                        "the run diverged (try a lower --learning_rate or --amp off); "
+                        "the last good checkpoint is kept")
+
+
+def save_state(path: Path, model: EnhancedBERT4Rec, optimizer, scheduler, scaler, state: dict,
+               config: TrainConfig, fingerprint: str, generators: tuple[torch.Generator, torch.Generator]) -> None:
+    rng = {"torch": torch.get_rng_state(), "shuffle": generators[0].get_state(), "mask": generators[1].get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    train_config = asdict(config)
+    atomic_torch_save({
+        "format": CHECKPOINT_FORMAT,
+        "model_state": model.state_dict(),
+        "model_config": model.config.to_dict(),
+        "train_config": train_config,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "rng": rng,
+        "data_fingerprint": fingerprint,
+        **state,
+    }, path)
+
+
+def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
+    """Run one training job end to end.
+
+    Returns this process's model as training left it (not the best checkpoint) and, on rank 0, the results
+    also written to results.json (an empty dict on other ranks).
+    """
+    validate_config(config)
+    runtime = setup_runtime(config)
+    started = time.monotonic()
+    torch.manual_seed(config.seed + runtime.rank)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    log = print if runtime.is_main else (lambda *args, **kwargs: None)
+
+    data = load_dataset(config.data_dir, cache_dir=config.cache_dir, seq_length=config.seq_length,
+                        window_stride=config.window_stride)
+    fingerprint = data.fingerprint
+    model_config = build_model_config(config, data)
+    model = EnhancedBERT4Rec(model_config).to(runtime.device)
+    model.set_item_side_info(torch.from_numpy(data.item_genres), torch.from_numpy(data.item_years))
+    model.to(runtime.device)
+    objective: nn.Module = MultiTaskObjective(model, config.task_weights)
+    if runtime.world_size > 1:
+        objective = nn.parallel.DistributedDataParallel(objective)
+    optimizer = make_optimizer(model, config)
+    num_windows = len(data.window_users)
+    steps_per_epoch = math.ceil(num_windows // runtime.world_size / config.batch_size) // config.grad_accum_steps
+    total_steps = max(1, steps_per_epoch * config.max_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(
+        step, config.warmup_steps, total_steps, config.lr_schedule))
+    scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
+    autocast = (torch.autocast(runtime.device.type, dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
+                if config.amp != "off" else nullcontext())
+    # The shuffle is shared by all ranks (each takes its own slice); masks differ per rank.
+    shuffle_generator = torch.Generator().manual_seed(config.seed)
+    mask_generator = torch.Generator(runtime.device).manual_seed(config.seed + 1 + runtime.rank)
+    state = {"epoch": 0, "step": 0, "best_metric": -1.0, "best_epoch": 0, "evals_without_improvement": 0,
+             "history": [], "train_seconds": 0.0}
+
+    checkpoint_dir = Path(config.checkpoint_dir)
+    if config.resume:
+        checkpoint = load_checkpoint(config.resume)
+        check_resumable(checkpoint, model_config, config, fingerprint, config.resume)
+        model.load_state_dict(checkpoint["model_state"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if scaler is not None and checkpoint["scaler"]:
+            scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        shuffle_generator.set_state(checkpoint["rng"]["shuffle"])
+        mask_generator.set_state(checkpoint["rng"]["mask"])
+        if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        state.update({key: checkpoint[key] for key in state})
+        log(f"resumed from {config.resume} at epoch {state['epoch']}, step {state['step']}")
+
+    wandb_run = None
+    if runtime.is_main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        save_metadata(data, config.metadata_path)
+        if config.use_wandb:
+            import wandb
+            wandb_run = wandb.init(project=config.wandb_project, name=config.wandb_run_name, config=asdict(config))
+
+    data_tensors = data_to_tensors(data, runtime.device)
+    val_split = to_eval_tensors(eval_inputs(data, "val", config.seq_length), runtime.device)
+    mask_token = mask_index(data.num_items)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    log(f"{num_windows} training windows, {data.num_users} users, {data.num_items} items, "
+        f"{num_parameters / 1e6:.2f}M parameters, device {runtime.device}, {runtime.world_size} process(es)")
+
+    budget_seconds = config.max_minutes * 60 if config.max_minutes else math.inf
+    out_of_time = False
+    objective.train()
+    while state["epoch"] < config.max_epochs and not out_of_time:
+        epoch = state["epoch"] + 1
+        epoch_started = time.monotonic()
+        sums = {task: 0.0 for task in ("total", *TASKS)}
+        batches = list(epoch_batches(num_windows, config.batch_size, shuffle_generator, runtime.rank,
+                                     runtime.world_size))
+        optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not (config.progress and runtime.is_main),
+                   leave=False, dynamic_ncols=True)
+        for micro_step, rows in enumerate(bar):
+            batch = make_batch(data_tensors, rows.to(runtime.device), mask_token, config.mask_prob,
+                               config.user_dropout, mask_generator)
+            last_micro = (micro_step + 1) % config.grad_accum_steps == 0
+            sync = nullcontext() if last_micro or runtime.world_size == 1 else objective.no_sync()
+            with sync:
+                with autocast:
+                    losses = objective(batch)
+                check_finite(losses, state["step"])
+                loss = losses["total"] / config.grad_accum_steps
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            for task, value in losses.items():
+                sums[task] += value.item()
+            if not last_micro:
+                continue
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state["step"] += 1
+            bar.set_postfix({task[:8]: f"{sums[task] / (micro_step + 1):.3f}" for task in sums if sums[task]})
+            if time.monotonic() - started > budget_seconds:
+                out_of_time = True
+                break
+        bar.close()
+        state["epoch"] = epoch
+        state["train_seconds"] += time.monotonic() - epoch_started
+        epoch_losses = {task: value / max(1, len(batches)) for task, value in sums.items() if value}
+
+        record = {"epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0], **epoch_losses}
+        if epoch % config.eval_every == 0 or epoch == config.max_epochs or out_of_time:
+            val_metrics = evaluate(model, val_split, data_tensors, config.eval_batch_size) if runtime.is_main else {}
+            ndcg = broadcast_float(val_metrics.get("NDCG@10", 0.0), runtime)
+            record.update({f"val_{name}": value for name, value in val_metrics.items()})
+            improved = ndcg > state["best_metric"]
+            if improved:
+                state.update(best_metric=ndcg, best_epoch=epoch, evals_without_improvement=0)
+            else:
+                state["evals_without_improvement"] += 1
+            state["history"].append(record)
+            if runtime.is_main and improved:
+                save_state(checkpoint_dir / "best_model.pt", model, optimizer, scheduler, scaler, state, config,
+                           fingerprint, (shuffle_generator, mask_generator))
+        else:
+            state["history"].append(record)
+        if runtime.is_main:
+            save_state(checkpoint_dir / "last.pt", model, optimizer, scheduler, scaler, state, config, fingerprint,
+                       (shuffle_generator, mask_generator))
+            log(epoch_summary(record, state))
+            if wandb_run is not None:
+                wandb_run.log(record, step=state["step"])
+        if state["evals_without_improvement"] >= config.patience:
+            log(f"early stopping: no validation NDCG@10 improvement in {config.patience} evaluations")
+            break
+    if out_of_time:
+        log(f"stopped after {config.max_minutes} minutes (--max_minutes)")
+
+    results = {}
+    if runtime.is_main:
+        results = final_results(config, data, data_tensors, checkpoint_dir, state, started, runtime)
+        if wandb_run is not None:
+            wandb_run.summary.update({k: v for k, v in results["test"].items()})
+            wandb_run.finish()
+    if runtime.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return model, results
+
+
+def broadcast_float(value: float, runtime: Runtime) -> float:
+    """Rank 0's value on every rank, so that all processes stop at the same epoch."""
+    if runtime.world_size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=runtime.device)
+    dist.broadcast(tensor, src=0)
+    return tensor.item()
+
+
+def epoch_summary(record: dict, state: dict) -> str:
+    losses = " ".join(f"{task}={record[task]:.4f}" for task in ("total", *TASKS) if task in record)
+    line = f"epoch {record['epoch']:3d} step {record['step']} lr {record['lr']:.2e} {losses}"
+    if "val_NDCG@10" in record:
+        line += (f" | val NDCG@10 {record['val_NDCG@10']:.4f} HR@10 {record['val_HR@10']:.4f}"
+                 f" (best {state['best_metric']:.4f} @ epoch {state['best_epoch']})")
+    return line
+
+
+def final_results(config: TrainConfig, data: ML1MData, data_tensors: dict[str, torch.Tensor],
+                  checkpoint_dir: Path, state: dict, started: float, runtime: Runtime) -> dict:
+    """Test metrics, computed once, from the best-validation checkpoint; written to results.json."""
+    best = load_checkpoint(checkpoint_dir / "best_model.pt")
+    model = EnhancedBERT4Rec(ModelConfig.from_dict(best["model_config"]))
+    model.load_state_dict(best["model_state"])
+    model.to(runtime.device)
+    test_inputs = eval_inputs(data, "test", config.seq_length)
+    test_metrics = evaluate(model, to_eval_tensors(test_inputs, runtime.device), data_tensors,
+                            config.eval_batch_size)
+    test_metrics.update(baseline_metrics(data, test_inputs))
+    best_record = next(r for r in state["history"] if r["epoch"] == best["epoch"])
+    results = {
+        "test": test_metrics,
+        "validation": {k.removeprefix("val_"): v for k, v in best_record.items() if k.startswith("val_")},
+        "best_epoch": best["epoch"],
+        "epochs_run": state["epoch"],
+        "steps": state["step"],
+        "train_seconds": state["train_seconds"],
+        "wall_seconds": time.monotonic() - started,
+        "device": str(runtime.device),
+        "world_size": runtime.world_size,
+        "data_fingerprint": data.fingerprint,
+        "model_config": best["model_config"],
+        "train_config": asdict(config),
+        "history": state["history"],
+    }
+    atomic_write_json(results, checkpoint_dir / "results.json")
+    print("test (best-validation checkpoint, epoch {}): {}".format(
+        best["epoch"], " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items())))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        train(config)
+    except (TrainingError, DataError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch is in last.pt (resume with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
