@@ -1,0 +1,965 @@
+"""Recommendations, explanations, user profiles and cold start from a trained EnhancedBERT4Rec.
+
+    python inference.py --model_path checkpoints/best_model.pt --metadata_path metadata.json --user_id 123 --k 10
+
+    from inference import RecommendationEngine
+    engine = RecommendationEngine(model_path="checkpoints/best_model.pt", metadata_path="metadata.json")
+    engine.get_recommendations(user_id=123, item_sequence=[1, 5, 10, 15], k=10, filter_seen=True)
+    engine.explain_recommendation(user_id=123, item_sequence=[1, 5, 10, 15], recommended_item_id=42)
+    engine.get_user_profile(user_id=123)
+
+The last stage of the pipeline: it reads a trainer.py checkpoint (weights_only) and the metadata.json written
+with it (id maps, movies, users with their histories), never the raw files. The rules, in one place:
+
+- Ids in and out are MovieLens MovieIDs and UserIDs, never the model's indices.
+- A history is scored exactly as trainer.py scores its test split: its newest seq_length - 1 items,
+  left-padded, then [MASK], whose day is that of the newest item. Longer histories keep their newest
+  seq_length - 1 items for the model; filter_seen still excludes every item of the history.
+- item_sequence omitted: the user's whole known history (everything in the data, so it predicts what comes
+  after the test item); filter_seen then excludes all of it.
+- Days of year: from `timestamps` when given; otherwise an item the user has rated takes the day of that
+  rating, any other item the engine's default_day_of_year (default: today's, UTC).
+- Scores are the item head's logits, comparable within one call (higher = better), not probabilities.
+- Strategy of each answer: "personalized" (known user: identity + demographics + history), "sequence" (new user
+  with a history, plus any demographics given), "demographics" (new user with demographics only: the model's
+  cold-start path, trained by the trainer's --user_dropout), "popularity" (nothing known: the most-rated movies
+  of the training parts, the only statistic used), "genre_similarity" (never-rated movies, below).
+- Never-rated movies (in movies.dat, not in the model's vocabulary; 177 on ML-1M) have no embedding, so the
+  model cannot score them. In a history they are skipped by the model with a ColdItemWarning (their genres
+  and year still shape the cold-item profile, and filter_seen excludes them).
+  get_cold_item_recommendations ranks them among themselves by 0.8 * cosine(genre multi-hot, the history's
+  mean genre multi-hot) + 0.2 * exp(-|year - the history's median year| / 10), a similarity in [0, 1] that is
+  not on the model's scale: they are never mixed into the model's ranking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_processor import GENRES, PAD_INDEX, DataError, _left_padded, day_of_year, load_metadata
+from enhanced_model import USER_TOKENS, EnhancedBERT4Rec, ModelConfig
+from trainer import TrainingError, exclude_seen, load_checkpoint, score_last_position, target_ranks
+
+PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
+    "personalized", "sequence", "demographics", "popularity", "genre_similarity",
+)  # fmt: skip
+COLD_GENRE_WEIGHT, COLD_YEAR_WEIGHT, COLD_YEAR_SCALE = 0.8, 0.2, 10.0
+SAME_ERA_YEARS = 3  # release years this close to the history's median read as "the same era"
+EXPLANATION_MEASURES = {
+    "score_drop": "item-head score of the recommended movie minus its score with that history item deleted "
+    "(older items slide into the window), or with that user token set to unknown; one batched forward pass",
+    "rank_without": "rank of the recommended movie after that deletion (seen movies excluded)",
+    "attention": "last encoder layer, attention of the [MASK] position to that item, mean over heads; "
+    "shown beside, not a measure of influence",
+    "cross_attention": "weight of each user token in the [MASK] position's cross-attention, mean over heads",
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Errors a caller can cause: the CLI turns each into one line on stderr and exit status 1.
+
+
+class InferenceError(ValueError):
+    """Bad input to the engine: the message names the input and the fix."""
+
+
+class CheckpointError(InferenceError):
+    """The checkpoint is missing, corrupt, or not a trainer.py checkpoint."""
+
+
+class MetadataError(InferenceError):
+    """metadata.json is missing, corrupt or incomplete."""
+
+
+class MetadataMismatchError(InferenceError):
+    """metadata.json describes other data than the checkpoint was trained on."""
+
+
+class UnknownUserError(InferenceError):
+    """A UserID that is not in the metadata (and no demographics to treat it as a new user)."""
+
+
+class UnknownItemError(InferenceError):
+    """A MovieID that is not in movies.dat."""
+
+
+class ColdItemError(InferenceError):
+    """A never-rated movie where the model must score it (it has no embedding)."""
+
+
+class ColdItemWarning(UserWarning):
+    """Never-rated movies in a history: the model skips them."""
+
+
+@dataclass
+class BatchScores:
+    """Scores of many users at once: scores[row, j] is the score of movie movie_ids[j] for user row (seen
+    movies -inf when filter_seen). Rows follow the user_ids given; strategies[row] says how they were scored."""
+
+    movie_ids: np.ndarray
+    scores: torch.Tensor
+    strategies: list[str]
+
+
+@dataclass
+class _Request:
+    """One user's input in model indices. items/days: the warm history in time order, all of it."""
+
+    user_index: int
+    features: tuple[int, int, int]  # gender, age, occupation index, 0 = unknown
+    items: np.ndarray
+    days: np.ndarray
+    cold_movie_ids: list[int]
+    strategy: str
+
+
+@dataclass
+class _ModelInputs:
+    item_seq: torch.Tensor
+    days: torch.Tensor
+    user: dict[str, torch.Tensor]
+    seen_offsets: np.ndarray
+    seen_items: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The engine
+
+
+class RecommendationEngine:
+    """Top-k recommendations, explanations, user profiles and cold start from a checkpoint + metadata.json.
+
+    model_path: a checkpoint written by trainer.py (loaded with weights_only=True).
+    metadata_path: the metadata.json written for the same data (its fingerprint must match the checkpoint's).
+    device: "auto" (cuda when available), "cpu", "cuda" or "cuda:N".
+    default_day_of_year: day (1..366) given to history items without a timestamp or a known rating day;
+        None = today's (UTC) at each call.
+    Raises CheckpointError, MetadataError, MetadataMismatchError or InferenceError (all ValueError).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        metadata_path: str | Path,
+        device: str = "auto",
+        default_day_of_year: int | None = None,
+    ) -> None:
+        if default_day_of_year is not None and not 1 <= _as_int(default_day_of_year, "default_day_of_year") <= 366:
+            raise InferenceError(f"default_day_of_year must be in 1..366, got {default_day_of_year}")
+        self.default_day_of_year = default_day_of_year
+        self.device = _device(device)
+        checkpoint = _read_checkpoint(model_path)
+        metadata = _read_metadata(metadata_path)
+        self.model = _build_model(checkpoint, model_path).to(self.device).eval()
+        self.config: ModelConfig = self.model.config
+        _check_same_data(checkpoint, metadata, self.config, model_path, metadata_path)
+        try:
+            self._index_metadata(metadata)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise MetadataError(
+                f"metadata {metadata_path} is incomplete ({error.__class__.__name__}: {error}); "
+                "rewrite it with data_processor.py"
+            ) from None
+
+    def _index_metadata(self, metadata: dict[str, Any]) -> None:
+        """Arrays for vectorised look-ups: movies, items, users, histories (CSR), popularity."""
+        self._vocabularies = metadata["vocabularies"]
+        self._movies = metadata["movies"]
+        movie_ids = np.array(sorted(self._movies), dtype=np.int64)
+        self._movie_row = np.full(int(movie_ids.max()) + 1, -1, dtype=np.int64)
+        self._movie_row[movie_ids] = np.arange(len(movie_ids))
+        self._movie_ids = movie_ids
+        self._movie_genres = np.zeros((len(movie_ids), len(GENRES)), dtype=np.float32)
+        for row, movie_id in enumerate(movie_ids.tolist()):
+            self._movie_genres[row, [GENRES.index(genre) for genre in self._movies[movie_id]["genres"]]] = 1.0
+        self._movie_years = np.array(
+            [np.nan if self._movies[m]["year"] is None else self._movies[m]["year"] for m in movie_ids.tolist()]
+        )
+        self._item_movie_ids = np.array([-1 if m is None else m for m in metadata["movie_id_by_item_index"]])
+        self._item_of_movie = np.zeros(len(self._movie_row), dtype=np.int64)  # 0: never rated (or unknown)
+        self._item_of_movie[self._item_movie_ids[1:-1]] = np.arange(1, self.config.num_items + 1)
+        self._item_movie_rows = self._movie_row[self._item_movie_ids[1:-1]]
+
+        self._users = metadata["users"]
+        self._user_index = metadata["user_index_by_user_id"]
+        user_ids = metadata["user_id_by_user_index"]
+        self._user_features = np.zeros((len(user_ids), 3), dtype=np.int64)
+        histories = [{"items": [], "days": []}] + [self._users[u]["history"] for u in user_ids[1:]]
+        for index, user_id in enumerate(user_ids[1:], start=1):
+            user = self._users[user_id]
+            self._user_features[index] = (user["gender_index"], user["age_index"], user["occupation_index"])
+        lengths = np.array([len(history["items"]) for history in histories])
+        self._history_offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self._history_items = np.array([i for h in histories for i in h["items"]], dtype=np.int64)
+        self._history_days = np.array([d for h in histories for d in h["days"]], dtype=np.int64)
+        # (user, item) -> day of that rating, by binary search over user * vocabulary + item
+        event_users = np.repeat(np.arange(len(lengths)), lengths)
+        keys = event_users * self.config.item_vocab_size + self._history_items
+        order = np.argsort(keys, kind="stable")
+        self._event_keys, self._event_days = keys[order], self._history_days[order]
+        # popularity over the training parts only (each user's events but the last two: EVALUATION.md)
+        position = np.arange(len(event_users)) - self._history_offsets[event_users]
+        in_training = position < lengths[event_users] - 2
+        self._popularity = np.bincount(
+            self._history_items[in_training], minlength=self.config.item_vocab_size
+        ).astype(np.float32)
+        self._popularity[[PAD_INDEX, self.config.mask_index]] = -np.inf
+        training_counts = self._popularity[1:-1]
+        self._training_genre_mix = training_counts @ self._movie_genres[self._item_movie_rows] / training_counts.sum()
+
+    # ------------------------------------------------------------------------------------------------------
+    # Public API
+
+    def get_recommendations(
+        self,
+        user_id: int | None = None,
+        item_sequence: Sequence[int] | None = None,
+        k: int = 10,
+        filter_seen: bool = True,
+        *,
+        timestamps: Sequence[int] | None = None,
+        gender: str | None = None,
+        age: int | str | None = None,
+        occupation: int | str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The k best movies for one user, best first.
+
+        user_id: a UserID of the metadata, or None for a new user. An unknown UserID is an error unless
+            demographics are given (then it is served as a new user).
+        item_sequence: MovieIDs in time order; None = the user's whole known history.
+        filter_seen: exclude the sequence's movies (the whole known history when item_sequence is None).
+        timestamps: Unix seconds of the sequence's items (for their day of year).
+        gender ("F"/"M"), age (years or an ML-1M age group label such as "25-34"), occupation (ML-1M code
+            0..20 or its name): a new user's demographics, or overrides of a known user's.
+        Returns one dict per movie: rank, movie_id, title, genres, year, score, strategy (module docstring).
+        """
+        k = _positive_int(k, "k")
+        request = self._resolve(user_id, item_sequence, timestamps, gender, age, occupation)
+        _warn_cold([request])
+        return self._top_k(self._score([request], filter_seen), k, [request.strategy])[0]
+
+    def score_batch(
+        self,
+        user_ids: Sequence[int | None],
+        item_sequences: Sequence[Sequence[int] | None] | None = None,
+        timestamps: Sequence[Sequence[int] | None] | None = None,
+        filter_seen: bool = True,
+        batch_size: int = 512,
+    ) -> BatchScores:
+        """Scores of every movie for many users, batch_size users per forward pass (offline use).
+
+        Each row follows get_recommendations' rules for (user_ids[i], item_sequences[i], timestamps[i]);
+        item_sequences None = every user's known history.
+        """
+        batch_size = _positive_int(batch_size, "batch_size")
+        if item_sequences is not None and len(item_sequences) != len(user_ids):
+            raise InferenceError(f"item_sequences has {len(item_sequences)} rows for {len(user_ids)} user_ids")
+        if timestamps is not None and (item_sequences is None or len(timestamps) != len(user_ids)):
+            raise InferenceError("timestamps need item_sequences, one row per user")
+        requests = [
+            self._resolve(
+                user_id,
+                None if item_sequences is None else item_sequences[row],
+                None if timestamps is None else timestamps[row],
+            )
+            for row, user_id in enumerate(user_ids)
+        ]
+        _warn_cold(requests)
+        scores = self._score(requests, filter_seen, batch_size)
+        return BatchScores(self._item_movie_ids[1:-1], scores[:, 1:-1], [r.strategy for r in requests])
+
+    def recommend_batch(
+        self,
+        user_ids: Sequence[int | None],
+        item_sequences: Sequence[Sequence[int] | None] | None = None,
+        timestamps: Sequence[Sequence[int] | None] | None = None,
+        k: int = 10,
+        filter_seen: bool = True,
+        batch_size: int = 512,
+    ) -> list[list[dict[str, Any]]]:
+        """get_recommendations for many users at once (see score_batch); one list per user, in order."""
+        k = _positive_int(k, "k")
+        batch = self.score_batch(user_ids, item_sequences, timestamps, filter_seen, batch_size)
+        padded = torch.nn.functional.pad(batch.scores, (1, 1), value=-torch.inf)  # back to item-index columns
+        return self._top_k(padded, k, batch.strategies)
+
+    def explain_recommendation(
+        self,
+        user_id: int | None,
+        item_sequence: Sequence[int] | None,
+        recommended_item_id: int,
+        *,
+        timestamps: Sequence[int] | None = None,
+        gender: str | None = None,
+        age: int | str | None = None,
+        occupation: int | str | None = None,
+    ) -> dict[str, Any]:
+        """Why recommended_item_id (a MovieID) is recommended to this user (arguments as get_recommendations).
+
+        Returns a dict: "recommended" (the movie, its score and rank with seen movies excluded); "drivers" (the
+        history items the model read, most influential first: score_drop when the item is deleted, rank_without,
+        and attention shown beside); "shared_genres" (genre -> number of those items that have it);
+        "release_year" (its year against the items' median); "user_tokens" (per identity/gender/age/occupation
+        token: cross_attention weight at the [MASK] position and score_drop when hidden); "measures" (what
+        each number means); "sentence" (one plain-language sentence); "strategy".
+        """
+        request = self._resolve(user_id, item_sequence, timestamps, gender, age, occupation)
+        _warn_cold([request])
+        item = self._warm_item(recommended_item_id)
+        if request.strategy == POPULARITY:
+            return self._explain_popularity(request, item)
+        window_size = min(len(request.items), self.config.seq_length - 1)
+        window_start = len(request.items) - window_size
+        deletions = [
+            dataclasses.replace(request, items=np.delete(request.items, i), days=np.delete(request.days, i))
+            for i in range(window_start, len(request.items))
+        ]
+        hidden_tokens = [(name, self._hide_token(request, name)) for name in self._known_tokens(request)]
+        scores = self._score([request, *deletions, *(variant for _, variant in hidden_tokens)], False)
+        target_scores = scores[:, item].clone()
+        self._exclude(scores, [request] * len(scores))
+        scores[:, item] = target_scores
+        ranks = (target_ranks(scores, torch.full((len(scores),), item)) + 1).tolist()
+        drops = (target_scores[0] - target_scores[1:]).tolist()
+        self_attention, cross_attention = self._attention(request, window_size)
+
+        window_movies = self._item_movie_ids[request.items[window_start:]].tolist()
+        drivers = [
+            {
+                **self._movie(movie_id),
+                "position": window_size - i,  # 1 = the newest item
+                "score_drop": drops[i],
+                "rank_without": ranks[1 + i],
+                "attention": self_attention[i],
+            }
+            for i, movie_id in enumerate(window_movies)
+        ]
+        drivers.sort(key=lambda driver: -driver["score_drop"])
+        user_tokens = {
+            name: {
+                "cross_attention": cross_attention.get(name),
+                "score_drop": drops[window_size + j],
+                "rank_without": ranks[1 + window_size + j],
+            }
+            for j, (name, _) in enumerate(hidden_tokens)
+        }
+        recommended = {**self._movie(recommended_item_id), "score": target_scores[0].item(), "rank": ranks[0]}
+        explanation = {
+            "user_id": user_id,
+            "strategy": request.strategy,
+            "recommended": recommended,
+            "drivers": drivers,
+            "shared_genres": self._shared_genres(recommended_item_id, window_movies),
+            "release_year": self._year_relation(recommended_item_id, window_movies),
+            "user_tokens": user_tokens,
+            "measures": EXPLANATION_MEASURES,
+        }
+        explanation["sentence"] = _sentence(explanation, window_size)
+        return explanation
+
+    def get_user_profile(self, user_id: int) -> dict[str, Any]:
+        """A known user's demographics and history summary.
+
+        Returns user_id, gender ("F"/"M"), age (ML-1M age code), age_group (e.g. "25-34"), occupation_code
+        (0..20), occupation (its name), num_ratings, mean_rating, top_genres (up to 5 genres with their share
+        of the history's genre labels) and recent_movies (the 5 newest, newest first).
+        """
+        user_id = _as_int(user_id, "user_id")
+        if user_id not in self._user_index:
+            raise UnknownUserError(f"unknown user_id {user_id}: not in the metadata's users")
+        user = self._users[user_id]
+        history = user["history"]
+        genre_counts = self._movie_genres[self._item_movie_rows[np.array(history["items"]) - 1]].sum(axis=0)
+        shares = genre_counts / max(genre_counts.sum(), 1.0)
+        top = [int(g) for g in np.argsort(-shares, kind="stable")[:5] if shares[g] > 0]
+        return {
+            "user_id": user_id,
+            "gender": user["gender"],
+            "age": user["age"],
+            "age_group": user["age_group"],
+            "occupation_code": user["occupation_code"],
+            "occupation": user["occupation"],
+            "num_ratings": len(history["items"]),
+            "mean_rating": round(float(np.mean(history["ratings"])), 3),
+            "top_genres": [{"genre": GENRES[g], "share": round(float(shares[g]), 3)} for g in top],
+            "recent_movies": [
+                {"movie_id": movie_id, "title": self._movies[movie_id]["title"]}
+                for movie_id in self._item_movie_ids[history["items"][::-1][:5]].tolist()
+            ],
+        }
+
+    def get_cold_item_recommendations(
+        self,
+        user_id: int | None = None,
+        item_sequence: Sequence[int] | None = None,
+        k: int = 10,
+        filter_seen: bool = True,
+    ) -> list[dict[str, Any]]:
+        """The k never-rated movies closest to the history's genres and era (strategy "genre_similarity").
+
+        score = 0.8 * cosine(the movie's genre multi-hot, the history's mean genre multi-hot)
+              + 0.2 * exp(-|release year - the history's median year| / 10)   (0 without a year)
+        The history is item_sequence (cold items included) or the user's known history; an empty one uses
+        the genre mix of all training ratings and no year term. The score ranks cold movies among themselves
+        only: it is not on the model's scale. Each record adds genre_similarity, year_proximity, matched_genres.
+        """
+        k = _positive_int(k, "k")
+        request = self._resolve(user_id, item_sequence, None, None, None, None)
+        history_rows = np.concatenate([
+            self._item_movie_rows[request.items - 1],
+            self._movie_row[np.array(request.cold_movie_ids, dtype=np.int64)],
+        ])
+        profile = self._movie_genres[history_rows].mean(axis=0) if len(history_rows) else self._training_genre_mix
+        years = self._movie_years[history_rows]
+        reference_year = np.nanmedian(years) if np.isfinite(years).any() else np.nan
+        cold_rows = np.flatnonzero(self._item_of_movie[self._movie_ids] == PAD_INDEX)
+        if filter_seen:
+            cold_rows = np.setdiff1d(cold_rows, history_rows)
+        genres = self._movie_genres[cold_rows]
+        norms = np.linalg.norm(genres, axis=1) * np.linalg.norm(profile)
+        similarity = genres @ profile / np.maximum(norms, 1e-12)
+        proximity = np.nan_to_num(np.exp(-np.abs(self._movie_years[cold_rows] - reference_year) / COLD_YEAR_SCALE))
+        scores = COLD_GENRE_WEIGHT * similarity + COLD_YEAR_WEIGHT * proximity
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [
+            {
+                "rank": rank,
+                **self._movie(int(self._movie_ids[cold_rows[i]])),
+                "score": float(scores[i]),
+                "strategy": GENRE_SIMILARITY,
+                "genre_similarity": float(similarity[i]),
+                "year_proximity": float(proximity[i]),
+                "matched_genres": [GENRES[g] for g in np.flatnonzero(genres[i] * profile)],
+            }
+            for rank, i in enumerate(order.tolist(), start=1)
+        ]
+
+    # ------------------------------------------------------------------------------------------------------
+    # Resolving a request: ids -> model indices, strategy
+
+    def _resolve(
+        self,
+        user_id: int | None,
+        item_sequence: Sequence[int] | None,
+        timestamps: Sequence[int] | None,
+        gender: str | None = None,
+        age: int | str | None = None,
+        occupation: int | str | None = None,
+    ) -> _Request:
+        demographics = self._demographics(gender, age, occupation)
+        user_index = self._user_index_of(user_id, any(demographics))
+        known = self._user_features[user_index]
+        features = tuple(int(given or stored) for given, stored in zip(demographics, known, strict=True))
+        cold_movie_ids: list[int] = []
+        if item_sequence is None:
+            if timestamps is not None:
+                raise InferenceError("timestamps describe item_sequence: pass both, or neither")
+            start, stop = self._history_offsets[user_index], self._history_offsets[user_index + 1]
+            items, days = self._history_items[start:stop], self._history_days[start:stop]
+        else:
+            movie_ids = _as_id_array(item_sequence, "item_sequence")
+            items = self._items_of(movie_ids)
+            if timestamps is None:
+                days = self._known_days(user_index, items)
+            else:
+                days = day_of_year(_as_id_array(timestamps, "timestamps"))
+                if len(days) != len(items):
+                    raise InferenceError(f"timestamps has {len(days)} values for {len(items)} items in item_sequence")
+            cold_movie_ids = movie_ids[items == PAD_INDEX].tolist()
+            items, days = items[items != PAD_INDEX], days[items != PAD_INDEX]
+        if user_index:
+            strategy = PERSONALIZED
+        elif len(items):
+            strategy = SEQUENCE
+        else:
+            strategy = DEMOGRAPHICS if any(features) else POPULARITY
+        return _Request(user_index, features, items, days, cold_movie_ids, strategy)
+
+    def _user_index_of(self, user_id: int | None, has_demographics: bool) -> int:
+        if user_id is None:
+            return 0
+        user_id = _as_int(user_id, "user_id")
+        if user_id in self._user_index:
+            return self._user_index[user_id]
+        if has_demographics:
+            return 0  # a new user described by their demographics
+        raise UnknownUserError(
+            f"unknown user_id {user_id}: not in the metadata's users; for a new user pass gender/age/occupation "
+            "or an item_sequence without a user_id"
+        )
+
+    def _demographics(
+        self, gender: str | None, age: int | str | None, occupation: int | str | None
+    ) -> tuple[int, int, int]:
+        """Model indices (0 = not given) of a new user's demographics, via the metadata's vocabularies."""
+        genders = self._vocabularies["genders"]
+        age_groups = self._vocabularies["age_groups"]
+        occupations = self._vocabularies["occupations"]
+        gender_index = age_index = occupation_index = 0
+        if gender is not None:
+            if str(gender).upper() not in genders[1:]:
+                raise InferenceError(f"gender must be one of {', '.join(genders[1:])}, got {gender!r}")
+            gender_index = genders.index(str(gender).upper())
+        if age is not None:
+            labels = [group["label"] for group in age_groups]
+            if isinstance(age, str) and age in labels[1:]:
+                age_index = labels.index(age)
+            else:
+                years = _as_int(age, "age (years, or an age group such as '25-34')")
+                if not 1 <= years <= 120:
+                    raise InferenceError(f"age must be 1..120 years, got {years}")
+                # ML-1M's age codes are each group's lower bound: the group is the last code <= the age
+                age_index = max((i for i, group in enumerate(age_groups[1:], 1) if group["age"] <= years), default=1)
+        if occupation is not None:
+            names = [entry["name"] for entry in occupations]
+            if isinstance(occupation, str) and occupation in names[1:]:
+                occupation_index = names.index(occupation)
+            else:
+                code = _as_int(occupation, "occupation (ML-1M code or name)")
+                codes = [entry["code"] for entry in occupations]
+                if code not in codes[1:]:
+                    raise InferenceError(f"occupation must be an ML-1M code 0..{len(codes) - 2}, got {code}")
+                occupation_index = codes.index(code)
+        return gender_index, age_index, occupation_index
+
+    def _items_of(self, movie_ids: np.ndarray) -> np.ndarray:
+        """Item indices of MovieIDs (0 for never-rated movies); unknown MovieIDs are an error."""
+        in_range = (movie_ids >= 0) & (movie_ids < len(self._movie_row))
+        known = np.zeros(len(movie_ids), dtype=bool)
+        known[in_range] = self._movie_row[movie_ids[in_range]] >= 0
+        if not known.all():
+            unknown = sorted(set(movie_ids[~known].tolist()))
+            raise UnknownItemError(f"unknown MovieID(s) {unknown[:10]}: not in movies.dat")
+        return self._item_of_movie[movie_ids]
+
+    def _warm_item(self, movie_id: int) -> int:
+        """Item index of a MovieID the model can score."""
+        item = int(self._items_of(_as_id_array([movie_id], "recommended_item_id"))[0])
+        if item == PAD_INDEX:
+            raise ColdItemError(
+                f"movie {movie_id} was never rated in the training data, so the model cannot score it; "
+                "get_cold_item_recommendations ranks such movies by genre similarity"
+            )
+        return item
+
+    def _known_days(self, user_index: int, items: np.ndarray) -> np.ndarray:
+        """Day the user rated each item, else the default day (today's unless the engine was given one)."""
+        keys = user_index * self.config.item_vocab_size + items
+        found = np.minimum(np.searchsorted(self._event_keys, keys), len(self._event_keys) - 1)
+        rated = (self._event_keys[found] == keys) & (user_index > 0) & (items != PAD_INDEX)
+        return np.where(rated, self._event_days[found], self._default_day())
+
+    def _default_day(self) -> int:
+        if self.default_day_of_year is not None:
+            return self.default_day_of_year
+        return int(day_of_year(np.array([int(time.time())]))[0])
+
+    # ------------------------------------------------------------------------------------------------------
+    # Scoring: the trainer's input layout and scoring function
+
+    def _model_inputs(self, requests: list[_Request]) -> _ModelInputs:
+        """Newest seq_length - 1 items left-padded + [MASK] carrying the newest item's day (eval_inputs' layout)."""
+        width = self.config.seq_length - 1
+        lengths = np.array([len(r.items) for r in requests], dtype=np.int64)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        # a trailing 0 keeps the gathers valid when every history is empty; it is never selected
+        items = np.concatenate([*(r.items for r in requests), [PAD_INDEX]]).astype(np.int64)
+        days = np.concatenate([*(r.days for r in requests), [0]]).astype(np.int64)
+        newest_day = np.where(lengths > 0, days[np.maximum(ends - 1, 0)], self._default_day())
+        mask_column = np.full(len(requests), self.config.mask_index)
+        item_seq = np.column_stack([_left_padded(items, ends, starts, width), mask_column])
+        day_seq = np.column_stack([_left_padded(days, ends, starts, width), newest_day])
+        features = np.array([(r.user_index, *r.features) for r in requests], dtype=np.int64)
+        feature_columns = torch.from_numpy(features).T.to(self.device)
+        user = dict(zip(("user_idx", "gender", "age", "occupation"), feature_columns, strict=True))
+        return _ModelInputs(
+            torch.from_numpy(item_seq).to(self.device),
+            torch.from_numpy(day_seq).to(self.device),
+            user,
+            np.concatenate([[0], ends]),
+            items[:-1],
+        )
+
+    def _score(self, requests: list[_Request], filter_seen: bool, batch_size: int = 512) -> torch.Tensor:
+        """(len(requests), num_items + 2) scores on the CPU; popularity rows get training-part counts."""
+        chunks = []
+        for start in range(0, len(requests), batch_size):
+            batch = requests[start : start + batch_size]
+            if all(r.strategy == POPULARITY for r in batch):
+                chunks.append(torch.from_numpy(self._popularity).expand(len(batch), -1).clone())
+                continue
+            inputs = self._model_inputs(batch)
+            scores, _ = score_last_position(self.model, inputs.item_seq, inputs.days, inputs.user)
+            if filter_seen:
+                exclude_seen(scores, inputs.seen_offsets, inputs.seen_items)
+            scores = scores.cpu()
+            popular = [row for row, r in enumerate(batch) if r.strategy == POPULARITY]
+            scores[popular] = torch.from_numpy(self._popularity)
+            chunks.append(scores)
+        return torch.cat(chunks)
+
+    def _exclude(self, scores: torch.Tensor, requests: list[_Request]) -> None:
+        lengths = [len(r.items) for r in requests]
+        exclude_seen(scores, np.concatenate([[0], np.cumsum(lengths)]), np.concatenate([r.items for r in requests]))
+
+    def _top_k(self, scores: torch.Tensor, k: int, strategies: list[str]) -> list[list[dict[str, Any]]]:
+        values, items = scores.topk(min(k, scores.size(1)), dim=1)
+        movie_ids = self._item_movie_ids[items.numpy()]
+        return [
+            [
+                {"rank": rank, **self._movie(int(movie_id)), "score": float(value), "strategy": strategy}
+                for rank, (value, movie_id) in enumerate(zip(row_values.tolist(), row_movies, strict=True), 1)
+                if value > -np.inf
+            ]
+            for row_values, row_movies, strategy in zip(values, movie_ids, strategies, strict=True)
+        ]
+
+    # ------------------------------------------------------------------------------------------------------
+    # Explanation parts
+
+    def _known_tokens(self, request: _Request) -> list[str]:
+        if not self.config.use_user_tokens:
+            return []
+        known = (request.user_index, *request.features)
+        return [name for name, value in zip(USER_TOKENS, known, strict=True) if value != PAD_INDEX]
+
+    @staticmethod
+    def _hide_token(request: _Request, name: str) -> _Request:
+        if name == "identity":
+            return dataclasses.replace(request, user_index=0)
+        features = list(request.features)
+        features[USER_TOKENS.index(name) - 1] = 0
+        return dataclasses.replace(request, features=tuple(features))
+
+    @torch.no_grad()
+    def _attention(self, request: _Request, window_size: int) -> tuple[list[float | None], dict[str, float]]:
+        """Last-layer self-attention of [MASK] to each window item, and its cross-attention per user token."""
+        inputs = self._model_inputs([request])
+        output = self.model(inputs.item_seq, inputs.days, **inputs.user, return_attention=True)
+        last_layer = output.self_attention[-1][0, :, -1, :].mean(dim=0)  # over heads: (T,)
+        self_attention = last_layer[-1 - window_size : -1].tolist() if window_size else []
+        cross = {}
+        if output.cross_attention is not None:
+            cross = dict(zip(USER_TOKENS, output.cross_attention[0, -1].tolist(), strict=True))
+        return self_attention, cross
+
+    def _shared_genres(self, movie_id: int, history_movie_ids: list[int]) -> dict[str, int]:
+        genres = self._movie_genres[self._movie_row[movie_id]]
+        counts = (self._movie_genres[self._movie_row[history_movie_ids]] * genres).sum(axis=0) if history_movie_ids \
+            else np.zeros_like(genres)
+        return {GENRES[g]: int(counts[g]) for g in np.argsort(-counts, kind="stable") if counts[g] > 0}
+
+    def _year_relation(self, movie_id: int, history_movie_ids: list[int]) -> dict[str, Any]:
+        year = self._movies[movie_id]["year"]
+        years = self._movie_years[self._movie_row[history_movie_ids]] if history_movie_ids else np.array([])
+        median = float(np.median(years[np.isfinite(years)])) if np.isfinite(years).any() else None
+        if year is None or median is None:
+            return {"year": year, "history_median_year": median, "difference": None, "relation": "unknown"}
+        difference = year - median
+        if abs(difference) <= SAME_ERA_YEARS:
+            relation = "same era"
+        else:
+            relation = "newer" if difference > 0 else "older"
+        return {"year": year, "history_median_year": median, "difference": difference, "relation": relation}
+
+    def _explain_popularity(self, request: _Request, item: int) -> dict[str, Any]:
+        scores = self._score([request], False)
+        rank = int(target_ranks(scores, torch.tensor([item]))[0]) + 1
+        movie = self._movie(int(self._item_movie_ids[item]))
+        count = int(self._popularity[item])
+        return {
+            "user_id": None,
+            "strategy": POPULARITY,
+            "recommended": {**movie, "score": float(count), "rank": rank},
+            "drivers": [],
+            "shared_genres": {},
+            "release_year": self._year_relation(movie["movie_id"], []),
+            "user_tokens": {},
+            "measures": {"score": "number of ratings in the training parts"},
+            "sentence": f'Nothing is known about this user, so "{movie["title"]}" is suggested for its popularity: '
+            f"{count} ratings in the training data, rank {rank}.",
+        }
+
+    def _movie(self, movie_id: int) -> dict[str, Any]:
+        movie = self._movies[movie_id]
+        return {"movie_id": movie_id, "title": movie["title"], "genres": movie["genres"], "year": movie["year"]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading and checking
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InferenceError(f"device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceError(f"device {name!r} asked for, but no CUDA GPU is available: use --device cpu")
+    return device
+
+
+def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+    try:
+        checkpoint = load_checkpoint(path)
+    except TrainingError as error:
+        raise CheckpointError(str(error)) from None
+    missing = [key for key in ("model_state", "model_config", "data_fingerprint") if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a trainer.py checkpoint")
+    return checkpoint
+
+
+def _build_model(checkpoint: dict[str, Any], path: str | Path) -> EnhancedBERT4Rec:
+    try:
+        model = EnhancedBERT4Rec(ModelConfig.from_dict(checkpoint["model_config"]))
+        model.load_state_dict(checkpoint["model_state"])
+    except (ValueError, TypeError, RuntimeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not fit this model code ({first_line})") from None
+    return model
+
+
+def _read_metadata(path: str | Path) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise MetadataError(f"metadata {path} does not exist: pass the metadata.json written by trainer.py")
+    try:
+        return load_metadata(path)
+    except (DataError, ValueError, KeyError, TypeError, AttributeError, OSError) as error:
+        raise MetadataError(
+            f"metadata {path} cannot be read ({error.__class__.__name__}: {error}); rewrite it with data_processor.py"
+        ) from None
+
+
+def _check_same_data(
+    checkpoint: dict[str, Any], metadata: dict[str, Any], config: ModelConfig, model_path: str | Path,
+    metadata_path: str | Path,
+) -> None:
+    """The metadata must describe the data the checkpoint was trained on: same fingerprint, same sizes."""
+    trained_on, described = checkpoint["data_fingerprint"], metadata.get("fingerprint")
+    if trained_on != described:
+        raise MetadataMismatchError(
+            f"metadata {metadata_path} describes other data than checkpoint {model_path} was trained on "
+            f"(fingerprint {str(described)[:12]} vs {str(trained_on)[:12]}): use the metadata.json of that run"
+        )
+    sizes = metadata.get("sizes", {})
+    differ = [name for name in ("num_items", "num_users") if sizes.get(name) != getattr(config, name)]
+    if differ:
+        raise MetadataMismatchError(
+            f"metadata {metadata_path} has other {', '.join(differ)} than checkpoint {model_path}: rewrite it"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _as_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InferenceError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    value = _as_int(value, name)
+    if value <= 0:
+        raise InferenceError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _as_id_array(values: Sequence[int], name: str) -> np.ndarray:
+    if isinstance(values, (str, bytes)):
+        raise InferenceError(f"{name} must be a list of integers, got {values!r}")
+    bad = [value for value in values if isinstance(value, bool) or not isinstance(value, (int, np.integer))]
+    if bad:
+        raise InferenceError(f"{name} must hold integers only, got {bad[0]!r}")
+    return np.asarray(values, dtype=np.int64).reshape(-1)
+
+
+def _warn_cold(requests: list[_Request]) -> None:
+    cold = sorted({movie_id for r in requests for movie_id in r.cold_movie_ids})
+    if cold:
+        warnings.warn(
+            f"never-rated MovieID(s) {cold[:10]}{' ...' if len(cold) > 10 else ''} in the history: the model has "
+            "no embedding for them and skips them", ColdItemWarning, stacklevel=3,
+        )
+
+
+def _titles(movies: list[dict[str, Any]]) -> str:
+    quoted = [f'"{movie["title"]}"' for movie in movies]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
+
+
+def _sentence(explanation: dict[str, Any], window_size: int) -> str:
+    """One plain-language sentence from the explanation's numbers."""
+    title = explanation["recommended"]["title"]
+    parts = []
+    drivers = [d for d in explanation["drivers"] if d["score_drop"] > 0][:2]
+    if len(drivers) == 2 and drivers[1]["score_drop"] < drivers[0]["score_drop"] / 2:
+        drivers = drivers[:1]  # name a second item only when it matters about as much as the first
+    if drivers:
+        drops = " and ".join(f"{d['score_drop']:.2f}" for d in drivers)
+        removing = "removing it lowers" if len(drivers) == 1 else "removing them lowers"
+        parts.append(f"mostly because you watched {_titles(drivers)} ({removing} its score by {drops})")
+    elif window_size:
+        parts.append(f"from your {window_size} most recent movies as a whole (no single one raises its score)")
+    else:
+        parts.append("from your profile alone (no viewing history)")
+    shared = explanation["shared_genres"]
+    if shared:
+        genre, count = next(iter(shared.items()))
+        parts.append(f"it is {genre}, like {count} of your {window_size} recent movies")
+    year = explanation["release_year"]
+    if year["relation"] == "same era":
+        parts.append(f"it is from {year['year']}, the era you watch most (median {year['history_median_year']:.0f})")
+    elif year["relation"] in ("newer", "older"):
+        parts.append(
+            f"it is {abs(year['difference']):.0f} years {year['relation']} than the median release year of your "
+            f"recent movies ({year['history_median_year']:.0f})"
+        )
+    tokens = {name: t["cross_attention"] for name, t in explanation["user_tokens"].items() if t["cross_attention"]}
+    if tokens:
+        name = max(tokens, key=tokens.get)
+        label = {"identity": "your own taste profile", "age": "your age group"}.get(name, f"your {name}")
+        parts.append(f"of what we know about you, {label} weighed most ({tokens[name]:.0%} of the attention)")
+    return f'We recommend "{title}" ' + "; ".join(parts) + "."
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit status 2), like every other error of this CLI."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _id_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,5,10, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The inference.py command line."""
+    parser = _OneLineParser(
+        description="Recommend movies with a trained enhanced BERT4Rec (ids are MovieLens UserIDs/MovieIDs).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model_path", default="checkpoints/best_model.pt", help="checkpoint from trainer.py")
+    parser.add_argument("--metadata_path", default="metadata.json", help="metadata.json of the same data")
+    parser.add_argument("--user_id", type=int, help="UserID (omit for a new user)")
+    parser.add_argument("--item_sequence", type=_id_list, help="MovieIDs in time order, e.g. 1,5,10 "
+                        "(default: the user's known history)")
+    parser.add_argument("--timestamps", type=_id_list, help="Unix seconds of --item_sequence's items")
+    parser.add_argument("--k", type=int, default=10, help="number of recommendations")
+    parser.add_argument("--include_seen", action="store_true", help="do not exclude the history's movies")
+    parser.add_argument("--gender", choices=["F", "M"], help="a new user's gender")
+    parser.add_argument("--age", type=int, help="a new user's age in years")
+    parser.add_argument("--occupation", type=int, help="a new user's ML-1M occupation code 0..20")
+    parser.add_argument("--explain", action="store_true", help="explain each recommendation")
+    parser.add_argument("--profile", action="store_true", help="print the user's profile first")
+    parser.add_argument("--cold_items", action="store_true", help="also list never-rated movies by genre similarity")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return parser
+
+
+def _table(records: list[dict[str, Any]], explanations: list[dict[str, Any]] | None) -> str:
+    width = max([5, *(len(r["title"]) for r in records)])
+    lines = [f"{'rank':>4}  {'movie_id':>8}  {'title':<{width}}  {'year':>4}  {'score':>8}  genres"]
+    for row, record in enumerate(records):
+        year = "" if record["year"] is None else record["year"]
+        lines.append(
+            f"{record['rank']:>4}  {record['movie_id']:>8}  {record['title']:<{width}}  {year:>4}  "
+            f"{record['score']:>8.3f}  {'|'.join(record['genres'])}"
+        )
+        if explanations:
+            lines.append(f"{'':>6}why: {explanations[row]['sentence']}")
+    return "\n".join(lines)
+
+
+def _profile_text(profile: dict[str, Any]) -> str:
+    genres = ", ".join(f"{g['genre']} {g['share']:.0%}" for g in profile["top_genres"])
+    recent = "; ".join(movie["title"] for movie in profile["recent_movies"])
+    return (
+        f"user {profile['user_id']}: {profile['gender']}, {profile['age_group']}, {profile['occupation']} "
+        f"(occupation {profile['occupation_code']})\n"
+        f"{profile['num_ratings']} ratings, mean {profile['mean_rating']:.2f}; top genres: {genres}\n"
+        f"most recent: {recent}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print recommendations (and optionally explanations, the profile, cold items). Returns the exit status."""
+    args = build_parser().parse_args(argv)
+    warnings.formatwarning = lambda message, *rest, **kwargs: f"warning: {message}\n"
+    try:
+        if args.profile and args.user_id is None:
+            raise InferenceError("--profile needs --user_id")
+        engine = RecommendationEngine(args.model_path, args.metadata_path, device=args.device)
+        request = {
+            "user_id": args.user_id, "item_sequence": args.item_sequence, "timestamps": args.timestamps,
+            "gender": args.gender, "age": args.age, "occupation": args.occupation,
+        }  # fmt: skip
+        records = engine.get_recommendations(k=args.k, filter_seen=not args.include_seen, **request)
+        explanations = None
+        if args.explain:
+            explanations = [
+                engine.explain_recommendation(**request, recommended_item_id=record["movie_id"])
+                for record in records
+            ]
+        profile = engine.get_user_profile(args.user_id) if args.profile else None
+        cold = None
+        if args.cold_items:
+            cold = engine.get_cold_item_recommendations(
+                args.user_id, args.item_sequence, k=args.k, filter_seen=not args.include_seen
+            )
+    except InferenceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    strategy = records[0]["strategy"] if records else None
+    if args.json:
+        output: dict[str, Any] = {"user_id": args.user_id, "strategy": strategy, "recommendations": records}
+        if explanations is not None:
+            for record, explanation in zip(records, explanations, strict=True):
+                record["explanation"] = explanation
+        if profile is not None:
+            output["profile"] = profile
+        if cold is not None:
+            output["cold_items"] = cold
+        print(json.dumps(output, ensure_ascii=False, indent=2))
+        return 0
+    if profile is not None:
+        print(_profile_text(profile) + "\n")
+    who = "a new user" if args.user_id is None else f"user {args.user_id}"
+    scores = "ratings in the training data" if strategy == POPULARITY else "the model's item scores"
+    print(f"top {len(records)} for {who} (strategy: {strategy}; score: {scores})")
+    print(_table(records, explanations))
+    if cold is not None:
+        print("\nnever-rated movies, by genre/year similarity to the history (0..1, not comparable with the above):")
+        print(_table(cold, None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
