@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-# Same values as data_processor.py's PAD_INDEX / mask_index(); kept here so the model has no import-time
-# dependency on the data stage.
-PAD_INDEX = 0
+from data_processor import PAD_INDEX, mask_index
+
 NUM_DAY_SLOTS = 367  # day of year 1..366, 0 = padding
 USER_TOKENS = ("identity", "gender", "age", "occupation")  # order of the cross-attention columns
 INIT_STD = 0.02  # BERT's initializer_range
@@ -76,7 +75,7 @@ class ModelConfig:
 
     @property
     def mask_index(self) -> int:
-        return self.num_items + 1
+        return mask_index(self.num_items)
 
     @property
     def item_vocab_size(self) -> int:
