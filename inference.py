@@ -50,7 +50,7 @@ import torch
 
 from data_processor import GENRES, PAD_INDEX, DataError, _left_padded, day_of_year, load_metadata
 from enhanced_model import USER_TOKENS, EnhancedBERT4Rec, ModelConfig
-from trainer import TrainingError, exclude_seen, load_checkpoint, score_last_position, target_ranks
+from trainer import TrainingError, exclude_seen, load_checkpoint, score_last_position
 
 PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
     "personalized", "sequence", "demographics", "popularity", "genre_similarity",
@@ -60,7 +60,8 @@ SAME_ERA_YEARS = 3  # release years this close to the history's median read as "
 EXPLANATION_MEASURES = {
     "score_drop": "item-head score of the recommended movie minus its score with that history item deleted "
     "(older items slide into the window), or with that user token set to unknown; one batched forward pass",
-    "rank_without": "rank of the recommended movie after that deletion (seen movies excluded)",
+    "rank": "1 + the number of unseen movies that score higher",
+    "rank_without": "its rank after that deletion or hiding",
     "attention": "last encoder layer, attention of the [MASK] position to that item, mean over heads; "
     "shown beside, not a measure of influence",
     "cross_attention": "weight of each user token in the [MASK] position's cross-attention, mean over heads",
@@ -330,8 +331,7 @@ class RecommendationEngine:
         scores = self._score([request, *deletions, *(variant for _, variant in hidden_tokens)], False)
         target_scores = scores[:, item].clone()
         self._exclude(scores, [request] * len(scores))
-        scores[:, item] = target_scores
-        ranks = (target_ranks(scores, torch.full((len(scores),), item)) + 1).tolist()
+        ranks = _ranks(scores, target_scores)
         drops = (target_scores[0] - target_scores[1:]).tolist()
         self_attention, cross_attention = self._attention(request, window_size)
 
@@ -677,7 +677,7 @@ class RecommendationEngine:
 
     def _explain_popularity(self, request: _Request, item: int) -> dict[str, Any]:
         scores = self._score([request], False)
-        rank = int(target_ranks(scores, torch.tensor([item]))[0]) + 1
+        rank = _ranks(scores, scores[:, item])[0]
         movie = self._movie(int(self._item_movie_ids[item]))
         count = int(self._popularity[item])
         return {
@@ -789,6 +789,11 @@ def _as_id_array(values: Sequence[int], name: str) -> np.ndarray:
     if bad:
         raise InferenceError(f"{name} must hold integers only, got {bad[0]!r}")
     return np.asarray(values, dtype=np.int64).reshape(-1)
+
+
+def _ranks(scores: torch.Tensor, target_scores: torch.Tensor) -> list[int]:
+    """1 + the number of movies scoring strictly higher than the target, per row (a listed movie's rank)."""
+    return ((scores > target_scores[:, None]).sum(dim=1) + 1).tolist()
 
 
 def _warn_cold(requests: list[_Request]) -> None:

@@ -1,0 +1,587 @@
+"""inference.py against a small model trained once in this module, plus real-ML-1M equivalence checks.
+
+The training data is synthetic ML-1M with a learnable order: every user watches a run of consecutive movies
+of a fixed cycle, so the next movie follows from the newest one. The trained model has real item-to-item
+dependencies to explain, and its test metrics are far from trivial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from data_processor import (
+    GENDERS,
+    GENRES,
+    OCCUPATIONS,
+    day_of_year,
+    eval_inputs,
+    load_dataset,
+    save_metadata,
+    write_synthetic_ml1m,
+)
+from enhanced_model import USER_TOKENS, EnhancedBERT4Rec, ModelConfig
+from inference import (
+    CheckpointError,
+    ColdItemError,
+    ColdItemWarning,
+    InferenceError,
+    MetadataError,
+    MetadataMismatchError,
+    RecommendationEngine,
+    UnknownItemError,
+    UnknownUserError,
+)
+from trainer import (
+    CHECKPOINT_FORMAT,
+    TrainConfig,
+    atomic_torch_save,
+    build_model_config,
+    data_to_tensors,
+    evaluate,
+    load_checkpoint,
+    parse_args,
+    ranking_metrics,
+    target_ranks,
+    to_eval_tensors,
+    train,
+    training_events,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SEQ_LENGTH = 12
+DAY = 100  # the engine's default day of year in these tests
+pytestmark = pytest.mark.filterwarnings("ignore::data_processor.SourceChecksumWarning")
+
+
+def write_ordered_ml1m(folder: Path, num_users: int = 120, seed: int = 0) -> Path:
+    """Synthetic ML-1M whose ratings follow a cycle over 90 of the 100 movies (10 are never rated)."""
+    write_synthetic_ml1m(folder, num_users=num_users, num_movies=100, seed=seed)
+    lines = (folder / "movies.dat").read_text(encoding="latin-1").splitlines()
+    cycle = np.array(sorted(int(line.split("::")[0]) for line in lines)[:90])
+    rng = np.random.default_rng(seed)
+    ratings = []
+    for user_id in range(1, num_users + 1):
+        count, start = int(rng.integers(15, 40)), int(rng.integers(len(cycle)))
+        timestamps = 978300000 + np.cumsum(rng.integers(3600, 5 * 86400, count))
+        ratings += [
+            f"{user_id}::{cycle[(start + j) % len(cycle)]}::{rng.integers(1, 6)}::{timestamps[j]}\n"
+            for j in range(count)
+        ]
+    (folder / "ratings.dat").write_text("".join(ratings), encoding="latin-1")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny model trained for a few epochs, its data, an engine, and the model loaded independently."""
+    out = tmp_path_factory.mktemp("inference")
+    data_dir = write_ordered_ml1m(out / "ml-1m")
+    config = parse_args([
+        "--hidden_size", "32", "--num_heads", "2", "--num_layers", "1", "--seq_length", str(SEQ_LENGTH),
+        "--batch_size", "32", "--learning_rate", "1e-2", "--warmup_steps", "5", "--dropout", "0.1",
+        "--max_epochs", "8", "--no-progress", "--data_dir", str(data_dir), "--cache_dir", str(out / "cache"),
+        "--checkpoint_dir", str(out / "checkpoints"), "--metadata_path", str(out / "metadata.json"),
+    ])  # fmt: skip
+    _, results = train(config)
+    checkpoint_path = out / "checkpoints" / "best_model.pt"
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = EnhancedBERT4Rec(ModelConfig.from_dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model_state"])
+    model.eval()
+    engine = RecommendationEngine(checkpoint_path, out / "metadata.json", device="cpu", default_day_of_year=DAY)
+    return SimpleNamespace(
+        out=out, data_dir=data_dir, checkpoint=checkpoint_path, metadata=out / "metadata.json", results=results,
+        data=load_dataset(data_dir, seq_length=SEQ_LENGTH, verify=False), model=model, engine=engine,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Independent references: built from ML1MData and the bare model, never from the engine
+
+
+def history(data, user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(MovieIDs, item indices, days) of a user index's whole timeline."""
+    start, stop = data.seq_offsets[user], data.seq_offsets[user + 1]
+    items = data.seq_items[start:stop]
+    return data.item_movie_ids[items], items, data.seq_days[start:stop]
+
+
+def reference_scores(model, items, days, user=(0, 0, 0, 0), mask_day=DAY) -> torch.Tensor:
+    """Item-head scores (vocabulary,) of one hand-built input: newest T - 1 items left-padded, then MASK."""
+    width = model.config.seq_length - 1
+    items, days = list(items)[-width:], list(days)[-width:]
+    padding = [0] * (width - len(items))
+    item_seq = torch.tensor([padding + items + [model.config.mask_index]])
+    day_seq = torch.tensor([padding + days + [days[-1] if days else mask_day]])
+    with torch.no_grad():
+        hidden = model(item_seq, day_seq, *(torch.tensor([value]) for value in user)).hidden
+        return model.item_logits(hidden[:, -1])[0]
+
+
+def user_tokens(data, user: int) -> tuple[int, int, int, int]:
+    return user, int(data.user_gender[user]), int(data.user_age[user]), int(data.user_occupation[user])
+
+
+def as_scores(records) -> dict[int, float]:
+    return {record["movie_id"]: record["score"] for record in records}
+
+
+def cold_movie_ids(data) -> list[int]:
+    return sorted(set(data.movie_ids.tolist()) - set(data.item_movie_ids[1:-1].tolist()))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The trainer's test metrics, reproduced
+
+
+def test_batch_scores_reproduce_the_trainers_test_metrics(trained):
+    data, engine = trained.data, trained.engine
+    user_ids = data.user_ids[1:].tolist()
+    sequences = [history(data, user)[0][:-1].tolist() for user in range(1, data.num_users + 1)]  # train + val
+    batch = engine.score_batch(user_ids, sequences)
+    targets = [history(data, user)[0][-1] for user in range(1, data.num_users + 1)]
+    columns = torch.from_numpy(np.searchsorted(batch.movie_ids, targets))
+    assert np.array_equal(batch.movie_ids[columns.numpy()], targets)
+    metrics = ranking_metrics(target_ranks(batch.scores, columns))
+    expected = {name: value for name, value in trained.results["test"].items() if name in metrics}
+    assert metrics == expected  # exactly: the same scores, the same ranks
+    assert expected["HR@10"] > 0.5  # the model learned the order, so the ranks are far from trivial
+    assert set(batch.strategies) == {"personalized"}
+
+
+def test_single_user_scores_match_an_independent_forward_pass(trained):
+    data, engine, model = trained.data, trained.engine, trained.model
+    movie_ids, items, days = history(data, 5)
+    records = engine.get_recommendations(user_id=int(data.user_ids[5]), k=1000, filter_seen=False)
+    expected = reference_scores(model, items.tolist(), days.tolist(), user_tokens(data, 5))
+    assert len(records) == data.num_items
+    scores = as_scores(records)
+    for item in range(1, data.num_items + 1):
+        assert scores[int(data.item_movie_ids[item])] == pytest.approx(expected[item].item(), abs=1e-5)
+    assert [r["rank"] for r in records] == list(range(1, data.num_items + 1))
+    assert all(a["score"] >= b["score"] for a, b in zip(records, records[1:], strict=False))
+
+
+def test_records_carry_movie_metadata_and_filter_the_known_history(trained):
+    data, engine = trained.data, trained.engine
+    user_id = int(data.user_ids[7])
+    records = engine.get_recommendations(user_id=user_id, k=10)
+    assert len(records) == 10 and [r["rank"] for r in records] == list(range(1, 11))
+    assert {r["strategy"] for r in records} == {"personalized"}
+    assert not {r["movie_id"] for r in records} & set(history(data, 7)[0].tolist())
+    row = np.searchsorted(data.movie_ids, records[0]["movie_id"])
+    first = records[0]
+    assert first["title"] == data.movie_titles[row]
+    assert first["genres"] == [GENRES[g] for g in np.flatnonzero(data.movie_genres[row])]
+    expected_year = None if data.movie_years[row] == 1 else data.min_year + data.movie_years[row] - 2
+    assert first["year"] == expected_year
+    assert set(first) == {"rank", "movie_id", "title", "genres", "year", "score", "strategy"}
+
+
+def test_ad_hoc_sequence_uses_timestamps_and_filters_only_itself(trained):
+    data, engine, model = trained.data, trained.engine, trained.model
+    sequence = data.item_movie_ids[[3, 4, 5]].tolist()
+    timestamps = [978307200, 978393600, 1009843200]  # 2001-01-01, 2001-01-02, 2002-01-01 (UTC)
+    records = engine.get_recommendations(user_id=int(data.user_ids[2]), item_sequence=sequence, k=1000,
+                                         timestamps=timestamps)
+    assert day_of_year(np.array(timestamps)).tolist() == [1, 2, 1]
+    expected = reference_scores(model, [3, 4, 5], [1, 2, 1], user_tokens(data, 2))
+    assert len(records) == data.num_items - 3 and not {r["movie_id"] for r in records} & set(sequence)
+    scores = as_scores(records)
+    assert scores[int(data.item_movie_ids[6])] == pytest.approx(expected[6].item(), abs=1e-5)
+
+
+def test_days_without_timestamps_come_from_the_users_ratings_else_the_default(trained):
+    data, engine, model = trained.data, trained.engine, trained.model
+    movie_ids, items, days = history(data, 4)
+    foreign = next(i for i in range(1, data.num_items + 1) if i not in set(items.tolist()))
+    sequence = [*movie_ids[:3].tolist(), int(data.item_movie_ids[foreign])]
+    records = engine.get_recommendations(user_id=int(data.user_ids[4]), item_sequence=sequence, k=1000,
+                                         filter_seen=False)
+    expected = reference_scores(model, [*items[:3], foreign], [*days[:3], DAY], user_tokens(data, 4))
+    assert as_scores(records)[int(data.item_movie_ids[1])] == pytest.approx(expected[1].item(), abs=1e-5)
+
+
+def test_long_sequences_keep_the_newest_items_but_filter_all(trained):
+    data, engine = trained.data, trained.engine
+    movie_ids, _, _ = history(data, 9)
+    assert len(movie_ids) > 2 * SEQ_LENGTH
+    user_id = int(data.user_ids[9])
+    full = engine.get_recommendations(user_id=user_id, item_sequence=movie_ids.tolist(), k=1000, filter_seen=False)
+    newest = engine.get_recommendations(user_id=user_id, item_sequence=movie_ids[-(SEQ_LENGTH - 1):].tolist(),
+                                        k=1000, filter_seen=False)
+    assert as_scores(full) == pytest.approx(as_scores(newest))
+    filtered = engine.get_recommendations(user_id=user_id, item_sequence=movie_ids.tolist(), k=1000)
+    assert len(filtered) == data.num_items - len(set(movie_ids.tolist()))
+
+
+def test_recommend_batch_equals_single_calls(trained):
+    data, engine = trained.data, trained.engine
+    user_ids = data.user_ids[[1, 8, 30]].tolist()
+    batch = engine.recommend_batch(user_ids, k=5)
+    for user_id, records in zip(user_ids, batch, strict=True):
+        single = engine.get_recommendations(user_id=user_id, k=5)
+        assert [r["movie_id"] for r in records] == [r["movie_id"] for r in single]
+        assert [r["score"] for r in records] == pytest.approx([r["score"] for r in single], abs=1e-5)
+    sequences = [[int(data.item_movie_ids[1])], None, [int(data.item_movie_ids[2])]]
+    scores = engine.score_batch(user_ids, sequences, filter_seen=False, batch_size=2)
+    assert scores.scores.shape == (3, data.num_items)
+    single = engine.get_recommendations(user_id=user_ids[1], k=1000, filter_seen=False)
+    column = {movie_id: j for j, movie_id in enumerate(scores.movie_ids.tolist())}
+    for movie_id, score in as_scores(single).items():
+        assert scores.scores[1, column[movie_id]].item() == pytest.approx(score, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cold start
+
+
+def test_new_user_with_demographics_uses_the_demographic_tokens(trained):
+    data, engine, model = trained.data, trained.engine, trained.model
+    records = engine.get_recommendations(gender="F", age=30, occupation=7, k=1000)
+    assert {r["strategy"] for r in records} == {"demographics"}
+    # F = index 1, age 30 = group "25-34" = index 3, occupation code 7 = index 8 (contract.md)
+    expected = reference_scores(model, [], [], (0, GENDERS.index("F") + 1, 3, 7 + 1))
+    for movie_id, score in as_scores(records).items():
+        item = int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1
+        assert score == pytest.approx(expected[item].item(), abs=1e-5)
+    same_group = engine.get_recommendations(gender="f", age="25-34", occupation=OCCUPATIONS[7], k=1000)
+    assert as_scores(same_group) == as_scores(records)
+    unknown_id = engine.get_recommendations(user_id=999_999, gender="F", age=25, occupation=7, k=1000)
+    assert as_scores(unknown_id) == as_scores(records)
+
+
+def test_new_user_with_only_a_sequence_uses_the_model(trained):
+    data, engine, model = trained.data, trained.engine, trained.model
+    records = engine.get_recommendations(item_sequence=data.item_movie_ids[[10, 11]].tolist(), k=3)
+    assert {r["strategy"] for r in records} == {"sequence"}
+    expected = reference_scores(model, [10, 11], [DAY, DAY])
+    expected[[10, 11]] = -torch.inf  # the sequence is excluded
+    assert records[0]["movie_id"] == data.item_movie_ids[int(expected.argmax())]
+    assert records[0]["score"] == pytest.approx(expected.max().item(), abs=1e-5)
+
+
+def test_nothing_known_falls_back_to_training_popularity(trained):
+    data, engine = trained.data, trained.engine
+    _, items, _ = training_events(data)
+    counts = np.bincount(items, minlength=data.num_items + 2)
+    records = engine.get_recommendations(k=5)
+    assert {r["strategy"] for r in records} == {"popularity"}
+    assert [r["score"] for r in records] == sorted(counts, reverse=True)[:5]
+    for record in records:
+        item = int(np.searchsorted(data.item_movie_ids[1:-1], record["movie_id"])) + 1
+        assert counts[item] == record["score"]
+    explanation = engine.explain_recommendation(None, None, records[0]["movie_id"])
+    assert explanation["strategy"] == "popularity" and explanation["recommended"]["rank"] == 1
+    assert f"{int(records[0]['score'])} ratings in the training data" in explanation["sentence"]
+
+
+def test_cold_items_in_a_sequence_are_skipped_with_a_warning(trained):
+    data, engine = trained.data, trained.engine
+    cold = cold_movie_ids(data)
+    warm = data.item_movie_ids[[20, 21]].tolist()
+    with pytest.warns(ColdItemWarning, match=str(cold[0])):
+        with_cold = engine.get_recommendations(user_id=int(data.user_ids[3]), item_sequence=[warm[0], cold[0], warm[1]],
+                                               k=1000, timestamps=[978307200, 978310000, 978393600])
+    without = engine.get_recommendations(user_id=int(data.user_ids[3]), item_sequence=warm, k=1000,
+                                         timestamps=[978307200, 978393600])
+    assert as_scores(with_cold) == pytest.approx(as_scores(without))
+    with pytest.raises(ColdItemError, match="never rated"):
+        engine.explain_recommendation(None, warm, cold[0])
+
+
+def test_cold_item_recommendations_by_genre_and_year(trained):
+    data, engine = trained.data, trained.engine
+    cold = cold_movie_ids(data)
+    sequence = [int(data.item_movie_ids[30]), cold[1]]
+    records = engine.get_cold_item_recommendations(item_sequence=sequence, k=100)
+    assert {r["movie_id"] for r in records} == set(cold) - {cold[1]}
+    assert {r["strategy"] for r in records} == {"genre_similarity"}
+    # hand-computed: history profile = mean genre multi-hot; year term against the median known year
+    rows = np.searchsorted(data.movie_ids, sequence)
+    profile = data.movie_genres[rows].mean(axis=0)
+    years = [data.min_year + y - 2 for y in data.movie_years[rows] if y != 1]
+    for record in records:
+        row = np.searchsorted(data.movie_ids, record["movie_id"])
+        genres = data.movie_genres[row]
+        cosine = genres @ profile / (np.linalg.norm(genres) * np.linalg.norm(profile))
+        year = None if data.movie_years[row] == 1 else data.min_year + data.movie_years[row] - 2
+        proximity = 0.0 if year is None or not years else np.exp(-abs(year - np.median(years)) / 10)
+        assert record["score"] == pytest.approx(0.8 * cosine + 0.2 * proximity, abs=1e-6)
+        assert record["matched_genres"] == [GENRES[g] for g in np.flatnonzero(genres * profile)]
+    assert [r["score"] for r in records] == sorted((r["score"] for r in records), reverse=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Explanations
+
+
+def test_explanation_is_faithful_to_independently_recomputed_scores(trained):
+    data, engine, model = trained.data, trained.engine, trained.model
+    user = 11
+    movie_ids, items, days = history(data, user)
+    recommended = engine.get_recommendations(user_id=int(data.user_ids[user]), k=1)[0]
+    calls = []
+    handle = engine.model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape))
+    try:
+        explanation = engine.explain_recommendation(int(data.user_ids[user]), None, recommended["movie_id"])
+    finally:
+        handle.remove()
+    window = SEQ_LENGTH - 1
+    # one forward pass scores the history, every deletion and every hidden user token; one more gives attention
+    assert calls == [(1 + window + 4, SEQ_LENGTH), (1, SEQ_LENGTH)]
+    drivers = explanation["drivers"]
+    assert len(drivers) == window
+    assert {d["movie_id"] for d in drivers} == set(movie_ids[-window:].tolist())
+    assert [d["score_drop"] for d in drivers] == sorted((d["score_drop"] for d in drivers), reverse=True)
+
+    item = int(np.searchsorted(data.item_movie_ids[1:-1], recommended["movie_id"])) + 1
+    tokens = user_tokens(data, user)
+    base = reference_scores(model, items.tolist(), days.tolist(), tokens)[item].item()
+
+    def drop_without(movie_id: int) -> float:
+        keep = movie_ids != movie_id
+        return base - reference_scores(model, items[keep].tolist(), days[keep].tolist(), tokens)[item].item()
+
+    top, bottom = drop_without(drivers[0]["movie_id"]), drop_without(drivers[-1]["movie_id"])
+    assert top > bottom + 0.1
+    assert top == pytest.approx(drivers[0]["score_drop"], abs=1e-4)
+    assert bottom == pytest.approx(drivers[-1]["score_drop"], abs=1e-4)
+    assert explanation["recommended"]["score"] == pytest.approx(base, abs=1e-5)
+    assert explanation["recommended"]["rank"] == 1
+
+
+def test_explanation_parts_and_sentence(trained):
+    data, engine = trained.data, trained.engine
+    user = 11
+    recommended = engine.get_recommendations(user_id=int(data.user_ids[user]), k=1)[0]
+    explanation = engine.explain_recommendation(int(data.user_ids[user]), None, recommended["movie_id"])
+    assert set(explanation["user_tokens"]) == set(USER_TOKENS)
+    weights = [token["cross_attention"] for token in explanation["user_tokens"].values()]
+    assert sum(weights) == pytest.approx(1.0, abs=1e-5) and all(0 <= w <= 1 for w in weights)
+    attention = [d["attention"] for d in explanation["drivers"]]
+    assert all(0 <= a <= 1 for a in attention) and sum(attention) <= 1 + 1e-6
+    window_movies = history(data, user)[0][-(SEQ_LENGTH - 1):]
+    rows = np.searchsorted(data.movie_ids, window_movies)
+    genre_counts = data.movie_genres[rows].sum(axis=0)
+    expected_genres = {g: int(genre_counts[GENRES.index(g)]) for g in recommended["genres"]
+                       if genre_counts[GENRES.index(g)] > 0}
+    assert explanation["shared_genres"] == expected_genres
+    year = explanation["release_year"]
+    known_years = [data.min_year + y - 2 for y in data.movie_years[rows] if y != 1]
+    assert year["history_median_year"] == pytest.approx(float(np.median(known_years)))
+    if recommended["year"] is not None:
+        assert year["difference"] == pytest.approx(recommended["year"] - np.median(known_years))
+    sentence = explanation["sentence"]
+    assert sentence.startswith(f'We recommend "{recommended["title"]}"') and sentence.endswith(".")
+    assert f'"{explanation["drivers"][0]["title"]}"' in sentence
+    assert "\n" not in sentence and set(explanation["measures"]) >= {"score_drop", "attention", "cross_attention"}
+
+
+def test_explanation_for_a_demographics_only_user(trained):
+    engine = trained.engine
+    recommended = engine.get_recommendations(gender="M", age=45, k=1)[0]
+    explanation = engine.explain_recommendation(None, None, recommended["movie_id"], gender="M", age=45)
+    assert explanation["strategy"] == "demographics" and explanation["drivers"] == []
+    assert set(explanation["user_tokens"]) == {"gender", "age"}  # only known tokens are read
+    assert "from your profile alone" in explanation["sentence"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Profile
+
+
+def test_user_profile_from_the_metadata(trained):
+    data, engine = trained.data, trained.engine
+    user = 6
+    profile = engine.get_user_profile(int(data.user_ids[user]))
+    lines = (trained.data_dir / "users.dat").read_text(encoding="latin-1").splitlines()
+    _, gender, age, occupation, _ = next(
+        line for line in lines if line.startswith(f"{data.user_ids[user]}::")
+    ).split("::")
+    assert profile["gender"] == gender and profile["age"] == int(age)
+    assert profile["occupation_code"] == int(occupation) and profile["occupation"] == OCCUPATIONS[int(occupation)]
+    assert profile["age_group"] == {1: "Under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49",
+                                    50: "50-55", 56: "56+"}[int(age)]
+    movie_ids, _, _ = history(data, user)
+    assert profile["num_ratings"] == len(movie_ids)
+    start, stop = data.seq_offsets[user], data.seq_offsets[user + 1]
+    assert profile["mean_rating"] == pytest.approx(data.seq_ratings[start:stop].mean(), abs=1e-3)
+    assert [m["movie_id"] for m in profile["recent_movies"]] == movie_ids[::-1][:5].tolist()
+    assert profile["top_genres"][0]["share"] >= profile["top_genres"][-1]["share"] > 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_requests_raise_specific_errors(trained):
+    engine, data = trained.engine, trained.data
+    user_id = int(data.user_ids[1])
+    with pytest.raises(UnknownUserError, match="999999"):
+        engine.get_recommendations(user_id=999_999)
+    with pytest.raises(UnknownUserError):
+        engine.get_user_profile(999_999)
+    with pytest.raises(UnknownItemError, match="424242"):
+        engine.get_recommendations(user_id=user_id, item_sequence=[int(data.item_movie_ids[1]), 424242])
+    with pytest.raises(UnknownItemError):
+        engine.explain_recommendation(user_id, None, -5)
+    for k in (0, -3, 2.5, "10"):
+        with pytest.raises(InferenceError, match="k must"):
+            engine.get_recommendations(user_id=user_id, k=k)
+    for bad in ("12", 1.5, True):
+        with pytest.raises(InferenceError, match="user_id must be an integer"):
+            engine.get_recommendations(user_id=bad)
+    with pytest.raises(InferenceError, match="item_sequence must hold integers"):
+        engine.get_recommendations(user_id=user_id, item_sequence=[1, "5"])
+    with pytest.raises(InferenceError, match="item_sequence must be a list"):
+        engine.get_recommendations(user_id=user_id, item_sequence="1,5")
+    with pytest.raises(InferenceError, match="timestamps has 1 values for 2 items"):
+        engine.get_recommendations(item_sequence=data.item_movie_ids[[1, 2]].tolist(), timestamps=[978307200])
+    with pytest.raises(InferenceError, match="gender"):
+        engine.get_recommendations(gender="X")
+    with pytest.raises(InferenceError, match="age"):
+        engine.get_recommendations(age=0)
+    with pytest.raises(InferenceError, match="occupation"):
+        engine.get_recommendations(occupation=21)
+    assert all(issubclass(error, InferenceError) and issubclass(error, ValueError)
+               for error in (UnknownUserError, UnknownItemError, ColdItemError, CheckpointError, MetadataError))
+
+
+def test_bad_files_raise_specific_errors(trained, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        RecommendationEngine(tmp_path / "missing.pt", trained.metadata)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(trained.checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        RecommendationEngine(corrupt, trained.metadata)
+    with pytest.raises(MetadataError, match="does not exist"):
+        RecommendationEngine(trained.checkpoint, tmp_path / "missing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text(trained.metadata.read_text(encoding="utf-8")[:5000], encoding="utf-8")
+    with pytest.raises(MetadataError, match="cannot be read"):
+        RecommendationEngine(trained.checkpoint, broken)
+    other = load_dataset(write_ordered_ml1m(tmp_path / "other", num_users=30, seed=5), verify=False)
+    other_metadata = save_metadata(other, tmp_path / "other.json")
+    with pytest.raises(MetadataMismatchError, match="other data"):
+        RecommendationEngine(trained.checkpoint, other_metadata)
+    if not torch.cuda.is_available():
+        with pytest.raises(InferenceError, match="no CUDA GPU"):
+            RecommendationEngine(trained.checkpoint, trained.metadata, device="cuda")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command line, as a user runs it
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(REPO / "inference.py"), *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120)
+
+
+def test_cli(trained):
+    data = trained.data
+    paths = ["--model_path", str(trained.checkpoint), "--metadata_path", str(trained.metadata), "--device", "cpu"]
+    user_id = str(data.user_ids[3])
+    expected = trained.engine.get_recommendations(user_id=int(user_id), k=3)
+
+    table = run_cli(*paths, "--user_id", user_id, "--k", "3", "--profile", "--explain")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["rank", "movie_id", "title"])
+    rows = [line for line in lines[header + 1:] if not line.strip().startswith("why:")]
+    assert [int(row.split()[1]) for row in rows] == [r["movie_id"] for r in expected]
+    assert all(r["title"] in table.stdout for r in expected)
+    assert sum(line.strip().startswith("why: We recommend") for line in lines) == 3
+    assert f"user {user_id}:" in lines[0]  # the profile comes first
+
+    as_json = run_cli(*paths, "--user_id", user_id, "--k", "3", "--json", "--explain", "--cold_items")
+    assert as_json.returncode == 0, as_json.stderr
+    output = json.loads(as_json.stdout)
+    assert [r["movie_id"] for r in output["recommendations"]] == [r["movie_id"] for r in expected]
+    assert output["strategy"] == "personalized" and "sentence" in output["recommendations"][0]["explanation"]
+    assert {r["movie_id"] for r in output["cold_items"]} <= set(cold_movie_ids(data))
+
+    new_user = run_cli(*paths, "--gender", "F", "--age", "30", "--occupation", "7", "--k", "2", "--json",
+                       "--item_sequence", ",".join(map(str, data.item_movie_ids[[1, 2]])))
+    assert new_user.returncode == 0, new_user.stderr
+    assert json.loads(new_user.stdout)["strategy"] == "sequence"
+
+    for args, status, message in [
+        (["--user_id", "999999"], 1, "unknown user_id 999999"),
+        (["--user_id", "abc"], 2, "--user_id"),
+        (["--user_id", user_id, "--k", "0"], 1, "k must be positive"),
+        (["--user_id", user_id, "--item_sequence", "1,x"], 2, "--item_sequence"),
+        (["--user_id", user_id, "--item_sequence", "424242"], 1, "unknown MovieID"),
+    ]:
+        failed = run_cli(*paths, *args)
+        assert failed.returncode == status, (args, failed.stderr)
+        assert failed.stderr.count("\n") == 1 and message in failed.stderr and "Traceback" not in failed.stderr
+    missing = run_cli("--model_path", str(trained.out / "nope.pt"), "--metadata_path", str(trained.metadata),
+                      "--user_id", user_id)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nope.pt" in missing.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Real ML-1M
+
+
+def save_untrained_checkpoint(path: Path, data, **model_overrides) -> EnhancedBERT4Rec:
+    """A checkpoint in trainer.py's format holding a freshly initialised model of the trainer's defaults."""
+    config = TrainConfig(**model_overrides)
+    torch.manual_seed(0)
+    model = EnhancedBERT4Rec(build_model_config(config, data), data.item_genres, data.item_years).eval()
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, "model_state": model.state_dict(),
+                       "model_config": model.config.to_dict(), "train_config": asdict(config),
+                       "data_fingerprint": data.fingerprint, "epoch": 0}, path)
+    return model
+
+
+def test_real_data_batch_scores_equal_trainer_evaluate(real_ml1m_dir, tmp_path):
+    """On the real ML-1M (ties in timestamps included), the engine's inputs and scores are the trainer's."""
+    data = load_dataset(real_ml1m_dir, seq_length=50)
+    model = save_untrained_checkpoint(tmp_path / "model.pt", data, hidden_size=16, num_heads=2, num_layers=1)
+    engine = RecommendationEngine(tmp_path / "model.pt", save_metadata(data, tmp_path / "metadata.json"),
+                                  device="cpu")
+    test_inputs = eval_inputs(data, "test", 50)
+    expected = evaluate(model, to_eval_tensors(test_inputs, torch.device("cpu")),
+                        data_to_tensors(data, torch.device("cpu")), 512)
+    sequences = np.split(data.item_movie_ids[test_inputs.seen_items], test_inputs.seen_offsets[1:-1])
+    batch = engine.score_batch(data.user_ids[1:].tolist(), [s.tolist() for s in sequences])
+    columns = torch.from_numpy(test_inputs.targets - 1)
+    metrics = ranking_metrics(target_ranks(batch.scores, columns))
+    assert metrics == {name: value for name, value in expected.items() if name in metrics}
+
+
+def test_real_checkpoint_reproduces_its_results(real_ml1m_dir):
+    """A trained real checkpoint (trainer.py's defaults: checkpoints/best_model.pt, results.json beside it,
+    metadata.json in the repository root; or $INFERENCE_CHECKPOINT / $INFERENCE_METADATA)."""
+    checkpoint = Path(os.environ.get("INFERENCE_CHECKPOINT", REPO / "checkpoints" / "best_model.pt"))
+    metadata = Path(os.environ.get("INFERENCE_METADATA", REPO / "metadata.json"))
+    results_path = checkpoint.with_name("results.json")
+    if not (checkpoint.is_file() and metadata.is_file() and results_path.is_file()):
+        pytest.skip(f"no trained real checkpoint: needs {checkpoint}, {results_path} and {metadata}")
+    results = json.loads(results_path.read_text())
+    engine = RecommendationEngine(checkpoint, metadata, device="cpu")
+    seq_length = engine.config.seq_length
+    data = load_dataset(real_ml1m_dir, seq_length=seq_length)
+    if data.fingerprint != results["data_fingerprint"]:
+        pytest.skip(f"{checkpoint} was not trained on {real_ml1m_dir}")
+    test_inputs = eval_inputs(data, "test", seq_length)
+    sequences = np.split(data.item_movie_ids[test_inputs.seen_items], test_inputs.seen_offsets[1:-1])
+    batch = engine.score_batch(data.user_ids[1:].tolist(), [s.tolist() for s in sequences])
+    metrics = ranking_metrics(target_ranks(batch.scores, torch.from_numpy(test_inputs.targets - 1)))
+    # results.json may come from another device (GPU): the same ranks up to float ties
+    for name, value in metrics.items():
+        assert value == pytest.approx(results["test"][name], abs=2e-3), name
