@@ -223,6 +223,11 @@ class RecommendationEngine:
     # ------------------------------------------------------------------------------------------------------
     # Public API
 
+    @property
+    def user_ids(self) -> list[int]:
+        """The known UserIDs, ascending."""
+        return sorted(self._user_index)
+
     def get_recommendations(
         self,
         user_id: int | None = None,

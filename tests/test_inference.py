@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.bench_inference import write_untrained_checkpoint
 from data_processor import (
     GENDERS,
     GENRES,
@@ -42,10 +42,7 @@ from inference import (
     UnknownUserError,
 )
 from trainer import (
-    CHECKPOINT_FORMAT,
     TrainConfig,
-    atomic_torch_save,
-    build_model_config,
     data_to_tensors,
     evaluate,
     load_checkpoint,
@@ -94,10 +91,7 @@ def trained(tmp_path_factory):
     ])  # fmt: skip
     _, results = train(config)
     checkpoint_path = out / "checkpoints" / "best_model.pt"
-    checkpoint = load_checkpoint(checkpoint_path)
-    model = EnhancedBERT4Rec(ModelConfig.from_dict(checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model_state"])
-    model.eval()
+    model = load_model(checkpoint_path)
     engine = RecommendationEngine(checkpoint_path, out / "metadata.json", device="cpu", default_day_of_year=DAY)
     return SimpleNamespace(
         out=out, data_dir=data_dir, checkpoint=checkpoint_path, metadata=out / "metadata.json", results=results,
@@ -107,6 +101,14 @@ def trained(tmp_path_factory):
 
 # ----------------------------------------------------------------------------------------------------------
 # Independent references: built from ML1MData and the bare model, never from the engine
+
+
+def load_model(path: Path) -> EnhancedBERT4Rec:
+    """The checkpoint's model, loaded without the engine."""
+    checkpoint = load_checkpoint(path)
+    model = EnhancedBERT4Rec(ModelConfig.from_dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model_state"])
+    return model.eval()
 
 
 def history(data, user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -537,21 +539,11 @@ def test_cli(trained):
 # Real ML-1M
 
 
-def save_untrained_checkpoint(path: Path, data, **model_overrides) -> EnhancedBERT4Rec:
-    """A checkpoint in trainer.py's format holding a freshly initialised model of the trainer's defaults."""
-    config = TrainConfig(**model_overrides)
-    torch.manual_seed(0)
-    model = EnhancedBERT4Rec(build_model_config(config, data), data.item_genres, data.item_years).eval()
-    atomic_torch_save({"format": CHECKPOINT_FORMAT, "model_state": model.state_dict(),
-                       "model_config": model.config.to_dict(), "train_config": asdict(config),
-                       "data_fingerprint": data.fingerprint, "epoch": 0}, path)
-    return model
-
-
 def test_real_data_batch_scores_equal_trainer_evaluate(real_ml1m_dir, tmp_path):
     """On the real ML-1M (ties in timestamps included), the engine's inputs and scores are the trainer's."""
     data = load_dataset(real_ml1m_dir, seq_length=50)
-    model = save_untrained_checkpoint(tmp_path / "model.pt", data, hidden_size=16, num_heads=2, num_layers=1)
+    write_untrained_checkpoint(tmp_path / "model.pt", data, TrainConfig(hidden_size=16, num_heads=2, num_layers=1))
+    model = load_model(tmp_path / "model.pt")
     engine = RecommendationEngine(tmp_path / "model.pt", save_metadata(data, tmp_path / "metadata.json"),
                                   device="cpu")
     test_inputs = eval_inputs(data, "test", 50)

@@ -1,0 +1,135 @@
+"""Inference speed on the real MovieLens 1M: engine load, one user's top 10, one explanation, all users.
+
+    python benchmarks/bench_inference.py                      # untrained checkpoint of the trainer's defaults
+    python benchmarks/bench_inference.py --model_path checkpoints/best_model.pt --metadata_path metadata.json
+
+Without --model_path the script builds the model of trainer.py's default configuration (hidden 256, 4 heads,
+4 layers, seq_length 50), saves it untrained as a checkpoint in trainer.py's format beside a fresh
+metadata.json (in a temporary folder), and times that: the cost of a forward pass does not depend on the
+weights. Targets (CPU, 2 threads): get_recommendations p50 <= 10 ms, all 6,040 users <= 30 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from data_processor import ML1MData, load_dataset, save_metadata  # noqa: E402
+from enhanced_model import EnhancedBERT4Rec  # noqa: E402
+from inference import RecommendationEngine  # noqa: E402
+from trainer import CHECKPOINT_FORMAT, TrainConfig, atomic_torch_save, build_model_config  # noqa: E402
+
+TARGET_P50_S = 0.010
+TARGET_ALL_USERS_S = 30.0
+
+
+def write_untrained_checkpoint(path: Path, data: ML1MData, config: TrainConfig, seed: int = 0) -> None:
+    """A checkpoint in trainer.py's format holding a freshly initialised model of `config`."""
+    torch.manual_seed(seed)
+    model = EnhancedBERT4Rec(build_model_config(config, data), data.item_genres, data.item_years)
+    atomic_torch_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model_state": model.state_dict(),
+            "model_config": model.config.to_dict(),
+            "train_config": asdict(config),
+            "data_fingerprint": data.fingerprint,
+            "epoch": 0,
+        },
+        path,
+    )
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    """p50 and p95 in milliseconds."""
+    return float(np.percentile(seconds, 50)) * 1e3, float(np.percentile(seconds, 95)) * 1e3
+
+
+def timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "ml-1m"), help="real ML-1M")
+    parser.add_argument("--model_path", help="a trained checkpoint (default: untrained, trainer's default config)")
+    parser.add_argument("--metadata_path", help="its metadata.json (required with --model_path)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    parser.add_argument("--calls", type=int, default=200, help="timed get_recommendations calls")
+    parser.add_argument("--explain_calls", type=int, default=100, help="timed explain_recommendation calls")
+    parser.add_argument("--batch_runs", type=int, default=3, help="timed runs over all users (median reported)")
+    parser.add_argument("--batch_size", type=int, default=512, help="users per forward pass in batch scoring")
+    parser.add_argument("--seed", type=int, default=0, help="which users are sampled")
+    args = parser.parse_args()
+    if (args.model_path is None) != (args.metadata_path is None):
+        parser.error("pass --model_path and --metadata_path together")
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.model_path is None:
+            data = load_dataset(args.data_dir, seq_length=TrainConfig().seq_length)
+            model_path, metadata_path = Path(scratch) / "untrained.pt", Path(scratch) / "metadata.json"
+            write_untrained_checkpoint(model_path, data, TrainConfig())
+            save_metadata(data, metadata_path)
+            source = "untrained checkpoint of trainer.py's default config, created by this script"
+        else:
+            model_path, metadata_path = Path(args.model_path), Path(args.metadata_path)
+            source = f"checkpoint {model_path}"
+        load_seconds = [
+            timed(lambda: RecommendationEngine(model_path, metadata_path, device=args.device)) for _ in range(3)
+        ]
+        engine = RecommendationEngine(model_path, metadata_path, device=args.device)
+
+    config = engine.config
+    user_ids = engine.user_ids
+    rng = np.random.default_rng(args.seed)
+    sampled = rng.choice(user_ids, size=args.calls, replace=True).tolist()
+    for user_id in sampled[:10]:  # warm-up
+        engine.get_recommendations(user_id=user_id, k=10)
+    recommend_seconds = [timed(lambda u=u: engine.get_recommendations(user_id=u, k=10)) for u in sampled]
+    explained = sampled[: args.explain_calls]
+    top_items = [engine.get_recommendations(user_id=u, k=1)[0]["movie_id"] for u in explained]
+    explain_seconds = [
+        timed(lambda u=u, m=m: engine.explain_recommendation(u, None, m))
+        for u, m in zip(explained, top_items, strict=True)
+    ]
+    batch_seconds = [
+        timed(lambda: engine.recommend_batch(user_ids, k=10, batch_size=args.batch_size))
+        for _ in range(args.batch_runs)
+    ]
+
+    p50, p95 = percentiles(recommend_seconds)
+    e50, e95 = percentiles(explain_seconds)
+    all_users = statistics.median(batch_seconds)
+    p50_verdict = "met" if p50 / 1e3 <= TARGET_P50_S else "MISSED"
+    batch_verdict = "met" if all_users <= TARGET_ALL_USERS_S else "MISSED"
+    print(f"model: {source}")
+    print(f"config: hidden {config.hidden_size}, {config.num_heads} heads, {config.num_layers} layers, "
+          f"seq_length {config.seq_length}; device {engine.device}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+    print(f"engine load (checkpoint + metadata.json), median of 3: {statistics.median(load_seconds):.2f} s")
+    print(f"get_recommendations(user_id, k=10), {len(recommend_seconds)} calls: p50 {p50:.1f} ms, "
+          f"p95 {p95:.1f} ms (target p50 <= {TARGET_P50_S * 1e3:.0f} ms: {p50_verdict})")
+    print(f"explain_recommendation(user_id, its top item), {len(explain_seconds)} calls: "
+          f"p50 {e50:.1f} ms, p95 {e95:.1f} ms")
+    print(f"recommend_batch(all {len(user_ids)} users, k=10, batch {args.batch_size}), median of "
+          f"{len(batch_seconds)}: {all_users:.1f} s (runs {', '.join(f'{s:.1f}' for s in batch_seconds)}; "
+          f"target <= {TARGET_ALL_USERS_S:.0f} s: {batch_verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
