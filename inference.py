@@ -269,21 +269,8 @@ class RecommendationEngine:
         Each row follows get_recommendations' rules for (user_ids[i], item_sequences[i], timestamps[i]);
         item_sequences None = every user's known history.
         """
-        batch_size = _positive_int(batch_size, "batch_size")
-        if item_sequences is not None and len(item_sequences) != len(user_ids):
-            raise InferenceError(f"item_sequences has {len(item_sequences)} rows for {len(user_ids)} user_ids")
-        if timestamps is not None and (item_sequences is None or len(timestamps) != len(user_ids)):
-            raise InferenceError("timestamps need item_sequences, one row per user")
-        requests = [
-            self._resolve(
-                user_id,
-                None if item_sequences is None else item_sequences[row],
-                None if timestamps is None else timestamps[row],
-            )
-            for row, user_id in enumerate(user_ids)
-        ]
-        _warn_cold(requests)
-        scores = self._score(requests, filter_seen, batch_size)
+        requests = self._resolve_batch(user_ids, item_sequences, timestamps)
+        scores = self._score(requests, filter_seen, _positive_int(batch_size, "batch_size"))
         return BatchScores(self._item_movie_ids[1:-1], scores[:, 1:-1], [r.strategy for r in requests])
 
     def recommend_batch(
@@ -297,9 +284,9 @@ class RecommendationEngine:
     ) -> list[list[dict[str, Any]]]:
         """get_recommendations for many users at once (see score_batch); one list per user, in order."""
         k = _positive_int(k, "k")
-        batch = self.score_batch(user_ids, item_sequences, timestamps, filter_seen, batch_size)
-        padded = torch.nn.functional.pad(batch.scores, (1, 1), value=-torch.inf)  # back to item-index columns
-        return self._top_k(padded, k, batch.strategies)
+        requests = self._resolve_batch(user_ids, item_sequences, timestamps)
+        scores = self._score(requests, filter_seen, _positive_int(batch_size, "batch_size"))
+        return self._top_k(scores, k, [r.strategy for r in requests])
 
     def explain_recommendation(
         self,
@@ -369,7 +356,7 @@ class RecommendationEngine:
             "shared_genres": self._shared_genres(recommended_item_id, window_movies),
             "release_year": self._year_relation(recommended_item_id, window_movies),
             "user_tokens": user_tokens,
-            "measures": EXPLANATION_MEASURES,
+            "measures": dict(EXPLANATION_MEASURES),
         }
         explanation["sentence"] = _sentence(explanation, window_size)
         return explanation
@@ -491,6 +478,27 @@ class RecommendationEngine:
         else:
             strategy = DEMOGRAPHICS if any(features) else POPULARITY
         return _Request(user_index, features, items, days, cold_movie_ids, strategy)
+
+    def _resolve_batch(
+        self,
+        user_ids: Sequence[int | None],
+        item_sequences: Sequence[Sequence[int] | None] | None,
+        timestamps: Sequence[Sequence[int] | None] | None,
+    ) -> list[_Request]:
+        if item_sequences is not None and len(item_sequences) != len(user_ids):
+            raise InferenceError(f"item_sequences has {len(item_sequences)} rows for {len(user_ids)} user_ids")
+        if timestamps is not None and (item_sequences is None or len(timestamps) != len(user_ids)):
+            raise InferenceError("timestamps need item_sequences, one row per user")
+        requests = [
+            self._resolve(
+                user_id,
+                None if item_sequences is None else item_sequences[row],
+                None if timestamps is None else timestamps[row],
+            )
+            for row, user_id in enumerate(user_ids)
+        ]
+        _warn_cold(requests)
+        return requests
 
     def _user_index_of(self, user_id: int | None, has_demographics: bool) -> int:
         if user_id is None:
@@ -811,8 +819,7 @@ def _warn_cold(requests: list[_Request]) -> None:
 
 
 def _titles(movies: list[dict[str, Any]]) -> str:
-    quoted = [f'"{movie["title"]}"' for movie in movies]
-    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
+    return " and ".join(f'"{movie["title"]}"' for movie in movies)
 
 
 def _sentence(explanation: dict[str, Any], window_size: int) -> str:
@@ -822,10 +829,12 @@ def _sentence(explanation: dict[str, Any], window_size: int) -> str:
     drivers = [d for d in explanation["drivers"] if d["score_drop"] > 0][:2]
     if len(drivers) == 2 and drivers[1]["score_drop"] < drivers[0]["score_drop"] / 2:
         drivers = drivers[:1]  # name a second item only when it matters about as much as the first
-    if drivers:
+    if len(drivers) == 1:
+        drop = drivers[0]["score_drop"]
+        parts.append(f"mostly because you watched {_titles(drivers)} (without it, its score drops by {drop:.2f})")
+    elif drivers:
         drops = " and ".join(f"{d['score_drop']:.2f}" for d in drivers)
-        removing = "removing it lowers" if len(drivers) == 1 else "removing them lowers"
-        parts.append(f"mostly because you watched {_titles(drivers)} ({removing} its score by {drops})")
+        parts.append(f"mostly because you watched {_titles(drivers)} (without each, its score drops by {drops})")
     elif window_size:
         parts.append(f"from your {window_size} most recent movies as a whole (no single one raises its score)")
     else:

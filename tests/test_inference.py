@@ -40,6 +40,7 @@ from inference import (
     RecommendationEngine,
     UnknownItemError,
     UnknownUserError,
+    main,
 )
 from trainer import (
     TrainConfig,
@@ -242,6 +243,20 @@ def test_recommend_batch_equals_single_calls(trained):
     column = {movie_id: j for j, movie_id in enumerate(scores.movie_ids.tolist())}
     for movie_id, score in as_scores(single).items():
         assert scores.scores[1, column[movie_id]].item() == pytest.approx(score, abs=1e-5)
+
+
+def test_batch_rows_follow_each_users_strategy(trained):
+    data, engine = trained.data, trained.engine
+    assert engine.user_ids == data.user_ids[1:].tolist()
+    batch = engine.score_batch([None, int(data.user_ids[2]), None], [None, None, data.item_movie_ids[[5]].tolist()])
+    assert batch.strategies == ["popularity", "personalized", "sequence"]
+    _, items, _ = training_events(data)
+    counts = np.bincount(items, minlength=data.num_items + 1)[1:]
+    assert batch.scores[0].tolist() == counts.tolist()
+    single = engine.get_recommendations(item_sequence=data.item_movie_ids[[5]].tolist(), k=1)[0]
+    column = int(np.searchsorted(batch.movie_ids, single["movie_id"]))
+    assert batch.scores[2, column].item() == pytest.approx(single["score"], abs=1e-5)
+    assert batch.scores[2].argmax().item() == column
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -450,6 +465,14 @@ def test_bad_requests_raise_specific_errors(trained):
         engine.get_recommendations(user_id=user_id, item_sequence="1,5")
     with pytest.raises(InferenceError, match="timestamps has 1 values for 2 items"):
         engine.get_recommendations(item_sequence=data.item_movie_ids[[1, 2]].tolist(), timestamps=[978307200])
+    with pytest.raises(InferenceError, match="timestamps describe item_sequence"):
+        engine.get_recommendations(user_id=user_id, timestamps=[978307200])
+    with pytest.raises(InferenceError, match="item_sequences has 1 rows for 2 user_ids"):
+        engine.score_batch([user_id, user_id], [[int(data.item_movie_ids[1])]])
+    with pytest.raises(InferenceError, match="timestamps need item_sequences"):
+        engine.score_batch([user_id], timestamps=[[978307200]])
+    with pytest.raises(InferenceError, match="batch_size must be positive"):
+        engine.score_batch([user_id], batch_size=0)
     with pytest.raises(InferenceError, match="gender"):
         engine.get_recommendations(gender="X")
     with pytest.raises(InferenceError, match="age"):
@@ -477,6 +500,8 @@ def test_bad_files_raise_specific_errors(trained, tmp_path):
     other_metadata = save_metadata(other, tmp_path / "other.json")
     with pytest.raises(MetadataMismatchError, match="other data"):
         RecommendationEngine(trained.checkpoint, other_metadata)
+    with pytest.raises(InferenceError, match="default_day_of_year"):
+        RecommendationEngine(trained.checkpoint, trained.metadata, default_day_of_year=367)
     if not torch.cuda.is_available():
         with pytest.raises(InferenceError, match="no CUDA GPU"):
             RecommendationEngine(trained.checkpoint, trained.metadata, device="cuda")
@@ -533,6 +558,29 @@ def test_cli(trained):
     missing = run_cli("--model_path", str(trained.out / "nope.pt"), "--metadata_path", str(trained.metadata),
                       "--user_id", user_id)
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nope.pt" in missing.stderr
+
+
+def test_cli_options_in_process(trained, capsys):
+    data = trained.data
+    paths = ["--model_path", str(trained.checkpoint), "--metadata_path", str(trained.metadata), "--device", "cpu"]
+    movie_ids, _, _ = history(data, 3)
+    sequence = ",".join(map(str, movie_ids[:4]))
+    assert main([*paths, "--user_id", str(data.user_ids[3]), "--item_sequence", sequence, "--include_seen",
+                 "--timestamps", "978307200,978310000,978393600,978400000", "--k", "200", "--json"]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert len(output["recommendations"]) == data.num_items  # nothing excluded
+    expected = trained.engine.get_recommendations(
+        user_id=int(data.user_ids[3]), item_sequence=movie_ids[:4].tolist(), k=200, filter_seen=False,
+        timestamps=[978307200, 978310000, 978393600, 978400000])
+    assert as_scores(output["recommendations"]) == as_scores(expected)
+
+    assert main([*paths, "--k", "3", "--cold_items", "--explain"]) == 0
+    text = capsys.readouterr().out
+    assert "strategy: popularity; score: ratings in the training data" in text
+    assert "never-rated movies, by genre/year similarity" in text and "why: Nothing is known" in text
+
+    assert main([*paths, "--profile"]) == 1
+    assert capsys.readouterr().err == "error: --profile needs --user_id\n"
 
 
 # ----------------------------------------------------------------------------------------------------------
