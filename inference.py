@@ -57,6 +57,7 @@ PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
 )  # fmt: skip
 COLD_GENRE_WEIGHT, COLD_YEAR_WEIGHT, COLD_YEAR_SCALE = 0.8, 0.2, 10.0
 SAME_ERA_YEARS = 3  # release years this close to the history's median read as "the same era"
+MIN_DRIVER_DROP = 0.05  # a sentence names a history item only if deleting it costs this much score (~5% odds)
 EXPLANATION_MEASURES = {
     "score_drop": "item-head score of the recommended movie minus its score with that history item deleted "
     "(older items slide into the window), or with that user token set to unknown; one batched forward pass",
@@ -826,7 +827,7 @@ def _sentence(explanation: dict[str, Any], window_size: int) -> str:
     """One plain-language sentence from the explanation's numbers."""
     title = explanation["recommended"]["title"]
     parts = []
-    drivers = [d for d in explanation["drivers"] if d["score_drop"] > 0][:2]
+    drivers = [d for d in explanation["drivers"] if d["score_drop"] >= MIN_DRIVER_DROP][:2]
     if len(drivers) == 2 and drivers[1]["score_drop"] < drivers[0]["score_drop"] / 2:
         drivers = drivers[:1]  # name a second item only when it matters about as much as the first
     if len(drivers) == 1:
@@ -836,7 +837,10 @@ def _sentence(explanation: dict[str, Any], window_size: int) -> str:
         drops = " and ".join(f"{d['score_drop']:.2f}" for d in drivers)
         parts.append(f"mostly because you watched {_titles(drivers)} (without each, its score drops by {drops})")
     elif window_size:
-        parts.append(f"from your {window_size} most recent movies as a whole (no single one raises its score)")
+        parts.append(
+            f"from your {window_size} most recent movies as a whole (deleting any one of them lowers its score "
+            f"by less than {MIN_DRIVER_DROP})"
+        )
     else:
         parts.append("from your profile alone (no viewing history)")
     shared = explanation["shared_genres"]
