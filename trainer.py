@@ -114,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(
         description="Train the enhanced BERT4Rec on MovieLens 1M (multi-task, full-ranking evaluation).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        fromfile_prefix_chars="@",  # python trainer.py @configs/ml1m_tuned.txt: one flag or value per line
     )
 
     group = parser

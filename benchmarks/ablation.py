@@ -1,0 +1,115 @@
+"""Ablation on the real ML-1M: what each side-information part and each auxiliary task adds to plain BERT4Rec.
+
+Every row is the same trainer.py run at the same training budget (the shared flags, e.g. the tuned configuration
+file, plus --max_minutes/--max_epochs), differing only in the switches below, for each seed. Test figures come
+from each run's results.json (best-validation checkpoint, EVALUATION.md protocol). The markdown table gives the
+mean over seeds and, with more than one seed, the seed-to-seed spread (max - min) of NDCG@10.
+
+    python benchmarks/ablation.py --data_dir ../shared/data/ml-1m --seeds 0 1 --max_minutes 30 \
+        --out runs/ablation -- @configs/ml1m_tuned.txt
+    python benchmarks/ablation.py --out runs/ablation --table_only     # re-read finished runs
+
+--parallel N runs N trainings at once (useful on a GPU, where one small model leaves the device idle).
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PLAIN = ["--no-use_item_side_info", "--no-use_user_tokens", "--no-use_temporal", "--next_item_weight", "0",
+         "--rating_prediction_weight", "0", "--user_preference_weight", "0"]
+
+
+def with_flags(*changes: str) -> list[str]:
+    """Plain BERT4Rec with some parts switched back on (a later flag overrides an earlier one)."""
+    return [*PLAIN, *changes]
+
+
+ROWS = {
+    "plain BERT4Rec": with_flags(),
+    "+ item side info (genres, year)": with_flags("--use_item_side_info"),
+    "+ user tokens and cross-attention": with_flags("--use_user_tokens"),
+    "+ temporal (day of year)": with_flags("--use_temporal"),
+    "+ next-item task": with_flags("--next_item_weight", "1.0"),
+    "+ rating task": with_flags("--rating_prediction_weight", "0.3"),
+    "+ user-preference task": with_flags("--user_preference_weight", "0.2"),
+    "full model": [],
+}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+
+
+def run_one(name: str, seed: int, args: argparse.Namespace) -> Path:
+    out = Path(args.out) / f"{slug(name)}_seed{seed}"
+    if (out / "results.json").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(REPO / "trainer.py"), *args.trainer_args, *ROWS[name], "--seed", str(seed),
+               "--data_dir", args.data_dir, "--checkpoint_dir", str(out), "--metadata_path", str(out / "metadata.json"),
+               "--no-progress"]
+    if args.max_minutes:
+        command += ["--max_minutes", str(args.max_minutes)]
+    with open(out / "train.log", "w") as log:
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=REPO)
+    return out
+
+
+def table(out_dir: Path, seeds: list[int], machine: str) -> str:
+    lines = ["| configuration | HR@10 | NDCG@10 | HR@20 | NDCG@20 | NDCG@10 spread | rating RMSE (bias baseline) "
+             "| epochs (best) | train min | machine |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ROWS:
+        results = [json.loads(p.read_text()) for seed in seeds
+                   if (p := out_dir / f"{slug(name)}_seed{seed}" / "results.json").is_file()]
+        if not results:
+            continue
+
+        def mean(key: str, results=results) -> float:
+            return statistics.mean(r["test"][key] for r in results)
+
+        ndcg = [r["test"]["NDCG@10"] for r in results]
+        spread = f"{max(ndcg) - min(ndcg):.4f}" if len(results) > 1 else "n/a (1 seed)"
+        rmse = (f"{mean('rating_rmse'):.4f} ({mean('bias_baseline_rmse'):.4f})"
+                if all("rating_rmse" in r["test"] for r in results) else "-")
+        epochs = "/".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in results)
+        minutes = statistics.mean(r["train_seconds"] for r in results) / 60
+        lines.append(f"| {name} | {mean('HR@10'):.4f} | {mean('NDCG@10'):.4f} | {mean('HR@20'):.4f} "
+                     f"| {mean('NDCG@20'):.4f} | {spread} | {rmse} | {epochs} | {minutes:.1f} "
+                     f"| {results[0]['device']}, {machine} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "ml-1m"))
+    parser.add_argument("--out", default=str(REPO / "runs" / "ablation"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--max_minutes", type=float, help="training budget of every run")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--table_only", action="store_true")
+    parser.add_argument("trainer_args", nargs="*", help="flags passed to every trainer.py run (after --)")
+    args = parser.parse_args()
+    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
+
+    if not args.table_only:
+        jobs = [(name, seed) for seed in args.seeds for name in args.rows]
+        with ThreadPoolExecutor(args.parallel) as pool:
+            for out in pool.map(lambda job: run_one(*job, args), jobs):
+                print(f"done: {out}", flush=True)
+    markdown = table(Path(args.out), args.seeds, machine)
+    (Path(args.out) / "ablation.md").write_text(markdown + "\n")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
