@@ -24,6 +24,8 @@ with it (id maps, movies, users with their histories), never the raw files. The 
   with a history, plus any demographics given), "demographics" (new user with demographics only: the model's
   cold-start path, trained by the trainer's --user_dropout), "popularity" (nothing known: the most-rated movies
   of the training parts, the only statistic used), "genre_similarity" (never-rated movies, below).
+  A "sequence" user without demographics reaches the model with every user token unknown, an input training
+  never shows (--user_dropout hides only the identity): it works, but is the least tested path.
 - Never-rated movies (in movies.dat, not in the model's vocabulary; 177 on ML-1M) have no embedding, so the
   model cannot score them. In a history they are skipped by the model with a ColdItemWarning (their genres
   and year still shape the cold-item profile, and filter_seen excludes them).
@@ -476,8 +478,8 @@ class RecommendationEngine:
             strategy = PERSONALIZED
         elif len(items):
             strategy = SEQUENCE
-        else:
-            strategy = DEMOGRAPHICS if any(features) else POPULARITY
+        else:  # a model without user tokens cannot read demographics
+            strategy = DEMOGRAPHICS if any(features) and self.config.use_user_tokens else POPULARITY
         return _Request(user_index, features, items, days, cold_movie_ids, strategy)
 
     def _resolve_batch(
@@ -907,17 +909,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _table(records: list[dict[str, Any]], explanations: list[dict[str, Any]] | None) -> str:
+def _table(records: list[dict[str, Any]]) -> str:
     width = max([5, *(len(r["title"]) for r in records)])
     lines = [f"{'rank':>4}  {'movie_id':>8}  {'title':<{width}}  {'year':>4}  {'score':>8}  genres"]
-    for row, record in enumerate(records):
+    for record in records:
         year = "" if record["year"] is None else record["year"]
         lines.append(
             f"{record['rank']:>4}  {record['movie_id']:>8}  {record['title']:<{width}}  {year:>4}  "
             f"{record['score']:>8.3f}  {'|'.join(record['genres'])}"
         )
-        if explanations:
-            lines.append(f"{'':>6}why: {explanations[row]['sentence']}")
+        if "explanation" in record:
+            lines.append(f"{'':>6}why: {record['explanation']['sentence']}")
     return "\n".join(lines)
 
 
@@ -932,55 +934,60 @@ def _profile_text(profile: dict[str, Any]) -> str:
     )
 
 
+def _answer(engine: RecommendationEngine, args: argparse.Namespace) -> dict[str, Any]:
+    """Everything the flags ask for: recommendations (each with its explanation), profile, cold items."""
+    request = {
+        "user_id": args.user_id, "item_sequence": args.item_sequence, "timestamps": args.timestamps,
+        "gender": args.gender, "age": args.age, "occupation": args.occupation,
+    }  # fmt: skip
+    records = engine.get_recommendations(k=args.k, filter_seen=not args.include_seen, **request)
+    if args.explain:
+        for record in records:
+            record["explanation"] = engine.explain_recommendation(**request, recommended_item_id=record["movie_id"])
+    strategy = records[0]["strategy"] if records else None
+    answer = {"user_id": args.user_id, "strategy": strategy, "recommendations": records}
+    if args.profile:
+        answer["profile"] = engine.get_user_profile(args.user_id)
+    if args.cold_items:
+        answer["cold_items"] = engine.get_cold_item_recommendations(
+            args.user_id, args.item_sequence, k=args.k, filter_seen=not args.include_seen
+        )
+    return answer
+
+
+def _print_text(answer: dict[str, Any]) -> None:
+    if "profile" in answer:
+        print(_profile_text(answer["profile"]) + "\n")
+    who = "a new user" if answer["user_id"] is None else f"user {answer['user_id']}"
+    scores = "ratings in the training data" if answer["strategy"] == POPULARITY else "the model's item scores"
+    print(f"top {len(answer['recommendations'])} for {who} (strategy: {answer['strategy']}; score: {scores})")
+    print(_table(answer["recommendations"]))
+    if "cold_items" in answer:
+        print("\nnever-rated movies, by genre/year similarity to the history (0..1, not comparable with the above):")
+        print(_table(answer["cold_items"]))
+
+
+def _warning_line(message: Warning | str, *details: Any, **more: Any) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print recommendations (and optionally explanations, the profile, cold items). Returns the exit status."""
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = lambda message, *rest, **kwargs: f"warning: {message}\n"
-    try:
-        if args.profile and args.user_id is None:
-            raise InferenceError("--profile needs --user_id")
-        engine = RecommendationEngine(args.model_path, args.metadata_path, device=args.device)
-        request = {
-            "user_id": args.user_id, "item_sequence": args.item_sequence, "timestamps": args.timestamps,
-            "gender": args.gender, "age": args.age, "occupation": args.occupation,
-        }  # fmt: skip
-        records = engine.get_recommendations(k=args.k, filter_seen=not args.include_seen, **request)
-        explanations = None
-        if args.explain:
-            explanations = [
-                engine.explain_recommendation(**request, recommended_item_id=record["movie_id"])
-                for record in records
-            ]
-        profile = engine.get_user_profile(args.user_id) if args.profile else None
-        cold = None
-        if args.cold_items:
-            cold = engine.get_cold_item_recommendations(
-                args.user_id, args.item_sequence, k=args.k, filter_seen=not args.include_seen
-            )
-    except InferenceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    strategy = records[0]["strategy"] if records else None
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line  # one line per warning; restored on exit
+        try:
+            if args.profile and args.user_id is None:
+                raise InferenceError("--profile needs --user_id")
+            engine = RecommendationEngine(args.model_path, args.metadata_path, device=args.device)
+            answer = _answer(engine, args)
+        except InferenceError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     if args.json:
-        output: dict[str, Any] = {"user_id": args.user_id, "strategy": strategy, "recommendations": records}
-        if explanations is not None:
-            for record, explanation in zip(records, explanations, strict=True):
-                record["explanation"] = explanation
-        if profile is not None:
-            output["profile"] = profile
-        if cold is not None:
-            output["cold_items"] = cold
-        print(json.dumps(output, ensure_ascii=False, indent=2))
-        return 0
-    if profile is not None:
-        print(_profile_text(profile) + "\n")
-    who = "a new user" if args.user_id is None else f"user {args.user_id}"
-    scores = "ratings in the training data" if strategy == POPULARITY else "the model's item scores"
-    print(f"top {len(records)} for {who} (strategy: {strategy}; score: {scores})")
-    print(_table(records, explanations))
-    if cold is not None:
-        print("\nnever-rated movies, by genre/year similarity to the history (0..1, not comparable with the above):")
-        print(_table(cold, None))
+        print(json.dumps(answer, ensure_ascii=False, indent=2))
+    else:
+        _print_text(answer)
     return 0
 
 
