@@ -19,7 +19,8 @@ with it (id maps, movies, users with their histories), never the raw files. The 
   after the test item); filter_seen then excludes all of it.
 - Days of year: from `timestamps` when given; otherwise an item the user has rated takes the day of that
   rating, any other item the engine's default_day_of_year (default: today's, UTC).
-- Scores are the item head's logits, comparable within one call (higher = better), not probabilities.
+- Scores are the item head's logits, comparable within one call (higher = better), not probabilities;
+  "popularity" answers score by the number of training ratings, "genre_similarity" ones by the similarity below.
 - Strategy of each answer: "personalized" (known user: identity + demographics + history), "sequence" (new user
   with a history, plus any demographics given), "demographics" (new user with demographics only: the model's
   cold-start path, trained by the trainer's --user_dropout), "popularity" (nothing known: the most-rated movies
@@ -151,6 +152,10 @@ class RecommendationEngine:
     default_day_of_year: day (1..366) given to history items without a timestamp or a known rating day;
         None = today's (UTC) at each call.
     Raises CheckpointError, MetadataError, MetadataMismatchError or InferenceError (all ValueError).
+
+    get_recommendations (one user), score_batch / recommend_batch (many users, vectorised),
+    explain_recommendation, get_user_profile, get_cold_item_recommendations; user_ids lists the known users.
+    The model (`model`, in eval mode on `device`) and its `config` are attributes.
     """
 
     def __init__(
