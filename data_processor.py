@@ -594,7 +594,7 @@ def parse_ratings(source: SourceFile, movie_ids: np.ndarray, user_ids: np.ndarra
 # Features, timelines and windows
 
 
-def _left_padded(values: np.ndarray, ends: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+def left_padded(values: np.ndarray, ends: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     """Row i = values[max(starts[i], ends[i] - width):ends[i]], left-padded with 0 to `width`."""
     positions = ends[:, None] - width + np.arange(width)
     return np.where(positions >= starts[:, None], values[np.maximum(positions, 0)], 0)
@@ -702,9 +702,9 @@ def process_ml1m(
         seq_offsets=seq_offsets,
         **events,
         user_genre_profile=_genre_profiles(seq_offsets, events["seq_items"], item_genres),
-        window_items=_left_padded(events["seq_items"], window_stops, window_starts, seq_length),
-        window_ratings=_left_padded(events["seq_ratings"], window_stops, window_starts, seq_length),
-        window_days=_left_padded(events["seq_days"], window_stops, window_starts, seq_length),
+        window_items=left_padded(events["seq_items"], window_stops, window_starts, seq_length),
+        window_ratings=left_padded(events["seq_ratings"], window_stops, window_starts, seq_length),
+        window_days=left_padded(events["seq_days"], window_stops, window_starts, seq_length),
         window_users=user_rows + 1,
         movie_ids=movies.movie_ids,
         movie_titles=movies.titles,
@@ -726,8 +726,8 @@ def eval_inputs(data: ML1MData, split: Literal["val", "test"], seq_length: int) 
     starts = data.seq_offsets[1:-1]
     counts = np.diff(data.seq_offsets)[1:]
     target_positions = data.seq_offsets[2:] - (2 if split == "val" else 1)
-    items = _left_padded(data.seq_items, target_positions, starts, seq_length - 1)
-    days = _left_padded(data.seq_days, target_positions, starts, seq_length - 1)
+    items = left_padded(data.seq_items, target_positions, starts, seq_length - 1)
+    days = left_padded(data.seq_days, target_positions, starts, seq_length - 1)
     input_lengths = target_positions - starts
     position = np.arange(len(data.seq_items)) - np.repeat(starts, counts)
     return EvalInputs(

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_processor import GENRES, PAD_INDEX, DataError, _left_padded, day_of_year, load_metadata
+from data_processor import GENRES, PAD_INDEX, DataError, day_of_year, left_padded, load_metadata
 from enhanced_model import USER_TOKENS, EnhancedBERT4Rec, ModelConfig
 from trainer import TrainingError, exclude_seen, load_checkpoint, score_last_position
 
@@ -601,8 +601,8 @@ class RecommendationEngine:
         days = np.concatenate([*(r.days for r in requests), [0]]).astype(np.int64)
         newest_day = np.where(lengths > 0, days[np.maximum(ends - 1, 0)], self._default_day())
         mask_column = np.full(len(requests), self.config.mask_index)
-        item_seq = np.column_stack([_left_padded(items, ends, starts, width), mask_column])
-        day_seq = np.column_stack([_left_padded(days, ends, starts, width), newest_day])
+        item_seq = np.column_stack([left_padded(items, ends, starts, width), mask_column])
+        day_seq = np.column_stack([left_padded(days, ends, starts, width), newest_day])
         features = np.array([(r.user_index, *r.features) for r in requests], dtype=np.int64)
         feature_columns = torch.from_numpy(features).T.to(self.device)
         user = dict(zip(("user_idx", "gender", "age", "occupation"), feature_columns, strict=True))

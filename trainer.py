@@ -565,24 +565,28 @@ def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
                         "the last good checkpoint is kept")
 
 
-def save_state(path: Path, model: EnhancedBERT4Rec, optimizer, scheduler, scaler, state: dict,
-               config: TrainConfig, fingerprint: str, generators: tuple[torch.Generator, torch.Generator]) -> None:
-    rng = {"torch": torch.get_rng_state(), "shuffle": generators[0].get_state(), "mask": generators[1].get_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    train_config = asdict(config)
+def save_model_checkpoint(path: Path, model: EnhancedBERT4Rec, data_fingerprint: str, config: TrainConfig,
+                          **extra) -> None:
+    """Write the part of a checkpoint that inference needs (weights, configs, data fingerprint) plus `extra`."""
     atomic_torch_save({
         "format": CHECKPOINT_FORMAT,
         "model_state": model.state_dict(),
         "model_config": model.config.to_dict(),
-        "train_config": train_config,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else {},
-        "rng": rng,
-        "data_fingerprint": fingerprint,
-        **state,
+        "train_config": asdict(config),
+        "data_fingerprint": data_fingerprint,
+        **extra,
     }, path)
+
+
+def save_state(path: Path, model: EnhancedBERT4Rec, optimizer, scheduler, scaler, state: dict,
+               config: TrainConfig, fingerprint: str, generators: tuple[torch.Generator, torch.Generator]) -> None:
+    """A full training checkpoint: the model plus everything --resume needs to continue bit-exactly."""
+    rng = {"torch": torch.get_rng_state(), "shuffle": generators[0].get_state(), "mask": generators[1].get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    save_model_checkpoint(path, model, fingerprint, config, optimizer=optimizer.state_dict(),
+                          scheduler=scheduler.state_dict(),
+                          scaler=scaler.state_dict() if scaler is not None else {}, rng=rng, **state)
 
 
 def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:

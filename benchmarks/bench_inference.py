@@ -16,7 +16,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from data_processor import ML1MData, load_dataset, save_metadata  # noqa: E402
 from enhanced_model import EnhancedBERT4Rec  # noqa: E402
 from inference import RecommendationEngine  # noqa: E402
-from trainer import CHECKPOINT_FORMAT, TrainConfig, atomic_torch_save, build_model_config  # noqa: E402
+from trainer import TrainConfig, build_model_config, save_model_checkpoint  # noqa: E402
 
 TARGET_P50_S = 0.010
 TARGET_ALL_USERS_S = 30.0
@@ -37,17 +36,7 @@ def write_untrained_checkpoint(path: Path, data: ML1MData, config: TrainConfig, 
     """A checkpoint in trainer.py's format holding a freshly initialised model of `config`."""
     torch.manual_seed(seed)
     model = EnhancedBERT4Rec(build_model_config(config, data), data.item_genres, data.item_years)
-    atomic_torch_save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model_state": model.state_dict(),
-            "model_config": model.config.to_dict(),
-            "train_config": asdict(config),
-            "data_fingerprint": data.fingerprint,
-            "epoch": 0,
-        },
-        path,
-    )
+    save_model_checkpoint(path, model, data.fingerprint, config, epoch=0)
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float]:
