@@ -77,6 +77,7 @@ class TrainConfig:
     user_preference_weight: float = 0.2
     mask_prob: float = 0.2
     user_dropout: float = 0.1
+    demographics_dropout: float = 0.05
     # optimisation (the seed's defaults)
     batch_size: int = 64
     learning_rate: float = 1e-4
@@ -149,6 +150,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     add("mask_prob", "share of positions masked for the masked-item task", type=float)
     add("user_dropout", "share of training rows whose user id is hidden (teaches the cold-start path)",
         type=float)
+    add("demographics_dropout", "share of training rows whose gender/age/occupation are hidden (teaches the "
+        "path of a new user who gives a history but no demographics)", type=float)
     group = parser.add_argument_group("optimisation")
     add("batch_size", "training batch size (per process)", type=int)
     add("learning_rate", "peak learning rate (AdamW)", type=float)
@@ -203,7 +206,8 @@ def validate_config(config: TrainConfig) -> None:
         (config.seq_length >= 2, "--seq_length must be at least 2"),
         (config.hidden_size % config.num_heads == 0, "--hidden_size must be divisible by --num_heads"),
         (0 < config.mask_prob < 1, "--mask_prob must be in (0, 1)"),
-        (0 <= config.user_dropout < 1, "--user_dropout must be in [0, 1)"),
+        (0 <= config.user_dropout <= 1, "--user_dropout must be in [0, 1]"),
+        (0 <= config.demographics_dropout <= 1, "--demographics_dropout must be in [0, 1]"),
         (all(w >= 0 for w in config.task_weights.values()), "task weights must be >= 0"),
         (config.item_prediction_weight > 0 or config.next_item_weight > 0,
          "at least one of --item_prediction_weight and --next_item_weight must be > 0"),
@@ -344,19 +348,24 @@ class MultiTaskObjective(nn.Module):
         return losses
 
 
-def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_token: int,
-               mask_prob: float, user_dropout: float, generator: torch.Generator) -> dict:
+def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_token: int, mask_prob: float,
+               user_dropout: float, demographics_dropout: float, generator: torch.Generator) -> dict:
+    """Both tasks' inputs for these windows; some rows hide the user id or demographics (cold-start paths)."""
     items = data_tensors["window_items"][rows]
     days = data_tensors["window_days"][rows]
     users = data_tensors["window_users"][rows]
     masked_seq, masked = mask_random_items(items, mask_prob, mask_token, generator)
     next_seq, next_days = mask_last_item(items, days, mask_token)
+    user = user_features(data_tensors, users)
     hide_user = torch.rand(users.shape, generator=generator, device=users.device) < user_dropout
+    hide_demographics = torch.rand(users.shape, generator=generator, device=users.device) < demographics_dropout
+    user["user_idx"] = users.masked_fill(hide_user, 0)
+    for feature in ("gender", "age", "occupation"):
+        user[feature] = user[feature].masked_fill(hide_demographics, 0)
     return {
         "items": items, "ratings": data_tensors["window_ratings"][rows], "days": days,
         "masked_seq": masked_seq, "masked": masked, "next_seq": next_seq, "next_days": next_days,
-        "user": user_features(data_tensors, users.masked_fill(hide_user, 0)),
-        "genre_profile": data_tensors["user_genre_profile"][users],
+        "user": user, "genre_profile": data_tensors["user_genre_profile"][users],
     }
 
 
@@ -674,7 +683,7 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
                    leave=False, dynamic_ncols=True)
         for micro_step, rows in enumerate(bar):
             batch = make_batch(data_tensors, rows.to(runtime.device), mask_token, config.mask_prob,
-                               config.user_dropout, mask_generator)
+                               config.user_dropout, config.demographics_dropout, mask_generator)
             last_micro = (micro_step + 1) % config.grad_accum_steps == 0
             sync = nullcontext() if last_micro or runtime.world_size == 1 else objective.no_sync()
             with sync:

@@ -46,7 +46,8 @@ num_windows = len(data.window_users)
 
 def step():
     rows = torch.randint(0, num_windows, (config.batch_size,), generator=generator)
-    batch = make_batch(tensors, rows, mask_token, config.mask_prob, config.user_dropout, generator)
+    batch = make_batch(tensors, rows, mask_token, config.mask_prob, config.user_dropout,
+                       config.demographics_dropout, generator)
     losses = objective(batch)
     losses["total"].backward()
     optimizer.step()

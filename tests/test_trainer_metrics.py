@@ -10,6 +10,7 @@ from trainer import (
     exclude_seen,
     fit_bias_baseline,
     learning_rate_factor,
+    make_batch,
     mask_last_item,
     mask_random_items,
     ranking_metrics,
@@ -103,3 +104,34 @@ def test_bias_baseline_recovers_an_additive_matrix():
     ratings = 3 + true_user[users] + true_item[items]
     mu, user_bias, item_bias = fit_bias_baseline(users, items, ratings, reg=0.0, iterations=50)
     np.testing.assert_allclose(mu + user_bias[users] + item_bias[items], ratings, atol=1e-9)
+
+
+def _window_tensors() -> dict[str, torch.Tensor]:
+    return {
+        "window_items": torch.tensor([[0, 3, 4, 5], [1, 2, 3, 4]]),
+        "window_ratings": torch.tensor([[0, 5, 4, 3], [1, 2, 3, 4]]),
+        "window_days": torch.tensor([[0, 7, 8, 9], [1, 1, 2, 2]]),
+        "window_users": torch.tensor([2, 1]),
+        "user_gender": torch.tensor([0, 1, 2]),
+        "user_age": torch.tensor([0, 3, 5]),
+        "user_occupation": torch.tensor([0, 11, 21]),
+        "user_genre_profile": torch.eye(3),
+    }
+
+
+def test_make_batch_gathers_windows_and_user_features():
+    batch = make_batch(_window_tensors(), torch.tensor([1, 0]), 9, 0.5, 0.0, 0.0, torch.Generator().manual_seed(0))
+    assert batch["items"].tolist() == [[1, 2, 3, 4], [0, 3, 4, 5]]
+    assert batch["next_seq"].tolist() == [[1, 2, 3, 9], [0, 3, 4, 9]]
+    assert batch["next_days"].tolist() == [[1, 1, 2, 2], [0, 7, 8, 8]]
+    assert {k: v.tolist() for k, v in batch["user"].items()} == {
+        "user_idx": [1, 2], "gender": [1, 2], "age": [3, 5], "occupation": [11, 21]}
+    assert batch["genre_profile"].tolist() == [[0, 1, 0], [0, 0, 1]]
+
+
+def test_make_batch_hides_ids_and_demographics_on_request():
+    generator = torch.Generator().manual_seed(0)
+    hidden_ids = make_batch(_window_tensors(), torch.tensor([0, 1]), 9, 0.5, 1.0, 0.0, generator)["user"]
+    assert hidden_ids["user_idx"].tolist() == [0, 0] and hidden_ids["gender"].tolist() == [2, 1]
+    hidden_all = make_batch(_window_tensors(), torch.tensor([0, 1]), 9, 0.5, 1.0, 1.0, generator)["user"]
+    assert all(values.tolist() == [0, 0] for values in hidden_all.values())
