@@ -676,6 +676,7 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
         epoch = state["epoch"] + 1
         epoch_started = time.monotonic()
         sums = {task: 0.0 for task in ("total", *TASKS)}
+        micro_steps_done = 0
         batches = list(epoch_batches(num_windows, config.batch_size, shuffle_generator, runtime.rank,
                                      runtime.world_size))
         optimizer.zero_grad(set_to_none=True)
@@ -694,6 +695,7 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             for task, value in losses.items():
                 sums[task] += value.item()
+            micro_steps_done += 1
             if not last_micro:
                 continue
             if scaler is not None:
@@ -715,7 +717,7 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
         bar.close()
         state["epoch"] = epoch
         state["train_seconds"] += time.monotonic() - epoch_started
-        epoch_losses = {task: value / max(1, len(batches)) for task, value in sums.items() if value}
+        epoch_losses = {task: value / max(1, micro_steps_done) for task, value in sums.items() if value}
 
         record = {"epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0], **epoch_losses}
         if epoch % config.eval_every == 0 or epoch == config.max_epochs or out_of_time:
