@@ -88,7 +88,7 @@ def trained(tmp_path_factory):
     config = parse_args([
         "--hidden_size", "32", "--num_heads", "2", "--num_layers", "1", "--seq_length", str(SEQ_LENGTH),
         "--batch_size", "32", "--learning_rate", "1e-2", "--warmup_steps", "5", "--dropout", "0.1",
-        "--max_epochs", "8", "--no-progress", "--data_dir", str(data_dir), "--cache_dir", str(out / "cache"),
+        "--max_epochs", "15", "--no-progress", "--data_dir", str(data_dir), "--cache_dir", str(out / "cache"),
         "--checkpoint_dir", str(out / "checkpoints"), "--metadata_path", str(out / "metadata.json"),
     ])  # fmt: skip
     _, results = train(config)
