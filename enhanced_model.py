@@ -317,16 +317,30 @@ class ItemHead(nn.Module):
 
 
 class RatingHead(nn.Module):
-    """Rating of a candidate item at a position: 1 + 4 * sigmoid(MLP([hidden, item_embed])) in [1, 5]."""
+    """Rating of a candidate item at a position, as a learned correction to a user + item bias baseline.
+
+    baseline = mean + user_bias[user] + item_bias[item] (buffers, fitted on the training part by the trainer:
+    EnhancedBERT4Rec.set_rating_baseline); rating = 1 + 4 * sigmoid(logit((baseline - 1) / 4) + MLP([hidden,
+    item_embed])), in [1, 5]. The last layer's bias starts at zero, so an untrained head predicts close to the
+    baseline and training only has to learn what the sequence adds. Unknown users (index 0) get no user bias.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(2 * config.hidden_size, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, 1)
         )
+        self.register_buffer("mean", torch.tensor(3.0))
+        self.register_buffer("user_bias", torch.zeros(config.num_users + 1))
+        self.register_buffer("item_bias", torch.zeros(config.item_vocab_size))
 
-    def forward(self, hidden_rows: Tensor, item_embeds: Tensor) -> Tensor:
-        return 1.0 + 4.0 * torch.sigmoid(self.mlp(torch.cat([hidden_rows, item_embeds], dim=-1)).squeeze(-1))
+    def forward(self, hidden_rows: Tensor, item_embeds: Tensor, item_idx: Tensor, user_idx: Tensor | None) -> Tensor:
+        baseline = self.mean + self.item_bias[item_idx]
+        if user_idx is not None:
+            baseline = baseline + self.user_bias[user_idx]
+        share = ((baseline - 1.0) / 4.0).clamp(1e-3, 1 - 1e-3)
+        correction = self.mlp(torch.cat([hidden_rows, item_embeds], dim=-1)).squeeze(-1)
+        return 1.0 + 4.0 * torch.sigmoid(torch.logit(share).to(correction.dtype) + correction)
 
 
 class PreferenceHead(nn.Module):
@@ -462,11 +476,29 @@ class EnhancedBERT4Rec(nn.Module):
         this on B x T rows). Pad and MASK columns are -inf."""
         return self.item_head(hidden_rows, self.item_embedding.weight)
 
-    def predict_rating(self, hidden_rows: Tensor, item_idx: Tensor) -> Tensor:
-        """Rating in [1, 5], (N,), of candidate item_idx (N,) at the positions of hidden_rows (N, H)."""
+    def predict_rating(self, hidden_rows: Tensor, item_idx: Tensor, user_idx: Tensor | None = None) -> Tensor:
+        """Rating in [1, 5], (N,), of candidate item_idx (N,) at the positions of hidden_rows (N, H), for users
+        user_idx (N,); None (or index 0) leaves the user bias out, as for a new user."""
         if self.rating_head is None:
             raise RuntimeError("the rating head is switched off (use_rating_head=False)")
-        return self.rating_head(hidden_rows, self.item_embedding(item_idx))
+        return self.rating_head(hidden_rows, self.item_embedding(item_idx), item_idx, user_idx)
+
+    def set_rating_baseline(self, mean: float, user_bias: Tensor | np.ndarray, item_bias: Tensor | np.ndarray) -> None:
+        """Fill the rating head's bias baseline: user_bias indexed by user index (up to num_users + 1 entries),
+        item_bias by item index (up to num_items + 2); missing trailing entries stay 0. They are buffers, so
+        they are saved with the state_dict. Does nothing when the rating head is off."""
+        if self.rating_head is None:
+            return
+        head = self.rating_head
+        for name, values in (("user_bias", user_bias), ("item_bias", item_bias)):
+            values = torch.as_tensor(values, dtype=torch.float32)
+            target = getattr(head, name)
+            if values.ndim != 1 or len(values) > len(target):
+                raise ValueError(f"{name} must be 1-D with at most {len(target)} entries, got shape "
+                                 f"{tuple(values.shape)}")
+            target.zero_()
+            target[:len(values)] = values.to(target.device)
+        head.mean.fill_(float(mean))
 
     def predict_preference(self, hidden: Tensor, item_seq: Tensor) -> Tensor:
         """Genre logits (B, num_genres) of the user's long-term genre distribution from the window

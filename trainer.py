@@ -316,46 +316,61 @@ class MultiTaskObjective(nn.Module):
         self.task_weights = task_weights
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One encoder pass over the masked windows; every task reads its rows from it.
+
+        Cloze positions (batch["masked"]) train item_prediction; with next_item on, the newest position (always
+        [MASK], see make_batch) trains next_item. Both share one item-head call; the rating task reads the same
+        rows with their true items, the preference task the pooled window.
+        """
         losses: dict[str, torch.Tensor] = {}
         weights = self.task_weights
-        rating_rows, rating_items, rating_targets = [], [], []
-        pooled_hidden = None
-        if weights["item_prediction"] > 0:
-            hidden = self.model(batch["masked_seq"], batch["days"], **batch["user"]).hidden
-            masked = batch["masked"]
-            rows = hidden[masked]
-            losses["item_prediction"] = F.cross_entropy(self.model.item_logits(rows).float(),
-                                                        batch["items"][masked])
-            rating_rows.append(rows)
-            rating_items.append(batch["items"][masked])
-            rating_targets.append(batch["ratings"][masked])
-            pooled_hidden = (hidden, batch["masked_seq"])
+        item_seq = batch["masked_seq"]
+        hidden = self.model(item_seq, batch["days"], **batch["user"]).hidden
+        is_cloze = batch["masked"] if weights["item_prediction"] > 0 else torch.zeros_like(batch["masked"])
+        is_next = torch.zeros_like(is_cloze)
         if weights["next_item"] > 0:
-            hidden = self.model(batch["next_seq"], batch["next_days"], **batch["user"]).hidden
-            rows = hidden[:, -1]
-            losses["next_item"] = F.cross_entropy(self.model.item_logits(rows).float(), batch["items"][:, -1])
-            rating_rows.append(rows)
-            rating_items.append(batch["items"][:, -1])
-            rating_targets.append(batch["ratings"][:, -1])
-            pooled_hidden = pooled_hidden or (hidden, batch["next_seq"])
+            is_next[:, -1] = True
+        is_target = is_cloze | is_next
+        rows, targets = hidden[is_target], batch["items"][is_target]
+        next_rows = is_next[is_target]
+        nll = F.cross_entropy(self.model.item_logits(rows).float(), targets, reduction="none")
+        if weights["item_prediction"] > 0:
+            losses["item_prediction"] = masked_mean(nll, ~next_rows)
+        if weights["next_item"] > 0:
+            losses["next_item"] = masked_mean(nll, next_rows)
         if weights["rating_prediction"] > 0:
-            predicted = self.model.predict_rating(torch.cat(rating_rows), torch.cat(rating_items))
-            losses["rating_prediction"] = F.mse_loss(predicted.float(), torch.cat(rating_targets).float())
+            users = batch["user"]["user_idx"].unsqueeze(1).expand_as(item_seq)[is_target]
+            predicted = self.model.predict_rating(rows, targets, users).float()
+            losses["rating_prediction"] = F.mse_loss(predicted, batch["ratings"][is_target].float())
         if weights["user_preference"] > 0:
-            logits = self.model.predict_preference(*pooled_hidden)
+            logits = self.model.predict_preference(hidden, item_seq)
             losses["user_preference"] = preference_loss(logits.float(), batch["genre_profile"])
         losses["total"] = sum(weights[task] * loss for task, loss in losses.items())
         return losses
 
 
+def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of values[keep]; 0 (not NaN) when nothing is kept, e.g. a batch whose random masks all missed."""
+    return (values * keep).sum() / keep.sum().clamp(min=1)
+
+
 def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_token: int, mask_prob: float,
-               user_dropout: float, demographics_dropout: float, generator: torch.Generator) -> dict:
-    """Both tasks' inputs for these windows; some rows hide the user id or demographics (cold-start paths)."""
+               user_dropout: float, demographics_dropout: float, generator: torch.Generator,
+               mask_last: bool = False) -> dict:
+    """The inputs of one training step for these windows.
+
+    Cloze masks are drawn afresh for every batch. With mask_last (the next-item task) the newest position is
+    also [MASK] with the previous event's day, as at inference, and is left out of batch["masked"]; the random
+    masks on the older positions keep that input different every epoch, so it cannot be memorised. Some rows
+    hide the user id or the demographics (the cold-start paths).
+    """
     items = data_tensors["window_items"][rows]
     days = data_tensors["window_days"][rows]
     users = data_tensors["window_users"][rows]
     masked_seq, masked = mask_random_items(items, mask_prob, mask_token, generator)
-    next_seq, next_days = mask_last_item(items, days, mask_token)
+    if mask_last:
+        masked_seq, days = mask_last_item(masked_seq, days, mask_token)
+        masked[:, -1] = False
     user = user_features(data_tensors, users)
     hide_user = torch.rand(users.shape, generator=generator, device=users.device) < user_dropout
     hide_demographics = torch.rand(users.shape, generator=generator, device=users.device) < demographics_dropout
@@ -364,8 +379,8 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
         user[feature] = user[feature].masked_fill(hide_demographics, 0)
     return {
         "items": items, "ratings": data_tensors["window_ratings"][rows], "days": days,
-        "masked_seq": masked_seq, "masked": masked, "next_seq": next_seq, "next_days": next_days,
-        "user": user, "genre_profile": data_tensors["user_genre_profile"][users],
+        "masked_seq": masked_seq, "masked": masked, "user": user,
+        "genre_profile": data_tensors["user_genre_profile"][users],
     }
 
 
@@ -423,7 +438,7 @@ def evaluate(model: EnhancedBERT4Rec, split: EvalTensors, data_tensors: dict[str
         exclude_seen(scores, offsets, inputs.seen_items)
         ranks.append(target_ranks(scores, split.targets[start:stop]))
         if model.config.use_rating_head:
-            predicted = model.predict_rating(hidden[:, -1], split.targets[start:stop]).float()
+            predicted = model.predict_rating(hidden[:, -1], split.targets[start:stop], users).float()
             true = torch.from_numpy(inputs.target_ratings[start:stop]).to(predicted)
             rating_errors.append(predicted - true)
         if model.config.use_preference_head:
@@ -618,6 +633,8 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
     model_config = build_model_config(config, data)
     model = EnhancedBERT4Rec(model_config).to(runtime.device)
     model.set_item_side_info(torch.from_numpy(data.item_genres), torch.from_numpy(data.item_years))
+    if model.rating_head is not None:
+        model.set_rating_baseline(*fit_bias_baseline(*training_events(data)))
     model.to(runtime.device)
     objective: nn.Module = MultiTaskObjective(model, config.task_weights)
     if runtime.world_size > 1:
@@ -684,7 +701,8 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
                    leave=False, dynamic_ncols=True)
         for micro_step, rows in enumerate(bar):
             batch = make_batch(data_tensors, rows.to(runtime.device), mask_token, config.mask_prob,
-                               config.user_dropout, config.demographics_dropout, mask_generator)
+                               config.user_dropout, config.demographics_dropout, mask_generator,
+                               mask_last=config.next_item_weight > 0)
             last_micro = (micro_step + 1) % config.grad_accum_steps == 0
             sync = nullcontext() if last_micro or runtime.world_size == 1 else objective.no_sync()
             with sync:

@@ -331,6 +331,24 @@ def test_ratings_stay_within_one_to_five():
     assert ((ratings >= 1) & (ratings <= 5)).all()
 
 
+def test_the_rating_head_corrects_the_bias_baseline():
+    config = small_config()
+    model = build(config).eval()
+    user_bias, item_bias = torch.zeros(config.num_users + 1), torch.zeros(config.item_vocab_size)
+    user_bias[3], item_bias[[5, 6]] = 0.5, torch.tensor([-1.0, 0.25])
+    model.set_rating_baseline(3.5, user_bias.numpy(), item_bias[:10])  # shorter tables leave the rest at 0
+    torch.nn.init.zeros_(model.rating_head.mlp[-1].weight)  # no correction: exactly the baseline
+    rows = torch.randn(4, config.hidden_size)
+    ratings = model.predict_rating(rows, torch.tensor([5, 6, 7, 5]), torch.tensor([3, 3, 0, 0]))
+    assert ratings.tolist() == pytest.approx([3.0, 4.25, 3.5, 2.5], abs=1e-5)
+    assert model.predict_rating(rows[:1], torch.tensor([6])).item() == pytest.approx(3.75, abs=1e-5)  # new user
+    restored = EnhancedBERT4Rec(config)
+    restored.load_state_dict(model.state_dict())
+    assert torch.equal(restored.rating_head.item_bias, model.rating_head.item_bias)
+    with pytest.raises(ValueError, match="user_bias"):
+        model.set_rating_baseline(3.5, torch.zeros(config.num_users + 2), item_bias)
+
+
 def test_missing_inputs_of_an_enabled_part_are_reported():
     config = small_config()
     model = build(config)

@@ -5,8 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from enhanced_model import EnhancedBERT4Rec, ModelConfig
 from trainer import (
+    MultiTaskObjective,
     exclude_seen,
     fit_bias_baseline,
     learning_rate_factor,
@@ -122,11 +125,30 @@ def _window_tensors() -> dict[str, torch.Tensor]:
 def test_make_batch_gathers_windows_and_user_features():
     batch = make_batch(_window_tensors(), torch.tensor([1, 0]), 9, 0.5, 0.0, 0.0, torch.Generator().manual_seed(0))
     assert batch["items"].tolist() == [[1, 2, 3, 4], [0, 3, 4, 5]]
-    assert batch["next_seq"].tolist() == [[1, 2, 3, 9], [0, 3, 4, 9]]
-    assert batch["next_days"].tolist() == [[1, 1, 2, 2], [0, 7, 8, 8]]
+    assert batch["days"].tolist() == [[1, 1, 2, 2], [0, 7, 8, 9]]
+    assert torch.equal(batch["masked_seq"] == 9, batch["masked"])
     assert {k: v.tolist() for k, v in batch["user"].items()} == {
         "user_idx": [1, 2], "gender": [1, 2], "age": [3, 5], "occupation": [11, 21]}
     assert batch["genre_profile"].tolist() == [[0, 1, 0], [0, 0, 1]]
+
+
+def test_make_batch_with_mask_last_masks_the_newest_position_as_at_inference():
+    batch = make_batch(_window_tensors(), torch.tensor([1, 0]), 9, 0.0, 0.0, 0.0, torch.Generator().manual_seed(0),
+                       mask_last=True)
+    assert batch["masked_seq"].tolist() == [[1, 2, 3, 9], [0, 3, 4, 9]]
+    assert batch["days"].tolist() == [[1, 1, 2, 2], [0, 7, 8, 8]]
+    assert not batch["masked"].any()  # the newest position belongs to the next-item task, not the cloze task
+
+
+def test_make_batch_with_mask_last_still_varies_the_older_positions():
+    tensors = {**_window_tensors(), "window_items": torch.arange(1, 101).reshape(2, 50),
+               "window_days": torch.ones(2, 50, dtype=torch.long), "window_ratings": torch.ones(2, 50)}
+    generator = torch.Generator().manual_seed(0)
+    first, second = (make_batch(tensors, torch.tensor([0, 1]), 999, 0.2, 0.0, 0.0, generator, mask_last=True)
+                     for _ in range(2))
+    assert (first["masked_seq"][:, -1] == 999).all() and (second["masked_seq"][:, -1] == 999).all()
+    assert first["masked"].any() and not torch.equal(first["masked_seq"], second["masked_seq"])
+    assert torch.equal(first["masked_seq"][:, :-1] == 999, first["masked"][:, :-1])
 
 
 def test_make_batch_hides_ids_and_demographics_on_request():
@@ -135,3 +157,31 @@ def test_make_batch_hides_ids_and_demographics_on_request():
     assert hidden_ids["user_idx"].tolist() == [0, 0] and hidden_ids["gender"].tolist() == [2, 1]
     hidden_all = make_batch(_window_tensors(), torch.tensor([0, 1]), 9, 0.5, 1.0, 1.0, generator)["user"]
     assert all(values.tolist() == [0, 0] for values in hidden_all.values())
+
+
+def test_objective_trains_cloze_and_next_item_rows_from_one_pass():
+    config = ModelConfig(num_items=8, num_users=2, num_years=3, hidden_size=16, num_heads=2, num_layers=1,
+                         seq_length=4, side_dim=4, use_item_side_info=False, use_preference_head=False)
+    torch.manual_seed(0)
+    model = EnhancedBERT4Rec(config).eval()
+    weights = {"item_prediction": 1.0, "next_item": 2.0, "rating_prediction": 0.5, "user_preference": 0.0}
+    batch = make_batch(_window_tensors(), torch.tensor([0, 1]), 9, 0.5, 0.0, 0.0, torch.Generator().manual_seed(1),
+                       mask_last=True)
+    assert batch["masked"].any()
+    losses = MultiTaskObjective(model, weights)(batch)
+
+    hidden = model(batch["masked_seq"], batch["days"], **batch["user"]).hidden
+    cloze = batch["masked"]
+    expected_cloze = F.cross_entropy(model.item_logits(hidden[cloze]), batch["items"][cloze])
+    expected_next = F.cross_entropy(model.item_logits(hidden[:, -1]), batch["items"][:, -1])
+    rows = torch.cat([hidden[cloze], hidden[:, -1]])
+    items = torch.cat([batch["items"][cloze], batch["items"][:, -1]])
+    users = torch.cat([batch["user"]["user_idx"].unsqueeze(1).expand(-1, 4)[cloze], batch["user"]["user_idx"]])
+    true = torch.cat([batch["ratings"][cloze], batch["ratings"][:, -1]]).float()
+    expected_rating = F.mse_loss(model.predict_rating(rows, items, users), true)
+    assert losses["item_prediction"].item() == pytest.approx(expected_cloze.item(), rel=1e-5)
+    assert losses["next_item"].item() == pytest.approx(expected_next.item(), rel=1e-5)
+    assert losses["rating_prediction"].item() == pytest.approx(expected_rating.item(), rel=1e-5)
+    assert losses["total"].item() == pytest.approx(
+        (expected_cloze + 2.0 * expected_next + 0.5 * expected_rating).item(), rel=1e-5)
+    assert "user_preference" not in losses
