@@ -14,6 +14,7 @@ mean over seeds and, with more than one seed, the seed-to-seed spread (max - min
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -65,25 +66,41 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> Path:
 
 
 def table(out_dir: Path, seeds: list[int], machine: str) -> str:
-    lines = ["| configuration | HR@10 | NDCG@10 | HR@20 | NDCG@20 | NDCG@10 spread | rating RMSE (bias baseline) "
-             "| epochs (best) | train min | machine |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """Markdown table of the finished runs: mean over seeds, NDCG@10 spread (max - min) per row, and each row's
+    change against plain BERT4Rec, marked "within spread" when smaller than the largest spread measured."""
+    found = {}
     for name in ROWS:
         results = [json.loads(p.read_text()) for seed in seeds
                    if (p := out_dir / f"{slug(name)}_seed{seed}" / "results.json").is_file()]
-        if not results:
-            continue
-
+        if results:
+            found[name] = results
+    spreads = [max(n) - min(n) for results in found.values()
+               if len(n := [r["test"]["NDCG@10"] for r in results]) > 1]
+    yardstick = max(spreads) if spreads else None
+    plain = statistics.mean(r["test"]["NDCG@10"] for r in found["plain BERT4Rec"]) if "plain BERT4Rec" in found \
+        else None
+    lines = ["| configuration | seeds | HR@10 | NDCG@10 | HR@20 | NDCG@20 | NDCG@10 spread | NDCG@10 vs plain "
+             "| rating RMSE (bias baseline) | epochs (best) | train min | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, results in found.items():
         def mean(key: str, results=results) -> float:
             return statistics.mean(r["test"][key] for r in results)
 
         ndcg = [r["test"]["NDCG@10"] for r in results]
-        spread = f"{max(ndcg) - min(ndcg):.4f}" if len(results) > 1 else "n/a (1 seed)"
+        spread = f"{max(ndcg) - min(ndcg):.4f}" if len(results) > 1 else "-"
+        if plain is None or name == "plain BERT4Rec":
+            change = "-"
+        else:
+            change = f"{(mean('NDCG@10') - plain) / plain:+.1%}"
+            if yardstick is not None and abs(mean("NDCG@10") - plain) < yardstick:
+                change += " (within spread)"
         rmse = (f"{mean('rating_rmse'):.4f} ({mean('bias_baseline_rmse'):.4f})"
                 if all("rating_rmse" in r["test"] for r in results) else "-")
         epochs = "/".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in results)
         minutes = statistics.mean(r["train_seconds"] for r in results) / 60
-        lines.append(f"| {name} | {mean('HR@10'):.4f} | {mean('NDCG@10'):.4f} | {mean('HR@20'):.4f} "
-                     f"| {mean('NDCG@20'):.4f} | {spread} | {rmse} | {epochs} | {minutes:.1f} "
+        used = ",".join(str(r["train_config"]["seed"]) for r in results)
+        lines.append(f"| {name} | {used} | {mean('HR@10'):.4f} | {mean('NDCG@10'):.4f} | {mean('HR@20'):.4f} "
+                     f"| {mean('NDCG@20'):.4f} | {spread} | {change} | {rmse} | {epochs} | {minutes:.1f} "
                      f"| {results[0]['device']}, {machine} |")
     return "\n".join(lines)
 
@@ -99,7 +116,7 @@ def main() -> None:
     parser.add_argument("--table_only", action="store_true")
     parser.add_argument("trainer_args", nargs="*", help="flags passed to every trainer.py run (after --)")
     args = parser.parse_args()
-    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
 
     if not args.table_only:
         jobs = [(name, seed) for seed in args.seeds for name in args.rows]
