@@ -361,8 +361,9 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
 
     Cloze masks are drawn afresh for every batch. With mask_last (the next-item task) the newest position is
     also [MASK] with the previous event's day, as at inference, and is left out of batch["masked"]; the random
-    masks on the older positions keep that input different every epoch, so it cannot be memorised. Some rows
-    hide the user id or the demographics (the cold-start paths).
+    masks on the older positions make that input differ between epochs (at next-item weight 1.0 the model still
+    over-fits those targets on ML-1M: see README, Results). Some rows hide the user id or the demographics (the
+    cold-start paths). mask_last must be on exactly when MultiTaskObjective's next_item weight is > 0.
     """
     items = data_tensors["window_items"][rows]
     days = data_tensors["window_days"][rows]
