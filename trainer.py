@@ -738,7 +738,8 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
         state["train_seconds"] += time.monotonic() - epoch_started
         epoch_losses = {task: value / max(1, micro_steps_done) for task, value in sums.items() if value}
 
-        record = {"epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0], **epoch_losses}
+        record = {"epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0],
+                  "train_seconds": state["train_seconds"], **epoch_losses}  # cumulative: time to each epoch
         if epoch % config.eval_every == 0 or epoch == config.max_epochs or out_of_time:
             val_metrics = evaluate(model, val_split, data_tensors, config.eval_batch_size) if runtime.is_main else {}
             ndcg = broadcast_float(val_metrics.get("NDCG@10", 0.0), runtime)

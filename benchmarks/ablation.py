@@ -67,6 +67,12 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> Path:
     return out
 
 
+def best_seconds(result: dict) -> float | None:
+    """Training seconds up to the end of the best-validation epoch (None for runs whose history lacks them)."""
+    record = next((r for r in result.get("history", []) if r["epoch"] == result["best_epoch"]), {})
+    return record.get("train_seconds")
+
+
 def table(out_dir: Path, seeds: list[int], machine: str) -> str:
     """Markdown table of the finished runs: mean over seeds, NDCG@10 spread (max - min) per row, and each row's
     change against plain BERT4Rec, marked "within spread" when smaller than the largest spread measured."""
@@ -82,8 +88,8 @@ def table(out_dir: Path, seeds: list[int], machine: str) -> str:
     plain = statistics.mean(r["test"]["NDCG@10"] for r in found["plain BERT4Rec"]) if "plain BERT4Rec" in found \
         else None
     lines = ["| configuration | seeds | HR@10 | NDCG@10 | HR@20 | NDCG@20 | NDCG@10 spread | NDCG@10 vs plain "
-             "| rating RMSE (bias baseline) | epochs (best) | train min | machine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| rating RMSE (bias baseline) | epochs (best) | train min | min to best | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, results in found.items():
         def mean(key: str, results=results) -> float:
             return statistics.mean(r["test"][key] for r in results)
@@ -100,10 +106,12 @@ def table(out_dir: Path, seeds: list[int], machine: str) -> str:
                 if all("rating_rmse" in r["test"] for r in results) else "-")
         epochs = "/".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in results)
         minutes = statistics.mean(r["train_seconds"] for r in results) / 60
+        to_best = [best_seconds(r) for r in results]
+        to_best = f"{statistics.mean(to_best) / 60:.1f}" if None not in to_best else "-"
         used = ",".join(str(r["train_config"]["seed"]) for r in results)
         lines.append(f"| {name} | {used} | {mean('HR@10'):.4f} | {mean('NDCG@10'):.4f} | {mean('HR@20'):.4f} "
                      f"| {mean('NDCG@20'):.4f} | {spread} | {change} | {rmse} | {epochs} | {minutes:.1f} "
-                     f"| {results[0]['device']}, {machine} |")
+                     f"| {to_best} | {results[0]['device']}, {machine} |")
     return "\n".join(lines)
 
 

@@ -40,6 +40,9 @@ def test_training_writes_checkpoints_results_and_metadata(synthetic_ml1m_dir, tm
     assert set(on_disk["test"]) >= {"HR@1", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "rating_rmse",
                                     "bias_baseline_rmse", "preference_kl", "global_genre_kl"}
     assert on_disk["epochs_run"] == 4 and len(on_disk["history"]) == 4
+    # each record carries the cumulative training time up to its epoch: the time to any validation figure
+    seconds = [record["train_seconds"] for record in on_disk["history"]]
+    assert 0 < seconds[0] and seconds == sorted(seconds) and seconds[-1] == on_disk["train_seconds"]
     # the best checkpoint is the epoch with the best validation NDCG@10 (first one on ties)
     val = [record["val_NDCG@10"] for record in on_disk["history"]]
     assert on_disk["best_epoch"] == val.index(max(val)) + 1
