@@ -78,6 +78,7 @@ class TrainConfig:
     mask_prob: float = 0.2
     user_dropout: float = 0.1
     demographics_dropout: float = 0.05
+    next_item_crop: float = 0.0
     # optimisation (the seed's defaults)
     batch_size: int = 64
     learning_rate: float = 1e-4
@@ -148,6 +149,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     add("rating_prediction_weight", "1-5 rating regression loss", type=float)
     add("user_preference_weight", "user genre-preference KL loss", type=float)
     add("mask_prob", "share of positions masked for the masked-item task", type=float)
+    add("next_item_crop", "share of training windows cut at a random point before their newest event, so the "
+        "next-item targets change between epochs (0: every window keeps its fixed newest event)", type=float)
     add("user_dropout", "share of training rows whose user id is hidden (teaches the cold-start path)",
         type=float)
     add("demographics_dropout", "share of training rows whose gender/age/occupation are hidden (teaches the "
@@ -207,6 +210,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.hidden_size % config.num_heads == 0, "--hidden_size must be divisible by --num_heads"),
         (0 < config.mask_prob < 1, "--mask_prob must be in (0, 1)"),
         (0 <= config.user_dropout <= 1, "--user_dropout must be in [0, 1]"),
+        (0 <= config.next_item_crop <= 1, "--next_item_crop must be in [0, 1]"),
         (0 <= config.demographics_dropout <= 1, "--demographics_dropout must be in [0, 1]"),
         (all(w >= 0 for w in config.task_weights.values()), "task weights must be >= 0"),
         (config.item_prediction_weight > 0 or config.next_item_weight > 0,
@@ -294,6 +298,23 @@ def mask_random_items(item_seq: torch.Tensor, mask_prob: float, mask_token: int,
     return item_seq.masked_fill(masked, mask_token), masked
 
 
+def crop_windows(window: dict[str, torch.Tensor], crop_prob: float,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Each row (right-aligned, left-padded), with probability crop_prob, loses its newest k events, k uniform in
+    1..length-2, and is right-aligned again: a random earlier event becomes the newest one, at least one event of
+    context stays. Every tensor in `window` (items, days, ratings: (B, T)) is cut the same way.
+    """
+    items = window["items"]
+    length = (items != 0).sum(dim=1)
+    rolls = torch.rand(items.shape[0], generator=generator, device=items.device)
+    cut = (torch.rand(items.shape[0], generator=generator, device=items.device) < crop_prob) & (length >= 3)
+    drop = torch.where(cut, 1 + (rolls * (length - 2)).long().clamp(max=(length - 3).clamp(min=0)), 0)
+    source = torch.arange(items.shape[1], device=items.device) - drop[:, None]  # new position j <- old j - drop
+    before_start = source < 0
+    return {name: tensor.gather(1, source.clamp(min=0)).masked_fill(before_start, 0)
+            for name, tensor in window.items()}
+
+
 def mask_last_item(item_seq: torch.Tensor, day_of_year: torch.Tensor,
                    mask_token: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The inference situation: the newest position is [MASK] and carries the previous event's day."""
@@ -356,7 +377,7 @@ def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_token: int, mask_prob: float,
                user_dropout: float, demographics_dropout: float, generator: torch.Generator,
-               mask_last: bool = False) -> dict:
+               mask_last: bool = False, crop_prob: float = 0.0) -> dict:
     """The inputs of one training step for these windows.
 
     Cloze masks are drawn afresh for every batch. With mask_last (the next-item task) the newest position is
@@ -364,9 +385,13 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
     masks on the older positions make that input differ between epochs (at next-item weight 1.0 the model still
     over-fits those targets on ML-1M: see README, Results). Some rows hide the user id or the demographics (the
     cold-start paths). mask_last must be on exactly when MultiTaskObjective's next_item weight is > 0.
+    crop_prob > 0 first cuts that share of the windows at a random earlier event (crop_windows), so the newest
+    position, and with it the next-item target, is not the same item in every epoch.
     """
-    items = data_tensors["window_items"][rows]
-    days = data_tensors["window_days"][rows]
+    window = {name: data_tensors[f"window_{name}"][rows] for name in ("items", "days", "ratings")}
+    if crop_prob > 0:
+        window = crop_windows(window, crop_prob, generator)
+    items, days = window["items"], window["days"]
     users = data_tensors["window_users"][rows]
     masked_seq, masked = mask_random_items(items, mask_prob, mask_token, generator)
     if mask_last:
@@ -379,7 +404,7 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
     for feature in ("gender", "age", "occupation"):
         user[feature] = user[feature].masked_fill(hide_demographics, 0)
     return {
-        "items": items, "ratings": data_tensors["window_ratings"][rows], "days": days,
+        "items": items, "ratings": window["ratings"], "days": days,
         "masked_seq": masked_seq, "masked": masked, "user": user,
         "genre_profile": data_tensors["user_genre_profile"][users],
     }
@@ -703,7 +728,7 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
         for micro_step, rows in enumerate(bar):
             batch = make_batch(data_tensors, rows.to(runtime.device), mask_token, config.mask_prob,
                                config.user_dropout, config.demographics_dropout, mask_generator,
-                               mask_last=config.next_item_weight > 0)
+                               mask_last=config.next_item_weight > 0, crop_prob=config.next_item_crop)
             last_micro = (micro_step + 1) % config.grad_accum_steps == 0
             sync = nullcontext() if last_micro or runtime.world_size == 1 else objective.no_sync()
             with sync:

@@ -122,6 +122,13 @@ def test_max_minutes_stops_cleanly_and_still_evaluates(synthetic_ml1m_dir, tmp_p
     assert (tmp_path / "checkpoints" / "results.json").is_file()
 
 
+def test_next_item_crop_trains_and_rejects_out_of_range(synthetic_ml1m_dir, tmp_path):
+    _, results = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "2", "--next_item_crop", "0.5"))
+    assert results["train_config"]["next_item_crop"] == 0.5 and results["history"][-1]["next_item"] > 0
+    with pytest.raises(TrainingError, match="--next_item_crop must be in"):
+        train(tiny_config(synthetic_ml1m_dir, tmp_path / "b", "--next_item_crop", "1.5"))
+
+
 def test_diverging_loss_stops_with_task_and_step(synthetic_ml1m_dir, tmp_path):
     config = tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "1", "--learning_rate", "1e30",
                          "--grad_clip", "0", "--warmup_steps", "1")

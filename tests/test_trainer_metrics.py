@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from enhanced_model import EnhancedBERT4Rec, ModelConfig
 from trainer import (
     MultiTaskObjective,
+    crop_windows,
     exclude_seen,
     fit_bias_baseline,
     learning_rate_factor,
@@ -149,6 +150,35 @@ def test_make_batch_with_mask_last_still_varies_the_older_positions():
     assert (first["masked_seq"][:, -1] == 999).all() and (second["masked_seq"][:, -1] == 999).all()
     assert first["masked"].any() and not torch.equal(first["masked_seq"], second["masked_seq"])
     assert torch.equal(first["masked_seq"][:, :-1] == 999, first["masked"][:, :-1])
+
+
+def test_crop_windows_keeps_a_right_aligned_prefix_of_at_least_two_events():
+    lengths = torch.tensor([10, 10, 3, 2, 1, 10] * 100)
+    items = torch.stack([torch.cat([torch.zeros(10 - n, dtype=torch.long), torch.arange(1, n + 1)])
+                         for n in lengths.tolist()])
+    window = {"items": items, "days": items * 10, "ratings": torch.where(items > 0, items % 5 + 1, 0)}
+    cut = crop_windows(window, 1.0, torch.Generator().manual_seed(0))
+    new_lengths = (cut["items"] != 0).sum(dim=1)
+    long_enough = lengths >= 3
+    assert torch.equal(new_lengths[~long_enough], lengths[~long_enough])  # 1-2 events: nothing to cut
+    assert ((new_lengths[long_enough] >= 2) & (new_lengths[long_enough] < lengths[long_enough])).all()
+    # row with n events kept: zeros, then the first n events in order (items 1..n), newest at the right edge
+    expected = torch.stack([torch.cat([torch.zeros(10 - n, dtype=torch.long), torch.arange(1, n + 1)])
+                            for n in new_lengths.tolist()])
+    assert torch.equal(cut["items"], expected)
+    assert torch.equal(cut["days"], expected * 10) and torch.equal(cut["ratings"], torch.where(
+        expected > 0, expected % 5 + 1, 0))  # the other tensors move with the items; padding is 0
+    assert set(new_lengths[lengths == 10].tolist()) == set(range(2, 10))  # every cut point 1..8 is drawn
+    assert crop_windows(window, 0.0, torch.Generator().manual_seed(0))["items"].equal(items)
+
+
+def test_make_batch_with_crop_varies_the_next_item_target():
+    tensors = {**_window_tensors(), "window_items": torch.arange(1, 101).reshape(2, 50),
+               "window_days": torch.ones(2, 50, dtype=torch.long), "window_ratings": torch.ones(2, 50)}
+    generator = torch.Generator().manual_seed(0)
+    targets = {make_batch(tensors, torch.tensor([0, 1]), 999, 0.2, 0.0, 0.0, generator, mask_last=True,
+                          crop_prob=0.5)["items"][0, -1].item() for _ in range(40)}
+    assert 50 in targets and len(targets) > 5 and targets <= set(range(2, 51))
 
 
 def test_make_batch_hides_ids_and_demographics_on_request():
