@@ -308,7 +308,7 @@ def crop_windows(window: dict[str, torch.Tensor], crop_prob: float,
     length = (items != 0).sum(dim=1)
     rolls = torch.rand(items.shape[0], generator=generator, device=items.device)
     cut = (torch.rand(items.shape[0], generator=generator, device=items.device) < crop_prob) & (length >= 3)
-    drop = torch.where(cut, 1 + (rolls * (length - 2)).long().clamp(max=(length - 3).clamp(min=0)), 0)
+    drop = torch.where(cut, 1 + (rolls * (length - 2)).long(), 0)  # rolls < 1, so drop <= length - 2
     source = torch.arange(items.shape[1], device=items.device) - drop[:, None]  # new position j <- old j - drop
     before_start = source < 0
     return {name: tensor.gather(1, source.clamp(min=0)).masked_fill(before_start, 0)
