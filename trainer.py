@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -822,6 +823,12 @@ def epoch_summary(record: dict, state: dict) -> str:
     return line
 
 
+def machine_description(device: torch.device) -> str:
+    """Where a run was measured, for results.json: processor, cores and, on a GPU, its name."""
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    return f"{torch.cuda.get_device_name(device)}, {machine}" if device.type == "cuda" else machine
+
+
 def final_results(config: TrainConfig, data: ML1MData, data_tensors: dict[str, torch.Tensor],
                   checkpoint_dir: Path, state: dict, started: float, runtime: Runtime) -> dict:
     """Test metrics, computed once, from the best-validation checkpoint; written to results.json."""
@@ -843,6 +850,8 @@ def final_results(config: TrainConfig, data: ML1MData, data_tensors: dict[str, t
         "train_seconds": state["train_seconds"],
         "wall_seconds": time.monotonic() - started,
         "device": str(runtime.device),
+        "machine": machine_description(runtime.device),
+        "torch_version": torch.__version__,
         "world_size": runtime.world_size,
         "data_fingerprint": data.fingerprint,
         "model_config": best["model_config"],

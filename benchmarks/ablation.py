@@ -75,7 +75,8 @@ def best_seconds(result: dict) -> float | None:
 
 def table(out_dir: Path, seeds: list[int], machine: str) -> str:
     """Markdown table of the finished runs: mean over seeds, NDCG@10 spread (max - min) per row, and each row's
-    change against plain BERT4Rec, marked "within spread" when smaller than the largest spread measured."""
+    change against plain BERT4Rec, marked "within spread" when smaller than the largest spread measured.
+    The machine column is the one results.json records; `machine` (this one) stands in for runs without it."""
     found = {}
     for name in ROWS:
         results = [json.loads(p.read_text()) for seed in seeds
@@ -111,7 +112,7 @@ def table(out_dir: Path, seeds: list[int], machine: str) -> str:
         used = ",".join(str(r["train_config"]["seed"]) for r in results)
         lines.append(f"| {name} | {used} | {mean('HR@10'):.4f} | {mean('NDCG@10'):.4f} | {mean('HR@20'):.4f} "
                      f"| {mean('NDCG@20'):.4f} | {spread} | {change} | {rmse} | {epochs} | {minutes:.1f} "
-                     f"| {to_best} | {results[0]['device']}, {machine} |")
+                     f"| {to_best} | {results[0]['device']}, {results[0].get('machine', machine)} |")
     return "\n".join(lines)
 
 

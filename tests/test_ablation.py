@@ -31,6 +31,15 @@ def test_table_gives_means_spread_and_changes_against_plain(tmp_path):
     assert rows["full model"][9:12] == ["10 (8)/11 (8)", "10.5", "8.0"]  # best epoch 8 ends at 480 s (+ seed s)
     assert rows["+ temporal (day of year)"][11] == "-"
     assert "+ rating task" not in rows  # rows without results are left out
+    assert rows["full model"][12] == "cpu, m |"  # runs without a recorded machine get the one given
+
+
+def test_table_names_the_machine_each_run_recorded(tmp_path):
+    write_result(tmp_path, "plain BERT4Rec", 0, 0.10)
+    folder = tmp_path / f"{slug('plain BERT4Rec')}_seed0"
+    result = json.loads((folder / "results.json").read_text())
+    (folder / "results.json").write_text(json.dumps({**result, "device": "cuda", "machine": "NVIDIA H200, x86_64"}))
+    assert table(tmp_path, [0], "this machine").splitlines()[2].endswith("| cuda, NVIDIA H200, x86_64 |")
 
 
 def test_every_row_is_plain_with_some_parts_switched_back_on():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -43,6 +44,9 @@ def test_training_writes_checkpoints_results_and_metadata(synthetic_ml1m_dir, tm
     # each record carries the cumulative training time up to its epoch: the time to any validation figure
     seconds = [record["train_seconds"] for record in on_disk["history"]]
     assert 0 < seconds[0] and seconds == sorted(seconds) and seconds[-1] == on_disk["train_seconds"]
+    # where it was measured travels with the figures (these tests run on the CPU)
+    assert on_disk["machine"] == f"{platform.machine()}, {os.cpu_count()} cores"
+    assert on_disk["torch_version"] == torch.__version__
     # the best checkpoint is the epoch with the best validation NDCG@10 (first one on ties)
     val = [record["val_NDCG@10"] for record in on_disk["history"]]
     assert on_disk["best_epoch"] == val.index(max(val)) + 1
