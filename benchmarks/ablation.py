@@ -14,8 +14,6 @@ mean over seeds and, with more than one seed, the seed-to-seed spread (max - min
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,6 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from trainer import machine_description  # noqa: E402
+
 PLAIN = ["--no-use_item_side_info", "--no-use_user_tokens", "--no-use_temporal", "--next_item_weight", "0",
          "--rating_prediction_weight", "0", "--user_preference_weight", "0"]
 
@@ -127,7 +131,7 @@ def main() -> None:
     parser.add_argument("--table_only", action="store_true")
     parser.add_argument("trainer_args", nargs="*", help="flags passed to every trainer.py run (after --)")
     args = parser.parse_args()
-    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    machine = machine_description(torch.device("cpu"))  # stands in for runs that did not record theirs
 
     if not args.table_only:
         jobs = [(name, seed) for seed in args.seeds for name in args.rows]
