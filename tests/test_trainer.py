@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from data_processor import write_synthetic_ml1m
-from trainer import TrainConfig, TrainingError, load_checkpoint, parse_args, train
+from trainer import TrainConfig, TrainingError, load_checkpoint, parse_args, train, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--hidden_size", "16", "--num_heads", "2", "--num_layers", "1", "--seq_length", "12",
@@ -211,3 +211,17 @@ def test_short_real_data_run(real_ml1m_dir, tmp_path):
     # chance level for NDCG@10 with ~3,600 unseen candidates is about 0.0008
     assert test["NDCG@10"] > 0.01 and test["HR@10"] > 0.02
     assert test["rating_rmse"] < 1.3
+
+
+@pytest.mark.parametrize("config_file", sorted((REPO / "configs").glob("*.txt")), ids=lambda path: path.name)
+def test_checked_in_configs_parse_validate_and_set_every_flag(config_file):
+    """configs/*.txt are @files for trainer.py (one flag or value per line): each names real flags with values
+    that pass validation, and a flag given after the @file overrides it."""
+    config = parse_args([f"@{config_file}"])
+    validate_config(config)
+    lines = config_file.read_text().split()
+    defaults = TrainConfig()
+    for flag, value in zip(lines[::2], lines[1::2], strict=True):
+        name = flag.removeprefix("--")
+        assert getattr(config, name) == type(getattr(defaults, name))(value), flag
+    assert parse_args([f"@{config_file}", "--next_item_crop", "0"]).next_item_crop == 0
