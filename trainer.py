@@ -589,6 +589,13 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedul
     return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
 
 
+def autocast_context(amp: str, device_type: str):
+    """The forward pass's mixed-precision context for --amp (off: a no-op); weights and optimizer state stay fp32."""
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms and embeddings."""
     decay, no_decay = [], []
@@ -673,8 +680,7 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(
         step, config.warmup_steps, total_steps, config.lr_schedule))
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
-    autocast = (torch.autocast(runtime.device.type, dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
-                if config.amp != "off" else nullcontext())
+    autocast = autocast_context(config.amp, runtime.device.type)
     # The shuffle is shared by all ranks (each takes its own slice); masks differ per rank.
     shuffle_generator = torch.Generator().manual_seed(config.seed)
     mask_generator = torch.Generator(runtime.device).manual_seed(config.seed + 1 + runtime.rank)

@@ -1,6 +1,7 @@
 """trainer.py end to end on synthetic ML-1M folders with tiny models, plus one short real-data run."""
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from data_processor import write_synthetic_ml1m
-from trainer import TrainConfig, TrainingError, load_checkpoint, parse_args, train, validate_config
+from trainer import TrainConfig, TrainingError, autocast_context, load_checkpoint, parse_args, train, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--hidden_size", "16", "--num_heads", "2", "--num_layers", "1", "--seq_length", "12",
@@ -131,6 +132,25 @@ def test_next_item_crop_trains_and_rejects_out_of_range(synthetic_ml1m_dir, tmp_
     assert results["train_config"]["next_item_crop"] == 0.5 and results["history"][-1]["next_item"] > 0
     with pytest.raises(TrainingError, match="--next_item_crop must be in"):
         train(tiny_config(synthetic_ml1m_dir, tmp_path / "b", "--next_item_crop", "1.5"))
+
+
+def test_bf16_autocast_on_cpu_trains_fp32_weights_and_fp16_is_refused(synthetic_ml1m_dir, tmp_path):
+    with autocast_context("bf16", "cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast_context("off", "cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    _, results = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "3", "--amp", "bf16"))
+    totals = [record["total"] for record in results["history"]]
+    assert all(math.isfinite(total) for total in totals) and totals[-1] < totals[0]
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model_state"]
+    assert {tensor.dtype for tensor in state.values() if tensor.is_floating_point()} == {torch.float32}
+    # the same run in fp32 (same seed, batches and masks) ends with other weights: autocast really was on
+    train(tiny_config(synthetic_ml1m_dir, tmp_path / "fp32", "--max_epochs", "3"))
+    fp32_state = load_checkpoint(tmp_path / "fp32" / "checkpoints" / "last.pt")["model_state"]
+    largest_change = max((state[name] - fp32_state[name]).abs().max().item() for name in state)
+    assert largest_change > 1e-3
+    with pytest.raises(TrainingError, match="--amp fp16 needs a CUDA GPU"):
+        train(tiny_config(synthetic_ml1m_dir, tmp_path / "b", "--amp", "fp16", "--device", "cpu"))
 
 
 def test_diverging_loss_stops_with_task_and_step(synthetic_ml1m_dir, tmp_path):
