@@ -256,16 +256,20 @@ def exclude_seen(scores: torch.Tensor, seen_offsets: np.ndarray, seen_items: np.
 
 def fit_bias_baseline(users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
                       reg: float = 10.0, iterations: int = 10) -> tuple[float, np.ndarray, np.ndarray]:
-    """Regularised user + item bias model r ~ mu + b_u + b_i by alternating least squares."""
+    """Regularised user + item bias model r ~ mu + b_u + b_i by alternating least squares (an id without
+    ratings, such as the padding id 0, gets bias 0)."""
+
+    def shrunk_mean(index: np.ndarray, residual: np.ndarray, size: int) -> np.ndarray:
+        denominator = np.bincount(index, None, size) + reg
+        return np.divide(np.bincount(index, residual, size), denominator, out=np.zeros(size), where=denominator > 0)
+
     ratings = ratings.astype(np.float64)
     mu = ratings.mean()
     user_bias = np.zeros(users.max() + 1)
     item_bias = np.zeros(items.max() + 1)
     for _ in range(iterations):
-        residual = ratings - mu - user_bias[users]
-        item_bias = np.bincount(items, residual, len(item_bias)) / (np.bincount(items, None, len(item_bias)) + reg)
-        residual = ratings - mu - item_bias[items]
-        user_bias = np.bincount(users, residual, len(user_bias)) / (np.bincount(users, None, len(user_bias)) + reg)
+        item_bias = shrunk_mean(items, ratings - mu - user_bias[users], len(item_bias))
+        user_bias = shrunk_mean(users, ratings - mu - item_bias[items], len(user_bias))
     return mu, user_bias, item_bias
 
 

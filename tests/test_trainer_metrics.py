@@ -108,6 +108,7 @@ def test_bias_baseline_recovers_an_additive_matrix():
     ratings = 3 + true_user[users] + true_item[items]
     mu, user_bias, item_bias = fit_bias_baseline(users, items, ratings, reg=0.0, iterations=50)
     np.testing.assert_allclose(mu + user_bias[users] + item_bias[items], ratings, atol=1e-9)
+    assert user_bias[0] == 0 and item_bias[0] == 0  # the padding id has no ratings: bias 0, not 0/0
 
 
 def _window_tensors() -> dict[str, torch.Tensor]:
