@@ -19,7 +19,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -593,7 +593,7 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedul
     return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
 
 
-def autocast_context(amp: str, device_type: str):
+def autocast_context(amp: str, device_type: str) -> AbstractContextManager:
     """The forward pass's mixed-precision context for --amp (off: a no-op); weights and optimizer state stay fp32."""
     if amp == "off":
         return nullcontext()
