@@ -93,8 +93,8 @@ def table(out_dir: Path, seeds: list[int], machine: str) -> str:
     plain = statistics.mean(r["test"]["NDCG@10"] for r in found["plain BERT4Rec"]) if "plain BERT4Rec" in found \
         else None
     lines = ["| configuration | seeds | HR@10 | NDCG@10 | HR@20 | NDCG@20 | NDCG@10 spread | NDCG@10 vs plain "
-             "| rating RMSE (bias baseline) | epochs (best) | train min | min to best | machine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| rating RMSE (bias baseline) | epochs (best) | train min | min to best | wall min | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, results in found.items():
         def mean(key: str, results=results) -> float:
             return statistics.mean(r["test"][key] for r in results)
@@ -113,10 +113,11 @@ def table(out_dir: Path, seeds: list[int], machine: str) -> str:
         minutes = statistics.mean(r["train_seconds"] for r in results) / 60
         to_best = [best_seconds(r) for r in results]
         to_best = f"{statistics.mean(to_best) / 60:.1f}" if None not in to_best else "-"
+        wall = statistics.mean(r["wall_seconds"] for r in results) / 60
         used = ",".join(str(r["train_config"]["seed"]) for r in results)
         lines.append(f"| {name} | {used} | {mean('HR@10'):.4f} | {mean('NDCG@10'):.4f} | {mean('HR@20'):.4f} "
                      f"| {mean('NDCG@20'):.4f} | {spread} | {change} | {rmse} | {epochs} | {minutes:.1f} "
-                     f"| {to_best} | {results[0]['device']}, {results[0].get('machine', machine)} |")
+                     f"| {to_best} | {wall:.1f} | {results[0]['device']}, {results[0].get('machine', machine)} |")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ def write_result(out: Path, name: str, seed: int, ndcg10: float, **extra_test: f
     test = {"HR@10": 2 * ndcg10, "NDCG@10": ndcg10, "HR@20": 3 * ndcg10, "NDCG@20": 1.5 * ndcg10, **extra_test}
     (folder / "results.json").write_text(json.dumps({
         "test": test, "epochs_run": 10 + seed, "best_epoch": 8, "train_seconds": 600.0 + 60 * seed,
+        "wall_seconds": 630.0 + 60 * seed,
         "device": "cpu", "train_config": {"seed": seed},
         "history": [{"epoch": epoch, "train_seconds": 60.0 * epoch + seed} for epoch in range(1, 11 + seed)]}))
 
@@ -28,10 +29,10 @@ def test_table_gives_means_spread_and_changes_against_plain(tmp_path):
     assert rows["plain BERT4Rec"][1:8] == ["0,1", "0.2200", "0.1100", "0.3300", "0.1650", "0.0200", "-"]
     assert rows["+ temporal (day of year)"][1] == "0" and rows["+ temporal (day of year)"][7] == "+4.5% (within spread)"
     assert rows["full model"][6:9] == ["0.0100", "+31.8%", "0.9100 (0.9500)"]
-    assert rows["full model"][9:12] == ["10 (8)/11 (8)", "10.5", "8.0"]  # best epoch 8 ends at 480 s (+ seed s)
-    assert rows["+ temporal (day of year)"][11] == "-"
+    assert rows["full model"][9:13] == ["10 (8)/11 (8)", "10.5", "8.0", "11.0"]  # best epoch 8 ends at 480 s + seed
+    assert rows["+ temporal (day of year)"][11:13] == ["-", "10.5"]
     assert "+ rating task" not in rows  # rows without results are left out
-    assert rows["full model"][12] == "cpu, m |"  # runs without a recorded machine get the one given
+    assert rows["full model"][13] == "cpu, m |"  # runs without a recorded machine get the one given
 
 
 def test_table_names_the_machine_each_run_recorded(tmp_path):
