@@ -38,8 +38,10 @@ with it (id maps, movies, users with their histories), never the raw files. The 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
+import math
 import sys
 import time
 import warnings
@@ -50,14 +52,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from data_processor import GENRES, PAD_INDEX, DataError, day_of_year, left_padded, load_metadata
 from enhanced_model import USER_TOKENS, EnhancedBERT4Rec, ModelConfig
+from plots import plot_influence
 from trainer import TrainingError, exclude_seen, load_checkpoint, score_last_position
 
 PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
     "personalized", "sequence", "demographics", "popularity", "genre_similarity",
 )  # fmt: skip
+EXPORT_FORMATS = (".csv", ".jsonl")
+EXPORT_COLUMNS = ("user_id", "rank", "movie_id", "title", "score", "predicted_rating", "strategy")
 COLD_GENRE_WEIGHT, COLD_YEAR_WEIGHT, COLD_YEAR_SCALE = 0.8, 0.2, 10.0
 SAME_ERA_YEARS = 3  # release years this close to the history's median read as "the same era"
 MIN_DRIVER_DROP = 0.05  # a sentence names a history item only if deleting it costs this much score (~5% odds)
@@ -262,7 +268,7 @@ class RecommendationEngine:
         k = _positive_int(k, "k")
         request = self._resolve(user_id, item_sequence, timestamps, gender, age, occupation)
         _warn_cold([request])
-        return self._top_k(self._score([request], filter_seen), k, [request.strategy])[0]
+        return self._top_k(*self._score_and_hidden([request], filter_seen), k, [request])[0]
 
     def score_batch(
         self,
@@ -293,8 +299,48 @@ class RecommendationEngine:
         """get_recommendations for many users at once (see score_batch); one list per user, in order."""
         k = _positive_int(k, "k")
         requests = self._resolve_batch(user_ids, item_sequences, timestamps)
-        scores = self._score(requests, filter_seen, _positive_int(batch_size, "batch_size"))
-        return self._top_k(scores, k, [r.strategy for r in requests])
+        scores, hidden = self._score_and_hidden(requests, filter_seen, _positive_int(batch_size, "batch_size"))
+        return self._top_k(scores, hidden, k, requests)
+
+    def export_recommendations(
+        self,
+        path: str | Path,
+        user_ids: Sequence[int] | None = None,
+        k: int = 10,
+        filter_seen: bool = True,
+        batch_size: int = 512,
+        progress: bool = True,
+    ) -> int:
+        """Write the top k of many users (default: every known user, from their whole history) to `path`: CSV for
+        a .csv name, JSON Lines for .jsonl, one row per (user, rank) with user_id, rank, movie_id, title, score,
+        predicted_rating (empty/null without a rating head) and strategy. Streamed batch_size users at a time
+        with a progress bar, into a temporary file renamed into place at the end (nothing half-written stays).
+        Returns the number of rows written."""
+        path = Path(path)
+        if path.suffix.lower() not in EXPORT_FORMATS:
+            raise InferenceError(f"output {path} must end in .csv or .jsonl (the format follows the extension)")
+        if not path.parent.is_dir():
+            raise InferenceError(f"output folder {path.parent} does not exist: create it or pick another path")
+        user_ids = self.user_ids if user_ids is None else [_as_int(u, "user_ids") for u in user_ids]
+        k, batch_size = _positive_int(k, "k"), _positive_int(batch_size, "batch_size")
+        temporary = path.with_name(f".{path.name}.tmp")
+        rows = 0
+        try:
+            with open(temporary, "w", newline="", encoding="utf-8") as file, \
+                    tqdm(total=len(user_ids), desc="users", unit="user", disable=not progress) as bar:
+                write = _row_writer(file, path.suffix.lower())
+                for start in range(0, len(user_ids), batch_size):
+                    chunk = user_ids[start : start + batch_size]
+                    for user_id, records in zip(chunk, self.recommend_batch(chunk, k=k, filter_seen=filter_seen,
+                                                                            batch_size=batch_size), strict=True):
+                        for record in records:
+                            write({"user_id": user_id, **{name: record.get(name) for name in EXPORT_COLUMNS[1:]}})
+                        rows += len(records)
+                    bar.update(len(chunk))
+            temporary.replace(path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return rows
 
     def explain_recommendation(
         self,
@@ -306,8 +352,11 @@ class RecommendationEngine:
         gender: str | None = None,
         age: int | str | None = None,
         occupation: int | str | None = None,
+        plot: str | Path | None = None,
     ) -> dict[str, Any]:
         """Why recommended_item_id (a MovieID) is recommended to this user (arguments as get_recommendations).
+
+        plot: a .png path for a bar chart of the drivers' score drops (plots.plot_influence; needs matplotlib).
 
         Returns a dict: "recommended" (the movie, its score and rank with seen movies excluded); "drivers" (the
         history items the model read, most influential first: score_drop when the item is deleted, rank_without,
@@ -367,6 +416,8 @@ class RecommendationEngine:
             "measures": dict(EXPLANATION_MEASURES),
         }
         explanation["sentence"] = _sentence(explanation, window_size)
+        if plot is not None:
+            explanation["plot"] = None if plot_influence(explanation, plot) is None else str(plot)
         return explanation
 
     def get_user_profile(self, user_id: int) -> dict[str, Any]:
@@ -616,36 +667,66 @@ class RecommendationEngine:
 
     def _score(self, requests: list[_Request], filter_seen: bool, batch_size: int = 512) -> torch.Tensor:
         """(len(requests), num_items + 2) scores on the CPU; popularity rows get training-part counts."""
-        chunks = []
+        return self._score_and_hidden(requests, filter_seen, batch_size)[0]
+
+    def _score_and_hidden(
+        self, requests: list[_Request], filter_seen: bool, batch_size: int = 512
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """_score's scores and each row's hidden state at the [MASK] position (B, hidden), on the CPU; popularity
+        rows are not read by the model, so their hidden rows are NaN."""
+        chunks, hidden_rows = [], []
         for start in range(0, len(requests), batch_size):
             batch = requests[start : start + batch_size]
-            if all(r.strategy == POPULARITY for r in batch):
+            popular = [row for row, r in enumerate(batch) if r.strategy == POPULARITY]
+            if len(popular) == len(batch):
                 chunks.append(torch.from_numpy(self._popularity).expand(len(batch), -1).clone())
+                hidden_rows.append(torch.full((len(batch), self.config.hidden_size), math.nan))
                 continue
             inputs = self._model_inputs(batch)
-            scores, _ = score_last_position(self.model, inputs.item_seq, inputs.days, inputs.user)
+            scores, hidden = score_last_position(self.model, inputs.item_seq, inputs.days, inputs.user)
             if filter_seen:
                 exclude_seen(scores, inputs.seen_offsets, inputs.seen_items)
-            scores = scores.cpu()
-            popular = [row for row, r in enumerate(batch) if r.strategy == POPULARITY]
+            scores, hidden = scores.cpu(), hidden[:, -1].float().cpu()
             scores[popular] = torch.from_numpy(self._popularity)
+            hidden[popular] = math.nan
             chunks.append(scores)
-        return torch.cat(chunks)
+            hidden_rows.append(hidden)
+        return torch.cat(chunks), torch.cat(hidden_rows)
+
+    @torch.no_grad()
+    def _predicted_ratings(self, hidden: torch.Tensor, items: torch.Tensor, user_index: torch.Tensor) -> np.ndarray:
+        """Rating head's 1-5 prediction (B, k) of items (B, k) from each row's [MASK] hidden state (B, H); NaN for
+        rows without one (popularity). The whole array is NaN when the checkpoint has no rating head."""
+        if self.model.rating_head is None:
+            return np.full(tuple(items.shape), np.nan)
+        k = items.size(1)
+        rows = hidden.repeat_interleave(k, dim=0).to(self.device)
+        users = user_index.repeat_interleave(k).to(self.device)
+        predicted = self.model.predict_rating(rows, items.reshape(-1).to(self.device), users).float().cpu()
+        return predicted.reshape(items.shape).numpy()
 
     def _exclude(self, scores: torch.Tensor, requests: list[_Request]) -> None:
         lengths = [len(r.items) for r in requests]
         exclude_seen(scores, np.concatenate([[0], np.cumsum(lengths)]), np.concatenate([r.items for r in requests]))
 
-    def _top_k(self, scores: torch.Tensor, k: int, strategies: list[str]) -> list[list[dict[str, Any]]]:
+    def _top_k(self, scores: torch.Tensor, hidden: torch.Tensor, k: int,
+               requests: list[_Request]) -> list[list[dict[str, Any]]]:
+        """Best-first records per row; with a rating head each carries predicted_rating (1-5, None where the
+        model did not read the row)."""
         values, items = scores.topk(min(k, scores.size(1)), dim=1)
         movie_ids = self._item_movie_ids[items.numpy()]
+        user_index = torch.tensor([r.user_index for r in requests], dtype=torch.long)
+        ratings = self._predicted_ratings(hidden, items, user_index)
+        with_rating = self.model.rating_head is not None
         return [
             [
-                {"rank": rank, **self._movie(int(movie_id)), "score": float(value), "strategy": strategy}
-                for rank, (value, movie_id) in enumerate(zip(row_values.tolist(), row_movies, strict=True), 1)
+                {"rank": rank, **self._movie(int(movie_id)), "score": float(value), "strategy": request.strategy,
+                 **({"predicted_rating": None if np.isnan(rating) else float(rating)} if with_rating else {})}
+                for rank, (value, movie_id, rating) in enumerate(
+                    zip(row_values.tolist(), row_movies, row_ratings.tolist(), strict=True), 1)
                 if value > -np.inf
             ]
-            for row_values, row_movies, strategy in zip(values, movie_ids, strategies, strict=True)
+            for row_values, row_movies, row_ratings, request in zip(values, movie_ids, ratings, requests, strict=True)
         ]
 
     # ------------------------------------------------------------------------------------------------------
@@ -812,6 +893,15 @@ def _as_id_array(values: Sequence[int], name: str) -> np.ndarray:
     return np.asarray(values, dtype=np.int64).reshape(-1)
 
 
+def _row_writer(file: Any, suffix: str) -> Any:
+    """A function writing one export row (a dict in EXPORT_COLUMNS order) as CSV or as a JSON line."""
+    if suffix == ".jsonl":
+        return lambda row: file.write(json.dumps(row, ensure_ascii=False) + "\n")
+    writer = csv.DictWriter(file, fieldnames=EXPORT_COLUMNS)
+    writer.writeheader()
+    return writer.writerow
+
+
 def _ranks(scores: torch.Tensor, target_scores: torch.Tensor) -> list[int]:
     """1 + the number of movies scoring strictly higher than the target, per row (a listed movie's rank)."""
     return ((scores > target_scores[:, None]).sum(dim=1) + 1).tolist()
@@ -911,17 +1001,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cold_items", action="store_true", help="also list never-rated movies by genre similarity")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--all_users", action="store_true", help="top k of every known user, written to --output")
+    parser.add_argument("--output", help="file for --all_users: .csv or .jsonl (format by extension)")
     return parser
 
 
 def _table(records: list[dict[str, Any]]) -> str:
+    """Text table of records; a "rating" column (the predicted 1-5 rating, one decimal) when they carry one."""
     width = max([5, *(len(r["title"]) for r in records)])
-    lines = [f"{'rank':>4}  {'movie_id':>8}  {'title':<{width}}  {'year':>4}  {'score':>8}  genres"]
+    rated = any("predicted_rating" in r for r in records)
+    rating_header = f"  {'rating':>6}" if rated else ""
+    lines = [f"{'rank':>4}  {'movie_id':>8}  {'title':<{width}}  {'year':>4}  {'score':>8}{rating_header}  genres"]
     for record in records:
         year = "" if record["year"] is None else record["year"]
+        rating = record.get("predicted_rating")
+        rating_cell = (f"  {'-' if rating is None else f'{rating:.1f}':>6}") if rated else ""
         lines.append(
             f"{record['rank']:>4}  {record['movie_id']:>8}  {record['title']:<{width}}  {year:>4}  "
-            f"{record['score']:>8.3f}  {'|'.join(record['genres'])}"
+            f"{record['score']:>8.3f}{rating_cell}  {'|'.join(record['genres'])}"
         )
         if "explanation" in record:
             lines.append(f"{'':>6}why: {record['explanation']['sentence']}")
@@ -984,7 +1081,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.profile and args.user_id is None:
                 raise InferenceError("--profile needs --user_id")
+            if args.all_users != (args.output is not None):
+                raise InferenceError("--all_users and --output go together: --all_users --output recs.csv")
             engine = RecommendationEngine(args.model_path, args.metadata_path, device=args.device)
+            if args.all_users:
+                rows = engine.export_recommendations(args.output, k=args.k, filter_seen=not args.include_seen)
+                print(f"wrote {rows} recommendations for {len(engine.user_ids)} users to {args.output}")
+                return 0
             answer = _answer(engine, args)
         except InferenceError as error:
             print(f"error: {error}", file=sys.stderr)

@@ -40,6 +40,7 @@ from data_processor import (
     save_metadata,
 )
 from enhanced_model import EnhancedBERT4Rec, ModelConfig, preference_loss, preference_top_k_overlap
+from plots import plot_training_curves
 
 TASKS = ("item_prediction", "next_item", "rating_prediction", "user_preference")
 RANKING_KS = (1, 5, 10, 20)
@@ -89,6 +90,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum_steps: int = 1
     gradient_checkpointing: bool = False
+    compile: bool = False
     amp: str = "off"
     max_epochs: int = 100
     patience: int = 15
@@ -165,6 +167,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     add("grad_clip", "clip gradient norm (0: off)", type=float)
     add("grad_accum_steps", "micro-batches per optimizer step", type=int)
     switch("gradient_checkpointing", "recompute encoder activations in backward to save memory")
+    switch("compile", "torch.compile the encoder layers (inductor; the first steps are slow while it compiles)")
     add("amp", "mixed precision: bf16 (GPU, or CPU) or fp16 (GPU only)", choices=["off", "bf16", "fp16"])
     add("max_epochs", "maximum training epochs", type=int)
     add("patience", "early stopping: evaluations without validation NDCG@10 improvement", type=int)
@@ -583,13 +586,18 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     return Runtime(device, rank, world_size)
 
 
-def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
-    """Linear warmup to the peak, then cosine or linear decay to 0 at total_steps (or constant)."""
+def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str,
+                         budget_used: float = 0.0) -> float:
+    """Linear warmup to the peak, then cosine or linear decay to 0 at total_steps (or constant).
+
+    budget_used (0..1, the share of --max_minutes spent) makes the decay end on time: progress is the larger of
+    the step share and the time share, so a run under a time budget reaches its low learning rate before it is cut.
+    """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    progress = min(1.0, max((step - warmup_steps) / max(1, total_steps - warmup_steps), budget_used))
     return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
 
 
@@ -674,6 +682,8 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
     if model.rating_head is not None:
         model.set_rating_baseline(*fit_bias_baseline(*training_events(data)))
     model.to(runtime.device)
+    if config.compile:
+        model.encoder.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
     objective: nn.Module = MultiTaskObjective(model, config.task_weights)
     if runtime.world_size > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
@@ -681,8 +691,10 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
     num_windows = len(data.window_users)
     steps_per_epoch = math.ceil(num_windows // runtime.world_size / config.batch_size) // config.grad_accum_steps
     total_steps = max(1, steps_per_epoch * config.max_epochs)
+    budget_seconds = config.max_minutes * 60 if config.max_minutes else math.inf
+    budget = {"used": 0.0}  # share of --max_minutes spent, updated before every scheduler step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(
-        step, config.warmup_steps, total_steps, config.lr_schedule))
+        step, config.warmup_steps, total_steps, config.lr_schedule, budget["used"]))
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
     autocast = autocast_context(config.amp, runtime.device.type)
     # The shuffle is shared by all ranks (each takes its own slice); masks differ per rank.
@@ -723,8 +735,8 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
     log(f"{num_windows} training windows, {data.num_users} users, {data.num_items} items, "
         f"{num_parameters / 1e6:.2f}M parameters, device {runtime.device}, {runtime.world_size} process(es)")
 
-    budget_seconds = config.max_minutes * 60 if config.max_minutes else math.inf
     out_of_time = False
+    first_epoch = state["epoch"]
     objective.train()
     while state["epoch"] < config.max_epochs and not out_of_time:
         epoch = state["epoch"] + 1
@@ -763,9 +775,10 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            budget["used"] = (time.monotonic() - started) / budget_seconds
             scheduler.step()
             state["step"] += 1
-            bar.set_postfix({task[:8]: f"{sums[task] / (micro_step + 1):.3f}" for task in sums if sums[task]})
+            bar.set_postfix({task: f"{sums[task] / (micro_step + 1):.3f}" for task in sums if sums[task]})
             if time.monotonic() - started > budget_seconds:
                 out_of_time = True
                 break
@@ -794,7 +807,8 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
         if runtime.is_main:
             save_state(checkpoint_dir / "last.pt", model, optimizer, scheduler, scaler, state, config, fingerprint,
                        (shuffle_generator, mask_generator))
-            log(epoch_summary(record, state))
+            log(epoch_summary(record, state) + eta_text(epoch - first_epoch, config.max_epochs - epoch,
+                                                        time.monotonic() - started, budget_seconds))
             if wandb_run is not None:
                 wandb_run.log(record, step=state["step"])
         if state["evals_without_improvement"] >= config.patience:
@@ -806,6 +820,7 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
     results = {}
     if runtime.is_main:
         results = final_results(config, data, data_tensors, checkpoint_dir, state, started, runtime)
+        log(next_steps(checkpoint_dir, config.metadata_path))
         if wandb_run is not None:
             wandb_run.summary.update({k: v for k, v in results["test"].items()})
             wandb_run.finish()
@@ -833,9 +848,42 @@ def epoch_summary(record: dict, state: dict) -> str:
     return line
 
 
+def eta_text(epochs_done: int, epochs_left: int, elapsed: float, budget_seconds: float) -> str:
+    """' | ETA 12 min (budget)': the whole run's remaining time from this process's mean epoch (validation
+    included), whichever of --max_epochs and --max_minutes ends it first; early stopping can end it sooner."""
+    if epochs_left <= 0:
+        return ""
+    by_epochs = elapsed / max(1, epochs_done) * epochs_left
+    remaining, reason = min((by_epochs, "max_epochs"), (budget_seconds - elapsed, "max_minutes"))
+    return f" | ETA {max(0.0, remaining) / 60:.1f} min ({reason})"
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB (None where the resource module is missing, as on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def next_steps(checkpoint_dir: Path, metadata_path: str) -> str:
+    """Where the run's files are and the command that serves the model."""
+    best, results = checkpoint_dir / "best_model.pt", checkpoint_dir / "results.json"
+    return (f"best model: {best}\nresults:    {results}\nmetadata:   {metadata_path}\n"
+            f"next: python inference.py --model_path {best} --metadata_path {metadata_path} --user_id 1 --k 10")
+
+
 def machine_description(device: torch.device) -> str:
-    """Where a run was measured, for results.json: processor, cores and, on a GPU, its name."""
-    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    """Where a run was measured, for results.json: processor model, the vector instructions torch uses (AVX2,
+    AVX512, ...: bf16 is fast only with AMX/AVX512-bf16), cores and, on a GPU, its name."""
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        model = next((line.split(":", 1)[1].strip() + " " for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("model name")), "")
+    machine = f"{model}{platform.machine()} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores"
     return f"{torch.cuda.get_device_name(device)}, {machine}" if device.type == "cuda" else machine
 
 
@@ -863,12 +911,16 @@ def final_results(config: TrainConfig, data: ML1MData, data_tensors: dict[str, t
         "machine": machine_description(runtime.device),
         "torch_version": torch.__version__,
         "world_size": runtime.world_size,
+        "threads": torch.get_num_threads(),
+        "peak_rss_mb": peak_rss_mb(),
         "data_fingerprint": data.fingerprint,
         "model_config": best["model_config"],
         "train_config": asdict(config),
         "history": state["history"],
     }
     atomic_write_json(results, checkpoint_dir / "results.json")
+    plot_training_curves(state["history"], checkpoint_dir / "training_curves.png",
+                         title=f"{checkpoint_dir}: test NDCG@10 {test_metrics['NDCG@10']:.4f} (epoch {best['epoch']})")
     print("test (best-validation checkpoint, epoch {}): {}".format(
         best["epoch"], " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items())))
     return results

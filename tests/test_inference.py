@@ -189,7 +189,7 @@ def test_records_carry_movie_metadata_and_filter_the_known_history(trained):
     assert first["genres"] == [GENRES[g] for g in np.flatnonzero(data.movie_genres[row])]
     expected_year = None if data.movie_years[row] == 1 else data.min_year + data.movie_years[row] - 2
     assert first["year"] == expected_year
-    assert set(first) == {"rank", "movie_id", "title", "genres", "year", "score", "strategy"}
+    assert set(first) == {"rank", "movie_id", "title", "genres", "year", "score", "strategy", "predicted_rating"}
 
 
 def test_ad_hoc_sequence_uses_timestamps_and_filters_only_itself(trained):
@@ -652,3 +652,109 @@ def test_real_checkpoint_reproduces_its_results(real_ml1m_dir):
     tolerance = 0.0 if results["device"] == "cpu" else 2e-3
     for name, value in metrics.items():
         assert value == pytest.approx(results["test"][name], abs=tolerance, rel=0), name
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Predicted ratings, batch export, pictures
+
+
+def reference_rating(model, data, user: int, movie_id: int) -> float:
+    """The rating head's prediction for one movie after a user's whole history, from the bare model."""
+    _, items, days = history(data, user)
+    width = model.config.seq_length - 1
+    items, days = list(items)[-width:], list(days)[-width:]
+    padding = [0] * (width - len(items))
+    item_seq = torch.tensor([padding + items + [model.config.mask_index]])
+    day_seq = torch.tensor([padding + days + [days[-1]]])
+    item = int(np.flatnonzero(data.item_movie_ids == movie_id)[0])
+    with torch.no_grad():
+        hidden = model(item_seq, day_seq, *(torch.tensor([v]) for v in user_tokens(data, user))).hidden[:, -1]
+        return model.predict_rating(hidden, torch.tensor([item]), torch.tensor([user])).item()
+
+
+def test_recommendations_carry_the_rating_heads_prediction(trained):
+    data, engine = trained.data, trained.engine
+    user = 5
+    records = engine.get_recommendations(user_id=int(data.user_ids[user]), k=4)
+    for record in records:
+        expected = reference_rating(trained.model, data, user, record["movie_id"])
+        assert record["predicted_rating"] == pytest.approx(expected, abs=1e-5)
+        assert 1.0 <= record["predicted_rating"] <= 5.0 and isinstance(record["predicted_rating"], float)
+    popular = engine.get_recommendations(k=3)  # nothing known: the model does not read this user
+    assert popular[0]["strategy"] == "popularity" and all(r["predicted_rating"] is None for r in popular)
+
+
+def test_export_all_users_csv_and_jsonl(trained, tmp_path):
+    import csv
+
+    data, engine = trained.data, trained.engine
+    rows = engine.export_recommendations(tmp_path / "recs.csv", k=3, batch_size=7, progress=False)
+    with open(tmp_path / "recs.csv", newline="", encoding="utf-8") as file:
+        table = list(csv.DictReader(file))
+    assert rows == len(table) == 3 * data.num_users
+    assert sorted({int(r["user_id"]) for r in table}) == engine.user_ids
+    by_user: dict[int, list[dict]] = {}
+    for row in table:
+        by_user.setdefault(int(row["user_id"]), []).append(row)
+    for user_id, user_rows in by_user.items():
+        assert [int(r["rank"]) for r in user_rows] == [1, 2, 3]
+        index = int(np.flatnonzero(data.user_ids == user_id)[0])
+        seen = set(history(data, index)[0].tolist())
+        assert not seen & {int(r["movie_id"]) for r in user_rows}  # the known history is excluded
+    for user_id in engine.user_ids[::9]:  # a sample: identical to per-user calls
+        single = engine.get_recommendations(user_id=user_id, k=3)
+        exported = by_user[user_id]
+        assert [int(r["movie_id"]) for r in exported] == [r["movie_id"] for r in single]
+        assert [float(r["score"]) for r in exported] == pytest.approx([r["score"] for r in single], abs=1e-5)
+        assert [float(r["predicted_rating"]) for r in exported] == pytest.approx(
+            [r["predicted_rating"] for r in single], abs=1e-5)
+        assert {r["strategy"] for r in exported} == {"personalized"}
+    some = engine.user_ids[:4]
+    assert engine.export_recommendations(tmp_path / "some.jsonl", user_ids=some, k=2, progress=False) == 8
+    lines = [json.loads(line) for line in (tmp_path / "some.jsonl").read_text().splitlines()]
+    assert [(r["user_id"], r["rank"]) for r in lines] == [(u, rank) for u in some for rank in (1, 2)]
+    assert [r["movie_id"] for r in lines[:2]] == [int(r["movie_id"]) for r in by_user[some[0]][:2]]
+
+
+def test_export_refuses_bad_paths_and_leaves_nothing_behind(trained, tmp_path):
+    engine = trained.engine
+    with pytest.raises(InferenceError, match=r"\.csv or \.jsonl"):
+        engine.export_recommendations(tmp_path / "recs.txt", progress=False)
+    with pytest.raises(InferenceError, match="does not exist"):
+        engine.export_recommendations(tmp_path / "missing" / "recs.csv", progress=False)
+    with pytest.raises(UnknownUserError):  # fails mid-way: no file, no temporary file
+        engine.export_recommendations(tmp_path / "recs.csv", user_ids=[engine.user_ids[0], 999999], progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_all_users_export(trained, tmp_path):
+    paths = ["--model_path", str(trained.checkpoint), "--metadata_path", str(trained.metadata), "--device", "cpu"]
+    done = run_cli(*paths, "--all_users", "--k", "2", "--output", str(tmp_path / "recs.jsonl"))
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {2 * trained.data.num_users} recommendations" in done.stdout
+    assert len((tmp_path / "recs.jsonl").read_text().splitlines()) == 2 * trained.data.num_users
+    lonely = run_cli(*paths, "--all_users")
+    assert lonely.returncode == 1 and lonely.stderr.count("\n") == 1 and "--output" in lonely.stderr
+
+
+def test_cli_table_shows_the_predicted_rating_with_one_decimal(trained):
+    paths = ["--model_path", str(trained.checkpoint), "--metadata_path", str(trained.metadata), "--device", "cpu"]
+    user_id = int(trained.data.user_ids[2])
+    expected = trained.engine.get_recommendations(user_id=user_id, k=3)
+    table = run_cli(*paths, "--user_id", str(user_id), "--k", "3")
+    lines = table.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["rank", "movie_id", "title"])
+    assert "rating" in lines[header].split()
+    for line, record in zip(lines[header + 1:], expected, strict=True):
+        assert f" {record['predicted_rating']:.1f} " in line
+
+
+def test_explanation_influence_plot(trained, tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib draws the chart (requirements-extra.txt)")
+    data, engine = trained.data, trained.engine
+    user_id = int(data.user_ids[4])
+    movie_id = engine.get_recommendations(user_id=user_id, k=1)[0]["movie_id"]
+    explanation = engine.explain_recommendation(user_id, None, movie_id, plot=tmp_path / "why.png")
+    assert explanation["plot"] == str(tmp_path / "why.png")
+    assert (tmp_path / "why.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["why.png"]  # no temporary file left

@@ -1,5 +1,6 @@
 """trainer.py end to end on synthetic ML-1M folders with tiny models, plus one short real-data run."""
 
+import importlib.util
 import json
 import math
 import os
@@ -46,8 +47,12 @@ def test_training_writes_checkpoints_results_and_metadata(synthetic_ml1m_dir, tm
     seconds = [record["train_seconds"] for record in on_disk["history"]]
     assert 0 < seconds[0] and seconds == sorted(seconds) and seconds[-1] == on_disk["train_seconds"]
     # where it was measured travels with the figures (these tests run on the CPU)
-    assert on_disk["machine"] == f"{platform.machine()}, {os.cpu_count()} cores"
-    assert on_disk["torch_version"] == torch.__version__
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert on_disk["machine"].endswith(f"{platform.machine()} ({capability}), {os.cpu_count()} cores")
+    assert on_disk["torch_version"] == torch.__version__ and on_disk["threads"] == torch.get_num_threads()
+    assert 50 < on_disk["peak_rss_mb"] < 24 * 1024  # this process's peak, MB
+    if importlib.util.find_spec("matplotlib"):
+        assert (checkpoints / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     # the best checkpoint is the epoch with the best validation NDCG@10 (first one on ties)
     val = [record["val_NDCG@10"] for record in on_disk["history"]]
     assert on_disk["best_epoch"] == val.index(max(val)) + 1
@@ -125,6 +130,25 @@ def test_max_minutes_stops_cleanly_and_still_evaluates(synthetic_ml1m_dir, tmp_p
     _, results = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "50", "--max_minutes", "0.0001"))
     assert results["epochs_run"] == 1 and results["steps"] == 1
     assert (tmp_path / "checkpoints" / "results.json").is_file()
+
+
+def test_max_minutes_decays_the_learning_rate_to_end_on_time(synthetic_ml1m_dir, tmp_path):
+    _, results = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "100000", "--max_minutes", "0.2",
+                                   "--lr_schedule", "cosine", "--eval_every", "100000", "--warmup_steps", "1"))
+    lrs = [record["lr"] for record in results["history"]]
+    assert results["steps"] > 1 and results["epochs_run"] < 100000  # cut by the budget
+    # by the epochs, the cosine would barely have started; by the clock it ends near 0
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.05 * 3e-3
+    assert results["wall_seconds"] < 0.2 * 60 + 30  # the budget ends training; the test pass follows
+
+
+def test_compile_keeps_the_checkpoint_format(synthetic_ml1m_dir, tmp_path):
+    compiled, results = train(tiny_config(synthetic_ml1m_dir, tmp_path / "a", "--max_epochs", "1", "--compile"))
+    plain, _ = train(tiny_config(synthetic_ml1m_dir, tmp_path / "b", "--max_epochs", "1"))
+    assert compiled.encoder._compiled_call_impl is not None and plain.encoder._compiled_call_impl is None
+    checkpoint = load_checkpoint(tmp_path / "a" / "checkpoints" / "best_model.pt")
+    assert checkpoint["model_state"].keys() == plain.state_dict().keys()  # loads into an uncompiled model
+    assert results["train_config"]["compile"] and math.isfinite(results["test"]["NDCG@10"])
 
 
 def test_next_item_crop_trains_and_rejects_out_of_range(synthetic_ml1m_dir, tmp_path):

@@ -1,6 +1,7 @@
 """Metric and batching functions of trainer.py against hand-computed answers."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +12,14 @@ from enhanced_model import EnhancedBERT4Rec, ModelConfig
 from trainer import (
     MultiTaskObjective,
     crop_windows,
+    eta_text,
     exclude_seen,
     fit_bias_baseline,
     learning_rate_factor,
     make_batch,
     mask_last_item,
     mask_random_items,
+    next_steps,
     ranking_metrics,
     target_ranks,
 )
@@ -99,6 +102,31 @@ def test_learning_rate_schedule():
     assert learning_rate_factor(110, 10, 110, "cosine") == pytest.approx(0.0)
     assert learning_rate_factor(60, 10, 110, "linear") == pytest.approx(0.5)
     assert learning_rate_factor(100, 10, 110, "constant") == 1.0
+
+
+def test_learning_rate_schedule_ends_with_the_time_budget():
+    # progress is the larger of the step share and the budget share, so a time-limited run ends its decay on time
+    assert learning_rate_factor(20, 10, 110, "cosine", budget_used=0.5) == pytest.approx(0.5)
+    assert learning_rate_factor(20, 10, 110, "linear", budget_used=0.75) == pytest.approx(0.25)
+    assert learning_rate_factor(20, 10, 110, "cosine", budget_used=1.3) == pytest.approx(0.0)
+    assert learning_rate_factor(60, 10, 110, "cosine", budget_used=0.1) == pytest.approx(0.5)  # steps lead
+    assert learning_rate_factor(5, 10, 110, "cosine", budget_used=0.9) == pytest.approx(0.6)  # warm-up first
+    assert learning_rate_factor(20, 10, 110, "constant", budget_used=0.9) == 1.0
+
+
+def test_eta_names_whichever_limit_ends_the_run_first():
+    assert eta_text(epochs_done=2, epochs_left=8, elapsed=120.0, budget_seconds=math.inf) == \
+        " | ETA 8.0 min (max_epochs)"
+    assert eta_text(epochs_done=2, epochs_left=8, elapsed=120.0, budget_seconds=300.0) == \
+        " | ETA 3.0 min (max_minutes)"
+    assert eta_text(epochs_done=2, epochs_left=0, elapsed=120.0, budget_seconds=300.0) == ""
+
+
+def test_next_steps_names_the_files_and_the_inference_command():
+    text = next_steps(Path("runs/a"), "runs/a/metadata.json")
+    assert f"best model: {Path('runs/a/best_model.pt')}" in text and f"{Path('runs/a/results.json')}" in text
+    assert text.splitlines()[-1] == (f"next: python inference.py --model_path {Path('runs/a/best_model.pt')} "
+                                     "--metadata_path runs/a/metadata.json --user_id 1 --k 10")
 
 
 def test_bias_baseline_recovers_an_additive_matrix():
