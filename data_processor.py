@@ -47,7 +47,9 @@ from tqdm import tqdm
 log = logging.getLogger("data_processor")
 
 # ----------------------------------------------------------------------------------------------------------
-# Index conventions and vocabularies (contract.md): every stage imports these, none re-types them.
+EARLIEST_RATING_TIME = 788_918_400  # 1995-01-01 UTC, before MovieLens existed: an earlier timestamp is corrupt
+
+# Index conventions and vocabularies: every stage imports these, none re-types them.
 
 PAD_INDEX = 0
 UNKNOWN = "unknown"
@@ -117,7 +119,7 @@ class SourceChecksumWarning(UserWarning):
 
 @dataclass
 class ML1MData:
-    """MovieLens 1M as numpy arrays; index conventions in contract.md.
+    """MovieLens 1M as numpy arrays; index conventions at the top of this module.
 
     Items (rated movies): item_movie_ids, item_genres (multi-hot over GENRES), item_years (year index:
     0 = padding, 1 = unknown, 2 + year - min_year), each of length num_items + 2 (pad and mask rows are -1/0).
@@ -299,12 +301,14 @@ def _download_with_retries(
             return
         except _RETRYABLE as exc:
             if attempt == retries:
-                raise DownloadError(f"could not download {url} ({retries + 1} attempts): {exc}") from exc
+                raise DownloadError(f"could not download {url} ({retries + 1} attempts): {exc}; offline? pass "
+                                    "--data_dir path/to/ml-1m (a folder or ml-1m.zip you already have)") from exc
             delay = backoff_s * 2**attempt
             log.warning("download of %s failed (%s); retrying in %.1f s", url, exc, delay)
             time.sleep(delay)
         except requests.RequestException as exc:
-            raise DownloadError(f"could not download {url}: {exc}") from exc
+            raise DownloadError(f"could not download {url}: {exc}; offline? pass --data_dir path/to/ml-1m "
+                                "(a folder or ml-1m.zip you already have)") from exc
 
 
 def _download_verified(url: str, target: Path, md5: str | None, sha256: str | None, timeout_s: float) -> None:
@@ -430,11 +434,23 @@ def _verify_sources(sources: dict[str, SourceFile], source_md5: dict[str, str], 
 # Parsing: vectorised, with errors that point at the first offending line
 
 
+def source_encoding(raw: bytes) -> str:
+    """GroupLens ships ML-1M in latin-1; a copy re-encoded to UTF-8 (valid UTF-8 with non-ASCII bytes, which the
+    latin-1 original is not: its accented letters are lone high bytes) is read as UTF-8, so titles never garble."""
+    if raw.isascii():
+        return "latin-1"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "utf-8"
+
+
 def _line_text(raw: bytes, row: int) -> str:
     line_ends = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == ord("\n"))
     start = 0 if row == 0 else int(line_ends[row - 1]) + 1
     end = int(line_ends[row]) if row < len(line_ends) else len(raw)
-    return raw[start:end].decode("latin-1")
+    return raw[start:end].decode(source_encoding(raw), errors="replace")
 
 
 def _row_error(source: SourceFile, row: int, problem: str) -> DataFormatError:
@@ -463,8 +479,10 @@ def _check_field_counts(source: SourceFile, table: bytes, num_fields: int) -> No
 
 
 def _read_table(source: SourceFile, columns: tuple[str, ...], int_columns: tuple[str, ...]) -> pd.DataFrame:
-    """Parse a '::'-separated latin-1 file with pandas' C engine (the separator becomes a tab first)."""
+    """Parse a '::'-separated file (latin-1, or UTF-8: source_encoding) with pandas' C engine (the separator
+    becomes a tab first)."""
     raw = source.raw
+    encoding = source_encoding(raw)
     if not raw.strip():
         raise DataFormatError(f"{source.label}: the file is empty; re-download ML-1M")
     if not raw.endswith(b"\n"):
@@ -483,7 +501,7 @@ def _read_table(source: SourceFile, columns: tuple[str, ...], int_columns: tuple
             dtype=dtypes,
             quoting=csv.QUOTE_NONE,
             na_filter=False,
-            encoding="latin-1",
+            encoding=encoding,
             engine="c",
         )
 
@@ -512,7 +530,8 @@ class MovieTable(NamedTuple):
 
 
 class UserTable(NamedTuple):
-    """users.dat sorted by UserID, features as indices (contract.md); rows = 0-based line of each user."""
+    """users.dat sorted by UserID, features as indices (conventions at the top of this module); rows = 0-based line
+    of each user."""
 
     user_ids: np.ndarray
     gender: np.ndarray
@@ -576,6 +595,8 @@ def parse_ratings(source: SourceFile, movie_ids: np.ndarray, user_ids: np.ndarra
     columns = ("user_id", "movie_id", "rating", "timestamp")
     ratings = _read_table(source, columns, columns)
     _check_rows(source, ~ratings["rating"].between(1, 5), "rating must be 1..5")
+    _check_rows(source, ~ratings["timestamp"].between(EARLIEST_RATING_TIME, time.time() + 86400),
+                "timestamp must be Unix seconds between 1995-01-01 and today (MovieLens ratings are from 1997 on)")
     _check_rows(source, ~np.isin(ratings["movie_id"], movie_ids), "MovieID not in movies.dat")
     _check_rows(source, ~np.isin(ratings["user_id"], user_ids), "UserID not in users.dat")
     repeated = np.flatnonzero(ratings.duplicated(["user_id", "movie_id"]).to_numpy())

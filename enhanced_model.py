@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -533,3 +534,72 @@ def preference_top_k_overlap(logits: Tensor, target: Tensor, k: int = 3) -> Tens
     predicted = F.one_hot(logits.topk(k, dim=-1).indices, logits.size(-1)).sum(dim=1)
     actual = F.one_hot(target.topk(k, dim=-1).indices, target.size(-1)).sum(dim=1)
     return (predicted * actual).sum(dim=-1).float().mean() / k
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared by training and serving: devices, checkpoints, scoring the next item
+
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint that is missing, unreadable, of another format, or does not fit this model code."""
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto" (cuda when present), "cpu", "cuda" or "cuda:N"; ValueError for a name that is not a device here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available: use --device cpu")
+    return device
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by trainer.py, loaded as plain data only (weights_only=True), on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointFileError(f"checkpoint {path} does not exist: pass a file written by trainer.py")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a corrupt or foreign file
+        raise CheckpointFileError(f"checkpoint {path} cannot be read ({error.__class__.__name__}: {error}); "
+                                  "it is corrupt or not a trainer.py checkpoint") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointFileError(f"checkpoint {path} is not a trainer.py checkpoint (format {CHECKPOINT_FORMAT})")
+    missing = [key for key in ("model_state", "model_config", "data_fingerprint") if key not in checkpoint]
+    if missing:
+        raise CheckpointFileError(f"checkpoint {path} lacks {', '.join(missing)}: not a trainer.py checkpoint")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> EnhancedBERT4Rec:
+    """The network a read_checkpoint() dict describes, with its weights, in eval mode, on the CPU."""
+    try:
+        model = EnhancedBERT4Rec(ModelConfig.from_dict(checkpoint["model_config"]))
+        model.load_state_dict(checkpoint["model_state"])
+    except (ValueError, TypeError, RuntimeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise CheckpointFileError(f"checkpoint {path} does not fit this model code ({first_line})") from None
+    return model.eval()
+
+
+@torch.no_grad()
+def score_last_position(model: EnhancedBERT4Rec, item_seq: Tensor, day_of_year: Tensor,
+                        user: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Item scores (B, vocabulary) at the [MASK] in the newest position, and all hidden states (B, T, H)."""
+    hidden = model(item_seq, day_of_year, **user).hidden
+    return model.item_logits(hidden[:, -1]).float(), hidden
+
+
+def exclude_seen(scores: Tensor, seen_offsets: np.ndarray, seen_items: np.ndarray) -> None:
+    """Set, in place, the scores of every item in each row's input history to -inf (CSR rows)."""
+    lengths = np.diff(seen_offsets)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    items = seen_items[seen_offsets[0]:seen_offsets[-1]]
+    scores[torch.from_numpy(rows).to(scores.device), torch.from_numpy(items).to(scores.device)] = -math.inf

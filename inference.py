@@ -55,9 +55,18 @@ import torch
 from tqdm import tqdm
 
 from data_processor import GENRES, PAD_INDEX, DataError, day_of_year, left_padded, load_metadata
-from enhanced_model import USER_TOKENS, EnhancedBERT4Rec, ModelConfig
+from enhanced_model import (
+    USER_TOKENS,
+    CheckpointFileError,
+    EnhancedBERT4Rec,
+    ModelConfig,
+    exclude_seen,
+    model_from_checkpoint,
+    pick_device,
+    read_checkpoint,
+    score_last_position,
+)
 from plots import plot_influence
-from trainer import TrainingError, exclude_seen, load_checkpoint, score_last_position
 
 PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
     "personalized", "sequence", "demographics", "popularity", "genre_similarity",
@@ -104,6 +113,10 @@ class UnknownUserError(InferenceError):
 
 class UnknownItemError(InferenceError):
     """A MovieID that is not in movies.dat."""
+
+
+class AlreadySeenError(InferenceError):
+    """An explanation asked for a movie of the user's own history."""
 
 
 class ColdItemError(InferenceError):
@@ -153,7 +166,8 @@ class RecommendationEngine:
     """Top-k recommendations, explanations, user profiles and cold start from a checkpoint + metadata.json.
 
     model_path: a checkpoint written by trainer.py (loaded with weights_only=True).
-    metadata_path: the metadata.json written for the same data (its fingerprint must match the checkpoint's).
+    metadata_path: the metadata.json written for the same data (its fingerprint must match the checkpoint's);
+        None: the metadata.json beside the checkpoint, where trainer.py writes it by default.
     device: "auto" (cuda when available), "cpu", "cuda" or "cuda:N".
     default_day_of_year: day (1..366) given to history items without a timestamp or a known rating day;
         None = today's (UTC) at each call.
@@ -167,7 +181,7 @@ class RecommendationEngine:
     def __init__(
         self,
         model_path: str | Path,
-        metadata_path: str | Path,
+        metadata_path: str | Path | None = None,
         device: str = "auto",
         default_day_of_year: int | None = None,
     ) -> None:
@@ -176,6 +190,8 @@ class RecommendationEngine:
         self.default_day_of_year = default_day_of_year
         self.device = _device(device)
         checkpoint = _read_checkpoint(model_path)
+        if metadata_path is None:
+            metadata_path = Path(model_path).parent / "metadata.json"
         metadata = _read_metadata(metadata_path)
         self.model = _build_model(checkpoint, model_path).to(self.device).eval()
         self.config: ModelConfig = self.model.config
@@ -210,6 +226,7 @@ class RecommendationEngine:
         self._users = metadata["users"]
         self._user_index = metadata["user_index_by_user_id"]
         user_ids = metadata["user_id_by_user_index"]
+        self._user_ids_by_index = user_ids
         self._user_features = np.zeros((len(user_ids), 3), dtype=np.int64)
         histories = [{"items": [], "days": []}] + [self._users[u]["history"] for u in user_ids[1:]]
         for index, user_id in enumerate(user_ids[1:], start=1):
@@ -253,6 +270,7 @@ class RecommendationEngine:
         gender: str | None = None,
         age: int | str | None = None,
         occupation: int | str | None = None,
+        min_predicted_rating: float | None = None,
     ) -> list[dict[str, Any]]:
         """The k best movies for one user, best first.
 
@@ -263,12 +281,16 @@ class RecommendationEngine:
         timestamps: Unix seconds of the sequence's items (for their day of year).
         gender ("F"/"M"), age (years or an ML-1M age group label such as "25-34"), occupation (ML-1M code
             0..20 or its name): a new user's demographics, or overrides of a known user's.
-        Returns one dict per movie: rank, movie_id, title, genres, year, score, strategy (module docstring).
+        min_predicted_rating: leave out movies whose predicted rating (rating head, 1-5) is below this; the list
+            stays k long while enough movies remain (needs a checkpoint with a rating head).
+        Returns one dict per movie: rank, movie_id, title, genres, year, score, strategy (module docstring) and,
+        with a rating head, predicted_rating.
         """
         k = _positive_int(k, "k")
+        threshold = self._rating_threshold(min_predicted_rating)
         request = self._resolve(user_id, item_sequence, timestamps, gender, age, occupation)
         _warn_cold([request])
-        return self._top_k(*self._score_and_hidden([request], filter_seen), k, [request])[0]
+        return self._top_k(*self._score_and_hidden([request], filter_seen), k, [request], threshold)[0]
 
     def score_batch(
         self,
@@ -295,12 +317,14 @@ class RecommendationEngine:
         k: int = 10,
         filter_seen: bool = True,
         batch_size: int = 512,
+        min_predicted_rating: float | None = None,
     ) -> list[list[dict[str, Any]]]:
         """get_recommendations for many users at once (see score_batch); one list per user, in order."""
         k = _positive_int(k, "k")
+        threshold = self._rating_threshold(min_predicted_rating)
         requests = self._resolve_batch(user_ids, item_sequences, timestamps)
         scores, hidden = self._score_and_hidden(requests, filter_seen, _positive_int(batch_size, "batch_size"))
-        return self._top_k(scores, hidden, k, requests)
+        return self._top_k(scores, hidden, k, requests, threshold)
 
     def export_recommendations(
         self,
@@ -353,10 +377,13 @@ class RecommendationEngine:
         age: int | str | None = None,
         occupation: int | str | None = None,
         plot: str | Path | None = None,
+        k: int = 10,
     ) -> dict[str, Any]:
         """Why recommended_item_id (a MovieID) is recommended to this user (arguments as get_recommendations).
 
         plot: a .png path for a bar chart of the drivers' score drops (plots.plot_influence; needs matplotlib).
+        k: the length of the list the user sees: a movie ranked below it is described by its rank ("ranked 299th
+            for you"), not as a recommendation. A movie of the history itself is refused (AlreadySeenError).
 
         Returns a dict: "recommended" (the movie, its score and rank with seen movies excluded); "drivers" (the
         history items the model read, most influential first: score_drop when the item is deleted, rank_without,
@@ -365,9 +392,13 @@ class RecommendationEngine:
         token: cross_attention weight at the [MASK] position and score_drop when hidden); "measures" (what
         each number means); "sentence" (one plain-language sentence); "strategy".
         """
+        k = _positive_int(k, "k")
         request = self._resolve(user_id, item_sequence, timestamps, gender, age, occupation)
         _warn_cold([request])
         item = self._warm_item(recommended_item_id)
+        if item in request.items:
+            raise AlreadySeenError(f"movie {recommended_item_id} is already in this user's history, so it is never "
+                                   "recommended to them: explain a movie outside the history")
         if request.strategy == POPULARITY:
             return self._explain_popularity(request, item)
         window_size = min(len(request.items), self.config.seq_length - 1)
@@ -415,7 +446,7 @@ class RecommendationEngine:
             "user_tokens": user_tokens,
             "measures": dict(EXPLANATION_MEASURES),
         }
-        explanation["sentence"] = _sentence(explanation, window_size)
+        explanation["sentence"] = _sentence(explanation, window_size, k)
         if plot is not None:
             explanation["plot"] = None if plot_influence(explanation, plot) is None else str(plot)
         return explanation
@@ -425,11 +456,14 @@ class RecommendationEngine:
 
         Returns user_id, gender ("F"/"M"), age (ML-1M age code), age_group (e.g. "25-34"), occupation_code
         (0..20), occupation (its name), num_ratings, mean_rating, top_genres (up to 5 genres with their share
-        of the history's genre labels) and recent_movies (the 5 newest, newest first).
+        of the history's genre labels), predicted_top_genres (with a preference head: the 5 largest shares of the
+        genre mix it predicts from the newest seq_length - 1 movies, beside the history's own mix) and
+        recent_movies (the 5 newest, newest first).
         """
         user_id = _as_int(user_id, "user_id")
         if user_id not in self._user_index:
             raise UnknownUserError(f"unknown user_id {user_id}: not in the metadata's users")
+        user_index = self._user_index[user_id]
         user = self._users[user_id]
         history = user["history"]
         genre_counts = self._movie_genres[self._item_movie_rows[np.array(history["items"]) - 1]].sum(axis=0)
@@ -445,11 +479,25 @@ class RecommendationEngine:
             "num_ratings": len(history["items"]),
             "mean_rating": round(float(np.mean(history["ratings"])), 3),
             "top_genres": [{"genre": GENRES[g], "share": round(float(shares[g]), 3)} for g in top],
+            **self._predicted_genre_mix(user_index),
             "recent_movies": [
                 {"movie_id": movie_id, "title": self._movies[movie_id]["title"]}
                 for movie_id in self._item_movie_ids[history["items"][::-1][:5]].tolist()
             ],
         }
+
+    @torch.no_grad()
+    def _predicted_genre_mix(self, user_index: int) -> dict[str, Any]:
+        """{"predicted_top_genres": up to 5 genres of the preference head's genre mix for the user's known
+        history (the newest seq_length - 1 movies read as at inference)}; {} without that head."""
+        if self.model.preference_head is None:
+            return {}
+        request = self._resolve(self._user_ids_by_index[user_index], None, None)
+        inputs = self._model_inputs([request])
+        hidden = self.model(inputs.item_seq, inputs.days, **inputs.user).hidden
+        mix = self.model.predict_preference(hidden, inputs.item_seq).float().softmax(dim=-1)[0].cpu().numpy()
+        top = np.argsort(-mix, kind="stable")[:5]
+        return {"predicted_top_genres": [{"genre": GENRES[g], "share": round(float(mix[g]), 3)} for g in top]}
 
     def get_cold_item_recommendations(
         self,
@@ -709,25 +757,46 @@ class RecommendationEngine:
         lengths = [len(r.items) for r in requests]
         exclude_seen(scores, np.concatenate([[0], np.cumsum(lengths)]), np.concatenate([r.items for r in requests]))
 
-    def _top_k(self, scores: torch.Tensor, hidden: torch.Tensor, k: int,
-               requests: list[_Request]) -> list[list[dict[str, Any]]]:
+    def _top_k(self, scores: torch.Tensor, hidden: torch.Tensor, k: int, requests: list[_Request],
+               min_rating: float | None = None) -> list[list[dict[str, Any]]]:
         """Best-first records per row; with a rating head each carries predicted_rating (1-5, None where the
-        model did not read the row)."""
-        values, items = scores.topk(min(k, scores.size(1)), dim=1)
-        movie_ids = self._item_movie_ids[items.numpy()]
+        model did not read the row). min_rating drops movies predicted below it: the candidates widen (k, 4k,
+        16k, ... movies by score) until k remain or every movie was looked at."""
         user_index = torch.tensor([r.user_index for r in requests], dtype=torch.long)
-        ratings = self._predicted_ratings(hidden, items, user_index)
+        width = k
+        while True:
+            values, items = scores.topk(min(width, scores.size(1)), dim=1)
+            ratings = self._predicted_ratings(hidden, items, user_index)
+            keep = values > -torch.inf
+            if min_rating is not None:
+                keep &= torch.from_numpy(~(ratings < min_rating))  # NaN (popularity rows) is kept
+            if min_rating is None or width >= scores.size(1) or bool((keep.sum(dim=1) >= k).all()):
+                break
+            width *= 4
+        movie_ids = self._item_movie_ids[items.numpy()]
         with_rating = self.model.rating_head is not None
-        return [
-            [
-                {"rank": rank, **self._movie(int(movie_id)), "score": float(value), "strategy": request.strategy,
-                 **({"predicted_rating": None if np.isnan(rating) else float(rating)} if with_rating else {})}
-                for rank, (value, movie_id, rating) in enumerate(
-                    zip(row_values.tolist(), row_movies, row_ratings.tolist(), strict=True), 1)
-                if value > -np.inf
-            ]
-            for row_values, row_movies, row_ratings, request in zip(values, movie_ids, ratings, requests, strict=True)
-        ]
+        answers = []
+        for row, request in enumerate(requests):
+            kept = torch.nonzero(keep[row]).flatten()[:k].tolist()
+            answers.append([
+                {"rank": rank, **self._movie(int(movie_ids[row, j])), "score": float(values[row, j]),
+                 "strategy": request.strategy,
+                 **({"predicted_rating": None if np.isnan(ratings[row, j]) else float(ratings[row, j])}
+                    if with_rating else {})}
+                for rank, j in enumerate(kept, 1)
+            ])
+        return answers
+
+    def _rating_threshold(self, min_predicted_rating: float | None) -> float | None:
+        if min_predicted_rating is None:
+            return None
+        if self.model.rating_head is None:
+            raise InferenceError("min_predicted_rating needs a checkpoint with a rating head (trained with "
+                                 "--rating_prediction_weight > 0)")
+        if isinstance(min_predicted_rating, bool) or not isinstance(min_predicted_rating, (int, float)) \
+                or not 1.0 <= min_predicted_rating <= 5.0:
+            raise InferenceError(f"min_predicted_rating must be a number in 1..5, got {min_predicted_rating!r}")
+        return float(min_predicted_rating)
 
     # ------------------------------------------------------------------------------------------------------
     # Explanation parts
@@ -805,36 +874,24 @@ class RecommendationEngine:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InferenceError(f"device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InferenceError(f"device {name!r} asked for, but no CUDA GPU is available: use --device cpu")
-    return device
+        return pick_device(name)
+    except ValueError as error:
+        raise InferenceError(str(error)) from None
 
 
 def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
-        checkpoint = load_checkpoint(path)
-    except TrainingError as error:
+        return read_checkpoint(path)
+    except CheckpointFileError as error:
         raise CheckpointError(str(error)) from None
-    missing = [key for key in ("model_state", "model_config", "data_fingerprint") if key not in checkpoint]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a trainer.py checkpoint")
-    return checkpoint
 
 
 def _build_model(checkpoint: dict[str, Any], path: str | Path) -> EnhancedBERT4Rec:
     try:
-        model = EnhancedBERT4Rec(ModelConfig.from_dict(checkpoint["model_config"]))
-        model.load_state_dict(checkpoint["model_state"])
-    except (ValueError, TypeError, RuntimeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {path} does not fit this model code ({first_line})") from None
-    return model
+        return model_from_checkpoint(checkpoint, path)
+    except CheckpointFileError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def _read_metadata(path: str | Path) -> dict[str, Any]:
@@ -920,8 +977,9 @@ def _titles(movies: list[dict[str, Any]]) -> str:
     return " and ".join(f'"{movie["title"]}"' for movie in movies)
 
 
-def _sentence(explanation: dict[str, Any], window_size: int) -> str:
-    """One plain-language sentence from the explanation's numbers."""
+def _sentence(explanation: dict[str, Any], window_size: int, k: int = 10) -> str:
+    """One plain-language sentence from the explanation's numbers: "We recommend ..." for a movie within the top
+    k, "... is ranked 299th for you, ..." below it. Only measured score drops are called influence."""
     title = explanation["recommended"]["title"]
     parts = []
     drivers = [d for d in explanation["drivers"] if d["score_drop"] >= MIN_DRIVER_DROP][:2]
@@ -952,12 +1010,24 @@ def _sentence(explanation: dict[str, Any], window_size: int) -> str:
             f"it is {abs(year['difference']):.0f} years {year['relation']} than the median release year of your "
             f"recent movies ({year['history_median_year']:.0f})"
         )
-    tokens = {name: t["cross_attention"] for name, t in explanation["user_tokens"].items() if t["cross_attention"]}
-    if tokens:
-        name = max(tokens, key=tokens.get)
+    drops = {name: t["score_drop"] for name, t in explanation["user_tokens"].items()
+             if t["score_drop"] >= MIN_DRIVER_DROP}
+    if drops:  # measured: the score drop when the feature is hidden; attention is only shown beside it
+        name = max(drops, key=drops.get)
         label = {"identity": "your own taste profile", "age": "your age group"}.get(name, f"your {name}")
-        parts.append(f"of what we know about you, {label} weighed most ({tokens[name]:.0%} of the attention)")
-    return f'We recommend "{title}" ' + "; ".join(parts) + "."
+        attention = explanation["user_tokens"][name].get("cross_attention")
+        beside = f"; attention to it: {attention:.0%}" if attention is not None else ""
+        parts.append(f"of what we know about you, {label} weighed most (hiding it lowers the score by "
+                     f"{drops[name]:.2f}{beside})")
+    rank = explanation["recommended"].get("rank", 1)
+    opening = f'We recommend "{title}" ' if rank <= k else f'"{title}" is ranked {_ordinal(rank)} for you, '
+    return opening + "; ".join(parts) + "."
+
+
+def _ordinal(number: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 299th."""
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -986,13 +1056,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model_path", default="checkpoints/best_model.pt", help="checkpoint from trainer.py")
-    parser.add_argument("--metadata_path", default="metadata.json", help="metadata.json of the same data")
+    parser.add_argument("--metadata_path", help="metadata.json of the same data (default: the one beside "
+                        "--model_path, where trainer.py writes it)")
     parser.add_argument("--user_id", type=int, help="UserID (omit for a new user)")
     parser.add_argument("--item_sequence", type=_id_list, help="MovieIDs in time order, e.g. 1,5,10 "
                         "(default: the user's known history)")
     parser.add_argument("--timestamps", type=_id_list, help="Unix seconds of --item_sequence's items")
     parser.add_argument("--k", type=int, default=10, help="number of recommendations")
     parser.add_argument("--include_seen", action="store_true", help="do not exclude the history's movies")
+    parser.add_argument("--min_predicted_rating", type=float, help="leave out movies the rating head predicts "
+                        "below this (1-5); the list stays --k long while enough movies remain")
     parser.add_argument("--gender", choices=["F", "M"], help="a new user's gender")
     parser.add_argument("--age", type=int, help="a new user's age in years")
     parser.add_argument("--occupation", type=int, help="a new user's ML-1M occupation code 0..20")
@@ -1027,6 +1100,9 @@ def _table(records: list[dict[str, Any]]) -> str:
 
 def _profile_text(profile: dict[str, Any]) -> str:
     genres = ", ".join(f"{g['genre']} {g['share']:.0%}" for g in profile["top_genres"])
+    if "predicted_top_genres" in profile:
+        predicted = ", ".join(f"{g['genre']} {g['share']:.0%}" for g in profile["predicted_top_genres"])
+        genres += f"\npredicted genre mix (preference head): {predicted}"
     recent = "; ".join(movie["title"] for movie in profile["recent_movies"])
     return (
         f"user {profile['user_id']}: {profile['gender']}, {profile['age_group']}, {profile['occupation']} "
@@ -1042,10 +1118,15 @@ def _answer(engine: RecommendationEngine, args: argparse.Namespace) -> dict[str,
         "user_id": args.user_id, "item_sequence": args.item_sequence, "timestamps": args.timestamps,
         "gender": args.gender, "age": args.age, "occupation": args.occupation,
     }  # fmt: skip
-    records = engine.get_recommendations(k=args.k, filter_seen=not args.include_seen, **request)
+    records = engine.get_recommendations(k=args.k, filter_seen=not args.include_seen,
+                                         min_predicted_rating=args.min_predicted_rating, **request)
     if args.explain:
         for record in records:
-            record["explanation"] = engine.explain_recommendation(**request, recommended_item_id=record["movie_id"])
+            try:
+                record["explanation"] = engine.explain_recommendation(
+                    **request, recommended_item_id=record["movie_id"], k=args.k)
+            except AlreadySeenError:  # --include_seen lists the history's own movies
+                record["explanation"] = {"sentence": f'"{record["title"]}" is already in this history.'}
     strategy = records[0]["strategy"] if records else None
     answer = {"user_id": args.user_id, "strategy": strategy, "recommendations": records}
     if args.profile:

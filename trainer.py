@@ -18,8 +18,9 @@ import os
 import platform
 import sys
 import time
+import uuid
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,16 +40,40 @@ from data_processor import (
     mask_index,
     save_metadata,
 )
-from enhanced_model import EnhancedBERT4Rec, ModelConfig, preference_loss, preference_top_k_overlap
+from enhanced_model import (
+    CHECKPOINT_FORMAT,
+    CheckpointFileError,
+    EnhancedBERT4Rec,
+    ModelConfig,
+    exclude_seen,
+    model_from_checkpoint,
+    pick_device,
+    preference_loss,
+    preference_top_k_overlap,
+    read_checkpoint,
+    score_last_position,
+)
 from plots import plot_training_curves
 
 TASKS = ("item_prediction", "next_item", "rating_prediction", "user_preference")
+CONFIGS = Path(__file__).resolve().parent / "configs"
+# What `python trainer.py` trains when no @config file is given (see docs/RESULTS.md for the measurements):
+# on a CPU the small model with a time-budget lr decay, ending by itself after 90 minutes; on a GPU the
+# configuration that reached NDCG@10 0.19 (H200, 64 epochs, about 4-8 minutes).
+DEVICE_DEFAULTS = {
+    "cpu": [f"@{CONFIGS / 'cpu_budget.txt'}", "--max_minutes", "90"],
+    "cuda": [f"@{CONFIGS / 'ml1m_tuned.txt'}", "--max_epochs", "64"],
+}
 RANKING_KS = (1, 5, 10, 20)
-CHECKPOINT_FORMAT = 1
+ML1M_USERS, ML1M_RATINGS = 6040, 1_000_209  # for the preflight memory estimate
 
 
 class TrainingError(RuntimeError):
     """A problem the user can fix (bad flag combination, incompatible checkpoint, diverged run)."""
+
+
+class ConfigError(TrainingError):
+    """Flags refused before anything is read or written (exit status 2 from the CLI)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -60,7 +85,7 @@ class TrainConfig:
     # data
     data_dir: str | None = None
     cache_dir: str | None = None
-    metadata_path: str = "metadata.json"
+    metadata_path: str | None = None  # None: metadata.json beside the checkpoints
     window_stride: int | None = None
     # model (the seed's defaults)
     hidden_size: int = 256
@@ -112,14 +137,49 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.task_weights = {task: getattr(self, f"{task}_weight") for task in TASKS}
 
+    @property
+    def metadata_file(self) -> Path:
+        """--metadata_path, or metadata.json beside the checkpoints."""
+        return Path(self.metadata_path) if self.metadata_path else Path(self.checkpoint_dir) / "metadata.json"
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """The command line: every TrainConfig field is a flag, `--help` shows each default."""
+
+class FlagFileParser(argparse.ArgumentParser):
+    """@config files hold one flag per line, `--hidden_size 256` (a lone value on its own line works too);
+    blank lines and lines starting with # are skipped."""
+
+    def convert_arg_line_to_args(self, arg_line: str) -> list[str]:
+        return [] if arg_line.lstrip().startswith("#") else arg_line.split()
+
+
+def device_defaults(argv: list[str]) -> list[str]:
+    """The flags `python trainer.py` starts from when argv names no @config file: the best measured configuration
+    for the device it will run on (DEVICE_DEFAULTS); nothing when a config file is given."""
+    if any(arg.startswith("@") for arg in argv):
+        return []
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", default="auto")
+    name = device.parse_known_args(argv)[0].device
+    on_gpu = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+    return DEVICE_DEFAULTS["cuda" if on_gpu else "cpu"]
+
+
+def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False) -> TrainConfig:
+    """The command line: every TrainConfig field is a flag, `--help` shows each default (the seed's).
+
+    use_device_defaults (the CLI's main): without an @config file, start from DEVICE_DEFAULTS for the device.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if use_device_defaults:
+        argv = device_defaults(argv) + argv
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(
-        description="Train the enhanced BERT4Rec on MovieLens 1M (multi-task, full-ranking evaluation).",
+    parser = FlagFileParser(
+        description="Train the enhanced BERT4Rec on MovieLens 1M (multi-task, full-ranking evaluation). Without an "
+                    "@config file, `python trainer.py` starts from the best measured configuration for its device: "
+                    f"{' '.join(DEVICE_DEFAULTS['cpu'])} on a CPU, {' '.join(DEVICE_DEFAULTS['cuda'])} on a GPU "
+                    "(later flags override them). The defaults listed below are the seed's "
+                    "(@configs/seed.txt).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        fromfile_prefix_chars="@",  # python trainer.py @configs/ml1m_tuned.txt: one flag or value per line
+        fromfile_prefix_chars="@",  # python trainer.py @configs/ml1m_tuned.txt
     )
 
     group = parser
@@ -133,9 +193,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
     group = parser.add_argument_group("data")
     add("data_dir", "existing ml-1m folder or ml-1m.zip; omitted: download into ./ml-1m")
-    add("cache_dir", "where processed arrays are cached (default: beside the data)")
-    add("metadata_path", "where the metadata.json that inference.py needs is written")
-    add("window_stride", "stride of the training sliding windows (default: seq_length // 2)", type=int)
+    add("cache_dir", "where processed arrays are cached (None: no cache, ML-1M is processed in a few seconds)")
+    add("metadata_path", "where the metadata.json that inference.py needs is written (None: "
+        "<checkpoint_dir>/metadata.json, where inference.py looks for it)")
+    add("window_stride", "stride of the training sliding windows (None: seq_length // 2)", type=int)
     group = parser.add_argument_group("model")
     add("hidden_size", "transformer hidden dimension", type=int)
     add("num_heads", "attention heads", type=int)
@@ -205,24 +266,75 @@ def build_model_config(config: TrainConfig, data: ML1MData) -> ModelConfig:
 
 
 def validate_config(config: TrainConfig) -> None:
-    checks = [
-        (config.batch_size > 0, "--batch_size must be positive"),
-        (config.learning_rate > 0, "--learning_rate must be positive"),
-        (config.max_epochs > 0, "--max_epochs must be positive"),
-        (config.grad_accum_steps > 0, "--grad_accum_steps must be positive"),
-        (config.seq_length >= 2, "--seq_length must be at least 2"),
-        (config.hidden_size % config.num_heads == 0, "--hidden_size must be divisible by --num_heads"),
-        (0 < config.mask_prob < 1, "--mask_prob must be in (0, 1)"),
-        (0 <= config.user_dropout <= 1, "--user_dropout must be in [0, 1]"),
-        (0 <= config.next_item_crop <= 1, "--next_item_crop must be in [0, 1]"),
-        (0 <= config.demographics_dropout <= 1, "--demographics_dropout must be in [0, 1]"),
-        (all(w >= 0 for w in config.task_weights.values()), "task weights must be >= 0"),
-        (config.item_prediction_weight > 0 or config.next_item_weight > 0,
+    """Preflight: refuse, before any data is read or model built, flags that cannot give a run (ConfigError)."""
+    checks = [  # lazy, so that a check can rely on the ones before it (no division by --num_heads 0)
+        (lambda: config.batch_size > 0, "--batch_size must be positive"),
+        (lambda: config.learning_rate > 0, "--learning_rate must be positive"),
+        (lambda: config.max_epochs > 0, "--max_epochs must be positive"),
+        (lambda: config.grad_accum_steps > 0, "--grad_accum_steps must be positive"),
+        (lambda: config.hidden_size > 0, "--hidden_size must be positive"),
+        (lambda: config.num_heads > 0, "--num_heads must be positive"),
+        (lambda: config.num_layers > 0, "--num_layers must be positive"),
+        (lambda: config.hidden_size % config.num_heads == 0, "--hidden_size must be divisible by --num_heads"),
+        (lambda: config.seq_length >= 2, "--seq_length must be at least 2"),
+        (lambda: config.window_stride is None or 1 <= config.window_stride <= config.seq_length,
+         "--window_stride must be in 1..--seq_length"),
+        (lambda: 0 <= config.dropout < 1, "--dropout must be in [0, 1)"),
+        (lambda: 0 < config.mask_prob < 1, "--mask_prob must be in (0, 1)"),
+        (lambda: 0 <= config.user_dropout <= 1, "--user_dropout must be in [0, 1]"),
+        (lambda: 0 <= config.next_item_crop <= 1, "--next_item_crop must be in [0, 1]"),
+        (lambda: 0 <= config.demographics_dropout <= 1, "--demographics_dropout must be in [0, 1]"),
+        (lambda: all(w >= 0 for w in config.task_weights.values()), "task weights must be >= 0"),
+        (lambda: config.item_prediction_weight > 0 or config.next_item_weight > 0,
          "at least one of --item_prediction_weight and --next_item_weight must be > 0"),
+        (lambda: config.warmup_steps >= 0, "--warmup_steps must be >= 0"),
+        (lambda: config.weight_decay >= 0, "--weight_decay must be >= 0"),
+        (lambda: config.grad_clip >= 0, "--grad_clip must be >= 0 (0: off)"),
+        (lambda: config.patience > 0, "--patience must be positive"),
+        (lambda: config.eval_every > 0, "--eval_every must be positive"),
+        (lambda: config.eval_batch_size > 0, "--eval_batch_size must be positive"),
+        (lambda: config.max_minutes is None or config.max_minutes > 0, "--max_minutes must be positive"),
     ]
     for ok, message in checks:
-        if not ok:
-            raise TrainingError(message)
+        if not ok():
+            raise ConfigError(message)
+    _check_memory(config)
+    for flag, folder in (("--checkpoint_dir", Path(config.checkpoint_dir)),
+                         ("--metadata_path", config.metadata_file.parent)):
+        _check_writable(flag, folder)
+
+
+def _check_memory(config: TrainConfig) -> None:
+    """Refuse a configuration whose window arrays plus one step's attention scores would not fit in memory."""
+    stride = config.window_stride or max(1, config.seq_length // 2)
+    windows = ML1M_USERS + ML1M_RATINGS // stride  # an upper bound of the sliding windows
+    window_bytes = windows * config.seq_length * 8 * 4  # items, days, ratings, users as int64
+    attention_bytes = (config.batch_size * config.num_heads * config.seq_length ** 2 * 4 * config.num_layers
+                       * 3)  # scores, softmax and dropout kept for backward, per layer
+    needed, available = window_bytes + attention_bytes, available_memory()
+    if available is not None and needed > 0.8 * available:
+        raise ConfigError(f"--seq_length {config.seq_length} with --batch_size {config.batch_size} needs about "
+                          f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available: "
+                          "lower --seq_length or --batch_size")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_writable(flag: str, folder: Path) -> None:
+    """The folder, or the nearest existing folder above it that would hold it, accepts new files."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag}: {existing} is a file, not a folder: pass another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: cannot write into {existing} (permission denied): pass a writable folder")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -247,14 +359,6 @@ def ranking_metrics(ranks: torch.Tensor, ks: tuple[int, ...] = RANKING_KS) -> di
         metrics[f"HR@{k}"] = hit.double().mean().item()
         metrics[f"NDCG@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0).mean().item()
     return metrics
-
-
-def exclude_seen(scores: torch.Tensor, seen_offsets: np.ndarray, seen_items: np.ndarray) -> None:
-    """Set, in place, the scores of every item in each row's input history to -inf (CSR rows)."""
-    lengths = np.diff(seen_offsets)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    items = seen_items[seen_offsets[0]:seen_offsets[-1]]
-    scores[torch.from_numpy(rows).to(scores.device), torch.from_numpy(items).to(scores.device)] = -math.inf
 
 
 def fit_bias_baseline(users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
@@ -448,14 +552,6 @@ def to_eval_tensors(inputs: EvalInputs, device: torch.device) -> EvalTensors:
 
 
 @torch.no_grad()
-def score_last_position(model: EnhancedBERT4Rec, item_seq: torch.Tensor, day_of_year: torch.Tensor,
-                        user: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Item scores (B, vocabulary) at the [MASK] in the newest position, and all hidden states (B, T, H)."""
-    hidden = model(item_seq, day_of_year, **user).hidden
-    return model.item_logits(hidden[:, -1]).float(), hidden
-
-
-@torch.no_grad()
 def evaluate(model: EnhancedBERT4Rec, split: EvalTensors, data_tensors: dict[str, torch.Tensor],
              batch_size: int) -> dict[str, float]:
     """Full-ranking HR/NDCG over all users (seen items excluded), plus the auxiliary heads' metrics."""
@@ -520,18 +616,11 @@ def atomic_write_json(payload: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint written by this trainer (plain data only: weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"checkpoint {path} does not exist: pass a file written by trainer.py")
+    """read_checkpoint() with the trainer's error type (one line from the CLI)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a corrupt or foreign file
-        raise TrainingError(f"checkpoint {path} cannot be read ({error.__class__.__name__}: {error}); "
-                            "it is corrupt or not a trainer.py checkpoint") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"checkpoint {path} is not a trainer.py checkpoint (format {CHECKPOINT_FORMAT})")
-    return checkpoint
+        return read_checkpoint(path)
+    except CheckpointFileError as error:
+        raise TrainingError(str(error)) from None
 
 
 def check_resumable(checkpoint: dict, model_config: ModelConfig, config: TrainConfig, fingerprint: str,
@@ -566,12 +655,10 @@ class Runtime:
 
 def setup_runtime(config: TrainConfig) -> Runtime:
     """Device choice and, under torchrun, the process group (gloo on CPU, nccl on GPU)."""
-    if config.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(config.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise TrainingError(f"--device {config.device} asked for, but no CUDA GPU is available: use --device cpu")
+    try:
+        device = pick_device(config.device)
+    except ValueError as error:
+        raise TrainingError(f"--device: {error}") from None
     if config.amp == "fp16" and device.type != "cuda":
         raise TrainingError("--amp fp16 needs a CUDA GPU: use --amp bf16 or --amp off on the CPU")
     if config.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -667,6 +754,56 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
     """
     validate_config(config)
     runtime = setup_runtime(config)
+    with run_lock(Path(config.checkpoint_dir)) if runtime.is_main else nullcontext():
+        return run_training(config, runtime)
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold <folder>/.run.lock for the run's life, so a second run in the same --checkpoint_dir is refused
+    instead of mixing its checkpoints and results with this one's. The lock names its process; a lock whose
+    process is gone (killed) is stale and taken over. Released on any exit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".run.lock"
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None and _process_alive(owner):
+                raise TrainingError(f"--checkpoint_dir {folder} is in use by another training (pid {owner}): "
+                                    "wait for it to end or pass another --checkpoint_dir") from None
+            lock.unlink(missing_ok=True)  # stale: the process that held it is gone
+    else:
+        raise TrainingError(f"--checkpoint_dir {folder}: could not take its lock {lock}; remove it if no run uses it")
+    with os.fdopen(descriptor, "w") as file:
+        file.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_owner(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None  # unreadable or half-written: treated as stale
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
+
+
+def run_training(config: TrainConfig, runtime: Runtime) -> tuple[EnhancedBERT4Rec, dict]:
+    """train()'s body, with the flags checked, the process group set up and the checkpoint folder locked."""
     started = time.monotonic()
     torch.manual_seed(config.seed + runtime.rank)
     if config.deterministic:
@@ -701,7 +838,7 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
     shuffle_generator = torch.Generator().manual_seed(config.seed)
     mask_generator = torch.Generator(runtime.device).manual_seed(config.seed + 1 + runtime.rank)
     state = {"epoch": 0, "step": 0, "best_metric": -1.0, "best_epoch": 0, "evals_without_improvement": 0,
-             "history": [], "train_seconds": 0.0}
+             "history": [], "train_seconds": 0.0, "run_id": uuid.uuid4().hex}  # run_id: kept across resumes
 
     checkpoint_dir = Path(config.checkpoint_dir)
     if config.resume:
@@ -717,13 +854,13 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
         mask_generator.set_state(checkpoint["rng"]["mask"])
         if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        state.update({key: checkpoint[key] for key in state})
+        state.update({key: checkpoint[key] for key in state if key in checkpoint})
         log(f"resumed from {config.resume} at epoch {state['epoch']}, step {state['step']}")
 
     wandb_run = None
     if runtime.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        save_metadata(data, config.metadata_path)
+        save_metadata(data, config.metadata_file)
         if config.use_wandb:
             import wandb
             wandb_run = wandb.init(project=config.wandb_project, name=config.wandb_run_name, config=asdict(config))
@@ -820,7 +957,7 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
     results = {}
     if runtime.is_main:
         results = final_results(config, data, data_tensors, checkpoint_dir, state, started, runtime)
-        log(next_steps(checkpoint_dir, config.metadata_path))
+        log(next_steps(checkpoint_dir, config.metadata_file))
         if wandb_run is not None:
             wandb_run.summary.update({k: v for k, v in results["test"].items()})
             wandb_run.finish()
@@ -868,7 +1005,7 @@ def peak_rss_mb() -> float | None:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def next_steps(checkpoint_dir: Path, metadata_path: str) -> str:
+def next_steps(checkpoint_dir: Path, metadata_path: Path) -> str:
     """Where the run's files are and the command that serves the model."""
     best, results = checkpoint_dir / "best_model.pt", checkpoint_dir / "results.json"
     return (f"best model: {best}\nresults:    {results}\nmetadata:   {metadata_path}\n"
@@ -891,9 +1028,10 @@ def final_results(config: TrainConfig, data: ML1MData, data_tensors: dict[str, t
                   checkpoint_dir: Path, state: dict, started: float, runtime: Runtime) -> dict:
     """Test metrics, computed once, from the best-validation checkpoint; written to results.json."""
     best = load_checkpoint(checkpoint_dir / "best_model.pt")
-    model = EnhancedBERT4Rec(ModelConfig.from_dict(best["model_config"]))
-    model.load_state_dict(best["model_state"])
-    model.to(runtime.device)
+    if best.get("run_id", state["run_id"]) != state["run_id"]:
+        raise TrainingError(f"{checkpoint_dir / 'best_model.pt'} was written by another run: its results are not "
+                            "this run's; train again in a folder of its own")
+    model = model_from_checkpoint(best, checkpoint_dir / "best_model.pt").to(runtime.device)
     test_inputs = eval_inputs(data, "test", config.seq_length)
     test_metrics = evaluate(model, to_eval_tensors(test_inputs, runtime.device), data_tensors,
                             config.eval_batch_size)
@@ -902,6 +1040,7 @@ def final_results(config: TrainConfig, data: ML1MData, data_tensors: dict[str, t
     results = {
         "test": test_metrics,
         "validation": {k.removeprefix("val_"): v for k, v in best_record.items() if k.startswith("val_")},
+        "run_id": state["run_id"],
         "best_epoch": best["epoch"],
         "epochs_run": state["epoch"],
         "steps": state["step"],
@@ -927,9 +1066,12 @@ def final_results(config: TrainConfig, data: ML1MData, data_tensors: dict[str, t
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    config = parse_args(argv, use_device_defaults=True)
     try:
         train(config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (TrainingError, DataError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

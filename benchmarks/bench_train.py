@@ -8,6 +8,7 @@ many minutes on a CPU).
 
     python benchmarks/bench_train.py --data_dir ../shared/data/ml-1m --steps 15
     python benchmarks/bench_train.py --data_dir ../shared/data/ml-1m --configs tuned tuned_bf16   # bf16 autocast
+    python benchmarks/bench_train.py --data_dir ../shared/data/ml-1m --configs budget budget_compile  # compile
 """
 
 import argparse
@@ -25,6 +26,8 @@ CONFIGS = {  # --configs key: (table name, trainer.py flags)
               ["--hidden_size", "64", "--num_heads", "2", "--num_layers", "2", "--batch_size", "128"]),
     "tuned": ("tuned (configs/ml1m_tuned.txt: the seed's size, batch 256)", ["@configs/ml1m_tuned.txt"]),
     "tuned_bf16": ("tuned, --amp bf16", ["@configs/ml1m_tuned.txt", "--amp", "bf16"]),
+    "budget": ("CPU default (configs/cpu_budget.txt: hidden 64, 2 layers, batch 128)", ["@configs/cpu_budget.txt"]),
+    "budget_compile": ("CPU default, --compile (inductor)", ["@configs/cpu_budget.txt", "--compile"]),
 }
 
 CHILD = """
@@ -40,6 +43,8 @@ torch.set_num_threads({threads})
 config = parse_args({args!r})
 data = load_dataset(config.data_dir, cache_dir=config.cache_dir, seq_length=config.seq_length)
 model = EnhancedBERT4Rec(build_model_config(config, data), data.item_genres, data.item_years)
+if config.compile:
+    model.encoder.compile()
 objective = MultiTaskObjective(model, config.task_weights).train()
 optimizer = make_optimizer(model, config)
 tensors = data_to_tensors(data, torch.device("cpu"))

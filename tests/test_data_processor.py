@@ -240,6 +240,9 @@ def test_eval_inputs_rejects_unknown_split(tmp_path):
         ("ratings.dat", 7, "3::99::2::978307200", "MovieID not in movies.dat"),
         ("ratings.dat", 8, "9::5::3::978307200", "UserID not in users.dat"),
         ("ratings.dat", 9, "3::20::1::978307200", "user 3 already rated movie 20 on line 5"),
+        ("ratings.dat", 3, "7::2::4::97830720", "timestamp must be Unix seconds between 1995-01-01 and today"),
+        ("ratings.dat", 3, "7::2::4::97830720000", "timestamp must be Unix seconds between 1995-01-01 and today"),
+        ("ratings.dat", 3, "7::2::4::-978307200", "timestamp must be Unix seconds between 1995-01-01 and today"),
         ("movies.dat", 3, "1::Toy Story Again (1995)::Comedy", "duplicate MovieID"),
         ("movies.dat", 2, "2::Jumanji (1995)::Adventure|Sci-fi", "genres must be '|'-separated names"),
         ("movies.dat", 2, "2::Jumanji (1995)::", "genres must be '|'-separated names"),
@@ -269,6 +272,21 @@ def test_latin1_line_content_in_error(tmp_path):
         DataFormatError, match="line 4: genres must be .*'5::Misérables, Les \\(1995\\)::Drama\\|Opéra'"
     ):
         load_dataset(write_ml1m(tmp_path, movies=movies), verify=False)
+
+
+def test_a_copy_re_encoded_to_utf8_reads_the_same_text(tmp_path):
+    original = load_hand_built(tmp_path / "latin1")
+    folder = write_ml1m(tmp_path / "utf8")
+    for name in ("movies.dat", "users.dat", "ratings.dat"):
+        text = (folder / name).read_bytes().decode("latin-1")
+        (folder / name).write_bytes(text.encode("utf-8"))
+    assert b"Mis\xc3\xa9rables" in (folder / "movies.dat").read_bytes()  # really re-encoded
+    again = load_dataset(folder, verify=False)
+    assert again.movie_titles.tolist() == original.movie_titles.tolist()
+    assert "Misérables, Les (1995)" in again.movie_titles.tolist()
+    assert dp.source_encoding("Misérables".encode("latin-1")) == "latin-1"
+    assert dp.source_encoding("Misérables".encode()) == "utf-8"
+    assert dp.source_encoding(b"plain ascii") == "latin-1"
 
 
 def test_user_with_too_few_ratings(tmp_path):

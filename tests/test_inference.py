@@ -31,6 +31,7 @@ from data_processor import (
 )
 from enhanced_model import USER_TOKENS, EnhancedBERT4Rec, ModelConfig
 from inference import (
+    AlreadySeenError,
     CheckpointError,
     ColdItemError,
     ColdItemWarning,
@@ -412,14 +413,24 @@ def test_sentence_from_hand_made_numbers():
         "drivers": [{"title": "Ronin (1998)", "score_drop": 0.04}, {"title": "Fargo (1996)", "score_drop": -0.2}],
         "shared_genres": {"Thriller": 3, "Crime": 2},
         "release_year": {"year": 1995, "history_median_year": 1990.0, "difference": 5.0, "relation": "newer"},
-        "user_tokens": {"identity": {"cross_attention": 0.2}, "age": {"cross_attention": 0.5}},
+        # the most attended token (age) is not the one whose hiding costs most (identity): the sentence follows
+        # the measured drop and shows attention only beside it
+        "user_tokens": {"identity": {"cross_attention": 0.2, "score_drop": 0.3},
+                        "age": {"cross_attention": 0.5, "score_drop": 0.1},
+                        "gender": {"cross_attention": 0.3, "score_drop": -0.2}},
     }
     assert _sentence(explanation, 5) == (
         'We recommend "Heat (1995)" from your 5 most recent movies as a whole (deleting any one of them lowers '
         "its score by less than 0.05); it is Thriller, like 3 of your 5 recent movies; it is 5 years newer than "
-        "the median release year of your recent movies (1990); of what we know about you, your age group weighed "
-        "most (50% of the attention)."
+        "the median release year of your recent movies (1990); of what we know about you, your own taste "
+        "profile weighed most (hiding it lowers the score by 0.30; attention to it: 20%)."
     )
+    explanation["recommended"]["rank"] = 299
+    assert _sentence(explanation, 5, k=10).startswith('"Heat (1995)" is ranked 299th for you, from your 5 most')
+    assert _sentence(explanation, 5, k=300).startswith('We recommend "Heat (1995)" from')
+    for tokens in ({}, {"age": {"cross_attention": 0.9, "score_drop": 0.01}}):  # nothing that matters to name
+        explanation["user_tokens"] = tokens
+        assert "weighed most" not in _sentence(explanation, 5)
     explanation["drivers"] = [{"title": "Ronin (1998)", "score_drop": 1.0},
                               {"title": "Fargo (1996)", "score_drop": 0.6}]
     explanation["release_year"] = {"year": 1995, "history_median_year": 1994.0, "difference": 1.0,
@@ -630,20 +641,17 @@ def test_real_data_batch_scores_equal_trainer_evaluate(real_ml1m_dir, tmp_path):
     assert metrics == {name: value for name, value in expected.items() if name in metrics}
 
 
-def test_real_checkpoint_reproduces_its_results(real_ml1m_dir):
-    """A trained real checkpoint (trainer.py's defaults: checkpoints/best_model.pt, results.json beside it,
-    metadata.json in the repository root; or $INFERENCE_CHECKPOINT / $INFERENCE_METADATA)."""
-    checkpoint = Path(os.environ.get("INFERENCE_CHECKPOINT", REPO / "checkpoints" / "best_model.pt"))
-    metadata = Path(os.environ.get("INFERENCE_METADATA", REPO / "metadata.json"))
-    results_path = checkpoint.with_name("results.json")
-    if not (checkpoint.is_file() and metadata.is_file() and results_path.is_file()):
-        pytest.skip(f"no trained real checkpoint: needs {checkpoint}, {results_path} and {metadata}")
-    results = json.loads(results_path.read_text())
+def test_real_checkpoint_reproduces_its_results(real_ml1m_dir, real_short_run):
+    """A checkpoint trained on the real ML-1M in this test session (or $INFERENCE_CHECKPOINT, with the
+    metadata.json beside it or $INFERENCE_METADATA): the engine's scores reproduce its results.json exactly."""
+    _, run = real_short_run
+    checkpoint = Path(os.environ.get("INFERENCE_CHECKPOINT", run / "best_model.pt"))
+    metadata = Path(os.environ.get("INFERENCE_METADATA", checkpoint.with_name("metadata.json")))
+    results = json.loads(checkpoint.with_name("results.json").read_text())
     engine = RecommendationEngine(checkpoint, metadata, device="cpu")
     seq_length = engine.config.seq_length
     data = load_dataset(real_ml1m_dir, seq_length=seq_length)
-    if data.fingerprint != results["data_fingerprint"]:
-        pytest.skip(f"{checkpoint} was not trained on {real_ml1m_dir}")
+    assert data.fingerprint == results["data_fingerprint"], f"{checkpoint} was not trained on {real_ml1m_dir}"
     test_inputs = eval_inputs(data, "test", seq_length)
     sequences = np.split(data.item_movie_ids[test_inputs.seen_items], test_inputs.seen_offsets[1:-1])
     batch = engine.score_batch(data.user_ids[1:].tolist(), [s.tolist() for s in sequences])
@@ -758,3 +766,69 @@ def test_explanation_influence_plot(trained, tmp_path):
     assert explanation["plot"] == str(tmp_path / "why.png")
     assert (tmp_path / "why.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["why.png"]  # no temporary file left
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rating-aware lists, explanation wording, predicted genre mix
+
+
+def test_min_predicted_rating_filters_and_keeps_k(trained):
+    data, engine = trained.data, trained.engine
+    user_id = int(data.user_ids[9])
+    everything = engine.get_recommendations(user_id=user_id, k=data.num_items)
+    ratings = sorted(r["predicted_rating"] for r in everything)
+    threshold = ratings[len(ratings) * 3 // 4]  # three quarters of the unseen movies fall below it
+    expected = [r["movie_id"] for r in everything if r["predicted_rating"] >= threshold][:6]
+    filtered = engine.get_recommendations(user_id=user_id, k=6, min_predicted_rating=threshold)
+    assert [r["movie_id"] for r in filtered] == expected and len(filtered) == 6
+    assert [r["rank"] for r in filtered] == list(range(1, 7))
+    assert all(r["predicted_rating"] >= threshold for r in filtered)
+    few = engine.get_recommendations(user_id=user_id, k=50, min_predicted_rating=ratings[-3])
+    assert [r["movie_id"] for r in few] == [r["movie_id"] for r in everything if r["predicted_rating"] >= ratings[-3]]
+    batch = engine.recommend_batch([user_id], k=6, min_predicted_rating=threshold)[0]
+    assert [r["movie_id"] for r in batch] == expected
+    for bad in (0.5, 6, "4", True):
+        with pytest.raises(InferenceError, match="min_predicted_rating must be a number in 1..5"):
+            engine.get_recommendations(user_id=user_id, min_predicted_rating=bad)
+
+
+def test_min_predicted_rating_needs_a_rating_head(trained, tmp_path):
+    config = TrainConfig(hidden_size=32, num_heads=2, num_layers=1, seq_length=SEQ_LENGTH,
+                         rating_prediction_weight=0.0)
+    write_untrained_checkpoint(tmp_path / "no_rating.pt", trained.data, config)
+    engine = RecommendationEngine(tmp_path / "no_rating.pt", trained.metadata, device="cpu")
+    records = engine.get_recommendations(user_id=int(trained.data.user_ids[0]), k=3)
+    assert len(records) == 3 and all("predicted_rating" not in r for r in records)
+    with pytest.raises(InferenceError, match="needs a checkpoint with a rating head"):
+        engine.get_recommendations(user_id=int(trained.data.user_ids[0]), min_predicted_rating=3.0)
+
+
+def test_explaining_a_movie_below_the_top_k_gives_its_rank(trained):
+    data, engine = trained.data, trained.engine
+    user_id = int(data.user_ids[12])
+    fifth = engine.get_recommendations(user_id=user_id, k=5)[-1]
+    explanation = engine.explain_recommendation(user_id, None, fifth["movie_id"], k=3)
+    assert explanation["recommended"]["rank"] == 5
+    assert explanation["sentence"].startswith(f'"{fifth["title"]}" is ranked 5th for you, ')
+    assert engine.explain_recommendation(user_id, None, fifth["movie_id"], k=5)["sentence"].startswith(
+        f'We recommend "{fifth["title"]}"')
+    seen = int(history(data, 12)[0][0])
+    with pytest.raises(AlreadySeenError, match=f"movie {seen} is already in this user's history"):
+        engine.explain_recommendation(user_id, None, seen)
+
+
+def test_profile_shows_the_preference_heads_genre_mix(trained):
+    data, engine, model = trained.data, trained.engine, trained.model
+    user = 6
+    _, items, days = history(data, user)
+    width = SEQ_LENGTH - 1
+    item_seq = torch.tensor([[*items[-width:].tolist(), model.config.mask_index]])
+    day_seq = torch.tensor([[*days[-width:].tolist(), int(days[-1])]])
+    with torch.no_grad():
+        hidden = model(item_seq, day_seq, *(torch.tensor([v]) for v in user_tokens(data, user))).hidden
+        mix = model.predict_preference(hidden, item_seq).softmax(dim=-1)[0]
+    top = torch.argsort(mix, descending=True, stable=True)[:5].tolist()
+    profile = engine.get_user_profile(int(data.user_ids[user]))
+    assert [g["genre"] for g in profile["predicted_top_genres"]] == [GENRES[g] for g in top]
+    assert [g["share"] for g in profile["predicted_top_genres"]] == pytest.approx(
+        [round(mix[g].item(), 3) for g in top], abs=1e-3)
