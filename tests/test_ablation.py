@@ -49,3 +49,27 @@ def test_every_row_is_plain_with_some_parts_switched_back_on():
     for name, flags in ROWS.items():
         if name != "plain BERT4Rec" and not name.startswith("full model"):
             assert flags[:len(plain)] == plain and len(flags) > len(plain)
+
+
+def test_each_row_differs_from_plain_by_exactly_its_switches():
+    """Parsed by the trainer's own parser on top of a shared config file, each row's configuration differs from
+    plain BERT4Rec's in exactly the fields its name says (and the full-model rows in all of them)."""
+    from trainer import parse_args
+
+    shared = ["@configs/ml1m_cpu.txt"]
+    plain = vars(parse_args([*shared, *ROWS["plain BERT4Rec"]]))
+    expected = {
+        "+ item side info (genres, year)": {"use_item_side_info"},
+        "+ user tokens and cross-attention": {"use_user_tokens"},
+        "+ temporal (day of year)": {"use_temporal"},
+        "+ next-item task": {"next_item_weight", "task_weights"},
+        "+ rating task": {"rating_prediction_weight", "task_weights"},
+        "+ user-preference task": {"user_preference_weight", "task_weights"},
+    }
+    everything = {"use_item_side_info", "use_user_tokens", "use_temporal", "next_item_weight",
+                  "rating_prediction_weight", "user_preference_weight", "task_weights"}
+    for name, flags in ROWS.items():
+        config = vars(parse_args([*shared, *flags]))
+        changed = {key for key in config if config[key] != plain[key]}
+        assert changed == expected.get(name, set() if name == "plain BERT4Rec" else everything), name
+    assert parse_args([*shared, *ROWS["full model, next-item weight 0.1"]]).next_item_weight == 0.1

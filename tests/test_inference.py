@@ -374,8 +374,22 @@ def test_explanation_is_faithful_to_independently_recomputed_scores(trained):
 
     top, bottom = drop_without(drivers[0]["movie_id"]), drop_without(drivers[-1]["movie_id"])
     assert top > bottom + 0.1
-    assert top == pytest.approx(drivers[0]["score_drop"], abs=1e-4)
-    assert bottom == pytest.approx(drivers[-1]["score_drop"], abs=1e-4)
+    for driver in drivers:  # every driver's drop, recomputed on its own
+        assert drop_without(driver["movie_id"]) == pytest.approx(driver["score_drop"], abs=1e-4)
+
+    def rank(scores: torch.Tensor) -> int:  # 1 + unseen movies scoring higher (the whole history is seen)
+        scores = scores.clone()
+        scores[items] = -torch.inf
+        return 1 + int((scores > scores[item]).sum())
+
+    keep = movie_ids != drivers[0]["movie_id"]
+    assert drivers[0]["rank_without"] == rank(reference_scores(model, items[keep].tolist(), days[keep].tolist(),
+                                                               tokens))
+    for j, name in enumerate(USER_TOKENS):  # each user token hidden (set to unknown), recomputed on its own
+        hidden = tuple(0 if i == j else value for i, value in enumerate(tokens))
+        scores = reference_scores(model, items.tolist(), days.tolist(), hidden)
+        assert explanation["user_tokens"][name]["score_drop"] == pytest.approx(base - scores[item].item(), abs=1e-4)
+        assert explanation["user_tokens"][name]["rank_without"] == rank(scores)
     assert explanation["recommended"]["score"] == pytest.approx(base, abs=1e-5)
     assert explanation["recommended"]["rank"] == 1
 

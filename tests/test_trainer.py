@@ -216,10 +216,16 @@ def test_wandb_offline_logging(synthetic_ml1m_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "2", "--use_wandb"))
+    _, results = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "2", "--use_wandb"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert any(runs[0].glob("*.wandb"))
+    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+    # the last epoch's record (losses, validation metrics) and the test metrics, as results.json has them
+    last = results["history"][-1]
+    assert summary["epoch"] == 2 and summary["item_prediction"] == pytest.approx(last["item_prediction"])
+    assert summary["val_NDCG@10"] == pytest.approx(last["val_NDCG@10"])
+    assert summary["NDCG@10"] == pytest.approx(results["test"]["NDCG@10"])
 
 
 DDP_WORKER = """

@@ -12,6 +12,7 @@ from enhanced_model import EnhancedBERT4Rec, ModelConfig
 from trainer import (
     MultiTaskObjective,
     crop_windows,
+    epoch_batches,
     eta_text,
     exclude_seen,
     fit_bias_baseline,
@@ -244,3 +245,13 @@ def test_objective_trains_cloze_and_next_item_rows_from_one_pass():
     assert losses["total"].item() == pytest.approx(
         (expected_cloze + 2.0 * expected_next + 0.5 * expected_rating).item(), rel=1e-5)
     assert "user_preference" not in losses
+
+
+def test_ranks_get_disjoint_slices_that_cover_the_shared_shuffle():
+    num_windows, batch_size = 103, 8
+    reference = torch.randperm(num_windows, generator=torch.Generator().manual_seed(5))
+    slices = [torch.cat(list(epoch_batches(num_windows, batch_size, torch.Generator().manual_seed(5), rank, 2)))
+              for rank in (0, 1)]
+    assert len(slices[0]) == len(slices[1]) == num_windows // 2  # the same number of steps on every rank
+    assert not set(slices[0].tolist()) & set(slices[1].tolist())
+    assert torch.equal(torch.cat(slices), reference[:2 * (num_windows // 2)])  # together: the epoch's shuffle
