@@ -153,8 +153,9 @@ class FlagFileParser(argparse.ArgumentParser):
 
 def device_defaults(argv: list[str]) -> list[str]:
     """The flags `python trainer.py` starts from when argv names no @config file: the best measured configuration
-    for the device it will run on (DEVICE_DEFAULTS); nothing when a config file is given."""
-    if any(arg.startswith("@") for arg in argv):
+    for the device it will run on (DEVICE_DEFAULTS); nothing when a config file is given or a run is resumed
+    (the checkpoint holds its settings)."""
+    if any(arg.startswith("@") or arg.startswith("--resume") for arg in argv):
         return []
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", default="auto")
@@ -245,8 +246,44 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     add("wandb_project", "wandb project")
     add("wandb_run_name", "wandb run name")
     switch("progress", "tqdm progress bars")
-    args = parser.parse_args(argv)
-    return TrainConfig(**vars(args))
+    values = vars(parser.parse_args(argv))
+    if values["resume"]:
+        not_given = object()  # not a string, so argparse leaves it as it is
+        parser.set_defaults(**dict.fromkeys(values, not_given))
+        explicit = {name for name, value in vars(parser.parse_args(argv)).items() if value is not not_given}
+        values = resumed_values(values, explicit)
+    return TrainConfig(**values)
+
+
+# What a resumed run may set anew; every other setting comes from the checkpoint (the data itself is checked by
+# its fingerprint, so a moved copy of the same files is fine).
+RESUME_MAY_CHANGE = {"resume", "max_epochs", "max_minutes", "patience", "eval_every", "eval_batch_size", "device",
+                     "progress", "use_wandb", "wandb_project", "wandb_run_name", "compile", "gradient_checkpointing",
+                     "deterministic", "checkpoint_dir", "metadata_path", "data_dir", "cache_dir"}
+RESUME_FINDS_DATA = {"data_dir", "cache_dir"}  # may change, but default to where the run found its data
+
+
+def resumed_values(values: dict, explicit: set[str]) -> dict:
+    """--resume path/last.pt alone continues the run as it was: the model, task, data and optimisation settings
+    come from the checkpoint. A flag given explicitly must agree with it, or the run is refused naming each
+    difference; the settings in RESUME_MAY_CHANGE (budget, device, folders, logging) may change. Without
+    --checkpoint_dir the run goes on in the folder of the checkpoint it resumes."""
+    saved = load_checkpoint(values["resume"]).get("train_config", {})
+    differences = []
+    for name in values:
+        if name in RESUME_FINDS_DATA and name not in explicit and name in saved:
+            values[name] = saved[name]
+        if name in RESUME_MAY_CHANGE or name not in saved:
+            continue
+        if name in explicit and values[name] != saved[name]:
+            differences.append(f"--{name} {values[name]} (the checkpoint's: {saved[name]})")
+        values[name] = saved[name]
+    if differences:
+        raise ConfigError(f"--resume {values['resume']} continues a run with other settings: {'; '.join(differences)}; "
+                          "drop these flags to continue it as it was")
+    if "checkpoint_dir" not in explicit:  # the run goes on writing where its checkpoint is
+        values["checkpoint_dir"] = str(Path(values["resume"]).parent)
+    return values
 
 
 def build_model_config(config: TrainConfig, data: ML1MData) -> ModelConfig:
@@ -1066,9 +1103,8 @@ def final_results(config: TrainConfig, data: ML1MData, data_tensors: dict[str, t
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv, use_device_defaults=True)
     try:
-        train(config)
+        train(parse_args(argv, use_device_defaults=True))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -134,9 +134,28 @@ def test_resume_refuses_other_config_or_data(synthetic_ml1m_dir, tmp_path):
     other_data = write_synthetic_ml1m(tmp_path / "other", seed=7)
     with pytest.raises(TrainingError, match="other data"):
         train(tiny_config(other_data, tmp_path / "c", "--max_epochs", "2", "--resume", last))
-    with pytest.raises(TrainingError, match="task weights"):
+    with pytest.raises(TrainingError, match=r"--next_item_weight 0.5 \(the checkpoint's: 1.0\)"):
         train(tiny_config(synthetic_ml1m_dir, tmp_path / "d", "--max_epochs", "2", "--next_item_weight", "0.5",
                           "--resume", last))
+
+
+def test_resume_from_the_checkpoint_alone(synthetic_ml1m_dir, tmp_path, capsys):
+    """--resume path/last.pt takes the model, task and data settings from the checkpoint; a conflicting flag is
+    refused naming the difference (exit status 2, before anything runs); the budget and folders may change."""
+    train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "1", "--next_item_weight", "0.3"))
+    last = str(tmp_path / "checkpoints" / "last.pt")
+    config = parse_args(["--resume", last, "--max_epochs", "2"], use_device_defaults=True)
+    assert (config.hidden_size, config.seq_length, config.learning_rate) == (16, 12, 3e-3)  # TINY, not defaults
+    assert config.next_item_weight == 0.3 and config.task_weights["next_item"] == 0.3
+    assert config.data_dir == str(synthetic_ml1m_dir) and config.max_epochs == 2
+    assert config.checkpoint_dir == str(tmp_path / "checkpoints")  # goes on where the checkpoint is
+    _, results = train(config)
+    assert results["epochs_run"] == 2 and results["model_config"]["hidden_size"] == 16
+    status = trainer_main(["--resume", last, "--hidden_size", "32", "--learning_rate", "3e-3", "--seq_length", "9"])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1 and "Traceback" not in error
+    assert "--hidden_size 32 (the checkpoint's: 16)" in error and "--seq_length 9 (the checkpoint's: 12)" in error
+    assert "--learning_rate" not in error  # given, but the same as the checkpoint's
 
 
 def test_max_minutes_stops_cleanly_and_still_evaluates(synthetic_ml1m_dir, tmp_path):
