@@ -42,6 +42,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -1158,6 +1159,7 @@ def main(argv: list[str] | None = None) -> int:
     """Print recommendations (and optionally explanations, the profile, cold items). Returns the exit status."""
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
+        warnings.simplefilter("once")  # a warning repeated by each explanation is printed once
         warnings.showwarning = _warning_line  # one line per warning; restored on exit
         try:
             if args.profile and args.user_id is None:
@@ -1173,10 +1175,14 @@ def main(argv: list[str] | None = None) -> int:
         except InferenceError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-    if args.json:
-        print(json.dumps(answer, ensure_ascii=False, indent=2))
-    else:
-        _print_text(answer)
+    try:
+        if args.json:
+            print(json.dumps(answer, ensure_ascii=False, indent=2))
+        else:
+            _print_text(answer)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -846,3 +846,25 @@ def test_profile_shows_the_preference_heads_genre_mix(trained):
     assert [g["genre"] for g in profile["predicted_top_genres"]] == [GENRES[g] for g in top]
     assert [g["share"] for g in profile["predicted_top_genres"]] == pytest.approx(
         [round(mix[g].item(), 3) for g in top], abs=1e-3)
+
+
+def test_cli_prints_a_repeated_warning_once(trained):
+    paths = ["--model_path", str(trained.checkpoint), "--metadata_path", str(trained.metadata), "--device", "cpu"]
+    cold = cold_movie_ids(trained.data)[0]
+    warm = trained.data.item_movie_ids[1:3].tolist()
+    answer = run_cli(*paths, "--item_sequence", f"{warm[0]},{cold},{warm[1]}", "--k", "3", "--explain")
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stderr.splitlines() == [f"warning: never-rated MovieID(s) [{cold}] in the history: the model has "
+                                          "no embedding for them and skips them"]
+
+
+def test_cli_output_into_a_closed_pipe_is_quiet(trained):
+    paths = ["--model_path", str(trained.checkpoint), "--metadata_path", str(trained.metadata), "--device", "cpu"]
+    command = [sys.executable, str(REPO / "inference.py"), *paths, "--user_id", str(trained.data.user_ids[1]),
+               "--k", "50", "--json", "--explain"]
+    reader = subprocess.Popen(["head", "-c", "10"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    writer = subprocess.run(command, stdout=reader.stdin, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    reader.stdin.close()
+    reader.wait()
+    assert writer.returncode == 0 and "Traceback" not in writer.stderr and writer.stderr == ""
