@@ -255,29 +255,28 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     return TrainConfig(**values)
 
 
-# What a resumed run may set anew; every other setting comes from the checkpoint (the data itself is checked by
-# its fingerprint, so a moved copy of the same files is fine).
-RESUME_MAY_CHANGE = {"resume", "max_epochs", "max_minutes", "patience", "eval_every", "eval_batch_size", "device",
+# What a resumed run may set anew when given; everything not given comes from the checkpoint (the data itself is
+# checked by its fingerprint, so a moved copy of the same files is fine).
+RESUME_MAY_CHANGE = {"max_epochs", "max_minutes", "patience", "eval_every", "eval_batch_size", "device",
                      "progress", "use_wandb", "wandb_project", "wandb_run_name", "compile", "gradient_checkpointing",
                      "deterministic", "checkpoint_dir", "metadata_path", "data_dir", "cache_dir"}
-RESUME_FINDS_DATA = {"data_dir", "cache_dir"}  # may change, but default to where the run found its data
 
 
 def resumed_values(values: dict, explicit: set[str]) -> dict:
     """--resume path/last.pt alone continues the run as it was: the model, task, data and optimisation settings
     come from the checkpoint. A flag given explicitly must agree with it, or the run is refused naming each
-    difference; the settings in RESUME_MAY_CHANGE (budget, device, folders, logging) may change. Without
-    --checkpoint_dir the run goes on in the folder of the checkpoint it resumes."""
+    difference, except the settings in RESUME_MAY_CHANGE (budget, device, folders, logging). Without
+    --checkpoint_dir the run goes on in the folder of the checkpoint it resumes; the time budget goes on where it
+    stopped (the checkpoint records the budget clock)."""
     saved = load_checkpoint(values["resume"]).get("train_config", {})
     differences = []
     for name in values:
-        if name in RESUME_FINDS_DATA and name not in explicit and name in saved:
-            values[name] = saved[name]
-        if name in RESUME_MAY_CHANGE or name not in saved:
+        if name == "resume" or name not in saved:
             continue
-        if name in explicit and values[name] != saved[name]:
+        if name not in explicit:
+            values[name] = saved[name]
+        elif name not in RESUME_MAY_CHANGE and values[name] != saved[name]:
             differences.append(f"--{name} {values[name]} (the checkpoint's: {saved[name]})")
-        values[name] = saved[name]
     if differences:
         raise ConfigError(f"--resume {values['resume']} continues a run with other settings: {'; '.join(differences)}; "
                           "drop these flags to continue it as it was")
@@ -875,7 +874,8 @@ def run_training(config: TrainConfig, runtime: Runtime) -> tuple[EnhancedBERT4Re
     shuffle_generator = torch.Generator().manual_seed(config.seed)
     mask_generator = torch.Generator(runtime.device).manual_seed(config.seed + 1 + runtime.rank)
     state = {"epoch": 0, "step": 0, "best_metric": -1.0, "best_epoch": 0, "evals_without_improvement": 0,
-             "history": [], "train_seconds": 0.0, "run_id": uuid.uuid4().hex}  # run_id: kept across resumes
+             "history": [], "train_seconds": 0.0, "run_id": uuid.uuid4().hex,  # run_id: kept across resumes
+             "budget_seconds_used": 0.0}  # the --max_minutes clock before this process (data loading included)
 
     checkpoint_dir = Path(config.checkpoint_dir)
     if config.resume:
@@ -893,6 +893,7 @@ def run_training(config: TrainConfig, runtime: Runtime) -> tuple[EnhancedBERT4Re
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
         state.update({key: checkpoint[key] for key in state if key in checkpoint})
         log(f"resumed from {config.resume} at epoch {state['epoch']}, step {state['step']}")
+    budget_clock_start = started - state["budget_seconds_used"]  # time.monotonic() - this: budget spent so far
 
     wandb_run = None
     if runtime.is_main:
@@ -949,11 +950,12 @@ def run_training(config: TrainConfig, runtime: Runtime) -> tuple[EnhancedBERT4Re
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            budget["used"] = (time.monotonic() - started) / budget_seconds
+            if not config.deterministic:  # --deterministic: the schedule follows the steps, never the clock
+                budget["used"] = (time.monotonic() - budget_clock_start) / budget_seconds
             scheduler.step()
             state["step"] += 1
             bar.set_postfix({task: f"{sums[task] / (micro_step + 1):.3f}" for task in sums if sums[task]})
-            if time.monotonic() - started > budget_seconds:
+            if time.monotonic() - budget_clock_start > budget_seconds:
                 out_of_time = True
                 break
         bar.close()
@@ -978,11 +980,13 @@ def run_training(config: TrainConfig, runtime: Runtime) -> tuple[EnhancedBERT4Re
                            fingerprint, (shuffle_generator, mask_generator))
         else:
             state["history"].append(record)
+        state["budget_seconds_used"] = time.monotonic() - budget_clock_start
         if runtime.is_main:
             save_state(checkpoint_dir / "last.pt", model, optimizer, scheduler, scaler, state, config, fingerprint,
                        (shuffle_generator, mask_generator))
             log(epoch_summary(record, state) + eta_text(epoch - first_epoch, config.max_epochs - epoch,
-                                                        time.monotonic() - started, budget_seconds))
+                                                        time.monotonic() - started,
+                                                        budget_seconds - state["budget_seconds_used"]))
             if wandb_run is not None:
                 wandb_run.log(record, step=state["step"])
         if state["evals_without_improvement"] >= config.patience:
@@ -1022,13 +1026,14 @@ def epoch_summary(record: dict, state: dict) -> str:
     return line
 
 
-def eta_text(epochs_done: int, epochs_left: int, elapsed: float, budget_seconds: float) -> str:
-    """' | ETA 12 min (budget)': the whole run's remaining time from this process's mean epoch (validation
-    included), whichever of --max_epochs and --max_minutes ends it first; early stopping can end it sooner."""
+def eta_text(epochs_done: int, epochs_left: int, elapsed: float, budget_left: float) -> str:
+    """' | ETA 12 min (max_minutes)': the whole run's remaining time from this process's mean epoch (validation
+    included, `elapsed` seconds for `epochs_done` epochs) or the time budget left, whichever ends it first; early
+    stopping can end it sooner."""
     if epochs_left <= 0:
         return ""
     by_epochs = elapsed / max(1, epochs_done) * epochs_left
-    remaining, reason = min((by_epochs, "max_epochs"), (budget_seconds - elapsed, "max_minutes"))
+    remaining, reason = min((by_epochs, "max_epochs"), (budget_left, "max_minutes"))
     return f" | ETA {max(0.0, remaining) / 60:.1f} min ({reason})"
 
 

@@ -142,9 +142,14 @@ def test_resume_refuses_other_config_or_data(synthetic_ml1m_dir, tmp_path):
 def test_resume_from_the_checkpoint_alone(synthetic_ml1m_dir, tmp_path, capsys):
     """--resume path/last.pt takes the model, task and data settings from the checkpoint; a conflicting flag is
     refused naming the difference (exit status 2, before anything runs); the budget and folders may change."""
-    train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "1", "--next_item_weight", "0.3"))
+    train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "1", "--next_item_weight", "0.3",
+                      "--max_minutes", "30"))
     last = str(tmp_path / "checkpoints" / "last.pt")
+    spent = load_checkpoint(last)["budget_seconds_used"]
+    assert 0 < spent < 30 * 60  # the budget clock travels with the checkpoint
+    assert parse_args(["--resume", last, "--max_minutes", "45"]).max_minutes == 45  # a budget may change
     config = parse_args(["--resume", last, "--max_epochs", "2"], use_device_defaults=True)
+    assert config.max_minutes == 30  # not given: the run's own budget goes on
     assert (config.hidden_size, config.seq_length, config.learning_rate) == (16, 12, 3e-3)  # TINY, not defaults
     assert config.next_item_weight == 0.3 and config.task_weights["next_item"] == 0.3
     assert config.data_dir == str(synthetic_ml1m_dir) and config.max_epochs == 2

@@ -116,11 +116,11 @@ def test_learning_rate_schedule_ends_with_the_time_budget():
 
 
 def test_eta_names_whichever_limit_ends_the_run_first():
-    assert eta_text(epochs_done=2, epochs_left=8, elapsed=120.0, budget_seconds=math.inf) == \
+    assert eta_text(epochs_done=2, epochs_left=8, elapsed=120.0, budget_left=math.inf) == \
         " | ETA 8.0 min (max_epochs)"
-    assert eta_text(epochs_done=2, epochs_left=8, elapsed=120.0, budget_seconds=300.0) == \
+    assert eta_text(epochs_done=2, epochs_left=8, elapsed=120.0, budget_left=180.0) == \
         " | ETA 3.0 min (max_minutes)"
-    assert eta_text(epochs_done=2, epochs_left=0, elapsed=120.0, budget_seconds=300.0) == ""
+    assert eta_text(epochs_done=2, epochs_left=0, elapsed=120.0, budget_left=180.0) == ""
 
 
 def test_next_steps_names_the_files_and_the_inference_command():
