@@ -4,8 +4,8 @@
     python benchmarks/bench_inference.py                      # untrained checkpoint of the trainer's defaults
     python benchmarks/bench_inference.py --model_path checkpoints/best_model.pt --metadata_path metadata.json
 
-Without --model_path the script builds the model of trainer.py's default configuration (hidden 256, 4 heads,
-4 layers, seq_length 50), saves it untrained as a checkpoint in trainer.py's format beside a fresh
+Without --model_path the script builds the model of the seed's configuration (configs/seed.txt: hidden 256,
+4 heads, 4 layers, seq_length 50; the largest model the project trains on a CPU), saves it untrained as a checkpoint in trainer.py's format beside a fresh
 metadata.json (in a temporary folder), and times that: the cost of a forward pass does not depend on the
 weights. Targets (CPU, 2 threads): get_recommendations p50 <= 10 ms, all 6,040 users <= 30 s.
 """
@@ -54,7 +54,7 @@ def timed(call) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "ml-1m"), help="real ML-1M")
-    parser.add_argument("--model_path", help="a trained checkpoint (default: untrained, trainer's default config)")
+    parser.add_argument("--model_path", help="a trained checkpoint (default: untrained, the seed's configuration)")
     parser.add_argument("--metadata_path", help="its metadata.json (required with --model_path)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
@@ -74,7 +74,7 @@ def main() -> int:
             model_path, metadata_path = Path(scratch) / "untrained.pt", Path(scratch) / "metadata.json"
             write_untrained_checkpoint(model_path, data, TrainConfig())
             save_metadata(data, metadata_path)
-            source = "untrained checkpoint of trainer.py's default config, created by this script"
+            source = "untrained checkpoint of the seed's configuration, created by this script"
         else:
             model_path, metadata_path = Path(args.model_path), Path(args.metadata_path)
             source = f"checkpoint {model_path}"
