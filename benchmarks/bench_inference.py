@@ -1,13 +1,14 @@
 """Inference speed on the real MovieLens 1M: engine load, one user's top 10, one explanation, all users
 (recommend_batch in memory, and export_recommendations to CSV and JSON Lines files).
 
-    python benchmarks/bench_inference.py                      # untrained checkpoint of the trainer's defaults
-    python benchmarks/bench_inference.py --model_path checkpoints/best_model.pt --metadata_path metadata.json
+    python benchmarks/bench_inference.py                      # untrained checkpoint of the seed's configuration
+    python benchmarks/bench_inference.py --model_path checkpoints/best_model.pt   # a trained one
 
 Without --model_path the script builds the model of the seed's configuration (configs/seed.txt: hidden 256,
-4 heads, 4 layers, seq_length 50; the largest model the project trains on a CPU), saves it untrained as a checkpoint in trainer.py's format beside a fresh
-metadata.json (in a temporary folder), and times that: the cost of a forward pass does not depend on the
-weights. Targets (CPU, 2 threads): get_recommendations p50 <= 10 ms, all 6,040 users <= 30 s.
+4 heads, 4 layers, seq_length 50; the largest model the project trains on a CPU), saves it untrained as a
+checkpoint in trainer.py's format beside a fresh metadata.json (in a temporary folder), and times that: the cost
+of a forward pass does not depend on the weights. Targets (CPU, 2 threads): get_recommendations p50 <= 10 ms,
+all 6,040 users <= 30 s.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "ml-1m"), help="real ML-1M")
     parser.add_argument("--model_path", help="a trained checkpoint (default: untrained, the seed's configuration)")
-    parser.add_argument("--metadata_path", help="its metadata.json (required with --model_path)")
+    parser.add_argument("--metadata_path", help="its metadata.json (default: the one beside --model_path)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--calls", type=int, default=200, help="timed get_recommendations calls")
@@ -64,8 +65,8 @@ def main() -> int:
     parser.add_argument("--batch_size", type=int, default=512, help="users per forward pass in batch scoring")
     parser.add_argument("--seed", type=int, default=0, help="which users are sampled")
     args = parser.parse_args()
-    if (args.model_path is None) != (args.metadata_path is None):
-        parser.error("pass --model_path and --metadata_path together")
+    if args.metadata_path is not None and args.model_path is None:
+        parser.error("--metadata_path goes with --model_path")
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -76,7 +77,8 @@ def main() -> int:
             save_metadata(data, metadata_path)
             source = "untrained checkpoint of the seed's configuration, created by this script"
         else:
-            model_path, metadata_path = Path(args.model_path), Path(args.metadata_path)
+            model_path = Path(args.model_path)
+            metadata_path = Path(args.metadata_path) if args.metadata_path else model_path.parent / "metadata.json"
             source = f"checkpoint {model_path}"
         load_seconds = [
             timed(lambda: RecommendationEngine(model_path, metadata_path, device=args.device)) for _ in range(3)
