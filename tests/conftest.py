@@ -25,14 +25,15 @@ def real_ml1m_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def real_short_run(real_ml1m_dir, tmp_path_factory):
-    """One short training on the real ML-1M (tiny model, one epoch), shared by the tests that need a real
+    """One short training on the real ML-1M (tiny model, four epochs), shared by the tests that need a real
     checkpoint: (results, checkpoint folder with best_model.pt / results.json / metadata.json)."""
     from trainer import parse_args, train
 
     out = tmp_path_factory.mktemp("real_run")
     config = parse_args(["--data_dir", str(real_ml1m_dir), "--hidden_size", "32", "--num_heads", "2",
                          "--num_layers", "1", "--seq_length", "50", "--window_stride", "50", "--batch_size", "128",
-                         "--learning_rate", "2e-3", "--warmup_steps", "10", "--max_epochs", "1", "--dropout", "0",
+                         "--learning_rate", "3e-3", "--warmup_steps", "10", "--max_epochs", "4", "--dropout", "0",
+                         "--lr_schedule", "cosine",
                          "--next_item_weight", "0", "--no-progress", "--checkpoint_dir", str(out),
                          "--cache_dir", str(out / "cache")])
     _, results = train(config)

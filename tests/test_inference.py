@@ -442,6 +442,7 @@ def test_sentence_from_hand_made_numbers():
     explanation["recommended"]["rank"] = 299
     assert _sentence(explanation, 5, k=10).startswith('"Heat (1995)" is ranked 299th for you, from your 5 most')
     assert _sentence(explanation, 5, k=300).startswith('We recommend "Heat (1995)" from')
+    explanation["recommended"]["rank"] = 1
     for tokens in ({}, {"age": {"cross_attention": 0.9, "score_drop": 0.01}}):  # nothing that matters to name
         explanation["user_tokens"] = tokens
         assert "weighed most" not in _sentence(explanation, 5)
@@ -452,7 +453,7 @@ def test_sentence_from_hand_made_numbers():
     assert _sentence(explanation, 5).startswith(
         'We recommend "Heat (1995)" mostly because you watched "Ronin (1998)" and "Fargo (1996)" (without each, '
         "its score drops by 1.00 and 0.60); it is Thriller, like 3 of your 5 recent movies; it is from 1995, the "
-        "era you watch most (median 1994);"
+        "era you watch most (median 1994)."
     )
 
 
@@ -811,10 +812,10 @@ def test_min_predicted_rating_needs_a_rating_head(trained, tmp_path):
                          rating_prediction_weight=0.0)
     write_untrained_checkpoint(tmp_path / "no_rating.pt", trained.data, config)
     engine = RecommendationEngine(tmp_path / "no_rating.pt", trained.metadata, device="cpu")
-    records = engine.get_recommendations(user_id=int(trained.data.user_ids[0]), k=3)
+    records = engine.get_recommendations(user_id=int(trained.data.user_ids[1]), k=3)
     assert len(records) == 3 and all("predicted_rating" not in r for r in records)
     with pytest.raises(InferenceError, match="needs a checkpoint with a rating head"):
-        engine.get_recommendations(user_id=int(trained.data.user_ids[0]), min_predicted_rating=3.0)
+        engine.get_recommendations(user_id=int(trained.data.user_ids[1]), min_predicted_rating=3.0)
 
 
 def test_explaining_a_movie_below_the_top_k_gives_its_rank(trained):
