@@ -227,7 +227,6 @@ class RecommendationEngine:
         self._users = metadata["users"]
         self._user_index = metadata["user_index_by_user_id"]
         user_ids = metadata["user_id_by_user_index"]
-        self._user_ids_by_index = user_ids
         self._user_features = np.zeros((len(user_ids), 3), dtype=np.int64)
         histories = [{"items": [], "days": []}] + [self._users[u]["history"] for u in user_ids[1:]]
         for index, user_id in enumerate(user_ids[1:], start=1):
@@ -464,7 +463,6 @@ class RecommendationEngine:
         user_id = _as_int(user_id, "user_id")
         if user_id not in self._user_index:
             raise UnknownUserError(f"unknown user_id {user_id}: not in the metadata's users")
-        user_index = self._user_index[user_id]
         user = self._users[user_id]
         history = user["history"]
         genre_counts = self._movie_genres[self._item_movie_rows[np.array(history["items"]) - 1]].sum(axis=0)
@@ -480,7 +478,7 @@ class RecommendationEngine:
             "num_ratings": len(history["items"]),
             "mean_rating": round(float(np.mean(history["ratings"])), 3),
             "top_genres": [{"genre": GENRES[g], "share": round(float(shares[g]), 3)} for g in top],
-            **self._predicted_genre_mix(user_index),
+            **self._predicted_genre_mix(user_id),
             "recent_movies": [
                 {"movie_id": movie_id, "title": self._movies[movie_id]["title"]}
                 for movie_id in self._item_movie_ids[history["items"][::-1][:5]].tolist()
@@ -488,12 +486,12 @@ class RecommendationEngine:
         }
 
     @torch.no_grad()
-    def _predicted_genre_mix(self, user_index: int) -> dict[str, Any]:
+    def _predicted_genre_mix(self, user_id: int) -> dict[str, Any]:
         """{"predicted_top_genres": up to 5 genres of the preference head's genre mix for the user's known
         history (the newest seq_length - 1 movies read as at inference)}; {} without that head."""
         if self.model.preference_head is None:
             return {}
-        request = self._resolve(self._user_ids_by_index[user_index], None, None)
+        request = self._resolve(user_id, None, None)
         inputs = self._model_inputs([request])
         hidden = self.model(inputs.item_seq, inputs.days, **inputs.user).hidden
         mix = self.model.predict_preference(hidden, inputs.item_seq).float().softmax(dim=-1)[0].cpu().numpy()
