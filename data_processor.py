@@ -66,6 +66,10 @@ OCCUPATIONS = (
     "tradesman/craftsman", "unemployed", "writer",
 )  # fmt: skip  # occupation code = position; occupation index = code + 1
 MIN_RATINGS_PER_USER = 3  # leave-one-out needs a training, a validation and a test event
+# The cold-start hold-outs of EVALUATION.md: these users and movies never reach training, counts or baselines.
+HOLDOUT_USER_MODULUS = 10  # UserID % 10 == 0: 604 new users
+HOLDOUT_MOVIE_MODULUS = 20  # MovieID % 20 == 0: new movies
+HOLDOUTS = ("users", "items")
 
 FORMAT_VERSION = 1  # bump when the arrays or metadata.json change meaning: stale caches are then rebuilt
 
@@ -166,18 +170,35 @@ class ML1MData:
     movie_genres: np.ndarray
     movie_years: np.ndarray
     source_md5: dict[str, str]
+    holdout: str = ""  # "", "users", "items" or "users,items": cold-start hold-outs removed (remove_held_out)
 
     @property
     def fingerprint(self) -> str:
-        """One string identifying the source files (see source_fingerprint)."""
-        return source_fingerprint(self.source_md5)
+        """One string identifying the source files and the hold-outs (see source_fingerprint)."""
+        return source_fingerprint(self.source_md5, self.holdout)
 
 
-def source_fingerprint(source_md5: dict[str, str]) -> str:
-    """sha256 over the md5 of ratings.dat, movies.dat and users.dat: equal fingerprints, equal source data."""
-    return hashlib.sha256(
-        ",".join(f"{name}:{source_md5[name]}" for name in SOURCE_FILES).encode()
-    ).hexdigest()
+def source_fingerprint(source_md5: dict[str, str], holdout: str = "") -> str:
+    """sha256 over the md5 of ratings.dat, movies.dat and users.dat (and the hold-outs, when any): equal
+    fingerprints, equal data."""
+    text = ",".join(f"{name}:{source_md5[name]}" for name in SOURCE_FILES)
+    text += f";holdout:{holdout}" if holdout else ""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def holdout_spec(holdout_users: bool, holdout_items: bool) -> str:
+    """The ML1MData.holdout string of these switches."""
+    return ",".join(name for name, on in zip(HOLDOUTS, (holdout_users, holdout_items), strict=True) if on)
+
+
+def held_out_users(user_ids: np.ndarray) -> np.ndarray:
+    """True for the UserIDs the new-user hold-out removes (EVALUATION.md: UserID % 10 == 0)."""
+    return np.asarray(user_ids) % HOLDOUT_USER_MODULUS == 0
+
+
+def held_out_movies(movie_ids: np.ndarray) -> np.ndarray:
+    """True for the MovieIDs the new-movie hold-out removes (EVALUATION.md: MovieID % 20 == 0)."""
+    return np.asarray(movie_ids) % HOLDOUT_MOVIE_MODULUS == 0
 
 
 @dataclass
@@ -670,13 +691,33 @@ def _genre_profiles(seq_offsets: np.ndarray, seq_items: np.ndarray, item_genres:
     return (profiles / profiles.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def remove_held_out(ratings: pd.DataFrame, users: UserTable, holdout: str) -> tuple[pd.DataFrame, UserTable]:
+    """The ratings and users left after the cold-start hold-outs: "users" drops the held-out users entirely
+    (table rows and ratings), "items" drops every rating of a held-out movie (the movie stays in movies.dat's
+    tables as a never-rated movie). Users left with fewer than MIN_RATINGS_PER_USER ratings are dropped too."""
+    keep = np.ones(len(ratings), dtype=bool)
+    if "items" in holdout.split(","):
+        keep &= ~held_out_movies(ratings["movie_id"].to_numpy())
+    if "users" in holdout.split(","):
+        keep &= ~held_out_users(ratings["user_id"].to_numpy())
+    ratings = ratings[keep].reset_index(drop=True)
+    enough = np.isin(users.user_ids, ratings["user_id"].to_numpy())
+    counts = ratings["user_id"].value_counts()
+    enough &= counts.reindex(users.user_ids, fill_value=0).to_numpy() >= MIN_RATINGS_PER_USER
+    ratings = ratings[np.isin(ratings["user_id"].to_numpy(), users.user_ids[enough])].reset_index(drop=True)
+    return ratings, UserTable(*(column[enough] for column in users))
+
+
 def process_ml1m(
-    sources: dict[str, SourceFile], source_md5: dict[str, str], seq_length: int, window_stride: int
+    sources: dict[str, SourceFile], source_md5: dict[str, str], seq_length: int, window_stride: int,
+    holdout: str = "",
 ) -> ML1MData:
-    """Parse, validate and featurise the three source files (no cache)."""
+    """Parse, validate and featurise the three source files (no cache), without the held-out users/movies."""
     movies = parse_movies(sources["movies.dat"])
     users = parse_users(sources["users.dat"])
     ratings = parse_ratings(sources["ratings.dat"], movies.movie_ids, users.user_ids)
+    if holdout:
+        ratings, users = remove_held_out(ratings, users, holdout)
 
     rated_movie_ids = np.unique(ratings["movie_id"].to_numpy())
     seq_offsets, events = _timelines(ratings, users, rated_movie_ids)
@@ -732,6 +773,7 @@ def process_ml1m(
         movie_genres=movies.genres,
         movie_years=movie_year_index,
         source_md5=source_md5,
+        holdout=holdout,
     )
 
 
@@ -766,10 +808,10 @@ def eval_inputs(data: ML1MData, split: Literal["val", "test"], seq_length: int) 
 # Loading with a cache
 
 
-def _cache_key(source_md5: dict[str, str], seq_length: int, window_stride: int) -> str:
+def _cache_key(source_md5: dict[str, str], seq_length: int, window_stride: int, holdout: str) -> str:
     spec = {
         "format_version": FORMAT_VERSION,
-        "source_fingerprint": source_fingerprint(source_md5),
+        "source_fingerprint": source_fingerprint(source_md5, holdout),
         "seq_length": seq_length,
         "window_stride": window_stride,
     }
@@ -808,6 +850,8 @@ def load_dataset(
     window_stride: int | None = None,
     verify: bool = True,
     strict: bool = False,
+    holdout_users: bool = False,
+    holdout_items: bool = False,
 ) -> ML1MData:
     """Load MovieLens 1M as an ML1MData.
 
@@ -817,6 +861,7 @@ def load_dataset(
     window_stride: stride of the training windows (default seq_length // 2).
     verify: compare the source files' md5 with the GroupLens originals; a difference is a
         SourceChecksumWarning, or a ChecksumMismatchError when `strict`.
+    holdout_users / holdout_items: leave out the cold-start hold-outs of EVALUATION.md (remove_held_out).
     Raises DataError (DataFormatError for a malformed file, naming file, line and content) or
     FileNotFoundError for a bad data_dir.
     """
@@ -825,13 +870,15 @@ def load_dataset(
     source_md5 = {name: hashlib.md5(source.raw).hexdigest() for name, source in sources.items()}
     if verify:
         _verify_sources(sources, source_md5, strict)
+    holdout = holdout_spec(holdout_users, holdout_items)
     if cache_dir is None:
-        return process_ml1m(sources, source_md5, seq_length, window_stride)
-    cache_path = Path(cache_dir) / f"ml1m_T{seq_length}_S{window_stride}.npz"
-    key = _cache_key(source_md5, seq_length, window_stride)
+        return process_ml1m(sources, source_md5, seq_length, window_stride, holdout)
+    suffix = f"_holdout-{holdout.replace(',', '-')}" if holdout else ""
+    cache_path = Path(cache_dir) / f"ml1m_T{seq_length}_S{window_stride}{suffix}.npz"
+    key = _cache_key(source_md5, seq_length, window_stride, holdout)
     data = _read_cache(cache_path, key)
     if data is None:
-        data = process_ml1m(sources, source_md5, seq_length, window_stride)
+        data = process_ml1m(sources, source_md5, seq_length, window_stride, holdout)
         _write_cache(cache_path, key, data)
         log.info("cached the processed arrays in %s", cache_path)
     return data
@@ -935,7 +982,7 @@ def build_metadata(data: ML1MData) -> dict[str, Any]:
         "fingerprint": data.fingerprint,
         "source_md5": dict(data.source_md5),
         "matches_grouplens_original": data.source_md5 == GROUPLENS_MD5,
-        "params": {"seq_length": data.seq_length, "window_stride": data.window_stride},
+        "params": {"seq_length": data.seq_length, "window_stride": data.window_stride, "holdout": data.holdout},
         "sizes": {
             "pad_index": PAD_INDEX,
             "mask_index": mask_index(data.num_items),

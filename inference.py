@@ -46,7 +46,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,13 +299,15 @@ class RecommendationEngine:
         timestamps: Sequence[Sequence[int] | None] | None = None,
         filter_seen: bool = True,
         batch_size: int = 512,
+        demographics: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> BatchScores:
         """Scores of every movie for many users, batch_size users per forward pass (offline use).
 
-        Each row follows get_recommendations' rules for (user_ids[i], item_sequences[i], timestamps[i]);
-        item_sequences None = every user's known history.
+        Each row follows get_recommendations' rules for (user_ids[i], item_sequences[i], timestamps[i],
+        **demographics[i]); item_sequences None = every user's known history; demographics[i] is None or a dict
+        with any of gender, age, occupation (a new user's, or overrides of a known user's).
         """
-        requests = self._resolve_batch(user_ids, item_sequences, timestamps)
+        requests = self._resolve_batch(user_ids, item_sequences, timestamps, demographics)
         scores = self._score(requests, filter_seen, _positive_int(batch_size, "batch_size"))
         return BatchScores(self._item_movie_ids[1:-1], scores[:, 1:-1], [r.strategy for r in requests])
 
@@ -318,11 +320,12 @@ class RecommendationEngine:
         filter_seen: bool = True,
         batch_size: int = 512,
         min_predicted_rating: float | None = None,
+        demographics: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[list[dict[str, Any]]]:
         """get_recommendations for many users at once (see score_batch); one list per user, in order."""
         k = _positive_int(k, "k")
         threshold = self._rating_threshold(min_predicted_rating)
-        requests = self._resolve_batch(user_ids, item_sequences, timestamps)
+        requests = self._resolve_batch(user_ids, item_sequences, timestamps, demographics)
         scores, hidden = self._score_and_hidden(requests, filter_seen, _positive_int(batch_size, "batch_size"))
         return self._top_k(scores, hidden, k, requests, threshold)
 
@@ -504,6 +507,7 @@ class RecommendationEngine:
         item_sequence: Sequence[int] | None = None,
         k: int = 10,
         filter_seen: bool = True,
+        movie_ids: Sequence[int] | None = None,
     ) -> list[dict[str, Any]]:
         """The k never-rated movies closest to the history's genres and era (strategy "genre_similarity").
 
@@ -512,6 +516,7 @@ class RecommendationEngine:
         The history is item_sequence (cold items included) or the user's known history; an empty one uses
         the genre mix of all training ratings and no year term. The score ranks cold movies among themselves
         only: it is not on the model's scale. Each record adds genre_similarity, year_proximity, matched_genres.
+        movie_ids: rank only these MovieIDs (each must be a movie the model has no embedding for).
         """
         k = _positive_int(k, "k")
         request = self._resolve(user_id, item_sequence, None, None, None, None)
@@ -523,6 +528,8 @@ class RecommendationEngine:
         years = self._movie_years[history_rows]
         reference_year = np.nanmedian(years) if np.isfinite(years).any() else np.nan
         cold_rows = np.flatnonzero(self._item_of_movie[self._movie_ids] == PAD_INDEX)
+        if movie_ids is not None:
+            cold_rows = self._candidate_rows(_as_id_array(movie_ids, "movie_ids"), cold_rows)
         if filter_seen:
             cold_rows = np.setdiff1d(cold_rows, history_rows)
         genres = self._movie_genres[cold_rows]
@@ -543,6 +550,17 @@ class RecommendationEngine:
             }
             for rank, i in enumerate(order.tolist(), start=1)
         ]
+
+    def _candidate_rows(self, movie_ids: np.ndarray, cold_rows: np.ndarray) -> np.ndarray:
+        """Rows (of the movie table) of movie_ids, all of them never-rated movies, in cold_rows' order."""
+        unknown = [m for m in movie_ids.tolist() if m not in self._movies]
+        if unknown:
+            raise UnknownItemError(f"movie_ids: unknown MovieID(s) {unknown[:10]}: not in the metadata's movies")
+        rows = self._movie_row[movie_ids]
+        warm = movie_ids[~np.isin(rows, cold_rows)].tolist()
+        if warm:
+            raise InferenceError(f"movie_ids: MovieID(s) {warm[:10]} have an embedding: get_recommendations ranks them")
+        return cold_rows[np.isin(cold_rows, rows)]
 
     # ------------------------------------------------------------------------------------------------------
     # Resolving a request: ids -> model indices, strategy
@@ -590,16 +608,20 @@ class RecommendationEngine:
         user_ids: Sequence[int | None],
         item_sequences: Sequence[Sequence[int] | None] | None,
         timestamps: Sequence[Sequence[int] | None] | None,
+        demographics: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[_Request]:
         if item_sequences is not None and len(item_sequences) != len(user_ids):
             raise InferenceError(f"item_sequences has {len(item_sequences)} rows for {len(user_ids)} user_ids")
         if timestamps is not None and (item_sequences is None or len(timestamps) != len(user_ids)):
             raise InferenceError("timestamps need item_sequences, one row per user")
+        if demographics is not None and len(demographics) != len(user_ids):
+            raise InferenceError(f"demographics has {len(demographics)} rows for {len(user_ids)} user_ids")
         requests = [
             self._resolve(
                 user_id,
                 None if item_sequences is None else item_sequences[row],
                 None if timestamps is None else timestamps[row],
+                **_demographic_fields(None if demographics is None else demographics[row], row),
             )
             for row, user_id in enumerate(user_ids)
         ]
@@ -938,6 +960,15 @@ def _positive_int(value: Any, name: str) -> int:
     if value <= 0:
         raise InferenceError(f"{name} must be positive, got {value}")
     return value
+
+
+def _demographic_fields(row: Mapping[str, Any] | None, index: int) -> dict[str, Any]:
+    """One row of a batch's demographics as _resolve's keyword arguments."""
+    if row is None:
+        return {}
+    if not isinstance(row, Mapping) or set(row) - {"gender", "age", "occupation"}:
+        raise InferenceError(f"demographics[{index}] must be None or a dict of gender, age, occupation; got {row!r}")
+    return dict(row)
 
 
 def _as_id_array(values: Sequence[int], name: str) -> np.ndarray:

@@ -87,6 +87,8 @@ class TrainConfig:
     cache_dir: str | None = None
     metadata_path: str | None = None  # None: metadata.json beside the checkpoints
     window_stride: int | None = None
+    holdout_users: bool = False
+    holdout_items: bool = False
     # model (the seed's defaults)
     hidden_size: int = 256
     num_heads: int = 4
@@ -198,6 +200,10 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     add("metadata_path", "where the metadata.json that inference.py needs is written (None: "
         "<checkpoint_dir>/metadata.json, where inference.py looks for it)")
     add("window_stride", "stride of the training sliding windows (None: seq_length // 2)", type=int)
+    switch("holdout_users", "leave the cold-start protocol's new users (UserID %% 10 == 0) out of training, counts, "
+           "baselines and model selection (EVALUATION.md; benchmarks/cold_start.py)")
+    switch("holdout_items", "leave the cold-start protocol's new movies (MovieID %% 20 == 0) out of every training "
+           "sequence and count")
     group = parser.add_argument_group("model")
     add("hidden_size", "transformer hidden dimension", type=int)
     add("num_heads", "attention heads", type=int)
@@ -665,7 +671,7 @@ def check_resumable(checkpoint: dict, model_config: ModelConfig, config: TrainCo
     if checkpoint["data_fingerprint"] != fingerprint:
         raise TrainingError(f"checkpoint {path} was trained on other data (fingerprint "
                             f"{checkpoint['data_fingerprint'][:12]} vs {fingerprint[:12]}): "
-                            "resume with the same --data_dir and --seq_length/--window_stride")
+                            "resume with the same --data_dir, --seq_length/--window_stride and hold-outs")
     if checkpoint["model_config"] != model_config.to_dict():
         differ = sorted(k for k, v in model_config.to_dict().items() if checkpoint["model_config"].get(k) != v)
         raise TrainingError(f"checkpoint {path} has another model configuration (differs in {', '.join(differ)}): "
@@ -847,7 +853,8 @@ def run_training(config: TrainConfig, runtime: Runtime) -> tuple[EnhancedBERT4Re
     log = print if runtime.is_main else (lambda *args, **kwargs: None)
 
     data = load_dataset(config.data_dir, cache_dir=config.cache_dir, seq_length=config.seq_length,
-                        window_stride=config.window_stride)
+                        window_stride=config.window_stride, holdout_users=config.holdout_users,
+                        holdout_items=config.holdout_items)
     fingerprint = data.fingerprint
     model_config = build_model_config(config, data)
     model = EnhancedBERT4Rec(model_config).to(runtime.device)

@@ -1,0 +1,351 @@
+"""Cold start and short histories on the real ML-1M: where the side information pays (EVALUATION.md, section
+"Cold start and short histories").
+
+Trains (or finds) the full model and plain BERT4Rec with both hold-outs (--holdout_users: UserID % 10 == 0;
+--holdout_items: MovieID % 20 == 0) for every seed, then scores every row through the public RecommendationEngine
+API, so the table measures what a user of the engine gets:
+- new users, n = 0, 1, 3, 5, 10: a held-out user's first n ratings (time order, held-out movies left out, as the
+  models' world has them) and their gender, age group and occupation; the target is the next rating;
+- short context, n = 1, 3, 5, 10: a known user's standard test target from only the newest n events of the
+  standard test input (identity and demographics as usual; the whole test input is excluded from the ranking);
+- new items: every known user whose test item (in the full data) is a held-out movie ranks the held-out movies
+  (get_cold_item_recommendations, from the user's history and the movies' genres and years).
+Baselines: popularity over the training part; demographic popularity (training users of the same gender and age
+group); plain BERT4Rec trained on the same users; for new items the expected value of a random order. Ranking:
+all rated movies, seen excluded, ties counted against the target (trainer.target_ranks). The rating rows measure
+the rating head on the known users' recommendations: the top 10 from the training part, where the user rated the
+movie later (validation or test event), against the bias baseline on the same movies.
+
+Writes cold_start.md and cold_start.json into --out. Finished runs (results.json) are read, an interrupted run is
+resumed from its last.pt, so the benchmark continues across sessions.
+
+    python benchmarks/cold_start.py --data_dir ../shared/data/ml-1m --seeds 0 1 --out runs/cold_start
+"""
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from data_processor import AGE_GROUPS, GENDERS, ML1MData, held_out_movies, load_dataset  # noqa: E402
+from inference import RecommendationEngine  # noqa: E402
+from trainer import fit_bias_baseline, ranking_metrics, target_ranks, training_events  # noqa: E402
+
+PLAIN = ["--no-use_item_side_info", "--no-use_user_tokens", "--no-use_temporal", "--next_item_weight", "0",
+         "--rating_prediction_weight", "0", "--user_preference_weight", "0"]
+MODELS = {"full": [], "plain": PLAIN}
+NEW_USER_N = (0, 1, 3, 5, 10)
+SHORT_CONTEXT_N = (1, 3, 5, 10)
+TARGETS = {  # row prefix -> (required ratio, what the full model is compared with)
+    "new users, n = 0": (1.1, ("demographic popularity",)),
+    "new users, n = 1": (1.2, ("demographic popularity", "plain BERT4Rec")),
+    "new users, n = 3": (1.2, ("demographic popularity", "plain BERT4Rec")),
+    "new users, n = 5": (1.2, ("demographic popularity", "plain BERT4Rec")),
+    "short context, n = 1": (1.1, ("plain BERT4Rec",)),
+    "short context, n = 3": (1.1, ("plain BERT4Rec",)),
+}
+NEW_ITEMS_TARGET = 3.0  # HR@10 >= 3x a random order
+
+
+@dataclass
+class Cases:
+    """One row's evaluation set: engine inputs (MovieIDs) and targets, and what the baselines need."""
+
+    user_ids: list  # UserID or None (a new user)
+    sequences: list  # MovieIDs in time order
+    timestamps: list
+    demographics: list  # dict of gender/age/occupation, or None
+    seen: list  # MovieIDs excluded from the ranking
+    targets: np.ndarray  # MovieIDs
+    groups: np.ndarray  # (gender index, age index) per case
+
+
+def train_one(model: str, seed: int, args: argparse.Namespace) -> Path:
+    """One trainer.py run with both hold-outs; skipped when finished, resumed when a last.pt is there."""
+    out = Path(args.out) / f"{model}_seed{seed}"
+    if (out / "results.json").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "last.pt").is_file():
+        flags = ["--resume", str(out / "last.pt")]
+    else:
+        flags = [*shlex.split(args.config), "--holdout_users", "--holdout_items", "--max_epochs", str(args.max_epochs),
+                 "--seed", str(seed), *MODELS[model]]
+    command = [sys.executable, str(REPO / "trainer.py"), *flags, "--data_dir", args.data_dir,
+               "--checkpoint_dir", str(out), "--no-progress"]
+    with open(out / "train.log", "a") as log:
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=REPO)
+    return out
+
+
+def events(data: ML1MData, u: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """User row u's events in time order: MovieIDs, timestamps, item indices."""
+    start, stop = data.seq_offsets[u], data.seq_offsets[u + 1]
+    items = data.seq_items[start:stop]
+    return data.item_movie_ids[items], data.seq_timestamps[start:stop], items
+
+
+def demographics_of(data: ML1MData, u: int) -> dict:
+    return {"gender": GENDERS[data.user_gender[u] - 1], "age": list(AGE_GROUPS.values())[data.user_age[u] - 1],
+            "occupation": int(data.user_occupation[u]) - 1}
+
+
+def new_user_cases(world: ML1MData, n: int) -> Cases:
+    """The held-out users' first n ratings (world: the data without the held-out movies, all users) -> rating n+1."""
+    cases = Cases([], [], [], [], [], np.zeros(0, np.int64), np.zeros((0, 2), np.int64))
+    targets, groups = [], []
+    for u in range(1, world.num_users + 1):
+        if world.user_ids[u] % 10 or world.seq_offsets[u + 1] - world.seq_offsets[u] <= n:
+            continue
+        movies, timestamps, _ = events(world, u)
+        cases.user_ids.append(None)
+        cases.sequences.append(movies[:n].tolist())
+        cases.timestamps.append(timestamps[:n].tolist())
+        cases.demographics.append(demographics_of(world, u))
+        cases.seen.append(movies[:n])
+        targets.append(movies[n])
+        groups.append((world.user_gender[u], world.user_age[u]))
+    cases.targets, cases.groups = np.array(targets), np.array(groups)
+    return cases
+
+
+def short_context_cases(known: ML1MData, n: int) -> Cases:
+    """Known users' standard test target from the newest n events of the standard test input."""
+    cases = Cases([], [], [], [], [], np.zeros(0, np.int64), np.zeros((0, 2), np.int64))
+    targets, groups = [], []
+    for u in range(1, known.num_users + 1):
+        movies, timestamps, _ = events(known, u)
+        cases.user_ids.append(int(known.user_ids[u]))
+        cases.sequences.append(movies[-1 - n:-1].tolist())
+        cases.timestamps.append(timestamps[-1 - n:-1].tolist())
+        cases.demographics.append(None)
+        cases.seen.append(movies[:-1])
+        targets.append(movies[-1])
+        groups.append((known.user_gender[u], known.user_age[u]))
+    cases.targets, cases.groups = np.array(targets), np.array(groups)
+    return cases
+
+
+def popularity_scores(known: ML1MData, universe: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Training-part counts over `universe` (MovieIDs): overall, and per (gender index, age index) group."""
+    users, items, _ = training_events(known)
+    columns = np.searchsorted(universe, known.item_movie_ids[items])
+    overall = np.bincount(columns, minlength=len(universe)).astype(np.float64)
+    by_group = {}
+    for gender in range(1, known.num_genders):
+        for age in range(1, known.num_ages):
+            member = (known.user_gender[users] == gender) & (known.user_age[users] == age)
+            by_group[(gender, age)] = np.bincount(columns[member], minlength=len(universe)).astype(np.float64)
+    return overall, by_group
+
+
+def ranks_of(scores: torch.Tensor, universe: np.ndarray, cases: Cases) -> torch.Tensor:
+    """0-based pessimistic ranks of the targets among `universe` (scores' columns), the seen movies excluded."""
+    scores = scores.clone()
+    for row, seen in enumerate(cases.seen):
+        columns = np.searchsorted(universe, seen)
+        scores[row, torch.from_numpy(columns[universe[np.minimum(columns, len(universe) - 1)] == seen])] = -math.inf
+    targets = torch.from_numpy(np.searchsorted(universe, cases.targets))
+    return target_ranks(scores, targets)
+
+
+def engine_scores(engine: RecommendationEngine, cases: Cases, universe: np.ndarray) -> torch.Tensor:
+    """The engine's scores (score_batch) spread over `universe`; movies the model cannot score get -inf."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # held-out movies in an input: the engine skips them, as designed
+        batch = engine.score_batch(cases.user_ids, cases.sequences, cases.timestamps, demographics=cases.demographics)
+    scores = torch.full((len(cases.targets), len(universe)), -math.inf)
+    scores[:, torch.from_numpy(np.searchsorted(universe, batch.movie_ids))] = batch.scores.float()
+    return scores
+
+
+def baseline_ranks(cases: Cases, universe: np.ndarray, overall: np.ndarray, by_group: dict) -> dict:
+    popular = torch.from_numpy(np.tile(overall, (len(cases.targets), 1)))
+    by_demographics = torch.from_numpy(np.stack([by_group[tuple(g)] for g in cases.groups.tolist()]))
+    return {"popularity": ranks_of(popular, universe, cases),
+            "demographic popularity": ranks_of(by_demographics, universe, cases)}
+
+
+def new_item_rows(full: ML1MData, known: ML1MData, engines: dict) -> dict:
+    """Known users whose full-data test item is a held-out movie rank the held-out movies from their history."""
+    candidates = full.item_movie_ids[1:-1][held_out_movies(full.item_movie_ids[1:-1])]
+    known_users = set(known.user_ids[1:].tolist())
+    engine = next(iter(engines.values()))[0]  # the cold-item ranking reads only the metadata
+    ranks, random_hr, random_ndcg = [], [], []
+    discounts = 1.0 / np.log2(np.arange(10) + 2.0)
+    for u in range(1, full.num_users + 1):
+        movies, _, _ = events(full, u)
+        if full.user_ids[u] not in known_users or not held_out_movies(movies[-1]):
+            continue
+        listed = engine.get_cold_item_recommendations(int(full.user_ids[u]), movies[:-1].tolist(),
+                                                      k=len(candidates), movie_ids=candidates.tolist())
+        scores = {r["movie_id"]: r["score"] for r in listed}
+        ranks.append(sum(score >= scores[movies[-1]] for score in scores.values()) - 1)
+        count = len(listed)
+        random_hr.append(min(10, count) / count)
+        random_ndcg.append(discounts[: min(10, count)].sum() / count)
+    metrics = ranking_metrics(torch.tensor(ranks), (10,))
+    return {"cases": len(ranks), "candidates": len(candidates),
+            "random order": {"HR@10": float(np.mean(random_hr)), "NDCG@10": float(np.mean(random_ndcg))},
+            "engine (genre and year similarity)": {"HR@10": metrics["HR@10"], "NDCG@10": metrics["NDCG@10"]}}
+
+
+def rating_rows(known: ML1MData, engine: RecommendationEngine) -> dict:
+    """RMSE of the rating head on the movies of each known user's top 10 (from the training part) that the user
+    rated later (validation or test event), beside the bias baseline on the same movies and on all test events."""
+    user_ids, sequences, timestamps, later = [], [], [], []
+    for u in range(1, known.num_users + 1):
+        movies, stamps, _ = events(known, u)
+        ratings = known.seq_ratings[known.seq_offsets[u]:known.seq_offsets[u + 1]]
+        user_ids.append(int(known.user_ids[u]))
+        sequences.append(movies[:-2].tolist())
+        timestamps.append(stamps[:-2].tolist())
+        later.append(dict(zip(movies[-2:].tolist(), ratings[-2:].tolist(), strict=True)))
+    recommended = engine.recommend_batch(user_ids, sequences, timestamps, k=10)
+    mu, user_bias, item_bias = fit_bias_baseline(*training_events(known))
+    item_of = {m: i for i, m in enumerate(known.item_movie_ids.tolist()) if m >= 0}
+    predicted, baseline, actual = [], [], []
+    for row, records in enumerate(recommended):
+        for record in records:
+            if record["movie_id"] in later[row]:
+                predicted.append(record["predicted_rating"])
+                baseline.append(np.clip(mu + user_bias[row + 1] + item_bias[item_of[record["movie_id"]]], 1, 5))
+                actual.append(later[row][record["movie_id"]])
+    actual_array = np.array(actual, dtype=np.float64)
+
+    def rmse(values: list) -> float:
+        return float(np.sqrt(np.mean((np.array(values) - actual_array) ** 2))) if values else math.nan
+
+    return {"recommended_and_rated_later": len(actual), "rating_head_rmse": rmse(predicted),
+            "bias_baseline_rmse": rmse(baseline), "mean_actual_rating": float(actual_array.mean())}
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    runs = {(model, seed): train_one(model, seed, args) for seed in args.seeds for model in MODELS}
+    full = load_dataset(args.data_dir)
+    world = load_dataset(args.data_dir, holdout_items=True)
+    known = load_dataset(args.data_dir, holdout_users=True, holdout_items=True)
+    universe = full.item_movie_ids[1:-1]
+    overall, by_group = popularity_scores(known, universe)
+    engines = {key: (RecommendationEngine(path / "best_model.pt", path / "metadata.json", device="cpu"),)
+               for key, path in runs.items()}
+    rows = {}
+    for label, cases in [*[(f"new users, n = {n}", new_user_cases(world, n)) for n in NEW_USER_N],
+                         *[(f"short context, n = {n}", short_context_cases(known, n)) for n in SHORT_CONTEXT_N]]:
+        if not len(cases.targets):
+            print(label, "no cases (no user has enough ratings)", flush=True)
+            continue
+        row = {"cases": len(cases.targets)}
+        row.update({name: ranking_metrics(r, (10,)) for name, r in baseline_ranks(cases, universe, overall,
+                                                                                  by_group).items()})
+        for model in MODELS:
+            per_seed = [ranking_metrics(ranks_of(engine_scores(engines[(model, s)][0], cases, universe), universe,
+                                                 cases), (10,)) for s in args.seeds]
+            row[model] = per_seed
+        rows[label] = row
+        print(label, summary_line(row), flush=True)
+    first_full = engines[("full", args.seeds[0])][0]
+    return {"rows": rows, "new_items": new_item_rows(full, known, engines), "seeds": list(args.seeds),
+            "rating": {f"full, seed {s}": rating_rows(known, engines[("full", s)][0]) for s in args.seeds},
+            "runs": {f"{m}_seed{s}": json.loads((p / "results.json").read_text())["test"] for (m, s), p in
+                     runs.items()},
+            "machine": json.loads((runs[("full", args.seeds[0])] / "results.json").read_text()).get("machine"),
+            "engine_items": int(first_full.config.num_items)}
+
+
+def mean_and_spread(per_seed: list, metric: str) -> tuple[float, float]:
+    values = [m[metric] for m in per_seed]
+    return statistics.mean(values), max(values) - min(values)
+
+
+def summary_line(row: dict) -> str:
+    full = mean_and_spread(row["full"], "NDCG@10")[0]
+    return " ".join(f"{name}={row[name]['NDCG@10']:.4f}" for name in ("popularity", "demographic popularity")) + \
+        f" plain={mean_and_spread(row['plain'], 'NDCG@10')[0]:.4f} full={full:.4f}"
+
+
+def best_baseline(row: dict, names: tuple) -> tuple[str, float]:
+    values = {"plain BERT4Rec" if name == "plain" else name:
+              mean_and_spread(row[name], "NDCG@10")[0] if name == "plain" else row[name]["NDCG@10"]
+              for name in ("popularity", "demographic popularity", "plain")}
+    values = {name: value for name, value in values.items() if name in names}
+    name = max(values, key=values.get)
+    return name, values[name]
+
+
+def table(result: dict) -> str:
+    """cold_start.md: the rows, the targets and the rating-quality figures."""
+    lines = ["| row | cases | popularity HR@10 / NDCG@10 | demographic popularity | plain BERT4Rec (spread) "
+             "| full model (spread) | full / best baseline (NDCG@10) |", "|---|---|---|---|---|---|---|"]
+    for label, row in result["rows"].items():
+        cells = [f"{row[name]['HR@10']:.4f} / {row[name]['NDCG@10']:.4f}"
+                 for name in ("popularity", "demographic popularity")]
+        for model in MODELS:
+            hr, _ = mean_and_spread(row[model], "HR@10")
+            ndcg, spread = mean_and_spread(row[model], "NDCG@10")
+            cells.append(f"{hr:.4f} / {ndcg:.4f} ({spread:.4f})")
+        name, value = best_baseline(row, ("popularity", "demographic popularity", "plain BERT4Rec"))
+        ratio = mean_and_spread(row["full"], "NDCG@10")[0] / value if value else math.inf
+        lines.append(f"| {label} | {row['cases']} | {' | '.join(cells)} | {ratio:.2f}x ({name}) |")
+    items = result["new_items"]
+    engine = items["engine (genre and year similarity)"]
+    lines.append(f"| new items ({items['candidates']} held-out movies ranked) | {items['cases']} | random order: "
+                 f"{items['random order']['HR@10']:.4f} / {items['random order']['NDCG@10']:.4f} | - | - "
+                 f"| engine: {engine['HR@10']:.4f} / {engine['NDCG@10']:.4f} "
+                 f"| {engine['HR@10'] / items['random order']['HR@10']:.2f}x (random order, HR@10) |")
+    lines += ["", "| target | required | measured | met |", "|---|---|---|---|"]
+    for label, (required, names) in TARGETS.items():
+        if label not in result["rows"]:
+            continue
+        row = result["rows"][label]
+        full, spread = mean_and_spread(row["full"], "NDCG@10")
+        name, value = best_baseline(row, names)
+        ratio = full / value if value else math.inf
+        lines.append(f"| {label}: full NDCG@10 vs {name} | >= {required}x | {ratio:.2f}x ({full:.4f} +- "
+                     f"{spread / 2:.4f} vs {value:.4f}) | {'yes' if ratio >= required else 'no'} |")
+    ratio = engine["HR@10"] / items["random order"]["HR@10"]
+    lines.append(f"| new items: HR@10 vs random order | >= {NEW_ITEMS_TARGET}x | {ratio:.2f}x | "
+                 f"{'yes' if ratio >= NEW_ITEMS_TARGET else 'no'} |")
+    lines += ["", "| rating head | recommended movies rated later | rating head RMSE | bias baseline RMSE |",
+              "|---|---|---|---|"]
+    for name, r in result["rating"].items():
+        lines.append(f"| {name} | {r['recommended_and_rated_later']} | {r['rating_head_rmse']:.4f} "
+                     f"| {r['bias_baseline_rmse']:.4f} |")
+    lines.append("")
+    lines.append(f"Seeds {', '.join(map(str, result['seeds']))}; machine: {result['machine']}.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="the ml-1m folder")
+    parser.add_argument("--out", default="runs/cold_start", help="run folders, cold_start.md and cold_start.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--config", default="@configs/cpu_budget.txt",
+                        help="trainer flags of both models (a flags file and/or flags, one string)")
+    parser.add_argument("--max_epochs", type=int, default=10, help="training epochs of each model")
+    args = parser.parse_args(argv)
+    result = evaluate(args)
+    out = Path(args.out)
+    (out / "cold_start.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "cold_start.md").write_text(table(result) + "\n")
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
