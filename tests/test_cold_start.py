@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from benchmarks.cold_start import (
-    Cases, main as cold_start_main, new_user_cases, popularity_scores, ranks_of, short_context_cases,
+    Cases,
+    new_user_cases,
+    popularity_scores,
+    ranks_of,
+    short_context_cases,
+)
+from benchmarks.cold_start import (
+    main as cold_start_main,
 )
 from data_processor import held_out_movies, held_out_users, load_dataset, load_metadata
 from inference import InferenceError, RecommendationEngine, UnknownUserError
