@@ -65,13 +65,15 @@ OCCUPATIONS = (
     "lawyer", "programmer", "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer",
     "tradesman/craftsman", "unemployed", "writer",
 )  # fmt: skip  # occupation code = position; occupation index = code + 1
+MAX_ID = 10_000_000  # MovieIDs/UserIDs index lookup tables: a larger id is refused, not allocated
 MIN_RATINGS_PER_USER = 3  # leave-one-out needs a training, a validation and a test event
 # The cold-start hold-outs of EVALUATION.md: these users and movies never reach training, counts or baselines.
 HOLDOUT_USER_MODULUS = 10  # UserID % 10 == 0: 604 new users
 HOLDOUT_MOVIE_MODULUS = 20  # MovieID % 20 == 0: new movies
 HOLDOUTS = ("users", "items")
 
-FORMAT_VERSION = 1  # bump when the arrays or metadata.json change meaning: stale caches are then rebuilt
+# Bump when the arrays or metadata.json change meaning: stale caches are then rebuilt (2: content_sha256)
+FORMAT_VERSION = 2
 
 SOURCE_FILES = ("ratings.dat", "movies.dat", "users.dat")
 GROUPLENS_MD5 = {
@@ -500,10 +502,18 @@ def _check_field_counts(source: SourceFile, table: bytes, num_fields: int) -> No
 
 
 def _read_table(source: SourceFile, columns: tuple[str, ...], int_columns: tuple[str, ...]) -> pd.DataFrame:
-    """Parse a '::'-separated file (latin-1, or UTF-8: source_encoding) with pandas' C engine (the separator
-    becomes a tab first)."""
-    raw = source.raw
+    """Parse a '::'-separated file (latin-1, or UTF-8: source_encoding; CRLF line ends allowed) with pandas' C
+    engine (the separator becomes a tab first). Integer columns must be written as integers: pandas alone would
+    also take "3.0" or "1e5", so they are checked as text (a byte scan when every column is an integer)."""
+    raw = source.raw.replace(b"\r\n", b"\n").removeprefix(b"\xef\xbb\xbf")  # Windows line ends, UTF-8 BOM
     encoding = source_encoding(raw)
+    # NUL (UTF-16/32) and, read as latin-1, bytes 0x80-0x9f (control characters there; the accents of cp437 or
+    # mac-roman) mean another encoding: refused rather than read as garbled titles
+    foreign = re.search(rb"\x00" if encoding == "utf-8" else rb"[\x00\x80-\x9f]", raw)
+    if foreign:
+        raise _row_error(source, raw.count(b"\n", 0, foreign.start()),
+                         f"byte 0x{raw[foreign.start()]:02x} cannot be in ML-1M's latin-1 text: the file was saved in "
+                         "another encoding (UTF-16? cp437?); re-download ML-1M or save it as latin-1 or UTF-8")
     if not raw.strip():
         raise DataFormatError(f"{source.label}: the file is empty; re-download ML-1M")
     if not raw.endswith(b"\n"):
@@ -512,6 +522,10 @@ def _read_table(source: SourceFile, columns: tuple[str, ...], int_columns: tuple
         )
     table = raw.replace(b"::", b"\t")
     _check_field_counts(source, table, len(columns))
+    stray = re.search(rb"(?m)(?:^|\t):|:(?:\t|$)", table)  # ":::" or a lone ':' beside a separator
+    if stray:
+        raise _row_error(source, table.count(b"\n", 0, stray.start()),
+                         "a field begins or ends with ':' (a broken '::' separator?)")
 
     def parse(dtypes: dict[str, Any]) -> pd.DataFrame:
         return pd.read_csv(
@@ -526,19 +540,21 @@ def _read_table(source: SourceFile, columns: tuple[str, ...], int_columns: tuple
             engine="c",
         )
 
-    try:
-        return parse({name: np.int64 if name in int_columns else str for name in columns})
-    except ValueError as exc:
-        as_text = parse(dict.fromkeys(columns, str))
-        first_bad = [
-            (int(rows[0]), name)
-            for name in int_columns
-            if (rows := np.flatnonzero(~as_text[name].str.fullmatch(r"-?\d{1,18}").to_numpy())).size
-        ]
-        if first_bad:
-            row, name = min(first_bad)
-            raise _row_error(source, row, f"{name} is not an integer") from None
-        raise DataFormatError(f"{source.label}: {exc}") from exc
+    if int_columns == columns:  # ratings.dat: a fast byte scan, then pandas' integer parser
+        stray = re.search(rb"[^0-9\t\n-]", table)
+        if stray is None:
+            with contextlib.suppress(ValueError, OverflowError):  # e.g. "1-2": found by the text check below
+                return parse(dict.fromkeys(columns, np.int64))
+    as_text = parse(dict.fromkeys(columns, str))
+    first_bad = [
+        (int(rows[0]), name)
+        for name in int_columns
+        if (rows := np.flatnonzero(~as_text[name].str.fullmatch(r"-?[0-9]{1,18}").to_numpy())).size
+    ]
+    if first_bad:
+        row, name = min(first_bad)
+        raise _row_error(source, row, f"{name} is not an integer")
+    return as_text.astype(dict.fromkeys(int_columns, np.int64))
 
 
 class MovieTable(NamedTuple):
@@ -573,6 +589,7 @@ def release_years(titles: pd.Series) -> np.ndarray:
 def parse_movies(source: SourceFile) -> MovieTable:
     """Parse and validate movies.dat (MovieID::Title::Genres)."""
     movies = _read_table(source, ("movie_id", "title", "genres"), ("movie_id",))
+    _check_rows(source, ~movies["movie_id"].between(1, MAX_ID), f"MovieID must be 1..{MAX_ID:,}")
     _check_rows(source, movies["movie_id"].duplicated(), "duplicate MovieID")
     dummies = movies["genres"].str.get_dummies(sep="|")
     unknown = [name for name in dummies.columns if name not in GENRES]
@@ -595,6 +612,7 @@ def parse_users(source: SourceFile) -> UserTable:
     """Parse and validate users.dat (UserID::Gender::Age::Occupation::Zip-code)."""
     columns = ("user_id", "gender", "age", "occupation", "zip_code")
     users = _read_table(source, columns, ("user_id", "age", "occupation"))
+    _check_rows(source, ~users["user_id"].between(1, MAX_ID), f"UserID must be 1..{MAX_ID:,}")
     _check_rows(source, users["user_id"].duplicated(), "duplicate UserID")
     _check_rows(source, ~users["gender"].isin(GENDERS), "gender must be F or M")
     _check_rows(
@@ -1024,19 +1042,39 @@ def build_metadata(data: ML1MData) -> dict[str, Any]:
 _ID_KEYED = ("item_index_by_movie_id", "user_index_by_user_id", "movies", "users")
 
 
+_CHECKSUM_HEAD = re.compile(rb'\{"content_sha256":"([0-9a-f]{64})",')
+
+
 def save_metadata(data: ML1MData, path: str | Path) -> Path:
-    """Write build_metadata(data) as JSON, atomically (temporary file + os.replace). Returns the path."""
+    """Write build_metadata(data) as JSON, atomically (temporary file + os.replace). Returns the path.
+
+    The file opens with "content_sha256", the sha256 of the bytes after it, so load_metadata finds any change
+    made since (a flipped digit in a history would otherwise be read as data)."""
     path = Path(path)
+    body = json.dumps(build_metadata(data), ensure_ascii=False, separators=(",", ":")).encode("utf-8")[1:]
     with _atomic_file(path) as handle:
-        handle.write(
-            json.dumps(build_metadata(data), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        )
+        handle.write(b'{"content_sha256":"' + hashlib.sha256(body).hexdigest().encode() + b'",' + body)
     return path
 
 
 def load_metadata(path: str | Path) -> dict[str, Any]:
-    """Read metadata.json as written by save_metadata (MovieID/UserID keys back to int)."""
-    metadata = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read metadata.json as written by save_metadata (MovieID/UserID keys back to int); DataError, naming the
+    file, for a file this version did not write or one changed since."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
+    head = _CHECKSUM_HEAD.match(raw)
+    if head is None or hashlib.sha256(raw[head.end():]).hexdigest() != head.group(1).decode():
+        version = re.search(rb'"format_version":(\d+)', raw)
+        if version and int(version.group(1)) != FORMAT_VERSION:
+            raise DataError(f"{path}: metadata format {int(version.group(1))}, this code reads {FORMAT_VERSION}; "
+                            "rerun data_processor.py (or the training) to write it again")
+        raise DataError(f"{path}: not a metadata.json of this version, or changed since it was written (its "
+                        "content_sha256 does not match); rerun data_processor.py (or the training) to write it again")
+    metadata = json.loads(raw.decode("utf-8"))
+    del metadata["content_sha256"]
     if metadata.get("format_version") != FORMAT_VERSION:
         raise DataError(
             f"{path}: metadata format {metadata.get('format_version')}, this code reads {FORMAT_VERSION}; "
@@ -1131,6 +1169,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache_dir", help="where the processed arrays are cached (default: --output_dir)")
     parser.add_argument("--seq_length", type=int, default=50, help="training window length T (default: 50)")
     parser.add_argument("--window_stride", type=int, help="stride between windows (default: seq_length // 2)")
+    parser.add_argument("--holdout_users", action="store_true", help="leave out the cold-start new users "
+                        "(UserID %% 10 == 0), as trainer.py --holdout_users")
+    parser.add_argument("--holdout_items", action="store_true", help="leave out the cold-start new movies "
+                        "(MovieID %% 20 == 0), as trainer.py --holdout_items")
     parser.add_argument(
         "--strict",
         action="store_true",
@@ -1151,6 +1193,8 @@ def main(argv: list[str] | None = None) -> int:
             seq_length=args.seq_length,
             window_stride=window_stride,
             strict=args.strict,
+            holdout_users=args.holdout_users,
+            holdout_items=args.holdout_items,
         )
         metadata_path = save_metadata(data, output_dir / "metadata.json")
     except (DataError, OSError) as exc:

@@ -13,6 +13,8 @@ Index conventions follow data_processor.py: 0 is padding / unknown everywhere, M
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -541,6 +543,14 @@ def preference_top_k_overlap(logits: Tensor, target: Tensor, k: int = 3) -> Tens
 
 
 CHECKPOINT_FORMAT = 1
+NOT_PLAIN_FIELDS = ("model_state", "optimizer", "scheduler", "scaler", "rng", "fields_sha256")  # tensors, states
+
+
+def fields_digest(checkpoint: dict[str, Any]) -> str:
+    """sha256 of a checkpoint's plain-data fields (configs, fingerprint, progress): read_checkpoint compares it with
+    the stored "fields_sha256", so a changed setting (num_heads 4 -> 2 fits the same weights) is refused."""
+    plain = {key: value for key, value in checkpoint.items() if key not in NOT_PLAIN_FIELDS}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class CheckpointFileError(ValueError):
@@ -575,6 +585,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [key for key in ("model_state", "model_config", "data_fingerprint") if key not in checkpoint]
     if missing:
         raise CheckpointFileError(f"checkpoint {path} lacks {', '.join(missing)}: not a trainer.py checkpoint")
+    # checkpoints written before the digest existed have none, and are read as they are
+    if "fields_sha256" in checkpoint and checkpoint["fields_sha256"] != fields_digest(checkpoint):
+        raise CheckpointFileError(f"checkpoint {path} was changed after it was written (its settings do not match "
+                                  "their fields_sha256); use the file trainer.py wrote")
+    if not isinstance(checkpoint["model_config"], dict) or not isinstance(checkpoint["model_state"], dict):
+        raise CheckpointFileError(f"checkpoint {path} has no model_config/model_state dicts: not a trainer.py "
+                                  "checkpoint")
     return checkpoint
 
 
@@ -583,7 +600,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Enhan
     try:
         model = EnhancedBERT4Rec(ModelConfig.from_dict(checkpoint["model_config"]))
         model.load_state_dict(checkpoint["model_state"])
-    except (ValueError, TypeError, RuntimeError) as error:
+    except (ValueError, TypeError, RuntimeError, KeyError, AttributeError, OverflowError, MemoryError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise CheckpointFileError(f"checkpoint {path} does not fit this model code ({first_line})") from None
     return model.eval()

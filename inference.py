@@ -43,6 +43,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -1072,11 +1073,16 @@ class _OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+_ID = re.compile(r"[ \t]*[0-9]{1,12}[ \t]*")  # ASCII digits only: int() would also take "１", "+5" and "1_0"
+
+
 def _id_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,5,10, got {text!r}") from None
+    """A CLI list of ids: positive integers separated by commas, spaces around them allowed; anything else (an
+    empty item, a sign, a non-ASCII digit, more than 12 digits) is refused rather than guessed at."""
+    parts = text.split(",")
+    if not all(_ID.fullmatch(part) for part in parts) or not all(int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 1,5,10, got {text!r}")
+    return [int(part) for part in parts]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,6 +46,7 @@ from enhanced_model import (
     EnhancedBERT4Rec,
     ModelConfig,
     exclude_seen,
+    fields_digest,
     model_from_checkpoint,
     pick_device,
     preference_loss,
@@ -767,14 +768,15 @@ def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
 def save_model_checkpoint(path: Path, model: EnhancedBERT4Rec, data_fingerprint: str, config: TrainConfig,
                           **extra) -> None:
     """Write the part of a checkpoint that inference needs (weights, configs, data fingerprint) plus `extra`."""
-    atomic_torch_save({
+    checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model_state": model.state_dict(),
         "model_config": model.config.to_dict(),
         "train_config": asdict(config),
         "data_fingerprint": data_fingerprint,
         **extra,
-    }, path)
+    }
+    atomic_torch_save(checkpoint | {"fields_sha256": fields_digest(checkpoint)}, path)
 
 
 def save_state(path: Path, model: EnhancedBERT4Rec, optimizer, scheduler, scaler, state: dict,
