@@ -226,8 +226,10 @@ class EvalInputs:
 
 
 @contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """Write `path` through a temporary file beside it, renamed into place only if the block succeeds."""
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """Write `path` through a temporary file beside it (.<name>.<random>.part), renamed into place only if the
+    block succeeds: a reader never sees half a file, and a failed write (a full disk) leaves the old file as it
+    was. The project's one way to write a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp_path = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
     try:
@@ -336,7 +338,7 @@ def _download_with_retries(
 
 def _download_verified(url: str, target: Path, md5: str | None, sha256: str | None, timeout_s: float) -> None:
     md5_hash, sha256_hash = hashlib.md5(), hashlib.sha256()
-    with _atomic_file(target) as partial, requests.get(url, stream=True, timeout=timeout_s) as response:
+    with atomic_file(target) as partial, requests.get(url, stream=True, timeout=timeout_s) as response:
         response.raise_for_status()
         expected_size = int(response.headers.get("Content-Length", 0)) or None
         received = 0
@@ -389,7 +391,7 @@ def extract_ml1m_zip(zip_path: str | Path, dest_dir: str | Path) -> Path:
                 "the archive is not a genuine ML-1M zip"
             )
         for file_name, member in _data_members(archive, zip_path).items():
-            with archive.open(member) as source, _atomic_file(dest_dir / file_name) as target:
+            with archive.open(member) as source, atomic_file(dest_dir / file_name) as target:
                 while block := source.read(1 << 20):
                     target.write(block)
     return dest_dir
@@ -857,7 +859,7 @@ def _write_cache(path: Path, key: str, data: ML1MData) -> None:
     values = {field.name: getattr(data, field.name) for field in fields(data)}
     arrays = {name: value for name, value in values.items() if isinstance(value, np.ndarray)}
     scalars = {name: value for name, value in values.items() if name not in arrays} | {"cache_key": key}
-    with _atomic_file(path) as handle:
+    with atomic_file(path) as handle:
         np.savez(handle, scalars=np.array(json.dumps(scalars)), **arrays)
 
 
@@ -1052,7 +1054,7 @@ def save_metadata(data: ML1MData, path: str | Path) -> Path:
     made since (a flipped digit in a history would otherwise be read as data)."""
     path = Path(path)
     body = json.dumps(build_metadata(data), ensure_ascii=False, separators=(",", ":")).encode("utf-8")[1:]
-    with _atomic_file(path) as handle:
+    with atomic_file(path) as handle:
         handle.write(b'{"content_sha256":"' + hashlib.sha256(body).hexdigest().encode() + b'",' + body)
     return path
 

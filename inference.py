@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -56,7 +57,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data_processor import GENRES, PAD_INDEX, DataError, day_of_year, left_padded, load_metadata
+from data_processor import GENRES, PAD_INDEX, DataError, atomic_file, day_of_year, left_padded, load_metadata
 from enhanced_model import (
     USER_TOKENS,
     CheckpointFileError,
@@ -287,7 +288,7 @@ class RecommendationEngine:
         Returns one dict per movie: rank, movie_id, title, genres, year, score, strategy (module docstring) and,
         with a rating head, predicted_rating.
         """
-        k = _positive_int(k, "k")
+        k, filter_seen = _positive_int(k, "k"), _as_bool(filter_seen, "filter_seen")
         threshold = self._rating_threshold(min_predicted_rating)
         request = self._resolve(user_id, item_sequence, timestamps, gender, age, occupation)
         _warn_cold([request])
@@ -309,7 +310,7 @@ class RecommendationEngine:
         with any of gender, age, occupation (a new user's, or overrides of a known user's).
         """
         requests = self._resolve_batch(user_ids, item_sequences, timestamps, demographics)
-        scores = self._score(requests, filter_seen, _positive_int(batch_size, "batch_size"))
+        scores = self._score(requests, _as_bool(filter_seen, "filter_seen"), _positive_int(batch_size, "batch_size"))
         return BatchScores(self._item_movie_ids[1:-1], scores[:, 1:-1], [r.strategy for r in requests])
 
     def recommend_batch(
@@ -327,7 +328,8 @@ class RecommendationEngine:
         k = _positive_int(k, "k")
         threshold = self._rating_threshold(min_predicted_rating)
         requests = self._resolve_batch(user_ids, item_sequences, timestamps, demographics)
-        scores, hidden = self._score_and_hidden(requests, filter_seen, _positive_int(batch_size, "batch_size"))
+        scores, hidden = self._score_and_hidden(requests, _as_bool(filter_seen, "filter_seen"),
+                                                _positive_int(batch_size, "batch_size"))
         return self._top_k(scores, hidden, k, requests, threshold)
 
     def export_recommendations(
@@ -349,25 +351,24 @@ class RecommendationEngine:
             raise InferenceError(f"output {path} must end in .csv or .jsonl (the format follows the extension)")
         if not path.parent.is_dir():
             raise InferenceError(f"output folder {path.parent} does not exist: create it or pick another path")
-        user_ids = self.user_ids if user_ids is None else [_as_int(u, "user_ids") for u in user_ids]
+        user_ids = self.user_ids if user_ids is None else [_as_int(u, "user_ids") for u in _rows(user_ids, "user_ids")]
         k, batch_size = _positive_int(k, "k"), _positive_int(batch_size, "batch_size")
-        temporary = path.with_name(f".{path.name}.tmp")
+        filter_seen, progress = _as_bool(filter_seen, "filter_seen"), _as_bool(progress, "progress")
         rows = 0
-        try:
-            with open(temporary, "w", newline="", encoding="utf-8") as file, \
-                    tqdm(total=len(user_ids), desc="users", unit="user", disable=not progress) as bar:
-                write = _row_writer(file, path.suffix.lower())
-                for start in range(0, len(user_ids), batch_size):
-                    chunk = user_ids[start : start + batch_size]
-                    for user_id, records in zip(chunk, self.recommend_batch(chunk, k=k, filter_seen=filter_seen,
-                                                                            batch_size=batch_size), strict=True):
-                        for record in records:
-                            write({"user_id": user_id, **{name: record.get(name) for name in EXPORT_COLUMNS[1:]}})
-                        rows += len(records)
-                    bar.update(len(chunk))
-            temporary.replace(path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        with atomic_file(path) as handle, \
+                tqdm(total=len(user_ids), desc="users", unit="user", disable=not progress) as bar:
+            file = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+            write = _row_writer(file, path.suffix.lower())
+            for start in range(0, len(user_ids), batch_size):
+                chunk = user_ids[start : start + batch_size]
+                for user_id, records in zip(chunk, self.recommend_batch(chunk, k=k, filter_seen=filter_seen,
+                                                                        batch_size=batch_size), strict=True):
+                    for record in records:
+                        write({"user_id": user_id, **{name: record.get(name) for name in EXPORT_COLUMNS[1:]}})
+                    rows += len(records)
+                bar.update(len(chunk))
+            file.flush()
+            file.detach()  # the handle is atomic_file's to close and rename
         return rows
 
     def explain_recommendation(
@@ -519,7 +520,7 @@ class RecommendationEngine:
         only: it is not on the model's scale. Each record adds genre_similarity, year_proximity, matched_genres.
         movie_ids: rank only these MovieIDs (each must be a movie the model has no embedding for).
         """
-        k = _positive_int(k, "k")
+        k, filter_seen = _positive_int(k, "k"), _as_bool(filter_seen, "filter_seen")
         request = self._resolve(user_id, item_sequence, None, None, None, None)
         history_rows = np.concatenate([
             self._item_movie_rows[request.items - 1],
@@ -611,7 +612,8 @@ class RecommendationEngine:
         timestamps: Sequence[Sequence[int] | None] | None,
         demographics: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[_Request]:
-        if item_sequences is not None and len(item_sequences) != len(user_ids):
+        user_ids = _rows(user_ids, "user_ids")
+        if item_sequences is not None and len(_rows(item_sequences, "item_sequences")) != len(user_ids):
             raise InferenceError(f"item_sequences has {len(item_sequences)} rows for {len(user_ids)} user_ids")
         if timestamps is not None and (item_sequences is None or len(timestamps) != len(user_ids)):
             raise InferenceError("timestamps need item_sequences, one row per user")
@@ -954,6 +956,21 @@ def _as_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise InferenceError(f"{name} must be an integer, got {value!r}")
     return int(value)
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InferenceError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _rows(values: Any, name: str) -> Sequence[Any]:
+    """A batch argument: a non-empty list, tuple or array (one entry per user)."""
+    if not isinstance(values, (list, tuple, np.ndarray)):
+        raise InferenceError(f"{name} must be a list (one entry per user), got {type(values).__name__} {values!r}")
+    if not len(values):
+        raise InferenceError(f"{name} is empty: pass at least one user")
+    return values
 
 
 def _positive_int(value: Any, name: str) -> int:

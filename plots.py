@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from data_processor import atomic_file
+
 TASK_LOSSES = ("total", "item_prediction", "next_item", "rating_prediction", "user_preference")
 MATPLOTLIB_MISSING = "note: matplotlib is not installed, so no picture was drawn ({}); pip install matplotlib"
 
@@ -34,11 +36,10 @@ def _pyplot(path: str | Path) -> Any | None:
 def _save(figure: Any, pyplot: Any, path: str | Path) -> Path:
     """Write the PNG through a temporary name, so a reader never sees half a file."""
     path = Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
     figure.tight_layout()
-    figure.savefig(temporary, dpi=110)
+    with atomic_file(path) as handle:
+        figure.savefig(handle, dpi=110, format="png")
     pyplot.close(figure)
-    temporary.replace(path)
     return path
 
 

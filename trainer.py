@@ -19,10 +19,11 @@ import platform
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from data_processor import (
     DataError,
     EvalInputs,
     ML1MData,
+    atomic_file,
     eval_inputs,
     load_dataset,
     mask_index,
@@ -647,15 +649,23 @@ def baseline_metrics(data: ML1MData, split_inputs: EvalInputs) -> dict[str, floa
 
 
 def atomic_torch_save(payload: dict, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    _write_or_explain(path, lambda handle: torch.save(payload, handle))
 
 
 def atomic_write_json(payload: dict, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, path)
+    _write_or_explain(path, lambda handle: handle.write((json.dumps(payload, indent=2) + "\n").encode()))
+
+
+def _write_or_explain(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """atomic_file, with a failed write (full disk, quota, lost folder) as a TrainingError that says the previous
+    file is intact and how to go on."""
+    try:
+        with atomic_file(path) as handle:
+            write(handle)
+    except OSError as error:
+        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        raise TrainingError(f"could not write {path} ({error.strerror or error}): {kept}; free space (or fix the "
+                            f"folder) and continue with --resume {path.parent / 'last.pt'}") from None
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -823,6 +833,8 @@ def run_lock(folder: Path) -> Iterator[None]:
         raise TrainingError(f"--checkpoint_dir {folder}: could not take its lock {lock}; remove it if no run uses it")
     with os.fdopen(descriptor, "w") as file:
         file.write(str(os.getpid()))
+    for partial in folder.glob(".*.part"):  # left by a run killed while writing; no other run writes here
+        partial.unlink(missing_ok=True)
     try:
         yield
     finally:
@@ -1122,7 +1134,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (TrainingError, DataError, FileNotFoundError) as error:
+    except (TrainingError, DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -8,7 +8,6 @@ see: a valid value turned into another valid value (a rating 4 into a 5) is foun
 GroupLens' files (load_dataset's verify) or by the checksums of metadata.json and the checkpoint.
 """
 
-import json
 import random
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_processor import DataError, load_dataset, load_metadata, save_metadata
+from data_processor import DataError, load_dataset, load_metadata
 from enhanced_model import CheckpointFileError, model_from_checkpoint, read_checkpoint
 from inference import _id_list
 from trainer import parse_args, train
