@@ -578,7 +578,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a corrupt or foreign file
-        raise CheckpointFileError(f"checkpoint {path} cannot be read ({error.__class__.__name__}: {error}); "
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise CheckpointFileError(f"checkpoint {path} cannot be read ({error.__class__.__name__}: {first_line}); "
                                   "it is corrupt or not a trainer.py checkpoint") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointFileError(f"checkpoint {path} is not a trainer.py checkpoint (format {CHECKPOINT_FORMAT})")

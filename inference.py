@@ -1224,7 +1224,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {rows} recommendations for {len(engine.user_ids)} users to {args.output}")
                 return 0
             answer = _answer(engine, args)
-        except InferenceError as error:
+        except (InferenceError, OSError) as error:  # OSError: the export's disk is full, its folder went away
             print(f"error: {error}", file=sys.stderr)
             return 1
     try:

@@ -12,6 +12,7 @@ metrics from the best-validation checkpoint, written to results.json beside it.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -155,6 +156,11 @@ class FlagFileParser(argparse.ArgumentParser):
     def convert_arg_line_to_args(self, arg_line: str) -> list[str]:
         return [] if arg_line.lstrip().startswith("#") else arg_line.split()
 
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """A usage error as one line on stderr, exit status 2 (as preflight's ConfigError)."""
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
 
 def device_defaults(argv: list[str]) -> list[str]:
     """The flags `python trainer.py` starts from when argv names no @config file: the best measured configuration
@@ -277,7 +283,10 @@ def resumed_values(values: dict, explicit: set[str]) -> dict:
     difference, except the settings in RESUME_MAY_CHANGE (budget, device, folders, logging). Without
     --checkpoint_dir the run goes on in the folder of the checkpoint it resumes; the time budget goes on where it
     stopped (the checkpoint records the budget clock)."""
-    saved = load_checkpoint(values["resume"]).get("train_config", {})
+    try:
+        saved = load_checkpoint(values["resume"]).get("train_config", {})
+    except TrainingError as error:
+        raise ConfigError(f"--resume: {error}") from None
     differences = []
     for name in values:
         if name == "resume" or name not in saved:
@@ -649,7 +658,9 @@ def baseline_metrics(data: ML1MData, split_inputs: EvalInputs) -> dict[str, floa
 
 
 def atomic_torch_save(payload: dict, path: Path) -> None:
-    _write_or_explain(path, lambda handle: torch.save(payload, handle))
+    buffer = io.BytesIO()  # serialised first: torch hides a failed file write behind its own RuntimeError
+    torch.save(payload, buffer)
+    _write_or_explain(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
 def atomic_write_json(payload: dict, path: Path) -> None:
@@ -711,11 +722,11 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     try:
         device = pick_device(config.device)
     except ValueError as error:
-        raise TrainingError(f"--device: {error}") from None
+        raise ConfigError(f"--device: {error}") from None
     if config.amp == "fp16" and device.type != "cuda":
-        raise TrainingError("--amp fp16 needs a CUDA GPU: use --amp bf16 or --amp off on the CPU")
+        raise ConfigError("--amp fp16 needs a CUDA GPU: use --amp bf16 or --amp off on the CPU")
     if config.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise TrainingError("--amp bf16 is not supported by this GPU: use --amp fp16")
+        raise ConfigError("--amp bf16 is not supported by this GPU: use --amp fp16")
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return Runtime(device)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -329,43 +329,6 @@ def test_defaults_per_device_and_the_seed_one_flag_away():
     assert parse_args([], use_device_defaults=False) == TrainConfig()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--num_heads", "0"], "--num_heads must be positive"),
-    (["--hidden_size", "30", "--num_heads", "4"], "--hidden_size must be divisible by --num_heads"),
-    (["--num_layers", "0"], "--num_layers must be positive"),
-    (["--seq_length", "1"], "--seq_length must be at least 2"),
-    (["--seq_length", "100000"], "lower --seq_length or --batch_size"),
-    (["--window_stride", "51"], "--window_stride must be in 1..--seq_length"),
-    (["--window_stride", "0"], "--window_stride must be in 1..--seq_length"),
-    (["--dropout", "1"], "--dropout must be in [0, 1)"),
-    (["--mask_prob", "0"], "--mask_prob must be in (0, 1)"),
-    (["--batch_size", "0"], "--batch_size must be positive"),
-    (["--learning_rate=-1e-3"], "--learning_rate must be positive"),
-    (["--patience", "0"], "--patience must be positive"),
-    (["--eval_every", "0"], "--eval_every must be positive"),
-    (["--max_minutes", "-5"], "--max_minutes must be positive"),
-    (["--warmup_steps", "-1"], "--warmup_steps must be >= 0"),
-    (["--next_item_weight", "0", "--item_prediction_weight", "0"], "at least one of"),
-    (["--rating_prediction_weight", "-0.3"], "task weights must be >= 0"),
-])
-def test_preflight_refuses_bad_flags_before_anything_happens(tmp_path, capsys, flags, message):
-    out = tmp_path / "run"
-    status = trainer_main(["--data_dir", str(tmp_path / "no-data-needed"), "--checkpoint_dir", str(out), *flags])
-    error = capsys.readouterr().err
-    assert status == 2 and error.count("\n") == 1 and message in error and "Traceback" not in error
-    assert list(tmp_path.iterdir()) == []  # nothing written, the data never read
-
-
-def test_preflight_refuses_a_checkpoint_dir_that_cannot_be_a_folder(tmp_path, capsys):
-    (tmp_path / "taken").write_text("a file")
-    for flag in ("--checkpoint_dir", "--metadata_path"):
-        path = tmp_path / "taken" / ("run" if flag == "--checkpoint_dir" else "m.json")
-        assert trainer_main(["--data_dir", str(tmp_path), flag, str(path)]) == 2
-        error = capsys.readouterr().err
-        assert error.count("\n") == 1 and f"{flag}: {tmp_path / 'taken'} is a file" in error
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
-
-
 def test_one_run_per_checkpoint_dir(synthetic_ml1m_dir, tmp_path):
     folder = tmp_path / "checkpoints"
     folder.mkdir()

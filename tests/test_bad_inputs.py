@@ -1,0 +1,359 @@
+"""The bad-input and fault matrix: the CLIs (trainer.py, data_processor.py, inference.py) and the engine's API,
+driven the way a careless user or an adversarial tester would.
+
+A refused input asserts its exit status (or the project's own exception), exactly one line on stderr, no
+traceback, and that nothing was written. A fault (full disk, a kill at any moment, a crash's leftovers, a corrupt
+file) asserts that the previous good state is intact and that the run can go on. README's "Bad inputs" lists the
+categories and counts (CATEGORY_COUNTS below adds them up).
+"""
+
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import data_processor
+import inference
+import trainer
+from data_processor import load_metadata, write_synthetic_ml1m
+from enhanced_model import read_checkpoint
+from inference import (
+    AlreadySeenError,
+    CheckpointError,
+    InferenceError,
+    MetadataError,
+    MetadataMismatchError,
+    RecommendationEngine,
+    UnknownItemError,
+    UnknownUserError,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--hidden_size", "16", "--num_heads", "2", "--num_layers", "1", "--seq_length", "12", "--batch_size", "16",
+        "--learning_rate", "3e-3", "--warmup_steps", "5", "--no-progress"]
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def one_error_line(text: str) -> str:
+    assert text.count("\n") == 1 and text.startswith("error: ") and "Traceback" not in text, text
+    return text
+
+
+def exit_status(main, argv: list[str]) -> int:
+    """A CLI's exit status: what main returns, or the code of the SystemExit its argument parser raises."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny finished training on synthetic data: (data folder, checkpoint folder)."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    data_dir = write_synthetic_ml1m(root / "ml-1m")
+    trainer.train(trainer.parse_args([*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(root / "run"),
+                                      "--max_epochs", "2"]))
+    return data_dir, root / "run"
+
+
+@pytest.fixture(scope="module")
+def engine(run):
+    return RecommendationEngine(run[1] / "best_model.pt", device="cpu")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# trainer.py: refused before anything is read or written (exit status 2)
+
+TRAINER_FLAGS = [
+    (["--num_heads", "0"], "--num_heads must be positive"),
+    (["--hidden_size", "30", "--num_heads", "4"], "--hidden_size must be divisible by --num_heads"),
+    (["--num_layers", "0"], "--num_layers must be positive"),
+    (["--seq_length", "1"], "--seq_length must be at least 2"),
+    (["--seq_length", "100000"], "lower --seq_length or --batch_size"),
+    (["--window_stride", "51"], "--window_stride must be in 1..--seq_length"),
+    (["--window_stride", "0"], "--window_stride must be in 1..--seq_length"),
+    (["--dropout", "1"], "--dropout must be in [0, 1)"),
+    (["--mask_prob", "0"], "--mask_prob must be in (0, 1)"),
+    (["--batch_size", "0"], "--batch_size must be positive"),
+    (["--learning_rate=-1e-3"], "--learning_rate must be positive"),
+    (["--patience", "0"], "--patience must be positive"),
+    (["--eval_every", "0"], "--eval_every must be positive"),
+    (["--max_minutes", "-5"], "--max_minutes must be positive"),
+    (["--warmup_steps", "-1"], "--warmup_steps must be >= 0"),
+    (["--next_item_weight", "0", "--item_prediction_weight", "0"], "at least one of"),
+    (["--rating_prediction_weight", "-0.3"], "task weights must be >= 0"),
+    (["--hidden_size", "abc"], "--hidden_size: invalid int value: 'abc'"),
+    (["--positional", "rotary"], "--positional: invalid choice: 'rotary'"),
+    (["--lr_schedule", "step"], "--lr_schedule: invalid choice: 'step'"),
+    (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag 1"),
+    (["@no-such-config.txt"], "no-such-config.txt"),
+    (["--amp", "fp16", "--device", "cpu"], "--amp fp16"),
+    (["--device", "tpu"], "--device"),
+]
+
+
+@pytest.mark.parametrize("flags, message", TRAINER_FLAGS)
+def test_trainer_refuses_bad_flags_before_anything_happens(tmp_path, capsys, flags, message):
+    status = exit_status(trainer.main, ["--data_dir", str(tmp_path / "no-data-needed"), "--checkpoint_dir",
+                                        str(tmp_path / "run"), *flags])
+    assert status == 2 and message in one_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []  # nothing written, the data never read
+
+
+def test_trainer_refuses_folders_it_cannot_write(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    for flag in ("--checkpoint_dir", "--metadata_path"):
+        path = tmp_path / "taken" / ("run" if flag == "--checkpoint_dir" else "m.json")
+        assert trainer.main(["--data_dir", str(tmp_path), flag, str(path)]) == 2
+        assert f"{flag}: {tmp_path / 'taken'} is a file" in one_error_line(capsys.readouterr().err)
+    assert files_under(tmp_path) == ["taken"]
+
+
+def test_trainer_refuses_missing_data_and_checkpoints(run, tmp_path, capsys):
+    data_dir, checkpoint_dir = run
+    cases = [
+        (["--data_dir", str(tmp_path / "missing"), *TINY], 1, "missing"),
+        (["--resume", str(tmp_path / "nothing.pt")], 2, "nothing.pt"),
+        (["--resume", str(checkpoint_dir / "last.pt"), "--hidden_size", "32"], 2,
+         "--hidden_size 32 (the checkpoint's: 16)"),
+    ]
+    for flags, status, message in cases:
+        assert trainer.main([*flags, "--checkpoint_dir", str(tmp_path / "out")]) == status
+        assert message in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_trainer_refuses_a_corrupt_checkpoint_and_leaves_it_as_it_was(run, tmp_path, capsys):
+    broken = tmp_path / "last.pt"
+    broken.write_bytes((run[1] / "last.pt").read_bytes()[:5000])
+    before = broken.read_bytes()
+    status = trainer.main(["--resume", str(broken), "--data_dir", str(run[0])])
+    assert status in (1, 2) and "cannot be read" in one_error_line(capsys.readouterr().err)
+    assert broken.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data_processor.py
+
+
+def test_data_processor_cli_refuses_bad_data_and_flags(tmp_path, capsys):
+    data_dir = write_synthetic_ml1m(tmp_path / "ml-1m")
+    ratings = (data_dir / "ratings.dat").read_bytes().split(b"\n")
+    ratings[3] = ratings[3].replace(b"::", b"::9::", 1)  # a fifth field on line 4
+    (data_dir / "ratings.dat").write_bytes(b"\n".join(ratings))
+    out = tmp_path / "out"
+    cases = [
+        ([str(data_dir)], 1, "ratings.dat, line 4"),
+        ([str(tmp_path / "missing")], 1, "missing"),
+    ]
+    for data, status, message in cases:
+        assert data_processor.main(["--data_dir", *data, "--output_dir", str(out)]) == status
+        error = capsys.readouterr().err
+        assert message in error.splitlines()[-1] and "Traceback" not in error
+        assert not (out / "metadata.json").exists()
+    assert exit_status(data_processor.main, ["--data_dir", str(data_dir), "--seq_length", "1", "--output_dir",
+                                             str(out)]) == 2
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# inference.py
+
+
+def test_inference_cli_refuses_bad_requests(run, tmp_path, capsys):
+    checkpoint_dir = run[1]
+    model = ["--model_path", str(checkpoint_dir / "best_model.pt")]
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    tampered = tmp_path / "metadata.json"
+    tampered.write_bytes((checkpoint_dir / "metadata.json").read_bytes().replace(b'"num_users":40', b'"num_users":41'))
+    cases = [
+        ([*model, "--user_id", "999999"], 1, "unknown user_id 999999"),
+        ([*model, "--user_id", "1", "--k", "0"], 1, "k must be positive"),
+        ([*model, "--item_sequence", "1,x"], 2, "comma-separated positive integers"),
+        ([*model, "--item_sequence", "-5"], 2, "comma-separated positive integers"),
+        (["--model_path", str(tmp_path / "missing.pt"), "--user_id", "1"], 1, "does not exist"),
+        (["--model_path", str(tmp_path / "text.pt"), "--user_id", "1"], 1, "cannot be read"),
+        ([*model, "--metadata_path", str(tampered), "--user_id", "1"], 1, "content_sha256"),
+        ([*model, "--all_users"], 1, "--all_users and --output go together"),
+        ([*model, "--all_users", "--output", str(tmp_path / "recs.txt")], 1, "must end in .csv or .jsonl"),
+        ([*model, "--item_sequence", "1,2", "--timestamps", "978300760"], 1, "timestamps has 1 values for 2"),
+        ([*model, "--user_id", "1", "--min_predicted_rating", "7"], 1, "min_predicted_rating must be a number"),
+        ([*model, "--gender", "F", "--age", "0"], 1, "age must be 1..120"),
+        ([*model, "--profile"], 1, "--profile needs --user_id"),
+        ([*model, "--user_id", "1", "--k", "ten"], 2, "--k: invalid int value"),
+    ]
+    for flags, status, message in cases:
+        assert exit_status(inference.main, flags) == status, flags
+        captured = capsys.readouterr()
+        assert message in one_error_line(captured.err) and captured.out == ""
+    assert files_under(tmp_path) == ["metadata.json", "text.pt"]
+
+
+def test_inference_refuses_metadata_of_other_data(run, tmp_path, capsys):
+    other = write_synthetic_ml1m(tmp_path / "other", seed=5)
+    data_processor.main(["--data_dir", str(other), "--output_dir", str(tmp_path / "meta")])
+    capsys.readouterr()
+    with pytest.raises(MetadataMismatchError):
+        RecommendationEngine(run[1] / "best_model.pt", tmp_path / "meta" / "metadata.json", device="cpu")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The engine's API: the project's own errors, never a TypeError from deep inside
+
+API_CASES = [
+    ("user_id as text", lambda e: e.get_recommendations("1"), InferenceError, "user_id must be an integer"),
+    ("filter_seen as text", lambda e: e.get_recommendations(1, filter_seen="yes"), InferenceError,
+     "filter_seen must be True or False"),
+    ("k as a boolean", lambda e: e.get_recommendations(1, k=True), InferenceError, "k must be an integer"),
+    ("k as a float", lambda e: e.get_recommendations(1, k=2.5), InferenceError, "k must be an integer"),
+    ("sequence as text", lambda e: e.get_recommendations(None, "1,2"), InferenceError, "must be a list of integers"),
+    ("sequence of floats", lambda e: e.get_recommendations(None, [1.5]), InferenceError, "integers only"),
+    ("unknown user", lambda e: e.get_recommendations(999999), UnknownUserError, "unknown user_id 999999"),
+    ("empty batch", lambda e: e.recommend_batch([]), InferenceError, "user_ids is empty"),
+    ("batch as a number", lambda e: e.recommend_batch(5), InferenceError, "user_ids must be a list"),
+    ("batch rows disagree", lambda e: e.score_batch([1, 2], [[1]]), InferenceError, "item_sequences has 1 rows"),
+    ("bad demographics row", lambda e: e.score_batch([None], [[]], demographics=["F"]), InferenceError,
+     r"demographics\[0\]"),
+    ("explain a seen movie", lambda e: e.explain_recommendation(
+        1, None, e._item_movie_ids[e._users[1]["history"]["items"][0]]), AlreadySeenError, "already in this user"),
+    ("explain an unknown movie", lambda e: e.explain_recommendation(1, None, 999999), UnknownItemError, "999999"),
+    ("profile without a user", lambda e: e.get_user_profile(None), InferenceError, "user_id must be an integer"),
+    ("rating threshold as text", lambda e: e.get_recommendations(1, min_predicted_rating="4"), InferenceError,
+     "min_predicted_rating must be a number"),
+    ("export progress as text", lambda e: e.export_recommendations("/tmp/x.csv", progress="no"), InferenceError,
+     "progress must be True or False"),
+    ("cold items for a warm movie", lambda e: e.get_cold_item_recommendations(
+        None, [], movie_ids=[int(e._item_movie_ids[1])]), InferenceError, "have an embedding"),
+]
+
+
+@pytest.mark.parametrize("name, call, error, message", API_CASES, ids=[case[0] for case in API_CASES])
+def test_api_refuses_bad_arguments(engine, name, call, error, message):
+    with pytest.raises(error, match=message) as raised:
+        call(engine)
+    assert "\n" not in str(raised.value)
+
+
+def test_engine_construction_refuses_bad_files(run, tmp_path):
+    (tmp_path / "junk.pt").write_bytes(os.urandom(2000))
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        RecommendationEngine(tmp_path / "junk.pt", run[1] / "metadata.json")
+    with pytest.raises(MetadataError, match="does not exist"):
+        RecommendationEngine(run[1] / "best_model.pt", tmp_path / "none.json")
+    with pytest.raises(InferenceError, match="default_day_of_year must be in 1..366"):
+        RecommendationEngine(run[1] / "best_model.pt", default_day_of_year=400)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Faults: a full disk, kills at any moment, a crash's leftovers
+
+
+def trainer_process(*args: str, file_size_limit: int | None = None) -> subprocess.Popen:
+    def limit() -> None:
+        if file_size_limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as a full disk
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, str(REPO / "trainer.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, preexec_fn=limit)
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path):
+    data_dir = write_synthetic_ml1m(tmp_path / "ml-1m")
+    out = tmp_path / "run"
+    first = trainer_process(*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(out), "--max_epochs", "1")
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    good, best = (out / "last.pt").read_bytes(), (out / "best_model.pt").read_bytes()
+    metadata_size = (out / "metadata.json").stat().st_size
+    assert len(good) > metadata_size + 1000  # room for a limit between the two
+    full = trainer_process("--resume", str(out / "last.pt"), "--max_epochs", "2",
+                           file_size_limit=metadata_size + 1000)
+    _, error = full.communicate(timeout=300)
+    assert full.returncode == 1 and "Traceback" not in error, error
+    line = error.strip().splitlines()[-1]
+    assert line.startswith("error: could not write") and "is intact" in line and "--resume" in line
+    assert (out / "last.pt").read_bytes() == good and read_checkpoint(out / "last.pt")["epoch"] == 1
+    assert (out / "best_model.pt").read_bytes() == best
+    assert not list(out.glob(".*.part")) and not (out / ".run.lock").exists()
+    resumed = trainer_process("--resume", str(out / "last.pt"), "--max_epochs", "2")
+    assert resumed.wait(timeout=300) == 0
+    assert json.loads((out / "results.json").read_text())["epochs_run"] == 2
+
+
+def test_kills_at_random_moments_never_leave_a_corrupt_file(tmp_path):
+    """Three SIGKILLs at seeded random moments of a run (training, evaluating, writing checkpoints): after each,
+    every file in the folder reads; the run then resumes to its end."""
+    data_dir = write_synthetic_ml1m(tmp_path / "ml-1m", num_users=60)
+    out = tmp_path / "run"
+    rng = random.Random(20261129)
+    args = [*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+            "--max_epochs", "6", "--batch_size", "4"]
+    for _ in range(3):
+        process = trainer_process(*(["--resume", str(out / "last.pt"), "--max_epochs", "6"]
+                                    if (out / "last.pt").exists() else args))
+        started = time.monotonic()
+        while not (out / "last.pt").exists() and time.monotonic() - started < 120:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert read_checkpoint(out / "last.pt")["epoch"] >= 1
+        load_metadata(out / "metadata.json")
+        if (out / "best_model.pt").exists():
+            read_checkpoint(out / "best_model.pt")
+    final = trainer_process("--resume", str(out / "last.pt"), "--max_epochs", "6")
+    _, error = final.communicate(timeout=600)
+    assert final.returncode == 0, error
+    assert json.loads((out / "results.json").read_text())["epochs_run"] == 6
+    assert not list(out.glob(".*.part")) and not (out / ".run.lock").exists()
+
+
+def test_a_crash_s_leftovers_are_cleaned_and_a_corrupt_cache_rebuilt(tmp_path):
+    data_dir = write_synthetic_ml1m(tmp_path / "ml-1m")
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    out.mkdir()
+    (out / ".last.pt.5f3a.part").write_bytes(b"half a checkpoint")  # as a kill during torch.save leaves it
+    (out / ".run.lock").write_text("999999999")  # the killed run's lock: its process is gone
+    config = trainer.parse_args([*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(out),
+                                 "--cache_dir", str(cache), "--max_epochs", "1"])
+    trainer.train(config)
+    cached = next(cache.glob("*.npz"))
+    cached.write_bytes(cached.read_bytes()[:100])  # a cache cut short
+    _, results = trainer.train(trainer.parse_args([*TINY, "--data_dir", str(data_dir), "--checkpoint_dir",
+                                                   str(tmp_path / "run2"), "--cache_dir", str(cache),
+                                                   "--max_epochs", "1"]))
+    assert results["epochs_run"] == 1 and cached.stat().st_size > 1000
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_export_that_fails_part_way_leaves_no_file(engine, tmp_path):
+    path = tmp_path / "recs.csv"
+    with pytest.raises(InferenceError):
+        engine.export_recommendations(path, user_ids=[1, 2, 999999], progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+CATEGORY_COUNTS = {
+    "trainer.py flags and folders": len(TRAINER_FLAGS) + 2 + 3 + 1,
+    "data_processor.py data and flags": 3,
+    "inference.py requests and files": 14 + 1,
+    "engine API arguments and files": len(API_CASES) + 3,
+    "faults (full disk, kills, leftovers, corrupt cache, failed export)": 4,
+}
+
+
+def test_the_matrix_has_at_least_40_cases():
+    assert sum(CATEGORY_COUNTS.values()) >= 40
