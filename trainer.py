@@ -72,6 +72,9 @@ RANKING_KS = (1, 5, 10, 20)
 ML1M_USERS, ML1M_RATINGS = 6040, 1_000_209  # for the preflight memory estimate
 
 
+NEW_USER_MAX_EVENTS = 11  # --new_user_prob rows: a user's first 1..11 events (the new-user rows n = 0..10)
+
+
 class TrainingError(RuntimeError):
     """A problem the user can fix (bad flag combination, incompatible checkpoint, diverged run)."""
 
@@ -112,6 +115,7 @@ class TrainConfig:
     user_dropout: float = 0.1
     demographics_dropout: float = 0.05
     next_item_crop: float = 0.0
+    new_user_prob: float = 0.0
     # optimisation (the seed's defaults)
     batch_size: int = 64
     learning_rate: float = 1e-4
@@ -231,6 +235,9 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     add("mask_prob", "share of positions masked for the masked-item task", type=float)
     add("next_item_crop", "share of training windows cut at a random point before their newest event, so the "
         "next-item targets change between epochs (0: every window keeps its fixed newest event)", type=float)
+    add("new_user_prob", f"share of training rows replaced by their user's first 1..{NEW_USER_MAX_EVENTS} events "
+        "with the user id hidden: a new user's first ratings, which no sliding window looks like (cold start)",
+        type=float)
     add("user_dropout", "share of training rows whose user id is hidden (teaches the cold-start path)",
         type=float)
     add("demographics_dropout", "share of training rows whose gender/age/occupation are hidden (teaches the "
@@ -337,6 +344,7 @@ def validate_config(config: TrainConfig) -> None:
         (lambda: 0 < config.mask_prob < 1, "--mask_prob must be in (0, 1)"),
         (lambda: 0 <= config.user_dropout <= 1, "--user_dropout must be in [0, 1]"),
         (lambda: 0 <= config.next_item_crop <= 1, "--next_item_crop must be in [0, 1]"),
+        (lambda: 0 <= config.new_user_prob <= 1, "--new_user_prob must be in [0, 1]"),
         (lambda: 0 <= config.demographics_dropout <= 1, "--demographics_dropout must be in [0, 1]"),
         (lambda: all(w >= 0 for w in config.task_weights.values()), "task weights must be >= 0"),
         (lambda: config.item_prediction_weight > 0 or config.next_item_weight > 0,
@@ -474,11 +482,29 @@ def crop_windows(window: dict[str, torch.Tensor], crop_prob: float,
     length = (items != 0).sum(dim=1)
     rolls = torch.rand(items.shape[0], generator=generator, device=items.device)
     cut = (torch.rand(items.shape[0], generator=generator, device=items.device) < crop_prob) & (length >= 3)
-    drop = torch.where(cut, 1 + (rolls * (length - 2)).long(), 0)  # rolls < 1, so drop <= length - 2
-    source = torch.arange(items.shape[1], device=items.device) - drop[:, None]  # new position j <- old j - drop
+    return drop_newest(window, torch.where(cut, 1 + (rolls * (length - 2)).long(), 0))  # rolls < 1: <= length - 2
+
+
+def drop_newest(window: dict[str, torch.Tensor], drop: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each row without its newest drop[row] events, right-aligned again (left-padded with 0)."""
+    source = torch.arange(window["items"].shape[1], device=drop.device) - drop[:, None]  # new j <- old j - drop
     before_start = source < 0
     return {name: tensor.gather(1, source.clamp(min=0)).masked_fill(before_start, 0)
             for name, tensor in window.items()}
+
+
+def new_user_rows(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, prob: float,
+                  generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The windows of `rows`, a `prob` share of them replaced by their user's first n events (n uniform in
+    1..NEW_USER_MAX_EVENTS, from the user's oldest window): what a new user's first ratings look like. Returns the
+    windows and which rows were replaced."""
+    users = data_tensors["window_users"][rows]
+    chosen = torch.rand(rows.shape, generator=generator, device=rows.device) < prob
+    n = torch.randint(1, NEW_USER_MAX_EVENTS + 1, rows.shape, generator=generator, device=rows.device)
+    rows = torch.where(chosen, data_tensors["user_first_window"][users], rows)
+    window = {name: data_tensors[f"window_{name}"][rows] for name in ("items", "days", "ratings")}
+    length = (window["items"] != 0).sum(dim=1)
+    return drop_newest(window, torch.where(chosen, (length - n).clamp(min=0), 0)), chosen
 
 
 def mask_last_item(item_seq: torch.Tensor, day_of_year: torch.Tensor,
@@ -543,7 +569,7 @@ def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_token: int, mask_prob: float,
                user_dropout: float, demographics_dropout: float, generator: torch.Generator,
-               mask_last: bool = False, crop_prob: float = 0.0) -> dict:
+               mask_last: bool = False, crop_prob: float = 0.0, new_user_prob: float = 0.0) -> dict:
     """The inputs of one training step for these windows.
 
     Cloze masks are drawn afresh for every batch. With mask_last (the next-item task) the newest position is
@@ -552,9 +578,14 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
     over-fits those targets on ML-1M: see README, Results). Some rows hide the user id or the demographics (the
     cold-start paths). mask_last must be on exactly when MultiTaskObjective's next_item weight is > 0.
     crop_prob > 0 first cuts that share of the windows at a random earlier event (crop_windows), so the newest
-    position, and with it the next-item target, is not the same item in every epoch.
+    position, and with it the next-item target, is not the same item in every epoch. new_user_prob > 0 replaces
+    that share of the rows by their user's first events, user id hidden (new_user_rows).
     """
-    window = {name: data_tensors[f"window_{name}"][rows] for name in ("items", "days", "ratings")}
+    new_user = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
+    if new_user_prob > 0:  # no random numbers drawn when off: runs without it stay bit-identical
+        window, new_user = new_user_rows(data_tensors, rows, new_user_prob, generator)
+    else:
+        window = {name: data_tensors[f"window_{name}"][rows] for name in ("items", "days", "ratings")}
     if crop_prob > 0:
         window = crop_windows(window, crop_prob, generator)
     items, days = window["items"], window["days"]
@@ -564,7 +595,7 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
         masked_seq, days = mask_last_item(masked_seq, days, mask_token)
         masked[:, -1] = False
     user = user_features(data_tensors, users)
-    hide_user = torch.rand(users.shape, generator=generator, device=users.device) < user_dropout
+    hide_user = (torch.rand(users.shape, generator=generator, device=users.device) < user_dropout) | new_user
     hide_demographics = torch.rand(users.shape, generator=generator, device=users.device) < demographics_dropout
     user["user_idx"] = users.masked_fill(hide_user, 0)
     for feature in ("gender", "age", "occupation"):
@@ -774,7 +805,11 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 def data_to_tensors(data: ML1MData, device: torch.device) -> dict[str, torch.Tensor]:
     names = ("window_items", "window_ratings", "window_days", "window_users", "user_gender", "user_age",
              "user_occupation", "user_genre_profile")
-    return {name: torch.from_numpy(np.ascontiguousarray(getattr(data, name))).to(device) for name in names}
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(getattr(data, name))).to(device) for name in names}
+    # each user's oldest window (a user's windows are consecutive, oldest first); row 0, the unknown user: 0
+    first = np.searchsorted(data.window_users, np.arange(data.num_users + 1)).clip(max=len(data.window_users) - 1)
+    tensors["user_first_window"] = torch.from_numpy(first).to(device)
+    return tensors
 
 
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
@@ -958,7 +993,8 @@ def run_training(config: TrainConfig, runtime: Runtime) -> tuple[EnhancedBERT4Re
         for micro_step, rows in enumerate(bar):
             batch = make_batch(data_tensors, rows.to(runtime.device), mask_token, config.mask_prob,
                                config.user_dropout, config.demographics_dropout, mask_generator,
-                               mask_last=config.next_item_weight > 0, crop_prob=config.next_item_crop)
+                               mask_last=config.next_item_weight > 0, crop_prob=config.next_item_crop,
+                               new_user_prob=config.new_user_prob)
             last_micro = (micro_step + 1) % config.grad_accum_steps == 0
             sync = nullcontext() if last_micro or runtime.world_size == 1 else objective.no_sync()
             with sync:
