@@ -160,7 +160,7 @@ def test_benchmark_end_to_end_on_synthetic_data(synthetic_ml1m_dir, tmp_path):
     out = tmp_path / "cold"
     flags = " ".join([*TINY, "--eval_batch_size", "64"])
     assert cold_start_main(["--data_dir", str(synthetic_ml1m_dir), "--out", str(out), "--seeds", "0",
-                            "--config", flags, "--max_epochs", "1"]) == 0
+                            "--config", flags, "--max_epochs", "1", "--models", "plain", "full"]) == 0
     result = json.loads((out / "cold_start.json").read_text())
     assert {"new users, n = 0", "new users, n = 1", "short context, n = 1"} <= set(result["rows"])
     assert result["rows"]["short context, n = 1"]["cases"] == load_dataset(
@@ -173,11 +173,11 @@ def test_benchmark_end_to_end_on_synthetic_data(synthetic_ml1m_dir, tmp_path):
     random_hr = items["random order"]["HR@10"]
     assert 0 < random_hr <= 1 and (items["candidates"] > 10 or random_hr == 1.0)
     text = (out / "cold_start.md").read_text()
-    assert "| new users, n = 0 |" in text and "| target | required | measured | met |" in text
-    assert not math.isnan(result["rating"]["full, seed 0"]["bias_baseline_rmse"]) or \
-        result["rating"]["full, seed 0"]["recommended_and_rated_later"] == 0
+    assert "| new users, n = 0 |" in text and "| target | model | required | measured | met |" in text
+    rating = result["rating"]["full model, seed 0"]
+    assert not math.isnan(rating["bias_baseline_rmse"]) or rating["recommended_and_rated_later"] == 0
     # a second call reads the finished runs instead of training again
     mtime = (out / "full_seed0" / "best_model.pt").stat().st_mtime
     assert cold_start_main(["--data_dir", str(synthetic_ml1m_dir), "--out", str(out), "--seeds", "0",
-                            "--config", flags, "--max_epochs", "1"]) == 0
+                            "--config", flags, "--max_epochs", "1", "--models", "plain", "full"]) == 0
     assert (out / "full_seed0" / "best_model.pt").stat().st_mtime == mtime

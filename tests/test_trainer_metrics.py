@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 from enhanced_model import EnhancedBERT4Rec, ModelConfig
 from trainer import (
+    NEW_USER_MAX_EVENTS,
     MultiTaskObjective,
     crop_windows,
+    data_to_tensors,
     epoch_batches,
     eta_text,
     exclude_seen,
@@ -217,6 +219,31 @@ def test_make_batch_hides_ids_and_demographics_on_request():
     assert hidden_ids["user_idx"].tolist() == [0, 0] and hidden_ids["gender"].tolist() == [2, 1]
     hidden_all = make_batch(_window_tensors(), torch.tensor([0, 1]), 9, 0.5, 1.0, 1.0, generator)["user"]
     assert all(values.tolist() == [0, 0] for values in hidden_all.values())
+
+
+def test_new_user_rows_are_a_user_s_first_events_with_the_id_hidden(synthetic_ml1m_dir):
+    from data_processor import load_dataset
+
+    data = load_dataset(synthetic_ml1m_dir, seq_length=12)
+    tensors = data_to_tensors(data, torch.device("cpu"))
+    rows = torch.arange(len(data.window_users))
+    batch = make_batch(tensors, rows, 999, 0.0, 0.0, 0.0, torch.Generator().manual_seed(0), new_user_prob=1.0)
+    lengths = (batch["items"] != 0).sum(dim=1)
+    assert lengths.min() >= 1 and lengths.max() <= NEW_USER_MAX_EVENTS and len(set(lengths.tolist())) > 5
+    for row, user in enumerate(data.window_users.tolist()):
+        timeline = data.seq_items[data.seq_offsets[user]:data.seq_offsets[user + 1]]
+        n = int(lengths[row])
+        assert batch["items"][row, -n:].tolist() == timeline[:n].tolist()  # the first n, newest at the right
+        assert batch["ratings"][row, -n:].tolist() == data.seq_ratings[data.seq_offsets[user]:][:n].tolist()
+    assert (batch["user"]["user_idx"] == 0).all() and (batch["user"]["gender"] > 0).all()  # demographics stay
+    # off, the batch is drawn exactly as before the option existed (same random numbers)
+    plain = make_batch(tensors, rows[:8], 999, 0.3, 0.1, 0.1, torch.Generator().manual_seed(3), mask_last=True)
+    off = make_batch(tensors, rows[:8], 999, 0.3, 0.1, 0.1, torch.Generator().manual_seed(3), mask_last=True,
+                     new_user_prob=0.0)
+    assert all(torch.equal(plain[key], off[key]) for key in ("items", "masked_seq", "days"))
+    share = make_batch(tensors, rows.repeat(20), 999, 0.0, 0.0, 0.0, torch.Generator().manual_seed(1),
+                       new_user_prob=0.25)["user"]["user_idx"].eq(0).float().mean().item()
+    assert 0.18 < share < 0.32
 
 
 def test_objective_trains_cloze_and_next_item_rows_from_one_pass():
