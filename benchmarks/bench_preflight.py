@@ -1,0 +1,65 @@
+"""How fast trainer.py refuses a bad flag, on the real data: every refused flag set of tests/test_bad_inputs.py's
+matrix, run as a user runs it (a fresh `python trainer.py ... --data_dir <ml-1m>` process), wall time from start
+to exit, median of --repeats runs. Beside it, the same for `python -c "import torch"` (the interpreter and torch's
+import, which every run pays before trainer.py's first line) and `python trainer.py --help`.
+
+    python benchmarks/bench_preflight.py --data_dir ../shared/data/ml-1m --repeats 3
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.test_bad_inputs import TRAINER_FLAGS  # noqa: E402
+
+LIMIT_SECONDS = 2.0
+
+
+def timed(command: list[str], repeats: int) -> tuple[float, int, str]:
+    """Median wall seconds of `command`, its exit status and the last line of its stderr."""
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        seconds.append(time.perf_counter() - started)
+    lines = done.stderr.strip().splitlines()
+    return statistics.median(seconds), done.returncode, lines[-1] if lines else ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rows, worst = [], 0.0
+    with tempfile.TemporaryDirectory() as scratch:
+        for label, command in [("python -c 'import torch'", [sys.executable, "-c", "import torch"]),
+                               ("trainer.py --help", [sys.executable, "trainer.py", "--help"])]:
+            seconds, _, _ = timed(command, args.repeats)
+            rows.append(f"| {label} (reference) | {seconds:.2f} | - | - |")
+        for flags, _ in TRAINER_FLAGS:
+            command = [sys.executable, "trainer.py", "--data_dir", args.data_dir, "--checkpoint_dir",
+                       str(Path(scratch) / "run"), *flags]
+            seconds, status, line = timed(command, args.repeats)
+            worst = max(worst, seconds)
+            written = "nothing" if not any(Path(scratch).iterdir()) else "FILES WRITTEN"
+            rows.append(f"| `{' '.join(flags)}` | {seconds:.2f} | {status} | {written}: {line[:90]} |")
+    print(f"| refused flags (python trainer.py ... --data_dir {args.data_dir}) | median s ({args.repeats} runs) "
+          "| exit status | written, stderr |")
+    print("|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\nslowest refusal {worst:.2f} s (limit {LIMIT_SECONDS} s): {'met' if worst < LIMIT_SECONDS else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
