@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,10 +310,22 @@ def validate_config(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok():
             raise ConfigError(message)
+    _check_device(config)
     _check_memory(config)
     for flag, folder in (("--checkpoint_dir", Path(config.checkpoint_dir)),
                          ("--metadata_path", config.metadata_file.parent)):
         _check_writable(flag, folder)
+
+
+def _check_device(config: TrainConfig) -> None:
+    """--device names a device this machine has, and --amp fp16 has a GPU to run on."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
+        raise ConfigError(f"--device {config.device!r} is not a device: use auto, cpu, cuda or cuda:N")
+    on_gpu = config.device.startswith("cuda") or (config.device == "auto" and cuda_available())
+    if config.device.startswith("cuda") and not cuda_available():
+        raise ConfigError(f"--device {config.device} asked for, but no CUDA GPU is available: use --device cpu")
+    if config.amp == "fp16" and not on_gpu:
+        raise ConfigError("--amp fp16 needs a CUDA GPU: use --amp bf16 or --amp off on the CPU")
 
 
 def _check_memory(config: TrainConfig) -> None:
