@@ -464,7 +464,7 @@ def test_metadata_round_trip(tmp_path):
     assert vocabularies["occupations"][1] == {"code": 0, "name": '"other" or not specified'}
     assert vocabularies["occupations"][21] == {"code": 20, "name": "writer"}
     assert vocabularies["years"]["min_year"] == 1919 and vocabularies["years"]["max_year"] == 2000
-    assert metadata["params"] == {"seq_length": 50, "window_stride": 25}
+    assert metadata["params"] == {"seq_length": 50, "window_stride": 25, "holdout": ""}
     assert (
         metadata["source_md5"]["ratings.dat"]
         == dp.hashlib.md5((tmp_path / "ml-1m" / "ratings.dat").read_bytes()).hexdigest()
@@ -532,6 +532,7 @@ def test_cli_prints_statistics_and_writes_outputs(tmp_path):
     assert load_metadata(tmp_path / "out" / "metadata.json")["params"] == {
         "seq_length": 4,
         "window_stride": 2,
+        "holdout": "",
     }
     assert (tmp_path / "out" / "ml1m_T4_S2.npz").is_file()
 
