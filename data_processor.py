@@ -66,7 +66,8 @@ OCCUPATIONS = (
     "tradesman/craftsman", "unemployed", "writer",
 )  # fmt: skip  # occupation code = position; occupation index = code + 1
 MAX_ID = 10_000_000  # MovieIDs/UserIDs index lookup tables: a larger id is refused, not allocated
-MIN_RATINGS_PER_USER = 3  # leave-one-out needs a training, a validation and a test event
+EVAL_EVENTS = 2  # leave-one-out: a user's last event is the test target, the one before it the validation target
+MIN_RATINGS_PER_USER = EVAL_EVENTS + 1  # and at least one training event
 # The cold-start hold-outs of EVALUATION.md: these users and movies never reach training, counts or baselines.
 HOLDOUT_USER_MODULUS = 10  # UserID % 10 == 0: 604 new users
 HOLDOUT_MOVIE_MODULUS = 20  # MovieID % 20 == 0: new movies
@@ -700,12 +701,20 @@ def _timelines(
     return offsets, events
 
 
+def training_part(offsets: np.ndarray) -> np.ndarray:
+    """Per event of CSR timelines (user u's events at offsets[u]:offsets[u + 1], time order), whether it is in
+    its user's training part: every event but the last EVAL_EVENTS (validation and test targets). The one
+    definition of the split's training part; counts, baselines and profiles all read it."""
+    lengths = np.diff(offsets)
+    users = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(users)) - offsets[users]
+    return position < lengths[users] - EVAL_EVENTS
+
+
 def _genre_profiles(seq_offsets: np.ndarray, seq_items: np.ndarray, item_genres: np.ndarray) -> np.ndarray:
     """Genre distribution of each user's training part; row 0 over all training events."""
-    counts = np.diff(seq_offsets)[1:]
-    train_lengths = counts - 2
-    position = np.arange(len(seq_items)) - np.repeat(seq_offsets[1:-1], counts)
-    train_genres = item_genres[seq_items[position < np.repeat(train_lengths, counts)]]
+    train_lengths = np.diff(seq_offsets)[1:] - EVAL_EVENTS
+    train_genres = item_genres[seq_items[training_part(seq_offsets)]]
     per_user = np.add.reduceat(train_genres, np.cumsum(train_lengths) - train_lengths, axis=0)
     profiles = np.vstack([per_user.sum(axis=0, keepdims=True), per_user])
     return (profiles / profiles.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -760,7 +769,7 @@ def process_ml1m(
     pad = np.zeros(1, dtype=np.int64)
 
     starts = seq_offsets[1:-1]
-    train_lengths = np.diff(seq_offsets)[1:] - 2
+    train_lengths = np.diff(seq_offsets)[1:] - EVAL_EVENTS
     user_rows, ends = window_ends(train_lengths, seq_length, window_stride)
     window_starts, window_stops = starts[user_rows], starts[user_rows] + ends
     return ML1MData(
@@ -936,7 +945,7 @@ def dataset_statistics(data: ML1MData) -> dict[str, Any]:
         "ratings_per_user_median": float(np.median(counts)),
         "ratings_per_user_max": int(counts.max()),
         "ratings_sharing_user_and_timestamp": int(in_tie.sum()),
-        "training_events": len(data.seq_items) - 2 * data.num_users,
+        "training_events": int(training_part(data.seq_offsets).sum()),
         "validation_targets": data.num_users,
         "test_targets": data.num_users,
         "training_windows": len(data.window_users),

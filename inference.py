@@ -57,7 +57,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data_processor import GENRES, PAD_INDEX, DataError, atomic_file, day_of_year, left_padded, load_metadata
+from data_processor import (
+    GENRES,
+    PAD_INDEX,
+    DataError,
+    atomic_file,
+    day_of_year,
+    left_padded,
+    load_metadata,
+    training_part,
+)
 from enhanced_model import (
     USER_TOKENS,
     CheckpointFileError,
@@ -243,11 +252,9 @@ class RecommendationEngine:
         keys = event_users * self.config.item_vocab_size + self._history_items
         order = np.argsort(keys, kind="stable")
         self._event_keys, self._event_days = keys[order], self._history_days[order]
-        # popularity over the training parts only (each user's events but the last two: EVALUATION.md)
-        position = np.arange(len(event_users)) - self._history_offsets[event_users]
-        in_training = position < lengths[event_users] - 2
+        # popularity over the training parts only (EVALUATION.md)
         self._popularity = np.bincount(
-            self._history_items[in_training], minlength=self.config.item_vocab_size
+            self._history_items[training_part(self._history_offsets)], minlength=self.config.item_vocab_size
         ).astype(np.float32)
         self._popularity[[PAD_INDEX, self.config.mask_index]] = -np.inf
         training_counts = self._popularity[1:-1]

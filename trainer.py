@@ -47,6 +47,7 @@ from data_processor import (
     load_dataset,
     mask_index,
     save_metadata,
+    training_part,
 )
 from enhanced_model import (
     CHECKPOINT_FORMAT,
@@ -148,11 +149,10 @@ def fit_bias_baseline(users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
 
 
 def training_events(data: ML1MData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user, item, rating) of every training-part event: each user's events except the last two."""
+    """(user, item, rating) of every training-part event (data_processor.training_part)."""
     lengths = np.diff(data.seq_offsets)
     users = np.repeat(np.arange(len(lengths)), lengths)
-    position = np.arange(len(users)) - data.seq_offsets[users]
-    keep = position < lengths[users] - 2
+    keep = training_part(data.seq_offsets)
     return users[keep], data.seq_items[keep], data.seq_ratings[keep]
 
 

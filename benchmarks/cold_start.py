@@ -39,7 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data_processor import AGE_GROUPS, GENDERS, ML1MData, held_out_movies, load_dataset  # noqa: E402
+from data_processor import AGE_GROUPS, EVAL_EVENTS, GENDERS, ML1MData, held_out_movies, load_dataset  # noqa: E402
 from inference import RecommendationEngine  # noqa: E402
 from trainer import fit_bias_baseline, ranking_metrics, target_ranks, training_events  # noqa: E402
 
@@ -215,8 +215,8 @@ def rating_rows(known: ML1MData, engine: RecommendationEngine) -> dict:
         movies, stamps, _ = events(known, u)
         ratings = known.seq_ratings[known.seq_offsets[u]:known.seq_offsets[u + 1]]
         user_ids.append(int(known.user_ids[u]))
-        sequences.append(movies[:-2].tolist())
-        timestamps.append(stamps[:-2].tolist())
+        sequences.append(movies[:-EVAL_EVENTS].tolist())
+        timestamps.append(stamps[:-EVAL_EVENTS].tolist())
         later.append(dict(zip(movies[-2:].tolist(), ratings[-2:].tolist(), strict=True)))
     recommended = engine.recommend_batch(user_ids, sequences, timestamps, k=10)
     mu, user_bias, item_bias = fit_bias_baseline(*training_events(known))
