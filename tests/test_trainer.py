@@ -125,6 +125,30 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert resumed_results["test"] == straight_results["test"]
 
 
+def test_resume_keeps_an_earlier_best_epoch(synthetic_ml1m_dir, tmp_path):
+    """The resumed run must restore the best metric, the best epoch and the early-stopping count: with a best
+    validation figure no later epoch can beat, the best stays epoch 1, best_model.pt is not replaced, the test
+    figures come from epoch 1's weights and the stopping count goes on from the checkpoint's."""
+    from enhanced_model import fields_digest
+
+    _, first = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "1", "--deterministic"))
+    folder = tmp_path / "checkpoints"
+    best_before = (folder / "best_model.pt").read_bytes()
+    checkpoint = load_checkpoint(folder / "last.pt")
+    checkpoint.update(best_metric=1.0, evals_without_improvement=3)  # NDCG@10 1.0: unbeatable
+    checkpoint["fields_sha256"] = fields_digest(checkpoint)  # a deliberate edit, signed as trainer.py signs
+    torch.save(checkpoint, folder / "last.pt")
+    _, resumed = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "3", "--deterministic",
+                                   "--resume", str(folder / "last.pt")))
+    assert resumed["epochs_run"] == 3 and resumed["best_epoch"] == 1
+    assert (folder / "best_model.pt").read_bytes() == best_before
+    assert resumed["test"] == first["test"]  # epoch 1's weights, evaluated again
+    last = load_checkpoint(folder / "last.pt")
+    assert last["best_metric"] == 1.0 and last["best_epoch"] == 1 and last["evals_without_improvement"] == 5
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3]
+    assert resumed["history"][0] == first["history"][0]
+
+
 def test_resume_refuses_other_config_or_data(synthetic_ml1m_dir, tmp_path):
     train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "1"))
     last = str(tmp_path / "checkpoints" / "last.pt")
