@@ -39,12 +39,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.ablation import PLAIN  # noqa: E402  (the ablation's plain BERT4Rec, the same flags)
 from data_processor import AGE_GROUPS, EVAL_EVENTS, GENDERS, ML1MData, held_out_movies, load_dataset  # noqa: E402
 from inference import RecommendationEngine  # noqa: E402
 from trainer import fit_bias_baseline, ranking_metrics, target_ranks, training_events  # noqa: E402
 
-PLAIN = ["--no-use_item_side_info", "--no-use_user_tokens", "--no-use_temporal", "--next_item_weight", "0",
-         "--rating_prediction_weight", "0", "--user_preference_weight", "0"]
 # the models compared (run folder name -> trainer flags on top of --config); LABELS name their table columns
 MODELS = {"plain": PLAIN, "full": [], "full_new_users": ["--new_user_prob", "0.2"]}
 LABELS = {"plain": "plain BERT4Rec", "full": "full model", "full_new_users": "full model, --new_user_prob 0.2"}
