@@ -45,9 +45,12 @@ from inference import RecommendationEngine  # noqa: E402
 from trainer import fit_bias_baseline, ranking_metrics, target_ranks, training_events  # noqa: E402
 
 # the models compared (run folder name -> trainer flags on top of --config); LABELS name their table columns
-MODELS = {"plain": PLAIN, "full": [], "full_new_users": ["--new_user_prob", "0.2"]}
-LABELS = {"plain": "plain BERT4Rec", "full": "full model", "full_new_users": "full model, --new_user_prob 0.2"}
-FULL_MODELS = ("full", "full_new_users")
+MODELS = {"plain": PLAIN, "full": [], "full_new_users": ["--new_user_prob", "0.2"],
+          "full_new_users_10": ["--new_user_prob", "0.1"], "full_new_users_05": ["--new_user_prob", "0.05"]}
+LABELS = {"plain": "plain BERT4Rec", "full": "full model"} | {
+    name: f"full model, --new_user_prob {flags[1]}" for name, flags in MODELS.items() if name.startswith("full_new")}
+FULL_MODELS = tuple(name for name in MODELS if name.startswith("full"))
+DEFAULT_MODELS = ["plain", "full", "full_new_users"]
 NEW_USER_N = (0, 1, 3, 5, 10)
 SHORT_CONTEXT_N = (1, 3, 5, 10)
 TARGETS = {  # row prefix -> (required ratio, what the full model is compared with)
@@ -351,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="@configs/cpu_budget.txt",
                         help="trainer flags of both models (a flags file and/or flags, one string)")
     parser.add_argument("--max_epochs", type=int, default=10, help="training epochs of each model")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=DEFAULT_MODELS,
                         help="which models to train and compare (plain and full at least)")
     args = parser.parse_args(argv)
     result = evaluate(args)
