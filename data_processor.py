@@ -92,6 +92,15 @@ def mask_index(num_items: int) -> int:
     return num_items + 1
 
 
+# T, the model's positions: a training window holds T events; a scored input is the newest T - 1 events + [MASK]
+SEQ_LENGTH = 50
+
+
+def check_seq_length(seq_length: int) -> None:
+    if seq_length < 2:
+        raise ValueError(f"seq_length must be at least 2 (one input event and [MASK]), got {seq_length}")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Errors a user can cause. The CLI turns DataError and OSError into one line on stderr.
 
@@ -270,8 +279,7 @@ def day_of_year(timestamps: np.ndarray) -> np.ndarray:
 
 def _window_stride(seq_length: int, window_stride: int | None) -> int:
     """The stride to use (default seq_length // 2), checked against seq_length."""
-    if seq_length < 2:
-        raise ValueError(f"seq_length must be at least 2 (one input event and [MASK]), got {seq_length}")
+    check_seq_length(seq_length)
     stride = seq_length // 2 if window_stride is None else window_stride
     if not 1 <= stride <= seq_length:
         raise ValueError(
@@ -806,6 +814,21 @@ def process_ml1m(
     )
 
 
+def scoring_input(items: np.ndarray, days: np.ndarray, starts: np.ndarray, ends: np.ndarray, seq_length: int,
+                  mask_token: int, empty_day: int) -> tuple[np.ndarray, np.ndarray]:
+    """The layout every next-item score reads, in evaluation and in the engine: row i's events are
+    items[starts[i]:ends[i]] (flat, time order); its input is the newest seq_length - 1 of them, left-padded with
+    0, then [MASK] carrying the newest event's day (empty_day for a row without events). Returns the (rows,
+    seq_length) item and day arrays. Training's next-item rows are the same layout (trainer.mask_last_item).
+    """
+    check_seq_length(seq_length)
+    width = seq_length - 1
+    items, days = np.append(items, PAD_INDEX), np.append(days, 0)  # keeps the gathers valid when all rows are empty
+    newest_day = np.where(ends > starts, days[np.maximum(ends - 1, 0)], empty_day)
+    return (np.column_stack([left_padded(items, ends, starts, width), np.full(len(ends), mask_token)]),
+            np.column_stack([left_padded(days, ends, starts, width), newest_day]))
+
+
 def eval_inputs(data: ML1MData, split: Literal["val", "test"], seq_length: int) -> EvalInputs:
     """Inputs and targets for scoring every user's validation ("val") or test ("test") item.
 
@@ -813,19 +836,17 @@ def eval_inputs(data: ML1MData, split: Literal["val", "test"], seq_length: int) 
     """
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-    if seq_length < 2:
-        raise ValueError(f"seq_length must be at least 2 (one input event and [MASK]), got {seq_length}")
     starts = data.seq_offsets[1:-1]
     counts = np.diff(data.seq_offsets)[1:]
     target_positions = data.seq_offsets[2:] - (2 if split == "val" else 1)
-    items = left_padded(data.seq_items, target_positions, starts, seq_length - 1)
-    days = left_padded(data.seq_days, target_positions, starts, seq_length - 1)
+    items, days = scoring_input(data.seq_items, data.seq_days, starts, target_positions, seq_length,
+                                mask_index(data.num_items), empty_day=0)
     input_lengths = target_positions - starts
     position = np.arange(len(data.seq_items)) - np.repeat(starts, counts)
     return EvalInputs(
         users=np.arange(1, data.num_users + 1),
-        items=np.column_stack([items, np.full(data.num_users, mask_index(data.num_items))]),
-        days=np.column_stack([days, data.seq_days[target_positions - 1]]),
+        items=items,
+        days=days,
         targets=data.seq_items[target_positions],
         target_ratings=data.seq_ratings[target_positions],
         seen_offsets=np.concatenate([[0], np.cumsum(input_lengths)]),
@@ -875,7 +896,7 @@ def _write_cache(path: Path, key: str, data: ML1MData) -> None:
 def load_dataset(
     data_dir: str | Path | None,
     cache_dir: str | Path | None = None,
-    seq_length: int = 50,
+    seq_length: int = SEQ_LENGTH,
     window_stride: int | None = None,
     verify: bool = True,
     strict: bool = False,
@@ -1178,7 +1199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_dir", help="ml-1m folder or ml-1m.zip (default: download into ./ml-1m)")
     parser.add_argument("--output_dir", default="data", help="where metadata.json is written (default: data)")
     parser.add_argument("--cache_dir", help="where the processed arrays are cached (default: --output_dir)")
-    parser.add_argument("--seq_length", type=int, default=50, help="training window length T (default: 50)")
+    parser.add_argument("--seq_length", type=int, default=SEQ_LENGTH,
+                        help=f"model positions T: training windows of T events (default: {SEQ_LENGTH})")
     parser.add_argument("--window_stride", type=int, help="stride between windows (default: seq_length // 2)")
     parser.add_argument("--holdout_users", action="store_true", help="leave out the cold-start new users "
                         "(UserID %% 10 == 0), as trainer.py --holdout_users")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from data_processor import PAD_INDEX, mask_index
+from data_processor import PAD_INDEX, SEQ_LENGTH, mask_index
 
 NUM_DAY_SLOTS = 367  # day of year 1..366, 0 = padding
 USER_TOKENS = ("identity", "gender", "age", "occupation")  # order of the cross-attention columns
@@ -53,7 +53,7 @@ class ModelConfig:
     hidden_size: int = 256
     num_heads: int = 4
     num_layers: int = 4
-    seq_length: int = 50
+    seq_length: int = SEQ_LENGTH
     dropout: float = 0.2
     side_dim: int = 32
     positional: str = "sinusoidal"  # "sinusoidal" | "learned"

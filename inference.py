@@ -63,8 +63,8 @@ from data_processor import (
     DataError,
     atomic_file,
     day_of_year,
-    left_padded,
     load_metadata,
+    scoring_input,
     training_part,
 )
 from enhanced_model import (
@@ -412,50 +412,30 @@ class RecommendationEngine:
             raise AlreadySeenError(f"movie {recommended_item_id} is already in this user's history, so it is never "
                                    "recommended to them: explain a movie outside the history")
         if request.strategy == POPULARITY:
-            return self._explain_popularity(request, item)
+            scores = self._score([request], False)
+            movie = self._movie(int(self._item_movie_ids[item]))
+            return _popularity_explanation(movie, int(self._popularity[item]), _ranks(scores, scores[:, item])[0])
         window_size = min(len(request.items), self.config.seq_length - 1)
-        window_start = len(request.items) - window_size
-        deletions = [
-            dataclasses.replace(request, items=np.delete(request.items, i), days=np.delete(request.days, i))
-            for i in range(window_start, len(request.items))
-        ]
-        hidden_tokens = [(name, self._hide_token(request, name)) for name in self._known_tokens(request)]
-        scores = self._score([request, *deletions, *(variant for _, variant in hidden_tokens)], False)
+        token_names = self._known_tokens(request)
+        variants = [request, *_deletions(request, window_size), *(_hide_token(request, name) for name in token_names)]
+        scores = self._score(variants, False)
         target_scores = scores[:, item].clone()
         self._exclude(scores, [request] * len(scores))
         ranks = _ranks(scores, target_scores)
         drops = (target_scores[0] - target_scores[1:]).tolist()
         self_attention, cross_attention = self._attention(request, window_size)
 
-        window_movies = self._item_movie_ids[request.items[window_start:]].tolist()
-        drivers = [
-            {
-                **self._movie(movie_id),
-                "position": window_size - i,  # 1 = the newest item
-                "score_drop": drops[i],
-                "rank_without": ranks[1 + i],
-                "attention": self_attention[i],
-            }
-            for i, movie_id in enumerate(window_movies)
-        ]
-        drivers.sort(key=lambda driver: -driver["score_drop"])
-        user_tokens = {
-            name: {
-                "cross_attention": cross_attention.get(name),
-                "score_drop": drops[window_size + j],
-                "rank_without": ranks[1 + window_size + j],
-            }
-            for j, (name, _) in enumerate(hidden_tokens)
-        }
-        recommended = {**self._movie(recommended_item_id), "score": target_scores[0].item(), "rank": ranks[0]}
+        window_movie_ids = self._item_movie_ids[request.items[len(request.items) - window_size :]].tolist()
+        window_movies = [self._movie(movie_id) for movie_id in window_movie_ids]
+        window_rows, row = self._movie_row[window_movie_ids], self._movie_row[recommended_item_id]
         explanation = {
             "user_id": user_id,
             "strategy": request.strategy,
-            "recommended": recommended,
-            "drivers": drivers,
-            "shared_genres": self._shared_genres(recommended_item_id, window_movies),
-            "release_year": self._year_relation(recommended_item_id, window_movies),
-            "user_tokens": user_tokens,
+            "recommended": {**self._movie(recommended_item_id), "score": target_scores[0].item(), "rank": ranks[0]},
+            "drivers": _drivers(window_movies, drops[:window_size], ranks[1 : 1 + window_size], self_attention),
+            "shared_genres": _shared_genres(self._movie_genres[row], self._movie_genres[window_rows]),
+            "release_year": _year_relation(self._movies[recommended_item_id]["year"], self._movie_years[window_rows]),
+            "user_tokens": _user_tokens(token_names, cross_attention, drops[window_size:], ranks[1 + window_size :]),
             "measures": dict(EXPLANATION_MEASURES),
         }
         explanation["sentence"] = _sentence(explanation, window_size, k)
@@ -721,18 +701,13 @@ class RecommendationEngine:
     # Scoring: the trainer's input layout and scoring function
 
     def _model_inputs(self, requests: list[_Request]) -> _ModelInputs:
-        """Newest seq_length - 1 items left-padded + [MASK] carrying the newest item's day (eval_inputs' layout)."""
-        width = self.config.seq_length - 1
+        """data_processor.scoring_input's layout: the newest seq_length - 1 items + [MASK] with the newest day."""
         lengths = np.array([len(r.items) for r in requests], dtype=np.int64)
         ends = np.cumsum(lengths)
-        starts = ends - lengths
-        # a trailing 0 keeps the gathers valid when every history is empty; it is never selected
-        items = np.concatenate([*(r.items for r in requests), [PAD_INDEX]]).astype(np.int64)
-        days = np.concatenate([*(r.days for r in requests), [0]]).astype(np.int64)
-        newest_day = np.where(lengths > 0, days[np.maximum(ends - 1, 0)], self._default_day())
-        mask_column = np.full(len(requests), self.config.mask_index)
-        item_seq = np.column_stack([left_padded(items, ends, starts, width), mask_column])
-        day_seq = np.column_stack([left_padded(days, ends, starts, width), newest_day])
+        items = np.concatenate([np.zeros(0, np.int64), *(r.items for r in requests)]).astype(np.int64)
+        days = np.concatenate([np.zeros(0, np.int64), *(r.days for r in requests)]).astype(np.int64)
+        item_seq, day_seq = scoring_input(items, days, ends - lengths, ends, self.config.seq_length,
+                                          self.config.mask_index, empty_day=self._default_day())
         features = np.array([(r.user_index, *r.features) for r in requests], dtype=np.int64)
         feature_columns = torch.from_numpy(features).T.to(self.device)
         user = dict(zip(("user_idx", "gender", "age", "occupation"), feature_columns, strict=True))
@@ -741,7 +716,7 @@ class RecommendationEngine:
             torch.from_numpy(day_seq).to(self.device),
             user,
             np.concatenate([[0], ends]),
-            items[:-1],
+            items,
         )
 
     def _score(self, requests: list[_Request], filter_seen: bool, batch_size: int = 512) -> torch.Tensor:
@@ -830,21 +805,13 @@ class RecommendationEngine:
         return float(min_predicted_rating)
 
     # ------------------------------------------------------------------------------------------------------
-    # Explanation parts
+    # What an explanation reads from the model
 
     def _known_tokens(self, request: _Request) -> list[str]:
         if not self.config.use_user_tokens:
             return []
         known = (request.user_index, *request.features)
         return [name for name, value in zip(USER_TOKENS, known, strict=True) if value != PAD_INDEX]
-
-    @staticmethod
-    def _hide_token(request: _Request, name: str) -> _Request:
-        if name == "identity":
-            return dataclasses.replace(request, user_index=0)
-        features = list(request.features)
-        features[USER_TOKENS.index(name) - 1] = 0
-        return dataclasses.replace(request, features=tuple(features))
 
     @torch.no_grad()
     def _attention(self, request: _Request, window_size: int) -> tuple[list[float | None], dict[str, float]]:
@@ -858,46 +825,154 @@ class RecommendationEngine:
             cross = dict(zip(USER_TOKENS, output.cross_attention[0, -1].tolist(), strict=True))
         return self_attention, cross
 
-    def _shared_genres(self, movie_id: int, history_movie_ids: list[int]) -> dict[str, int]:
-        genres = self._movie_genres[self._movie_row[movie_id]]
-        counts = (self._movie_genres[self._movie_row[history_movie_ids]] * genres).sum(axis=0) if history_movie_ids \
-            else np.zeros_like(genres)
-        return {GENRES[g]: int(counts[g]) for g in np.argsort(-counts, kind="stable") if counts[g] > 0}
-
-    def _year_relation(self, movie_id: int, history_movie_ids: list[int]) -> dict[str, Any]:
-        year = self._movies[movie_id]["year"]
-        years = self._movie_years[self._movie_row[history_movie_ids]] if history_movie_ids else np.array([])
-        median = float(np.median(years[np.isfinite(years)])) if np.isfinite(years).any() else None
-        if year is None or median is None:
-            return {"year": year, "history_median_year": median, "difference": None, "relation": "unknown"}
-        difference = year - median
-        if abs(difference) <= SAME_ERA_YEARS:
-            relation = "same era"
-        else:
-            relation = "newer" if difference > 0 else "older"
-        return {"year": year, "history_median_year": median, "difference": difference, "relation": relation}
-
-    def _explain_popularity(self, request: _Request, item: int) -> dict[str, Any]:
-        scores = self._score([request], False)
-        rank = _ranks(scores, scores[:, item])[0]
-        movie = self._movie(int(self._item_movie_ids[item]))
-        count = int(self._popularity[item])
-        return {
-            "user_id": None,
-            "strategy": POPULARITY,
-            "recommended": {**movie, "score": float(count), "rank": rank},
-            "drivers": [],
-            "shared_genres": {},
-            "release_year": self._year_relation(movie["movie_id"], []),
-            "user_tokens": {},
-            "measures": {"score": "number of ratings in the training parts"},
-            "sentence": f'Nothing is known about this user, so "{movie["title"]}" is suggested for its popularity: '
-            f"{count} ratings in the training data, rank {rank}.",
-        }
-
     def _movie(self, movie_id: int) -> dict[str, Any]:
         movie = self._movies[movie_id]
         return {"movie_id": movie_id, "title": movie["title"], "genres": movie["genres"], "year": movie["year"]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Explanations: built from the scores and attention the engine measured
+
+
+def _deletions(request: _Request, window_size: int) -> list[_Request]:
+    """The request once per item of the model's window (oldest first) with that item deleted: older items slide
+    into the window."""
+    return [
+        dataclasses.replace(request, items=np.delete(request.items, i), days=np.delete(request.days, i))
+        for i in range(len(request.items) - window_size, len(request.items))
+    ]
+
+
+def _hide_token(request: _Request, name: str) -> _Request:
+    """The request with user token `name` (identity, gender, age or occupation) set to unknown."""
+    if name == "identity":
+        return dataclasses.replace(request, user_index=0)
+    features = list(request.features)
+    features[USER_TOKENS.index(name) - 1] = 0
+    return dataclasses.replace(request, features=tuple(features))
+
+
+def _ranks(scores: torch.Tensor, target_scores: torch.Tensor) -> list[int]:
+    """1 + the number of movies scoring strictly higher than the target, per row (a listed movie's rank)."""
+    return ((scores > target_scores[:, None]).sum(dim=1) + 1).tolist()
+
+
+def _drivers(
+    window_movies: list[dict[str, Any]], drops: list[float], ranks_without: list[int], attention: list[float | None]
+) -> list[dict[str, Any]]:
+    """The window's movies (oldest first) with their position (1 = the newest), score_drop, rank_without and
+    attention, the largest score_drop first."""
+    measured = zip(window_movies, drops, ranks_without, attention, strict=True)
+    drivers = [
+        {**movie, "position": len(window_movies) - i, "score_drop": drop, "rank_without": rank, "attention": weight}
+        for i, (movie, drop, rank, weight) in enumerate(measured)
+    ]
+    return sorted(drivers, key=lambda driver: -driver["score_drop"])
+
+
+def _user_tokens(
+    names: list[str], cross_attention: dict[str, float], drops: list[float], ranks_without: list[int]
+) -> dict[str, dict[str, Any]]:
+    """Per known user token: its cross_attention weight (None without cross-attention), score_drop and
+    rank_without when it is hidden."""
+    return {
+        name: {"cross_attention": cross_attention.get(name), "score_drop": drop, "rank_without": rank}
+        for name, drop, rank in zip(names, drops, ranks_without, strict=True)
+    }
+
+
+def _shared_genres(genre_multi_hot: np.ndarray, history_genre_multi_hot: np.ndarray) -> dict[str, int]:
+    """Genre -> number of history movies (rows of history_genre_multi_hot) that share it with the movie, most
+    shared first; genres no history movie shares are left out."""
+    counts = (history_genre_multi_hot * genre_multi_hot).sum(axis=0)
+    return {GENRES[g]: int(counts[g]) for g in np.argsort(-counts, kind="stable") if counts[g] > 0}
+
+
+def _year_relation(year: int | None, history_years: np.ndarray) -> dict[str, Any]:
+    """The movie's release year against the median of the history's (NaN: unknown): "same era" within
+    SAME_ERA_YEARS, "newer", "older", or "unknown" when either is missing."""
+    median = float(np.median(history_years[np.isfinite(history_years)])) if np.isfinite(history_years).any() else None
+    if year is None or median is None:
+        return {"year": year, "history_median_year": median, "difference": None, "relation": "unknown"}
+    difference = year - median
+    if abs(difference) <= SAME_ERA_YEARS:
+        relation = "same era"
+    else:
+        relation = "newer" if difference > 0 else "older"
+    return {"year": year, "history_median_year": median, "difference": difference, "relation": relation}
+
+
+def _popularity_explanation(movie: dict[str, Any], count: int, rank: int) -> dict[str, Any]:
+    """The explanation of a "popularity" answer: the movie's number of training ratings and its rank by them."""
+    return {
+        "user_id": None,
+        "strategy": POPULARITY,
+        "recommended": {**movie, "score": float(count), "rank": rank},
+        "drivers": [],
+        "shared_genres": {},
+        "release_year": _year_relation(movie["year"], np.array([])),
+        "user_tokens": {},
+        "measures": {"score": "number of ratings in the training parts"},
+        "sentence": f'Nothing is known about this user, so "{movie["title"]}" is suggested for its popularity: '
+        f"{count} ratings in the training data, rank {rank}.",
+    }
+
+
+def _titles(movies: list[dict[str, Any]]) -> str:
+    return " and ".join(f'"{movie["title"]}"' for movie in movies)
+
+
+def _sentence(explanation: dict[str, Any], window_size: int, k: int = 10) -> str:
+    """One plain-language sentence from the explanation's numbers: "We recommend ..." for a movie within the top
+    k, "... is ranked 299th for you, ..." below it. Only measured score drops are called influence."""
+    title = explanation["recommended"]["title"]
+    parts = []
+    drivers = [d for d in explanation["drivers"] if d["score_drop"] >= MIN_DRIVER_DROP][:2]
+    if len(drivers) == 2 and drivers[1]["score_drop"] < drivers[0]["score_drop"] / 2:
+        drivers = drivers[:1]  # name a second item only when it matters about as much as the first
+    if len(drivers) == 1:
+        drop = drivers[0]["score_drop"]
+        parts.append(f"mostly because you watched {_titles(drivers)} (without it, its score drops by {drop:.2f})")
+    elif drivers:
+        drops = " and ".join(f"{d['score_drop']:.2f}" for d in drivers)
+        parts.append(f"mostly because you watched {_titles(drivers)} (without each, its score drops by {drops})")
+    elif window_size:
+        parts.append(
+            f"from your {window_size} most recent movies as a whole (deleting any one of them lowers its score "
+            f"by less than {MIN_DRIVER_DROP})"
+        )
+    else:
+        parts.append("from your profile alone (no viewing history)")
+    shared = explanation["shared_genres"]
+    if shared:
+        genre, count = next(iter(shared.items()))
+        parts.append(f"it is {genre}, like {count} of your {window_size} recent movies")
+    year = explanation["release_year"]
+    if year["relation"] == "same era":
+        parts.append(f"it is from {year['year']}, the era you watch most (median {year['history_median_year']:.0f})")
+    elif year["relation"] in ("newer", "older"):
+        parts.append(
+            f"it is {abs(year['difference']):.0f} years {year['relation']} than the median release year of your "
+            f"recent movies ({year['history_median_year']:.0f})"
+        )
+    drops = {name: t["score_drop"] for name, t in explanation["user_tokens"].items()
+             if t["score_drop"] >= MIN_DRIVER_DROP}
+    if drops:  # measured: the score drop when the feature is hidden; attention is only shown beside it
+        name = max(drops, key=drops.get)
+        label = {"identity": "your own taste profile", "age": "your age group"}.get(name, f"your {name}")
+        attention = explanation["user_tokens"][name].get("cross_attention")
+        beside = f"; attention to it: {attention:.0%}" if attention is not None else ""
+        parts.append(f"of what we know about you, {label} weighed most (hiding it lowers the score by "
+                     f"{drops[name]:.2f}{beside})")
+    rank = explanation["recommended"].get("rank", 1)
+    opening = f'We recommend "{title}" ' if rank <= k else f'"{title}" is ranked {_ordinal(rank)} for you, '
+    return opening + "; ".join(parts) + "."
+
+
+def _ordinal(number: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 299th."""
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1014,11 +1089,6 @@ def _row_writer(file: Any, suffix: str) -> Any:
     return writer.writerow
 
 
-def _ranks(scores: torch.Tensor, target_scores: torch.Tensor) -> list[int]:
-    """1 + the number of movies scoring strictly higher than the target, per row (a listed movie's rank)."""
-    return ((scores > target_scores[:, None]).sum(dim=1) + 1).tolist()
-
-
 def _warn_cold(requests: list[_Request]) -> None:
     cold = sorted({movie_id for r in requests for movie_id in r.cold_movie_ids})
     if cold:
@@ -1026,63 +1096,6 @@ def _warn_cold(requests: list[_Request]) -> None:
             f"never-rated MovieID(s) {cold[:10]}{' ...' if len(cold) > 10 else ''} in the history: the model has "
             "no embedding for them and skips them", ColdItemWarning, stacklevel=3,
         )
-
-
-def _titles(movies: list[dict[str, Any]]) -> str:
-    return " and ".join(f'"{movie["title"]}"' for movie in movies)
-
-
-def _sentence(explanation: dict[str, Any], window_size: int, k: int = 10) -> str:
-    """One plain-language sentence from the explanation's numbers: "We recommend ..." for a movie within the top
-    k, "... is ranked 299th for you, ..." below it. Only measured score drops are called influence."""
-    title = explanation["recommended"]["title"]
-    parts = []
-    drivers = [d for d in explanation["drivers"] if d["score_drop"] >= MIN_DRIVER_DROP][:2]
-    if len(drivers) == 2 and drivers[1]["score_drop"] < drivers[0]["score_drop"] / 2:
-        drivers = drivers[:1]  # name a second item only when it matters about as much as the first
-    if len(drivers) == 1:
-        drop = drivers[0]["score_drop"]
-        parts.append(f"mostly because you watched {_titles(drivers)} (without it, its score drops by {drop:.2f})")
-    elif drivers:
-        drops = " and ".join(f"{d['score_drop']:.2f}" for d in drivers)
-        parts.append(f"mostly because you watched {_titles(drivers)} (without each, its score drops by {drops})")
-    elif window_size:
-        parts.append(
-            f"from your {window_size} most recent movies as a whole (deleting any one of them lowers its score "
-            f"by less than {MIN_DRIVER_DROP})"
-        )
-    else:
-        parts.append("from your profile alone (no viewing history)")
-    shared = explanation["shared_genres"]
-    if shared:
-        genre, count = next(iter(shared.items()))
-        parts.append(f"it is {genre}, like {count} of your {window_size} recent movies")
-    year = explanation["release_year"]
-    if year["relation"] == "same era":
-        parts.append(f"it is from {year['year']}, the era you watch most (median {year['history_median_year']:.0f})")
-    elif year["relation"] in ("newer", "older"):
-        parts.append(
-            f"it is {abs(year['difference']):.0f} years {year['relation']} than the median release year of your "
-            f"recent movies ({year['history_median_year']:.0f})"
-        )
-    drops = {name: t["score_drop"] for name, t in explanation["user_tokens"].items()
-             if t["score_drop"] >= MIN_DRIVER_DROP}
-    if drops:  # measured: the score drop when the feature is hidden; attention is only shown beside it
-        name = max(drops, key=drops.get)
-        label = {"identity": "your own taste profile", "age": "your age group"}.get(name, f"your {name}")
-        attention = explanation["user_tokens"][name].get("cross_attention")
-        beside = f"; attention to it: {attention:.0%}" if attention is not None else ""
-        parts.append(f"of what we know about you, {label} weighed most (hiding it lowers the score by "
-                     f"{drops[name]:.2f}{beside})")
-    rank = explanation["recommended"].get("rank", 1)
-    opening = f'We recommend "{title}" ' if rank <= k else f'"{title}" is ranked {_ordinal(rank)} for you, '
-    return opening + "; ".join(parts) + "."
-
-
-def _ordinal(number: int) -> str:
-    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 299th."""
-    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
-    return f"{number}{suffix}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1109,11 +1122,20 @@ def _id_list(text: str) -> list[int]:
     return [int(part) for part in parts]
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" once: not for flags whose help already names its default, nor for None or False."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "default" in (action.help or "") or action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The inference.py command line."""
     parser = _OneLineParser(
         description="Recommend movies with a trained enhanced BERT4Rec (ids are MovieLens UserIDs/MovieIDs).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     parser.add_argument("--model_path", default="checkpoints/best_model.pt", help="checkpoint from trainer.py")
     parser.add_argument("--metadata_path", help="metadata.json of the same data (default: the one beside "

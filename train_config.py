@@ -41,6 +41,11 @@ class ConfigError(TrainingError):
 # Configuration
 
 
+# TrainConfig fields that are enhanced_model.ModelConfig fields of the same name (trainer.build_model_config)
+MODEL_FLAGS = ("hidden_size", "num_heads", "num_layers", "seq_length", "dropout", "positional", "use_item_side_info",
+               "use_user_tokens", "use_temporal", "gradient_checkpointing")
+
+
 @dataclass
 class TrainConfig:
     # data
@@ -50,7 +55,7 @@ class TrainConfig:
     window_stride: int | None = None
     holdout_users: bool = False
     holdout_items: bool = False
-    # model (the seed's defaults)
+    # model (the seed's defaults; MODEL_FLAGS, the same defaults as enhanced_model.ModelConfig)
     hidden_size: int = 256
     num_heads: int = 4
     num_layers: int = 4
@@ -100,6 +105,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.task_weights = {task: getattr(self, f"{task}_weight") for task in TASKS}
+
+    @property
+    def next_item_on(self) -> bool:
+        """Whether the next-item task is on. It decides the batches' layout (make_batch's mask_last); the objective
+        trains the task by its weight and refuses batches that do not agree."""
+        return self.next_item_weight > 0
 
     @property
     def metadata_file(self) -> Path:
@@ -185,7 +196,8 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     add("hidden_size", "transformer hidden dimension", type=int)
     add("num_heads", "attention heads", type=int)
     add("num_layers", "transformer layers", type=int)
-    add("seq_length", "maximum sequence length", type=int)
+    add("seq_length", "model positions T: training windows of T events; a scored history is its newest T-1 "
+        "events and [MASK]", type=int)
     add("dropout", "dropout probability", type=float)
     add("positional", "positional encoding", choices=["sinusoidal", "learned"])
     switch("use_item_side_info", "genre and release-year embeddings of the movies")

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,6 +67,7 @@ from plots import plot_training_curves
 from train_config import (  # noqa: F401 (re-exported: trainer.parse_args, trainer.TrainConfig, ...)
     CONFIGS,
     DEVICE_DEFAULTS,
+    MODEL_FLAGS,
     NEW_USER_MAX_EVENTS,
     RESUME_MAY_CHANGE,
     TASKS,
@@ -90,19 +91,14 @@ RANKING_KS = (1, 5, 10, 20)
 
 
 def build_model_config(config: TrainConfig, data: ML1MData) -> ModelConfig:
-    """The network the flags describe; heads of tasks with weight 0 are not built at all."""
-    return ModelConfig(
-        num_items=data.num_items, num_users=data.num_users, num_genres=data.num_genres,
-        num_years=data.num_years, num_genders=data.num_genders, num_ages=data.num_ages,
-        num_occupations=data.num_occupations,
-        hidden_size=config.hidden_size, num_heads=config.num_heads, num_layers=config.num_layers,
-        seq_length=config.seq_length, dropout=config.dropout, positional=config.positional,
-        use_item_side_info=config.use_item_side_info, use_user_tokens=config.use_user_tokens,
-        use_temporal=config.use_temporal,
-        use_rating_head=config.rating_prediction_weight > 0,
-        use_preference_head=config.user_preference_weight > 0,
-        gradient_checkpointing=config.gradient_checkpointing,
-    )
+    """The network the flags describe, on this data's vocabularies: the sizes and switches are the TrainConfig
+    fields of the same name (MODEL_FLAGS), the vocabularies the data's num_* counts; heads of tasks with weight 0
+    are not built at all."""
+    sizes = {f.name: getattr(data, f.name) for f in fields(ModelConfig) if f.name.startswith("num_") and
+             f.name not in MODEL_FLAGS}
+    return ModelConfig(**sizes, **{name: getattr(config, name) for name in MODEL_FLAGS},
+                       use_rating_head=config.rating_prediction_weight > 0,
+                       use_preference_head=config.user_preference_weight > 0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -214,7 +210,8 @@ def new_user_rows(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, pro
 
 def mask_last_item(item_seq: torch.Tensor, day_of_year: torch.Tensor,
                    mask_token: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inference situation: the newest position is [MASK] and carries the previous event's day."""
+    """Next-item rows of training windows in data_processor.scoring_input's layout (the layout every score at
+    inference reads): the newest position is [MASK] and carries the previous event's day."""
     next_seq = item_seq.clone()
     next_seq[:, -1] = mask_token
     next_days = day_of_year.clone()
@@ -237,11 +234,14 @@ class MultiTaskObjective(nn.Module):
         """One encoder pass over the masked windows; every task reads its rows from it.
 
         Cloze positions (batch["masked"]) train item_prediction; with next_item on, the newest position (always
-        [MASK], see make_batch) trains next_item. Both share one item-head call; the rating task reads the same
-        rows with their true items, the preference task the pooled window.
+        [MASK]: batches made with make_batch's mask_last) trains next_item. Both share one item-head call; the
+        rating task reads the same rows with their true items, the preference task the pooled window.
         """
         losses: dict[str, torch.Tensor] = {}
         weights = self.task_weights
+        if batch["mask_last"] != (weights["next_item"] > 0):
+            raise ValueError(f"batches made with mask_last={batch['mask_last']} do not fit next_item weight "
+                             f"{weights['next_item']}: mask_last must be on exactly when the next-item task is")
         item_seq = batch["masked_seq"]
         hidden = self.model(item_seq, batch["days"], **batch["user"]).hidden
         is_cloze = batch["masked"] if weights["item_prediction"] > 0 else torch.zeros_like(batch["masked"])
@@ -280,8 +280,9 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
     Cloze masks are drawn afresh for every batch. With mask_last (the next-item task) the newest position is
     also [MASK] with the previous event's day, as at inference, and is left out of batch["masked"]; the random
     masks on the older positions make that input differ between epochs (at next-item weight 1.0 the model still
-    over-fits those targets on ML-1M: see README, Results). Some rows hide the user id or the demographics (the
-    cold-start paths). mask_last must be on exactly when MultiTaskObjective's next_item weight is > 0.
+    over-fits those targets on ML-1M: see docs/RESULTS.md). Some rows hide the user id or the demographics (the
+    cold-start paths). mask_last must be on exactly when the next-item task is (TrainConfig.next_item_on; the
+    objective checks batch["mask_last"]).
     crop_prob > 0 first cuts that share of the windows at a random earlier event (crop_windows), so the newest
     position, and with it the next-item target, is not the same item in every epoch. new_user_prob > 0 replaces
     that share of the rows by their user's first events, user id hidden (new_user_rows).
@@ -307,7 +308,7 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
         user[feature] = user[feature].masked_fill(hide_demographics, 0)
     return {
         "items": items, "ratings": window["ratings"], "days": days,
-        "masked_seq": masked_seq, "masked": masked, "user": user,
+        "masked_seq": masked_seq, "masked": masked, "mask_last": mask_last, "user": user,
         "genre_profile": data_tensors["user_genre_profile"][users],
     }
 
@@ -540,17 +541,6 @@ def save_model_checkpoint(path: Path, model: EnhancedBERT4Rec, data_fingerprint:
     atomic_torch_save(checkpoint | {"fields_sha256": fields_digest(checkpoint)}, path)
 
 
-def save_state(path: Path, model: EnhancedBERT4Rec, optimizer, scheduler, scaler, state: dict,
-               config: TrainConfig, fingerprint: str, generators: tuple[torch.Generator, torch.Generator]) -> None:
-    """A full training checkpoint: the model plus everything --resume needs to continue bit-exactly."""
-    rng = {"torch": torch.get_rng_state(), "shuffle": generators[0].get_state(), "mask": generators[1].get_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    save_model_checkpoint(path, model, fingerprint, config, optimizer=optimizer.state_dict(),
-                          scheduler=scheduler.state_dict(),
-                          scaler=scaler.state_dict() if scaler is not None else {}, rng=rng, **state)
-
-
 def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
     """Run one training job end to end.
 
@@ -609,20 +599,82 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+@dataclass
+class Run:
+    """Everything one training run holds: its data, network, optimisation state and progress counters."""
+
+    config: TrainConfig
+    runtime: Runtime
+    data: ML1MData
+    model: EnhancedBERT4Rec
+    objective: nn.Module  # MultiTaskObjective, DDP-wrapped on several processes
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    generators: tuple[torch.Generator, torch.Generator]  # shuffle (shared by all ranks), masks (per rank)
+    state: dict  # progress saved in every checkpoint and restored by --resume
+    budget: dict  # {"used": share of --max_minutes spent}, read by the learning-rate schedule
+    started: float  # time.monotonic() when this process began
+    budget_clock_start: float  # time.monotonic() - this = the --max_minutes time spent, earlier processes included
+    data_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    val_split: EvalTensors | None = None
+    wandb_run: Any = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.config.checkpoint_dir)
+
+    def budget_spent(self) -> float:
+        """Seconds of --max_minutes used, including what earlier processes of a resumed run used."""
+        return time.monotonic() - self.budget_clock_start
+
+    def log(self, *args: Any) -> None:
+        if self.runtime.is_main:
+            print(*args)
+
+    def save(self, name: str) -> None:
+        """A full training checkpoint: the model plus everything --resume needs to continue bit-exactly."""
+        shuffle, mask = self.generators
+        rng = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "mask": mask.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        scaler = self.scaler.state_dict() if self.scaler is not None else {}
+        self.state["budget_seconds_used"] = self.budget_spent()
+        save_model_checkpoint(self.checkpoint_dir / name, self.model, self.data.fingerprint, self.config,
+                              optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                              scaler=scaler, rng=rng, **self.state)
+
+
 def run_training(config: TrainConfig, runtime: Runtime) -> tuple[EnhancedBERT4Rec, dict]:
     """train()'s body, with the flags checked, the process group set up and the checkpoint folder locked."""
+    run = start_run(config, runtime)
+    if config.resume:
+        resume(run, config.resume)
+    open_outputs(run)
+    first_epoch, out_of_time, stop = run.state["epoch"], False, False
+    while run.state["epoch"] < config.max_epochs and not (out_of_time or stop):
+        record, out_of_time = train_epoch(run)
+        stop = validate_and_checkpoint(run, record, out_of_time)
+        run.log(epoch_summary(record, run.state) + eta_text(
+            run.state["epoch"] - first_epoch, config.max_epochs - run.state["epoch"], time.monotonic() - run.started,
+            (config.max_minutes or math.inf) * 60 - run.budget_spent()))
+    if stop:
+        run.log(f"early stopping: no validation NDCG@10 improvement in {config.patience} evaluations")
+    if out_of_time:
+        run.log(f"stopped after {config.max_minutes} minutes (--max_minutes)")
+    return run.model, finish(run)
+
+
+def start_run(config: TrainConfig, runtime: Runtime) -> Run:
+    """Data, network, objective, optimiser, schedule and generators of a fresh run (seeded, before any resume)."""
     started = time.monotonic()
     torch.manual_seed(config.seed + runtime.rank)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
-    log = print if runtime.is_main else (lambda *args, **kwargs: None)
-
     data = load_dataset(config.data_dir, cache_dir=config.cache_dir, seq_length=config.seq_length,
                         window_stride=config.window_stride, holdout_users=config.holdout_users,
                         holdout_items=config.holdout_items)
-    fingerprint = data.fingerprint
-    model_config = build_model_config(config, data)
-    model = EnhancedBERT4Rec(model_config).to(runtime.device)
+    model = EnhancedBERT4Rec(build_model_config(config, data)).to(runtime.device)
     model.set_item_side_info(torch.from_numpy(data.item_genres), torch.from_numpy(data.item_years))
     if model.rating_head is not None:
         model.set_rating_baseline(*fit_bias_baseline(*training_events(data)))
@@ -633,152 +685,168 @@ def run_training(config: TrainConfig, runtime: Runtime) -> tuple[EnhancedBERT4Re
     if runtime.world_size > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
     optimizer = make_optimizer(model, config)
-    num_windows = len(data.window_users)
-    steps_per_epoch = math.ceil(num_windows // runtime.world_size / config.batch_size) // config.grad_accum_steps
-    total_steps = max(1, steps_per_epoch * config.max_epochs)
-    budget_seconds = config.max_minutes * 60 if config.max_minutes else math.inf
-    budget = {"used": 0.0}  # share of --max_minutes spent, updated before every scheduler step
+    steps_per_epoch = math.ceil(len(data.window_users) // runtime.world_size / config.batch_size)
+    total_steps = max(1, steps_per_epoch // config.grad_accum_steps * config.max_epochs)
+    budget = {"used": 0.0}
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(
         step, config.warmup_steps, total_steps, config.lr_schedule, budget["used"]))
-    scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
-    autocast = autocast_context(config.amp, runtime.device.type)
     # The shuffle is shared by all ranks (each takes its own slice); masks differ per rank.
-    shuffle_generator = torch.Generator().manual_seed(config.seed)
-    mask_generator = torch.Generator(runtime.device).manual_seed(config.seed + 1 + runtime.rank)
+    generators = (torch.Generator().manual_seed(config.seed),
+                  torch.Generator(runtime.device).manual_seed(config.seed + 1 + runtime.rank))
     state = {"epoch": 0, "step": 0, "best_metric": -1.0, "best_epoch": 0, "evals_without_improvement": 0,
              "history": [], "train_seconds": 0.0, "run_id": uuid.uuid4().hex,  # run_id: kept across resumes
-             "budget_seconds_used": 0.0}  # the --max_minutes clock before this process (data loading included)
+             "budget_seconds_used": 0.0}  # the --max_minutes clock, data loading included
+    scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
+    return Run(config, runtime, data, model, objective, optimizer, scheduler, scaler, generators, state, budget,
+               started, budget_clock_start=started)
 
-    checkpoint_dir = Path(config.checkpoint_dir)
-    if config.resume:
-        checkpoint = load_checkpoint(config.resume)
-        check_resumable(checkpoint, model_config, config, fingerprint, config.resume)
-        model.load_state_dict(checkpoint["model_state"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if scaler is not None and checkpoint["scaler"]:
-            scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        shuffle_generator.set_state(checkpoint["rng"]["shuffle"])
-        mask_generator.set_state(checkpoint["rng"]["mask"])
-        if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        state.update({key: checkpoint[key] for key in state if key in checkpoint})
-        log(f"resumed from {config.resume} at epoch {state['epoch']}, step {state['step']}")
-    budget_clock_start = started - state["budget_seconds_used"]  # time.monotonic() - this: budget spent so far
 
-    wandb_run = None
+def resume(run: Run, path: str) -> None:
+    """Continue from a checkpoint of the same data, network and task weights: weights, optimiser, schedule,
+    random generators and progress."""
+    checkpoint = load_checkpoint(path)
+    check_resumable(checkpoint, run.model.config, run.config, run.data.fingerprint, path)
+    run.model.load_state_dict(checkpoint["model_state"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    if run.scaler is not None and checkpoint["scaler"]:
+        run.scaler.load_state_dict(checkpoint["scaler"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    for generator, name in zip(run.generators, ("shuffle", "mask"), strict=True):
+        generator.set_state(checkpoint["rng"][name])
+    if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+    run.state.update({key: checkpoint[key] for key in run.state if key in checkpoint})
+    run.budget_clock_start = run.started - run.state["budget_seconds_used"]
+    run.log(f"resumed from {path} at epoch {run.state['epoch']}, step {run.state['step']}")
+
+
+def open_outputs(run: Run) -> None:
+    """metadata.json and wandb (rank 0), the training and validation tensors on the device, the run's summary."""
+    config, runtime = run.config, run.runtime
     if runtime.is_main:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        save_metadata(data, config.metadata_file)
+        run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        save_metadata(run.data, config.metadata_file)
         if config.use_wandb:
             import wandb
-            wandb_run = wandb.init(project=config.wandb_project, name=config.wandb_run_name, config=asdict(config))
+            run.wandb_run = wandb.init(project=config.wandb_project, name=config.wandb_run_name,
+                                       config=asdict(config))
+    run.data_tensors = data_to_tensors(run.data, runtime.device)
+    run.val_split = to_eval_tensors(eval_inputs(run.data, "val", config.seq_length), runtime.device)
+    data = run.data
+    num_parameters = sum(p.numel() for p in run.model.parameters())
+    run.log(f"{len(data.window_users)} training windows, {data.num_users} users, {data.num_items} items, "
+            f"{num_parameters / 1e6:.2f}M parameters, device {runtime.device}, {runtime.world_size} process(es)")
 
-    data_tensors = data_to_tensors(data, runtime.device)
-    val_split = to_eval_tensors(eval_inputs(data, "val", config.seq_length), runtime.device)
-    mask_token = mask_index(data.num_items)
-    num_parameters = sum(p.numel() for p in model.parameters())
-    log(f"{num_windows} training windows, {data.num_users} users, {data.num_items} items, "
-        f"{num_parameters / 1e6:.2f}M parameters, device {runtime.device}, {runtime.world_size} process(es)")
 
-    out_of_time = False
-    first_epoch = state["epoch"]
-    objective.train()
-    while state["epoch"] < config.max_epochs and not out_of_time:
-        epoch = state["epoch"] + 1
-        epoch_started = time.monotonic()
-        sums = {task: 0.0 for task in ("total", *TASKS)}
-        micro_steps_done = 0
-        batches = list(epoch_batches(num_windows, config.batch_size, shuffle_generator, runtime.rank,
-                                     runtime.world_size))
-        optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not (config.progress and runtime.is_main),
-                   leave=False, dynamic_ncols=True)
-        for micro_step, rows in enumerate(bar):
-            batch = make_batch(data_tensors, rows.to(runtime.device), mask_token, config.mask_prob,
-                               config.user_dropout, config.demographics_dropout, mask_generator,
-                               mask_last=config.next_item_weight > 0, crop_prob=config.next_item_crop,
-                               new_user_prob=config.new_user_prob)
-            last_micro = (micro_step + 1) % config.grad_accum_steps == 0
-            sync = nullcontext() if last_micro or runtime.world_size == 1 else objective.no_sync()
-            with sync:
-                with autocast:
-                    losses = objective(batch)
-                check_finite(losses, state["step"])
-                loss = losses["total"] / config.grad_accum_steps
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-            for task, value in losses.items():
-                sums[task] += value.item()
-            micro_steps_done += 1
-            if not last_micro:
-                continue
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if not config.deterministic:  # --deterministic: the schedule follows the steps, never the clock
-                budget["used"] = (time.monotonic() - budget_clock_start) / budget_seconds
-            scheduler.step()
-            state["step"] += 1
-            bar.set_postfix({task: f"{sums[task] / (micro_step + 1):.3f}" for task in sums if sums[task]})
-            if time.monotonic() - budget_clock_start > budget_seconds:
-                out_of_time = True
-                break
-        bar.close()
-        state["epoch"] = epoch
-        state["train_seconds"] += time.monotonic() - epoch_started
-        epoch_losses = {task: value / max(1, micro_steps_done) for task, value in sums.items() if value}
-
-        record = {"epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0],
-                  "train_seconds": state["train_seconds"], **epoch_losses}  # cumulative: time to each epoch
-        if epoch % config.eval_every == 0 or epoch == config.max_epochs or out_of_time:
-            val_metrics = evaluate(model, val_split, data_tensors, config.eval_batch_size) if runtime.is_main else {}
-            ndcg = broadcast_float(val_metrics.get("NDCG@10", 0.0), runtime)
-            record.update({f"val_{name}": value for name, value in val_metrics.items()})
-            improved = ndcg > state["best_metric"]
-            if improved:
-                state.update(best_metric=ndcg, best_epoch=epoch, evals_without_improvement=0)
-            else:
-                state["evals_without_improvement"] += 1
-            state["history"].append(record)
-            if runtime.is_main and improved:
-                save_state(checkpoint_dir / "best_model.pt", model, optimizer, scheduler, scaler, state, config,
-                           fingerprint, (shuffle_generator, mask_generator))
-        else:
-            state["history"].append(record)
-        state["budget_seconds_used"] = time.monotonic() - budget_clock_start
-        if runtime.is_main:
-            save_state(checkpoint_dir / "last.pt", model, optimizer, scheduler, scaler, state, config, fingerprint,
-                       (shuffle_generator, mask_generator))
-            log(epoch_summary(record, state) + eta_text(epoch - first_epoch, config.max_epochs - epoch,
-                                                        time.monotonic() - started,
-                                                        budget_seconds - state["budget_seconds_used"]))
-            if wandb_run is not None:
-                wandb_run.log(record, step=state["step"])
-        if state["evals_without_improvement"] >= config.patience:
-            log(f"early stopping: no validation NDCG@10 improvement in {config.patience} evaluations")
+def train_epoch(run: Run) -> tuple[dict, bool]:
+    """One pass over this process's share of a fresh shuffle. Returns the epoch's record (mean losses, lr, step,
+    cumulative training seconds) and whether --max_minutes ran out during it."""
+    config, runtime, state = run.config, run.runtime, run.state
+    epoch, epoch_started = state["epoch"] + 1, time.monotonic()
+    shuffle_generator, mask_generator = run.generators
+    autocast = autocast_context(config.amp, runtime.device.type)
+    budget_seconds = config.max_minutes * 60 if config.max_minutes else math.inf
+    mask_token = mask_index(run.data.num_items)
+    sums = {task: 0.0 for task in ("total", *TASKS)}
+    micro_steps, out_of_time = 0, False
+    batches = list(epoch_batches(len(run.data.window_users), config.batch_size, shuffle_generator, runtime.rank,
+                                 runtime.world_size))
+    run.objective.train()
+    run.optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(batches, desc=f"epoch {epoch}", disable=not (config.progress and runtime.is_main), leave=False,
+               dynamic_ncols=True)
+    for rows in bar:
+        batch = make_batch(run.data_tensors, rows.to(runtime.device), mask_token, config.mask_prob,
+                           config.user_dropout, config.demographics_dropout, mask_generator,
+                           mask_last=config.next_item_on, crop_prob=config.next_item_crop,
+                           new_user_prob=config.new_user_prob)
+        micro_steps += 1
+        last_micro = micro_steps % config.grad_accum_steps == 0
+        sync = nullcontext() if last_micro or runtime.world_size == 1 else run.objective.no_sync()
+        with sync:
+            with autocast:
+                losses = run.objective(batch)
+            check_finite(losses, state["step"])
+            loss = losses["total"] / config.grad_accum_steps
+            (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+        for task, value in losses.items():
+            sums[task] += value.item()
+        if not last_micro:
+            continue
+        optimizer_step(run)
+        bar.set_postfix({task: f"{sums[task] / micro_steps:.3f}" for task in sums if sums[task]})
+        if run.budget_spent() > budget_seconds:
+            out_of_time = True
             break
-    if out_of_time:
-        log(f"stopped after {config.max_minutes} minutes (--max_minutes)")
+    bar.close()
+    state["epoch"] = epoch
+    state["train_seconds"] += time.monotonic() - epoch_started
+    losses = {task: value / max(1, micro_steps) for task, value in sums.items() if value}
+    record = {"epoch": epoch, "step": state["step"], "lr": run.scheduler.get_last_lr()[0],
+              "train_seconds": state["train_seconds"], **losses}  # cumulative: time to each epoch
+    return record, out_of_time
 
+
+def optimizer_step(run: Run) -> None:
+    """Clip, step (through the fp16 scaler when on), clear the gradients and advance the schedule."""
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    if run.config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if not run.config.deterministic and run.config.max_minutes:  # --deterministic: the schedule follows steps only
+        run.budget["used"] = run.budget_spent() / (run.config.max_minutes * 60)
+    run.scheduler.step()
+    run.state["step"] += 1
+
+
+def validate_and_checkpoint(run: Run, record: dict, last: bool) -> bool:
+    """Validate when due (every --eval_every epochs and at the end), keep best_model.pt on improvement, always write
+    last.pt, log to wandb. Returns whether early stopping ends the run."""
+    config, state = run.config, run.state
+    if state["epoch"] % config.eval_every == 0 or state["epoch"] == config.max_epochs or last:
+        metrics = evaluate(run.model, run.val_split, run.data_tensors, config.eval_batch_size) \
+            if run.runtime.is_main else {}
+        ndcg = broadcast_float(metrics.get("NDCG@10", 0.0), run.runtime)
+        record.update({f"val_{name}": value for name, value in metrics.items()})
+        improved = ndcg > state["best_metric"]
+        if improved:
+            state.update(best_metric=ndcg, best_epoch=state["epoch"], evals_without_improvement=0)
+        else:
+            state["evals_without_improvement"] += 1
+        state["history"].append(record)
+        if run.runtime.is_main and improved:
+            run.save("best_model.pt")
+    else:
+        state["history"].append(record)
+    if run.runtime.is_main:
+        run.save("last.pt")
+        if run.wandb_run is not None:
+            run.wandb_run.log(record, step=state["step"])
+    return state["evals_without_improvement"] >= config.patience
+
+
+def finish(run: Run) -> dict:
+    """Test metrics from the best checkpoint and results.json (rank 0), the next command, wandb's summary; the
+    process group ends. Returns the results (an empty dict on other ranks)."""
     results = {}
-    if runtime.is_main:
-        results = final_results(config, data, data_tensors, checkpoint_dir, state, started, runtime)
-        log(next_steps(checkpoint_dir, config.metadata_file))
-        if wandb_run is not None:
-            wandb_run.summary.update({k: v for k, v in results["test"].items()})
-            wandb_run.finish()
-    if runtime.world_size > 1:
+    if run.runtime.is_main:
+        results = final_results(run.config, run.data, run.data_tensors, run.checkpoint_dir, run.state, run.started,
+                                run.runtime)
+        run.log(next_steps(run.checkpoint_dir, run.config.metadata_file))
+        if run.wandb_run is not None:
+            run.wandb_run.summary.update(dict(results["test"]))
+            run.wandb_run.finish()
+    if run.runtime.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return model, results
+    return results
 
 
 def broadcast_float(value: float, runtime: Runtime) -> float:

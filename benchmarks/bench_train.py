@@ -55,7 +55,7 @@ num_windows = len(data.window_users)
 def step():
     rows = torch.randint(0, num_windows, (config.batch_size,), generator=generator)
     batch = make_batch(tensors, rows, mask_token, config.mask_prob, config.user_dropout,
-                       config.demographics_dropout, generator, mask_last=config.next_item_weight > 0,
+                       config.demographics_dropout, generator, mask_last=config.next_item_on,
                        crop_prob=config.next_item_crop)
     with autocast_context(config.amp, "cpu"):
         losses = objective(batch)

@@ -7,6 +7,9 @@ import pytest
 from data_processor import write_synthetic_ml1m
 
 REAL_ML1M_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-1m"
+# trainer.py flags of the tiny model the unit tests train on synthetic data (seconds per epoch)
+TINY = ["--hidden_size", "16", "--num_heads", "2", "--num_layers", "1", "--seq_length", "12", "--batch_size", "16",
+        "--learning_rate", "3e-3", "--warmup_steps", "5", "--no-progress"]
 
 
 @pytest.fixture

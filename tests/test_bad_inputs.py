@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 import data_processor
 import inference
@@ -36,8 +37,6 @@ from inference import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--hidden_size", "16", "--num_heads", "2", "--num_layers", "1", "--seq_length", "12", "--batch_size", "16",
-        "--learning_rate", "3e-3", "--warmup_steps", "5", "--no-progress"]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
@@ -364,3 +363,18 @@ CATEGORY_COUNTS = {
 
 def test_the_matrix_has_at_least_40_cases():
     assert sum(CATEGORY_COUNTS.values()) >= 40
+
+
+@pytest.mark.parametrize("program", ["trainer", "inference", "data_processor"])
+def test_help_names_each_default_at_most_once(program, capsys):
+    """Every flag's help says its default once (or not at all): none with a hand-written default and argparse's."""
+    main = {"trainer": lambda argv: trainer.parse_args(argv), "inference": inference.main,
+            "data_processor": data_processor.main}[program]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    entries = [entry for entry in text.split(" --")[1:]]  # one per option (with its usage line first)
+    assert len(entries) > 10
+    for entry in entries:
+        assert entry.count("(default") <= 1, entry

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from benchmarks.cold_start import (
     Cases,
@@ -22,8 +23,6 @@ from data_processor import held_out_movies, held_out_users, load_dataset, load_m
 from inference import InferenceError, RecommendationEngine, UnknownUserError
 from trainer import ConfigError, load_checkpoint, parse_args, train, training_events
 
-TINY = ["--hidden_size", "16", "--num_heads", "2", "--num_layers", "1", "--seq_length", "12", "--batch_size", "16",
-        "--learning_rate", "3e-3", "--warmup_steps", "5", "--no-progress"]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 

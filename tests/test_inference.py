@@ -269,7 +269,7 @@ def test_new_user_with_demographics_uses_the_demographic_tokens(trained):
     data, engine, model = trained.data, trained.engine, trained.model
     records = engine.get_recommendations(gender="F", age=30, occupation=7, k=1000)
     assert {r["strategy"] for r in records} == {"demographics"}
-    # F = index 1, age 30 = group "25-34" = index 3, occupation code 7 = index 8 (contract.md)
+    # F = index 1, age 30 = group "25-34" = index 3, occupation code 7 = index 8 (data_processor.OCCUPATIONS)
     expected = reference_scores(model, [], [], (0, GENDERS.index("F") + 1, 3, 7 + 1))
     for movie_id, score in as_scores(records).items():
         item = int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import TINY
 
 from data_processor import write_synthetic_ml1m
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "examples" / "quickstart.ipynb"
-TINY = ["--hidden_size", "16", "--num_heads", "2", "--num_layers", "1", "--seq_length", "10", "--batch_size", "16",
-        "--max_epochs", "3", "--warmup_steps", "2"]
 
 
 def test_notebook_is_committed_without_outputs():
@@ -30,8 +29,8 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     parameters = next(cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", []))
     data_dir = write_synthetic_ml1m(tmp_path / "ml-1m")
     out = tmp_path / "run"
-    parameters.source = (f"DATA_DIR = {str(data_dir)!r}\nOUT = {str(out)!r}\nMINUTES = 0.5\n"
-                         f"MODEL_FLAGS = {TINY!r}")
+    flags = [*TINY, "--max_epochs", "3"]
+    parameters.source = f"DATA_DIR = {str(data_dir)!r}\nOUT = {str(out)!r}\nMINUTES = 0.5\nMODEL_FLAGS = {flags!r}"
     nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 from data_processor import eval_inputs, load_dataset, write_synthetic_ml1m
 from trainer import (
@@ -30,8 +31,6 @@ from trainer import (
 from trainer import main as trainer_main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--hidden_size", "16", "--num_heads", "2", "--num_layers", "1", "--seq_length", "12",
-        "--batch_size", "16", "--learning_rate", "3e-3", "--warmup_steps", "5", "--no-progress"]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 

@@ -8,10 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from data_processor import scoring_input
 from enhanced_model import EnhancedBERT4Rec, ModelConfig
+from train_config import MODEL_FLAGS, TrainConfig
 from trainer import (
     NEW_USER_MAX_EVENTS,
     MultiTaskObjective,
+    build_model_config,
     crop_windows,
     data_to_tensors,
     epoch_batches,
@@ -96,6 +99,70 @@ def test_mask_last_item_uses_the_previous_day():
     assert next_seq.tolist() == [[0, 5, 6, 9]]
     assert next_days.tolist() == [[0, 10, 11, 11]]
     assert item_seq.tolist() == [[0, 5, 6, 7]]
+
+
+def test_training_next_item_rows_are_the_scoring_layout():
+    """A training window's next-item row (mask_last_item) is exactly what evaluation and the engine score for the
+    same history without its newest event (scoring_input): one layout, two code paths."""
+    rng = np.random.default_rng(0)
+    T = 6
+    for length in (1, 2, 5, 6, 9):  # shorter than, equal to and longer than a window
+        items, days = rng.integers(1, 50, length), rng.integers(1, 367, length)
+        start = max(0, length - T)
+        window_items = np.pad(items[start:], (T - (length - start), 0))
+        window_days = np.pad(days[start:], (T - (length - start), 0))
+        trained = mask_last_item(torch.from_numpy(window_items[None]), torch.from_numpy(window_days[None]), 99)
+        # the history the window's target is predicted from: the window's events before its newest
+        scored = scoring_input(items, days, np.array([start]), np.array([length - 1]), T, 99, empty_day=7)
+        expected_day = days[length - 2] if length > 1 else 7
+        assert scored[1][0, -1] == expected_day
+        if length > 1:  # a one-event window has no previous day; training keeps the event's own
+            assert trained[0].tolist() == scored[0].tolist()
+            assert trained[1].tolist() == scored[1].tolist()
+
+
+def test_scoring_input_of_empty_histories():
+    items, days = scoring_input(np.zeros(0, np.int64), np.zeros(0, np.int64), np.array([0, 0]), np.array([0, 0]),
+                                4, 9, empty_day=123)
+    assert items.tolist() == [[0, 0, 0, 9]] * 2
+    assert days.tolist() == [[0, 0, 0, 123]] * 2
+
+
+def test_train_config_and_model_config_describe_the_same_network():
+    """The model flags have ModelConfig's defaults, and build_model_config fills every ModelConfig field from the
+    flags, the data's vocabularies or the task weights."""
+    for name in MODEL_FLAGS:
+        assert getattr(TrainConfig(), name) == getattr(ModelConfig(), name), name
+
+    class Sizes:  # a data set's vocabularies, all different from ModelConfig's defaults
+        num_items, num_users, num_genres, num_years, num_genders, num_ages, num_occupations = 11, 12, 13, 14, 5, 6, 7
+
+    config = TrainConfig(hidden_size=24, num_heads=3, num_layers=1, seq_length=9, dropout=0.3, positional="learned",
+                         use_item_side_info=False, use_user_tokens=False, use_temporal=False,
+                         gradient_checkpointing=True, rating_prediction_weight=0.0, user_preference_weight=0.5)
+    built = build_model_config(config, Sizes())
+    assert {name: getattr(built, name) for name in MODEL_FLAGS} == {name: getattr(config, name) for name in MODEL_FLAGS}
+    assert (built.num_items, built.num_users, built.num_genres, built.num_years) == (11, 12, 13, 14)
+    assert (built.num_genders, built.num_ages, built.num_occupations) == (5, 6, 7)
+    assert (built.use_rating_head, built.use_preference_head) == (False, True)
+    assert built.side_dim == ModelConfig().side_dim
+
+
+def test_objective_refuses_batches_laid_out_for_the_other_task_setting():
+    config = ModelConfig(num_items=8, num_users=2, num_years=3, hidden_size=16, num_heads=2, num_layers=1,
+                         seq_length=4, side_dim=4, use_rating_head=False, use_preference_head=False)
+    model = EnhancedBERT4Rec(config)
+    weights = {"item_prediction": 1.0, "next_item": 1.0, "rating_prediction": 0.0, "user_preference": 0.0}
+    cloze_only = make_batch(_window_tensors(), torch.tensor([0, 1]), 9, 0.5, 0.0, 0.0,
+                            torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="mask_last"):
+        MultiTaskObjective(model, weights)(cloze_only)
+    with pytest.raises(ValueError, match="mask_last"):
+        MultiTaskObjective(model, weights | {"next_item": 0.0})(make_batch(
+            _window_tensors(), torch.tensor([0, 1]), 9, 0.5, 0.0, 0.0, torch.Generator().manual_seed(1),
+            mask_last=True))
+    assert TrainConfig(next_item_weight=0.0).next_item_on is False
+    assert TrainConfig(next_item_weight=0.1).next_item_on is True
 
 
 def test_learning_rate_schedule():
