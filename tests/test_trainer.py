@@ -5,6 +5,7 @@ import json
 import math
 import os
 import platform
+import struct
 import subprocess
 import sys
 import time
@@ -263,10 +264,41 @@ def test_wandb_offline_logging(synthetic_ml1m_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "2", "--use_wandb"))
+    _, results = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "2", "--use_wandb"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    assert any(runs[0].glob("*.wandb"))
+    logged = list(_wandb_records(next(runs[0].glob("*.wandb"))))
+    history = [record.history for record in logged if record.WhichOneof("record_type") == "history"]
+    values = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in h.item}
+              for h in history]
+    assert [(v["_step"], v["epoch"], v["val_NDCG@10"], v["total"]) for v in values] == [
+        (r["step"], r["epoch"], r["val_NDCG@10"], r["total"]) for r in results["history"]]
+    summary = {}
+    for record in logged:
+        if record.WhichOneof("record_type") == "summary":
+            summary.update({item.key: json.loads(item.value_json) for item in record.summary.update})
+    assert summary["NDCG@10"] == results["test"]["NDCG@10"] and summary["HR@10"] == results["test"]["HR@10"]
+
+
+def _wandb_records(path: Path):
+    """The protobuf records of a wandb offline run file: a ":W&B" header, then LevelDB-log framing (32 KiB
+    blocks; records of checksum, little-endian length and type 1 = full, 2-4 = first/middle/last part)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, position, pending = path.read_bytes(), 32768, 7, b""
+    assert data[:4] == b":W&B"
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a record header is padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
 
 
 DDP_WORKER = """
