@@ -374,7 +374,7 @@ def test_help_names_each_default_at_most_once(program, capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    entries = [entry for entry in text.split(" --")[1:]]  # one per option (with its usage line first)
+    entries = text.split(" --")[1:]  # one per option, after the usage line's
     assert len(entries) > 10
     for entry in entries:
         assert entry.count("(default") <= 1, entry
