@@ -723,17 +723,16 @@ def resume(run: Run, path: str) -> None:
 
 def open_outputs(run: Run) -> None:
     """metadata.json and wandb (rank 0), the training and validation tensors on the device, the run's summary."""
-    config, runtime = run.config, run.runtime
+    config, runtime, data = run.config, run.runtime, run.data
     if runtime.is_main:
         run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        save_metadata(run.data, config.metadata_file)
+        save_metadata(data, config.metadata_file)
         if config.use_wandb:
             import wandb
             run.wandb_run = wandb.init(project=config.wandb_project, name=config.wandb_run_name,
                                        config=asdict(config))
-    run.data_tensors = data_to_tensors(run.data, runtime.device)
-    run.val_split = to_eval_tensors(eval_inputs(run.data, "val", config.seq_length), runtime.device)
-    data = run.data
+    run.data_tensors = data_to_tensors(data, runtime.device)
+    run.val_split = to_eval_tensors(eval_inputs(data, "val", config.seq_length), runtime.device)
     num_parameters = sum(p.numel() for p in run.model.parameters())
     run.log(f"{len(data.window_users)} training windows, {data.num_users} users, {data.num_items} items, "
             f"{num_parameters / 1e6:.2f}M parameters, device {runtime.device}, {runtime.world_size} process(es)")
@@ -811,8 +810,9 @@ def validate_and_checkpoint(run: Run, record: dict, last: bool) -> bool:
     last.pt, log to wandb. Returns whether early stopping ends the run."""
     config, state = run.config, run.state
     if state["epoch"] % config.eval_every == 0 or state["epoch"] == config.max_epochs or last:
-        metrics = evaluate(run.model, run.val_split, run.data_tensors, config.eval_batch_size) \
-            if run.runtime.is_main else {}
+        metrics = {}
+        if run.runtime.is_main:  # other ranks take rank 0's figure
+            metrics = evaluate(run.model, run.val_split, run.data_tensors, config.eval_batch_size)
         ndcg = broadcast_float(metrics.get("NDCG@10", 0.0), run.runtime)
         record.update({f"val_{name}": value for name, value in metrics.items()})
         improved = ndcg > state["best_metric"]
