@@ -84,6 +84,9 @@ from train_config import (  # noqa: F401 (re-exported: trainer.parse_args, train
 )
 
 RANKING_KS = (1, 5, 10, 20)
+# Steps between reads of the running losses: each read makes the CPU wait for the GPU, so reading every step
+# keeps a GPU from running ahead of Python.
+LOSS_SYNC_STEPS = 20
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -518,11 +521,13 @@ def data_to_tensors(data: ML1MData, device: torch.device) -> dict[str, torch.Ten
     return tensors
 
 
-def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
-    if torch.isfinite(losses["total"]):
+def check_finite(sums: dict[str, torch.Tensor], step: int) -> None:
+    """Refuse a diverged run. `sums` are the epoch's running loss sums, read every LOSS_SYNC_STEPS steps (a read
+    waits for the GPU), so a NaN or inf is caught within that many steps and always before anything is saved."""
+    if torch.isfinite(sums["total"]):
         return
-    bad = [task for task, loss in losses.items() if task != "total" and not torch.isfinite(loss)]
-    raise TrainingError(f"loss of task {', '.join(bad) or 'total'} is {losses['total'].item()} at step {step}: "
+    bad = [task for task, loss in sums.items() if task != "total" and not torch.isfinite(loss)]
+    raise TrainingError(f"loss of task {', '.join(bad) or 'total'} is {sums['total'].item()} at step {step}: "
                         "the run diverged (try a lower --learning_rate or --amp off); "
                         "the last good checkpoint is kept")
 
@@ -747,7 +752,7 @@ def train_epoch(run: Run) -> tuple[dict, bool]:
     autocast = autocast_context(config.amp, runtime.device.type)
     budget_seconds = config.max_minutes * 60 if config.max_minutes else math.inf
     mask_token = mask_index(run.data.num_items)
-    sums = {task: 0.0 for task in ("total", *TASKS)}
+    sums = {task: torch.zeros((), device=runtime.device) for task in ("total", *TASKS)}
     micro_steps, out_of_time = 0, False
     batches = list(epoch_batches(len(run.data.window_users), config.batch_size, shuffle_generator, runtime.rank,
                                  runtime.world_size))
@@ -766,22 +771,24 @@ def train_epoch(run: Run) -> tuple[dict, bool]:
         with sync:
             with autocast:
                 losses = run.objective(batch)
-            check_finite(losses, state["step"])
             loss = losses["total"] / config.grad_accum_steps
             (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
         for task, value in losses.items():
-            sums[task] += value.item()
+            sums[task] += value.detach().float()
+        if micro_steps % LOSS_SYNC_STEPS == 0:
+            check_finite(sums, state["step"])
+            bar.set_postfix({task: f"{sums[task].item() / micro_steps:.3f}" for task in sums if sums[task]})
         if not last_micro:
             continue
         optimizer_step(run)
-        bar.set_postfix({task: f"{sums[task] / micro_steps:.3f}" for task in sums if sums[task]})
         if run.budget_spent() > budget_seconds:
             out_of_time = True
             break
     bar.close()
+    check_finite(sums, state["step"])
     state["epoch"] = epoch
     state["train_seconds"] += time.monotonic() - epoch_started
-    losses = {task: value / max(1, micro_steps) for task, value in sums.items() if value}
+    losses = {task: value.item() / max(1, micro_steps) for task, value in sums.items() if value}
     record = {"epoch": epoch, "step": state["step"], "lr": run.scheduler.get_last_lr()[0],
               "train_seconds": state["train_seconds"], **losses}  # cumulative: time to each epoch
     return record, out_of_time
