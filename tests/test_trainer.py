@@ -246,6 +246,21 @@ def test_diverging_loss_stops_with_task_and_step(synthetic_ml1m_dir, tmp_path):
     assert not (tmp_path / "checkpoints" / "best_model.pt").exists()
 
 
+def test_divergence_is_caught_at_the_first_loss_read_not_the_epoch_end(synthetic_ml1m_dir, tmp_path, monkeypatch):
+    import re
+
+    import trainer
+
+    monkeypatch.setattr(trainer, "LOSS_SYNC_STEPS", 3)  # losses are read every 3 steps; an epoch has 20+ (batch 2)
+    config = tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "1", "--learning_rate", "1e30",
+                         "--grad_clip", "0", "--warmup_steps", "1", "--batch_size", "2")
+    with pytest.raises(TrainingError, match=r"the run diverged") as error:
+        train(config)
+    step = int(re.search(r"at step (\d+)", str(error.value)).group(1))
+    assert (step + 1) % 3 == 0 and step < 9  # a read before the 3rd, 6th or 9th optimizer step
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
 def test_cli_errors_are_one_line(tmp_path):
     missing = run_cli("--data_dir", str(tmp_path / "nowhere"), "--checkpoint_dir", str(tmp_path / "c"))
     assert missing.returncode != 0
