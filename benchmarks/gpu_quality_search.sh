@@ -39,8 +39,10 @@ kill $guard 2>/dev/null
 "$PY" benchmarks/ablation.py --out $RUNS/t200 --seeds 0 1 2 --table_only > $RUNS/t200_table.md 2>&1
 "$PY" benchmarks/ablation.py --out $RUNS/t50 --seeds 0 --table_only > $RUNS/t50_table.md 2>&1
 RUNS=$RUNS "$PY" - <<'EOF'
-import torch
 import os
+
+import torch
+
 run = os.environ["RUNS"] + "/t200/full_model__next_item_weight_0_1_seed0"
 checkpoint = torch.load(f"{run}/best_model.pt", map_location="cpu", weights_only=True)
 for key in ("optimizer", "scheduler", "scaler", "rng"):

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import platform
+import re
 import struct
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import torch
 from conftest import TINY
 
+import trainer
 from data_processor import eval_inputs, load_dataset, write_synthetic_ml1m
 from trainer import (
     TrainConfig,
@@ -247,10 +249,6 @@ def test_diverging_loss_stops_with_task_and_step(synthetic_ml1m_dir, tmp_path):
 
 
 def test_divergence_is_caught_at_the_first_loss_read_not_the_epoch_end(synthetic_ml1m_dir, tmp_path, monkeypatch):
-    import re
-
-    import trainer
-
     monkeypatch.setattr(trainer, "LOSS_SYNC_STEPS", 3)  # losses are read every 3 steps; an epoch has 20+ (batch 2)
     config = tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "1", "--learning_rate", "1e30",
                          "--grad_clip", "0", "--warmup_steps", "1", "--batch_size", "2")
