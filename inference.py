@@ -21,6 +21,12 @@ with it (id maps, movies, users with their histories), never the raw files. The 
   rating, any other item the engine's default_day_of_year (default: today's, UTC).
 - Scores are the item head's logits, comparable within one call (higher = better), not probabilities;
   "popularity" answers score by the number of training ratings, "genre_similarity" ones by the similarity below.
+- New users ("sequence" and "demographics" rows) with new_user_prior_weight > 0: the score is the model's log
+  probability plus new_user_prior_weight * log of the sign-up prior, what training users rated at the same point
+  of their history: a new user with n ratings gets the training ratings at positions n - 2 .. n + 9 of the known
+  users' histories (training parts only), half from users of the same gender and age group, half from all (a
+  product of experts; the weight was chosen on known users, docs/RESULTS.md). From position 40 on the prior is
+  flat and changes nothing. Known users are scored by the model alone.
 - Strategy of each answer: "personalized" (known user: identity + demographics + history), "sequence" (new user
   with a history, plus any demographics given), "demographics" (new user with demographics only: the model's
   cold-start path, trained by the trainer's --user_dropout), "popularity" (nothing known: the most-rated movies
@@ -85,12 +91,17 @@ PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
 )  # fmt: skip
 EXPORT_FORMATS = (".csv", ".jsonl")
 EXPORT_COLUMNS = ("user_id", "rank", "movie_id", "title", "score", "predicted_rating", "strategy")
+NEW_USER_PRIOR_WEIGHT = 2.0  # the engine's default; chosen on known users by benchmarks/cold_start.py
+SIGNUP_BEFORE, SIGNUP_AFTER = 2, 10  # a new user with n ratings: the prior counts positions n - 2 .. n + 9
+SIGNUP_POSITIONS = 40  # history positions counted for the prior; beyond them it is flat
+SIGNUP_FLOOR = 1e-6  # probability of a movie nobody rated at that point, so its log stays finite
 COLD_GENRE_WEIGHT, COLD_YEAR_WEIGHT, COLD_YEAR_SCALE = 0.8, 0.2, 10.0
 SAME_ERA_YEARS = 3  # release years this close to the history's median read as "the same era"
 MIN_DRIVER_DROP = 0.05  # a sentence names a history item only if deleting it costs this much score (~5% odds)
 EXPLANATION_MEASURES = {
-    "score_drop": "item-head score of the recommended movie minus its score with that history item deleted "
-    "(older items slide into the window), or with that user token set to unknown; one batched forward pass",
+    "score_drop": "score of the recommended movie (item head; a new user's includes the sign-up prior) minus its "
+    "score with that history item deleted (older items slide into the window), or with that user token set to "
+    "unknown; one batched forward pass",
     "rank": "1 + the number of unseen movies that score higher",
     "rank_without": "its rank after that deletion or hiding",
     "attention": "last encoder layer, attention of the [MASK] position to that item, mean over heads; "
@@ -183,6 +194,8 @@ class RecommendationEngine:
     device: "auto" (cuda when available), "cpu", "cuda" or "cuda:N".
     default_day_of_year: day (1..366) given to history items without a timestamp or a known rating day;
         None = today's (UTC) at each call.
+    new_user_prior_weight: weight (>= 0) of the sign-up prior in new users' scores (module docstring); 0 scores
+        them by the model alone. An attribute of the same name; set it to change it later.
     Raises CheckpointError, MetadataError, MetadataMismatchError or InferenceError (all ValueError).
 
     get_recommendations (one user), score_batch / recommend_batch (many users, vectorised),
@@ -196,7 +209,9 @@ class RecommendationEngine:
         metadata_path: str | Path | None = None,
         device: str = "auto",
         default_day_of_year: int | None = None,
+        new_user_prior_weight: float = NEW_USER_PRIOR_WEIGHT,
     ) -> None:
+        self.new_user_prior_weight = new_user_prior_weight
         if default_day_of_year is not None and not 1 <= _as_int(default_day_of_year, "default_day_of_year") <= 366:
             raise InferenceError(f"default_day_of_year must be in 1..366, got {default_day_of_year}")
         self.default_day_of_year = default_day_of_year
@@ -257,11 +272,24 @@ class RecommendationEngine:
             self._history_items[training_part(self._history_offsets)], minlength=self.config.item_vocab_size
         ).astype(np.float32)
         self._popularity[[PAD_INDEX, self.config.mask_index]] = -np.inf
+        self._signup = signup_counts(self._history_offsets, self._history_items, self._user_features,
+                                     (self.config.num_genders, self.config.num_ages, self.config.item_vocab_size))
         training_counts = self._popularity[1:-1]
         self._training_genre_mix = training_counts @ self._movie_genres[self._item_movie_rows] / training_counts.sum()
 
     # ------------------------------------------------------------------------------------------------------
     # Public API
+
+    @property
+    def new_user_prior_weight(self) -> float:
+        """Weight of the sign-up prior in new users' scores (0: the model alone)."""
+        return self._new_user_prior_weight
+
+    @new_user_prior_weight.setter
+    def new_user_prior_weight(self, weight: float) -> None:
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
+            raise InferenceError(f"new_user_prior_weight must be a finite number >= 0 (0: no prior), got {weight!r}")
+        self._new_user_prior_weight = float(weight)
 
     @property
     def user_ids(self) -> list[int]:
@@ -738,6 +766,12 @@ class RecommendationEngine:
                 continue
             inputs = self._model_inputs(batch)
             scores, hidden = score_last_position(self.model, inputs.item_seq, inputs.days, inputs.user)
+            # by strategy, not user_index: a known user whose identity an explanation hides stays "personalized"
+            new_users = [row for row, r in enumerate(batch) if r.strategy in (SEQUENCE, DEMOGRAPHICS)]
+            if new_users and self.new_user_prior_weight:
+                rows = torch.tensor(new_users, device=scores.device)
+                prior = self._signup_log_prior([batch[row] for row in new_users]).to(scores.device, scores.dtype)
+                scores[rows] = scores[rows].log_softmax(dim=-1) + self.new_user_prior_weight * prior
             if filter_seen:
                 exclude_seen(scores, inputs.seen_offsets, inputs.seen_items)
             scores, hidden = scores.cpu(), hidden[:, -1].float().cpu()
@@ -746,6 +780,16 @@ class RecommendationEngine:
             chunks.append(scores)
             hidden_rows.append(hidden)
         return torch.cat(chunks), torch.cat(hidden_rows)
+
+    def _signup_log_prior(self, requests: list[_Request]) -> torch.Tensor:
+        """(len(requests), vocabulary) log of the sign-up prior of each new user (module docstring)."""
+        n = np.array([len(r.items) for r in requests])
+        low = np.clip(n - SIGNUP_BEFORE, 0, SIGNUP_POSITIONS)
+        high = np.clip(n + SIGNUP_AFTER, 0, SIGNUP_POSITIONS)
+        gender, age = (np.array([r.features[column] for r in requests]) for column in (0, 1))
+        group = (self._signup[high, gender, age] - self._signup[low, gender, age]).astype(np.float64)
+        overall = (self._signup[high, 0, 0] - self._signup[low, 0, 0]).astype(np.float64)
+        return torch.from_numpy(np.log(signup_prior(group, overall)))
 
     @torch.no_grad()
     def _predicted_ratings(self, hidden: torch.Tensor, items: torch.Tensor, user_index: torch.Tensor) -> np.ndarray:
@@ -832,6 +876,37 @@ class RecommendationEngine:
 
 # ----------------------------------------------------------------------------------------------------------
 # Explanations: built from the scores and attention the engine measured
+
+
+def signup_counts(offsets: np.ndarray, items: np.ndarray, features: np.ndarray,
+                  shape: tuple[int, int, int]) -> np.ndarray:
+    """Cumulative counts of training ratings by position in the user's history, for the sign-up prior.
+
+    offsets/items: the users' histories (CSR, time order; row u at offsets[u]:offsets[u + 1]); features: (users,
+    3) gender, age, occupation indices; shape: (genders, ages, vocabulary). Returns int32 counts[p, g, a, item]:
+    ratings of item at positions < p of the training parts of users with gender index g and age index a, where
+    0 stands for any (counts[p, 0, 0] is everyone), p = 0..SIGNUP_POSITIONS.
+    """
+    lengths = np.diff(offsets)
+    users = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(users)) - offsets[users]
+    keep = training_part(offsets) & (position < SIGNUP_POSITIONS)
+    users, position, items = users[keep], position[keep], items[keep]
+    gender, age = features[users, 0], features[users, 1]
+    counts = np.zeros((SIGNUP_POSITIONS + 1, *shape), dtype=np.int32)
+    for g, a in ((gender, age), (gender, 0), (0, age), (0, 0)):
+        np.add.at(counts, (position + 1, g, a, items), 1)
+    return counts.cumsum(axis=0, dtype=np.int32)
+
+
+def signup_prior(group: np.ndarray, overall: np.ndarray) -> np.ndarray:
+    """Per row, half the group's distribution and half everyone's (everyone's alone when the group rated nothing
+    there), plus SIGNUP_FLOOR: a probability per column, never 0. Rows of zeros give a flat row."""
+    def share(counts: np.ndarray) -> np.ndarray:
+        return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+
+    has_group = group.sum(axis=1, keepdims=True) > 0
+    return np.where(has_group, 0.5 * share(group) + 0.5 * share(overall), share(overall)) + SIGNUP_FLOOR
 
 
 def _deletions(request: _Request, window_size: int) -> list[_Request]:
@@ -1151,6 +1226,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gender", choices=["F", "M"], help="a new user's gender")
     parser.add_argument("--age", type=int, help="a new user's age in years")
     parser.add_argument("--occupation", type=int, help="a new user's ML-1M occupation code 0..20")
+    parser.add_argument("--new_user_prior_weight", type=float, default=NEW_USER_PRIOR_WEIGHT,
+                        help="weight of the sign-up prior in a new user's scores (0: the model alone)")
     parser.add_argument("--explain", action="store_true", help="explain each recommendation")
     parser.add_argument("--profile", action="store_true", help="print the user's profile first")
     parser.add_argument("--cold_items", action="store_true", help="also list never-rated movies by genre similarity")
@@ -1247,7 +1324,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise InferenceError("--profile needs --user_id")
             if args.all_users != (args.output is not None):
                 raise InferenceError("--all_users and --output go together: --all_users --output recs.csv")
-            engine = RecommendationEngine(args.model_path, args.metadata_path, device=args.device)
+            engine = RecommendationEngine(args.model_path, args.metadata_path, device=args.device,
+                                          new_user_prior_weight=args.new_user_prior_weight)
             if args.all_users:
                 rows = engine.export_recommendations(args.output, k=args.k, filter_seen=not args.include_seen)
                 print(f"wrote {rows} recommendations for {len(engine.user_ids)} users to {args.output}")

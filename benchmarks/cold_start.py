@@ -41,7 +41,14 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.ablation import PLAIN  # noqa: E402  (the ablation's plain BERT4Rec, the same flags)
 from data_processor import AGE_GROUPS, EVAL_EVENTS, GENDERS, ML1MData, held_out_movies, load_dataset  # noqa: E402
-from inference import RecommendationEngine  # noqa: E402
+from inference import (  # noqa: E402
+    SIGNUP_AFTER,
+    SIGNUP_BEFORE,
+    SIGNUP_POSITIONS,
+    RecommendationEngine,
+    signup_counts,
+    signup_prior,
+)
 from trainer import fit_bias_baseline, ranking_metrics, target_ranks, training_events  # noqa: E402
 
 # the models compared (run folder name -> trainer flags on top of --config); LABELS name their table columns
@@ -62,6 +69,9 @@ TARGETS = {  # row prefix -> (required ratio, what the full model is compared wi
     "short context, n = 3": (1.1, ("plain BERT4Rec",)),
 }
 NEW_ITEMS_TARGET = 3.0  # HR@10 >= 3x a random order
+PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the engine's new_user_prior_weight values tried on validation
+VALIDATION_REMAINDER = 5  # known users with UserID % 10 == 5 play new users when the prior's weight is chosen
+PRIOR = "sign-up prior alone"  # the engine's new-user prior used as a ranking by itself (a baseline column)
 
 
 @dataclass
@@ -109,12 +119,16 @@ def demographics_of(data: ML1MData, u: int) -> dict:
             "occupation": int(data.user_occupation[u]) - 1}
 
 
-def new_user_cases(world: ML1MData, n: int) -> Cases:
-    """The held-out users' first n ratings (world: the data without the held-out movies, all users) -> rating n+1."""
+def new_user_cases(world: ML1MData, n: int, remainder: int = 0) -> Cases:
+    """The held-out users' first n ratings (world: the data without the held-out movies, all users) -> rating n+1.
+
+    remainder: the users with UserID % 10 == remainder; 0 is the held-out users, VALIDATION_REMAINDER known users
+    who play new users when the prior's weight is chosen (world is then the known data; rating n + 1 is in their
+    training part, so the models have seen it, which favours the model over the prior)."""
     cases = Cases([], [], [], [], [], np.zeros(0, np.int64), np.zeros((0, 2), np.int64))
     targets, groups = [], []
     for u in range(1, world.num_users + 1):
-        if world.user_ids[u] % 10 or world.seq_offsets[u + 1] - world.seq_offsets[u] <= n:
+        if world.user_ids[u] % 10 != remainder or world.seq_offsets[u + 1] - world.seq_offsets[u] <= n:
             continue
         movies, timestamps, _ = events(world, u)
         cases.user_ids.append(None)
@@ -176,6 +190,42 @@ def engine_scores(engine: RecommendationEngine, cases: Cases, universe: np.ndarr
     scores = torch.full((len(cases.targets), len(universe)), -math.inf)
     scores[:, torch.from_numpy(np.searchsorted(universe, batch.movie_ids))] = batch.scores.float()
     return scores
+
+
+def signup_prior_ranks(known: ML1MData, cases: Cases, universe: np.ndarray) -> torch.Tensor:
+    """Ranks of the targets by the engine's sign-up prior alone (inference.signup_counts and signup_prior over the
+    known users' training parts), for new-user cases; movies the known users never rated get -inf."""
+    features = np.stack([known.user_gender, known.user_age, known.user_occupation], axis=1)
+    counts = signup_counts(known.seq_offsets, known.seq_items, features,
+                           (known.num_genders, known.num_ages, known.num_items + 2))
+    n = np.array([len(sequence) for sequence in cases.sequences])
+    low, high = np.clip(n - SIGNUP_BEFORE, 0, SIGNUP_POSITIONS), np.clip(n + SIGNUP_AFTER, 0, SIGNUP_POSITIONS)
+    gender, age = cases.groups[:, 0], cases.groups[:, 1]
+    prior = signup_prior((counts[high, gender, age] - counts[low, gender, age]).astype(np.float64),
+                         (counts[high, 0, 0] - counts[low, 0, 0]).astype(np.float64))
+    scores = torch.full((len(n), len(universe)), -math.inf, dtype=torch.float64)
+    scores[:, torch.from_numpy(np.searchsorted(universe, known.item_movie_ids[1:-1]))] = torch.from_numpy(
+        np.log(prior[:, 1:-1]))
+    return ranks_of(scores, universe, cases)
+
+
+def choose_prior_weight(known: ML1MData, engines: dict, universe: np.ndarray) -> dict:
+    """new_user_prior_weight chosen on known users (UserID % 10 == VALIDATION_REMAINDER) playing new users: the
+    weight of PRIOR_WEIGHTS with the best NDCG@10, mean over n in NEW_USER_N, the full models and the seeds."""
+    cases = {n: new_user_cases(known, n, VALIDATION_REMAINDER) for n in NEW_USER_N}
+    grid = {}
+    for (model, seed), (engine,) in engines.items():
+        if model not in FULL_MODELS:
+            continue
+        for weight in PRIOR_WEIGHTS:
+            engine.new_user_prior_weight = weight
+            grid.setdefault(model, {}).setdefault(str(weight), {})[seed] = {
+                n: ranking_metrics(ranks_of(engine_scores(engine, c, universe), universe, c), (10,))["NDCG@10"]
+                for n, c in cases.items()}
+    mean = {w: statistics.mean(v for per_model in grid.values() for per_seed in per_model[str(w)].values()
+                               for v in per_seed.values()) for w in PRIOR_WEIGHTS}
+    return {"chosen": max(PRIOR_WEIGHTS, key=mean.get), "mean_ndcg10": {str(w): v for w, v in mean.items()},
+            "users": len(cases[0].targets), "grid": grid}
 
 
 def baseline_ranks(cases: Cases, universe: np.ndarray, overall: np.ndarray, by_group: dict) -> dict:
@@ -248,7 +298,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     overall, by_group = popularity_scores(known, universe)
     engines = {key: (RecommendationEngine(path / "best_model.pt", path / "metadata.json", device="cpu"),)
                for key, path in runs.items()}
-    rows = {}
+    prior = choose_prior_weight(known, engines, universe)
+    print("prior weight on validation (mean NDCG@10):", prior["mean_ndcg10"], "chosen:", prior["chosen"], flush=True)
+    # the full models as the engine serves them (the prior chosen above); plain BERT4Rec, the baseline without side
+    # information, alone. The other setting of each is the ablation, on the new-user rows (the only ones it touches)
+    weights = {model: 0.0 if model == "plain" else prior["chosen"] for model in args.models}
+    rows, ablation = {}, {}
     for label, cases in [*[(f"new users, n = {n}", new_user_cases(world, n)) for n in NEW_USER_N],
                          *[(f"short context, n = {n}", short_context_cases(known, n)) for n in SHORT_CONTEXT_N]]:
         if not len(cases.targets):
@@ -257,20 +312,38 @@ def evaluate(args: argparse.Namespace) -> dict:
         row = {"cases": len(cases.targets)}
         row.update({name: ranking_metrics(r, (10,)) for name, r in baseline_ranks(cases, universe, overall,
                                                                                   by_group).items()})
+        new_users = label.startswith("new users")
+        if new_users:
+            row[PRIOR] = ranking_metrics(signup_prior_ranks(known, cases, universe), (10,))
         for model in args.models:
-            per_seed = [ranking_metrics(ranks_of(engine_scores(engines[(model, s)][0], cases, universe), universe,
-                                                 cases), (10,)) for s in args.seeds]
-            row[model] = per_seed
+            row[model] = model_metrics(engines, model, args.seeds, cases, universe, weights[model])
+            if new_users:
+                other = prior["chosen"] if weights[model] == 0 else 0.0
+                ablation.setdefault(label, {})[model] = {
+                    "new_user_prior_weight": other,
+                    "metrics": model_metrics(engines, model, args.seeds, cases, universe, other)}
         rows[label] = row
         print(label, summary_line(row), flush=True)
     first_full = engines[("full", args.seeds[0])][0]
-    return {"rows": rows, "new_items": new_item_rows(full, known, engines), "seeds": list(args.seeds),
+    return {"rows": rows, "prior": prior, "weights": weights, "prior_ablation": ablation,
+            "new_items": new_item_rows(full, known, engines), "seeds": list(args.seeds),
             "rating": {f"{LABELS[m]}, seed {s}": rating_rows(known, engines[(m, s)][0])
                        for m in args.models if m in FULL_MODELS for s in args.seeds},
             "runs": {f"{m}_seed{s}": json.loads((p / "results.json").read_text())["test"] for (m, s), p in
                      runs.items()},
             "machine": json.loads((runs[("full", args.seeds[0])] / "results.json").read_text()).get("machine"),
             "engine_items": int(first_full.config.num_items)}
+
+
+def model_metrics(engines: dict, model: str, seeds: list, cases: Cases, universe: np.ndarray,
+                  weight: float) -> list:
+    """HR@10 / NDCG@10 per seed of one model served with new_user_prior_weight = weight."""
+    per_seed = []
+    for seed in seeds:
+        engine = engines[(model, seed)][0]
+        engine.new_user_prior_weight = weight
+        per_seed.append(ranking_metrics(ranks_of(engine_scores(engine, cases, universe), universe, cases), (10,)))
+    return per_seed
 
 
 def mean_and_spread(per_seed: list, metric: str) -> tuple[float, float]:
@@ -297,13 +370,16 @@ def table(result: dict) -> str:
     """cold_start.md: the rows, the targets and the rating-quality figures."""
     models = [model for model in MODELS if model in next(iter(result["rows"].values()))]
     fulls = [model for model in models if model in FULL_MODELS]
-    lines = ["| row | cases | popularity HR@10 / NDCG@10 | demographic popularity | "
+    weight = result["prior"]["chosen"]
+    lines = [f"Full models served with the sign-up prior for new users (new_user_prior_weight {weight}, chosen on "
+             "validation below); plain BERT4Rec without it.", "",
+             f"| row | cases | popularity HR@10 / NDCG@10 | demographic popularity | {PRIOR} | "
              + " | ".join(f"{LABELS[model]} (NDCG@10 spread)" for model in models) + " | "
              + " | ".join(f"{LABELS[model]} / best baseline (NDCG@10)" for model in fulls) + " |",
-             "|---|---|---|---|" + "---|" * (len(models) + len(fulls))]
+             "|---|---|---|---|---|" + "---|" * (len(models) + len(fulls))]
     for label, row in result["rows"].items():
-        cells = [f"{row[name]['HR@10']:.4f} / {row[name]['NDCG@10']:.4f}"
-                 for name in ("popularity", "demographic popularity")]
+        cells = [f"{row[name]['HR@10']:.4f} / {row[name]['NDCG@10']:.4f}" if name in row else "-"
+                 for name in ("popularity", "demographic popularity", PRIOR)]
         for model in models:
             hr, _ = mean_and_spread(row[model], "HR@10")
             ndcg, spread = mean_and_spread(row[model], "NDCG@10")
@@ -321,7 +397,7 @@ def table(result: dict) -> str:
               f"| {items['random order']['HR@10']:.4f} / {items['random order']['NDCG@10']:.4f} "
               f"| {engine['HR@10']:.4f} / {engine['NDCG@10']:.4f} "
               f"| {engine['HR@10'] / items['random order']['HR@10']:.2f}x |"]
-    lines += ["", "| target | model | required | measured | met |", "|---|---|---|---|---|"]
+    lines += ["", f"| target | model | required | measured | met | vs the {PRIOR} |", "|---|---|---|---|---|---|"]
     for label, (required, names) in TARGETS.items():
         if label not in result["rows"]:
             continue
@@ -330,11 +406,30 @@ def table(result: dict) -> str:
         for model in fulls:
             full, spread = mean_and_spread(row[model], "NDCG@10")
             ratio = full / value if value else math.inf
+            versus_prior = f"{full / row[PRIOR]['NDCG@10']:.2f}x" if row.get(PRIOR, {}).get("NDCG@10") else "-"
             lines.append(f"| {label}: NDCG@10 vs {name} | {LABELS[model]} | >= {required}x | {ratio:.2f}x "
-                         f"({full:.4f} +- {spread / 2:.4f} vs {value:.4f}) | {'yes' if ratio >= required else 'no'} |")
+                         f"({full:.4f} +- {spread / 2:.4f} vs {value:.4f}) | {'yes' if ratio >= required else 'no'} "
+                         f"| {versus_prior} |")
     ratio = engine["HR@10"] / items["random order"]["HR@10"]
     lines.append(f"| new items: HR@10 vs random order | engine | >= {NEW_ITEMS_TARGET}x | {ratio:.2f}x | "
                  f"{'yes' if ratio >= NEW_ITEMS_TARGET else 'no'} |")
+    lines += ["", "| new users: NDCG@10 (seed spread) | " + " | ".join(
+        f"{LABELS[model]}, prior weight {result['weights'][model]} | {LABELS[model]}, prior weight "
+        f"{result['prior_ablation'][next(iter(result['prior_ablation']))][model]['new_user_prior_weight']}"
+        for model in models) + " |", "|---|" + "---|---|" * len(models)] if result["prior_ablation"] else []
+    for label, per_model in result["prior_ablation"].items():
+        cells = []
+        for model in models:
+            for metrics in (result["rows"][label][model], per_model[model]["metrics"]):
+                ndcg, spread = mean_and_spread(metrics, "NDCG@10")
+                cells.append(f"{ndcg:.4f} ({spread:.4f})")
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    prior = result["prior"]
+    lines += ["", f"| new_user_prior_weight | validation NDCG@10: {prior['users']} known users (UserID % 10 == "
+              f"{VALIDATION_REMAINDER}) as new users, mean over n = {', '.join(map(str, NEW_USER_N))}, the full "
+              "models and seeds |", "|---|---|"]
+    lines += [f"| {w}{' (chosen)' if float(w) == prior['chosen'] else ''} | {v:.4f} |"
+              for w, v in prior["mean_ndcg10"].items()]
     lines += ["", "| rating head (known users' top 10 from the training part) | recommended movies rated later "
               "| rating head RMSE | bias baseline RMSE, same movies |",
               "|---|---|---|---|"]

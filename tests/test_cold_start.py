@@ -10,6 +10,8 @@ import torch
 from conftest import TINY
 
 from benchmarks.cold_start import (
+    PRIOR,
+    PRIOR_WEIGHTS,
     Cases,
     new_user_cases,
     popularity_scores,
@@ -86,6 +88,19 @@ def test_holdout_run_records_its_rules_and_refuses_other_rules_on_resume(synthet
     with pytest.raises(UnknownUserError):
         engine.get_recommendations(10)
     assert engine.get_recommendations(10, gender="F", age=30)[0]["strategy"] == "demographics"
+    # its sign-up prior counts the known users' training parts only: with an overwhelming weight a new user's
+    # scores are 1e6 x the log prior, counted here by hand (n = 0: positions 0..9; women aged 25-34)
+    known = load_dataset(synthetic_ml1m_dir, holdout_users=True, holdout_items=True)
+    group, overall = np.zeros(known.num_items + 2), np.zeros(known.num_items + 2)
+    for u in range(1, known.num_users + 1):
+        for item in known.seq_items[known.seq_offsets[u]:known.seq_offsets[u + 1] - 2][:10]:
+            overall[item] += 1
+            group[item] += known.user_gender[u] == 1 and known.user_age[u] == 3
+    expected = np.log(0.5 * group / group.sum() + 0.5 * overall / overall.sum() + 1e-6)[1:-1]
+    engine.new_user_prior_weight = 1e6
+    scores = engine.score_batch([None], [[]], demographics=[{"gender": "F", "age": 30}]).scores[0].double() / 1e6
+    assert scores.numpy() == pytest.approx(expected, abs=1e-4)
+    engine.new_user_prior_weight = 1.0
     held_movies = [m for m in metadata["movies"] if m % 20 == 0]
     cold = engine.get_cold_item_recommendations(None, [], k=100, movie_ids=held_movies)
     assert sorted(r["movie_id"] for r in cold) == sorted(held_movies)
@@ -173,6 +188,18 @@ def test_benchmark_end_to_end_on_synthetic_data(synthetic_ml1m_dir, tmp_path):
     assert 0 < random_hr <= 1 and (items["candidates"] > 10 or random_hr == 1.0)
     text = (out / "cold_start.md").read_text()
     assert "| new users, n = 0 |" in text and "| target | model | required | measured | met |" in text
+    # the prior's weight is chosen on known users playing new users; the full model is served with it, plain
+    # BERT4Rec without; the other setting of each is the ablation, on the new-user rows only
+    prior = result["prior"]
+    assert prior["chosen"] in PRIOR_WEIGHTS and set(prior["mean_ndcg10"]) == {str(w) for w in PRIOR_WEIGHTS}
+    assert prior["mean_ndcg10"][str(prior["chosen"])] == max(prior["mean_ndcg10"].values())
+    assert result["weights"] == {"plain": 0.0, "full": prior["chosen"]}
+    assert PRIOR in result["rows"]["new users, n = 1"] and PRIOR not in result["rows"]["short context, n = 1"]
+    ablation = result["prior_ablation"]["new users, n = 1"]
+    assert ablation["full"]["new_user_prior_weight"] == 0.0 and ablation["plain"]["new_user_prior_weight"] == (
+        prior["chosen"])
+    assert set(result["prior_ablation"]) == {label for label in result["rows"] if label.startswith("new users")}
+    assert "| new_user_prior_weight | validation NDCG@10" in text
     rating = result["rating"]["full model, seed 0"]
     assert not math.isnan(rating["bias_baseline_rmse"]) or rating["recommended_and_rated_later"] == 0
     # a second call reads the finished runs instead of training again

@@ -8,6 +8,7 @@ dependencies to explain, and its test metrics are far from trivial.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from data_processor import (
 )
 from enhanced_model import USER_TOKENS, EnhancedBERT4Rec, ModelConfig
 from inference import (
+    SIGNUP_POSITIONS,
     AlreadySeenError,
     CheckpointError,
     ColdItemError,
@@ -43,6 +45,8 @@ from inference import (
     UnknownUserError,
     _sentence,
     main,
+    signup_counts,
+    signup_prior,
 )
 from trainer import (
     TrainConfig,
@@ -131,6 +135,25 @@ def reference_scores(model, items, days, user=(0, 0, 0, 0), mask_day=DAY) -> tor
     with torch.no_grad():
         hidden = model(item_seq, day_seq, *(torch.tensor([value]) for value in user)).hidden
         return model.item_logits(hidden[:, -1])[0]
+
+
+def reference_signup_log_prior(data, n: int, gender: int = 0, age: int = 0) -> torch.Tensor:
+    """log of the sign-up prior (vocabulary,) for a new user with n ratings, counted user by user: the training
+    ratings (all but each user's last two) at positions n - 2 .. n + 9 (below 40), half from users of the gender
+    and age group (0 = any), half from everyone; plus the 1e-6 floor."""
+    group, overall = np.zeros(data.num_items + 2), np.zeros(data.num_items + 2)
+    for user in range(1, data.num_users + 1):
+        items = history(data, user)[1][:-2]
+        for position in range(max(n - 2, 0), min(n + 10, 40, len(items))):
+            overall[items[position]] += 1
+            if gender in (0, data.user_gender[user]) and age in (0, data.user_age[user]):
+                group[items[position]] += 1
+    prior = 0.5 * group / group.sum() + 0.5 * overall / overall.sum() if group.sum() else overall / overall.sum()
+    return torch.from_numpy(np.log(prior + 1e-6))
+
+
+def model_and_prior(logits: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.Tensor:
+    return logits.log_softmax(dim=-1) + weight * prior.float()
 
 
 def user_tokens(data, user: int) -> tuple[int, int, int, int]:
@@ -269,8 +292,12 @@ def test_new_user_with_demographics_uses_the_demographic_tokens(trained):
     data, engine, model = trained.data, trained.engine, trained.model
     records = engine.get_recommendations(gender="F", age=30, occupation=7, k=1000)
     assert {r["strategy"] for r in records} == {"demographics"}
-    # F = index 1, age 30 = group "25-34" = index 3, occupation code 7 = index 8 (data_processor.OCCUPATIONS)
-    expected = reference_scores(model, [], [], (0, GENDERS.index("F") + 1, 3, 7 + 1))
+    # F = index 1, age 30 = group "25-34" = index 3, occupation code 7 = index 8 (data_processor.OCCUPATIONS);
+    # a new user's score adds the sign-up prior of their gender and age group, at n = 0
+    gender = GENDERS.index("F") + 1
+    expected = model_and_prior(reference_scores(model, [], [], (0, gender, 3, 7 + 1)),
+                               reference_signup_log_prior(data, 0, gender, 3), engine.new_user_prior_weight)
+    assert engine.new_user_prior_weight > 0
     for movie_id, score in as_scores(records).items():
         item = int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1
         assert score == pytest.approx(expected[item].item(), abs=1e-5)
@@ -284,10 +311,58 @@ def test_new_user_with_only_a_sequence_uses_the_model(trained):
     data, engine, model = trained.data, trained.engine, trained.model
     records = engine.get_recommendations(item_sequence=data.item_movie_ids[[10, 11]].tolist(), k=3)
     assert {r["strategy"] for r in records} == {"sequence"}
-    expected = reference_scores(model, [10, 11], [DAY, DAY])
+    expected = model_and_prior(reference_scores(model, [10, 11], [DAY, DAY]), reference_signup_log_prior(data, 2),
+                               engine.new_user_prior_weight)  # no demographics: everyone's sign-up prior, n = 2
     expected[[10, 11]] = -torch.inf  # the sequence is excluded
     assert records[0]["movie_id"] == data.item_movie_ids[int(expected.argmax())]
     assert records[0]["score"] == pytest.approx(expected.max().item(), abs=1e-5)
+
+
+def test_new_user_prior_weight_zero_is_the_model_alone_and_known_users_never_get_the_prior(trained):
+    data, model = trained.data, trained.model
+    alone = RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", default_day_of_year=DAY,
+                                 new_user_prior_weight=0)
+    expected = reference_scores(model, [10, 11, 12], [DAY] * 3, (0, 2, 5, 0))
+    records = alone.get_recommendations(item_sequence=data.item_movie_ids[[10, 11, 12]].tolist(), gender="M",
+                                        age=45, k=1000)
+    for movie_id, score in as_scores(records).items():
+        assert score == pytest.approx(expected[int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1].item(),
+                                      abs=1e-5)
+    # an overwhelming prior: the list then follows it (n = 3, men aged 45-49: gender 2, age group 5)
+    alone.new_user_prior_weight = 1e6
+    strong = alone.get_recommendations(item_sequence=data.item_movie_ids[[10, 11, 12]].tolist(), gender="M",
+                                       age=45, k=5)
+    prior = reference_signup_log_prior(data, 3, 2, 5)
+    prior[[0, -1, 10, 11, 12]] = -torch.inf
+    columns = np.searchsorted(data.item_movie_ids[1:-1], [r["movie_id"] for r in strong]) + 1
+    assert prior[columns].tolist() == prior.topk(5).values.tolist()  # the prior's best five (ties in any order)
+    user_id = int(data.user_ids[4])
+    assert as_scores(alone.get_recommendations(user_id=user_id, k=20)) == as_scores(
+        trained.engine.get_recommendations(user_id=user_id, k=20))
+    for weight in (-1, math.nan, math.inf, "1", True):
+        with pytest.raises(InferenceError, match="new_user_prior_weight must be a finite number >= 0"):
+            alone.new_user_prior_weight = weight
+    with pytest.raises(InferenceError, match="new_user_prior_weight"):
+        RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", new_user_prior_weight=-0.5)
+
+
+def test_signup_counts_by_hand():
+    # users 1 and 2 (row 0 is no user); user 1: items 3, 4, 5, 6, 7 (the last two are validation and test)
+    offsets = np.array([0, 0, 5, 9])
+    items = np.array([3, 4, 5, 6, 7, 4, 4, 8, 9])
+    features = np.array([[0, 0, 0], [1, 2, 0], [2, 2, 0]])
+    counts = signup_counts(offsets, items, features, (3, 4, 10))
+    assert counts.shape == (SIGNUP_POSITIONS + 1, 3, 4, 10) and counts[0].sum() == 0
+    window = counts[2] - counts[0]  # positions 0 and 1 of each training part
+    assert window[0, 0].tolist() == [0, 0, 0, 1, 3, 0, 0, 0, 0, 0]  # items 3, 4 (user 1) and 4, 4 (user 2)
+    assert window[1, 2].tolist() == window[1, 0].tolist() == [0, 0, 0, 1, 1, 0, 0, 0, 0, 0]
+    assert window[2, 2, 4] == 2 and window[0, 2].tolist() == window[0, 0].tolist()
+    assert (counts[-1, 0, 0] - counts[3, 0, 0]).sum() == 0  # no training rating at position 3 or later
+    assert counts[-1, 0, 0].sum() == 5 and counts[-1, 0, 0, [6, 7, 8, 9]].sum() == 0
+    # half the group's share and half everyone's; everyone's alone when the group rated nothing; flat when no one did
+    prior = signup_prior(np.array([[0.0, 2, 2], [0, 0, 0], [0, 0, 0]]), np.array([[2.0, 0, 6], [1, 1, 2], [0, 0, 0]]))
+    expected = np.array([[0.125, 0.25, 0.625], [0.25, 0.25, 0.5], [0, 0, 0]]) + 1e-6
+    assert np.allclose(prior, expected, rtol=0, atol=1e-12)
 
 
 def test_nothing_known_falls_back_to_training_popularity(trained):
@@ -596,9 +671,18 @@ def test_cli(trained):
                        "--item_sequence", ",".join(map(str, data.item_movie_ids[[1, 2]])))
     assert new_user.returncode == 0, new_user.stderr
     assert json.loads(new_user.stdout)["strategy"] == "sequence"
+    for weight in (0.0, 2.0):  # the flag reaches the engine: the list equals the API's at that weight
+        listed = run_cli(*paths, "--gender", "F", "--age", "30", "--k", "5", "--json", "--new_user_prior_weight",
+                         str(weight), "--item_sequence", ",".join(map(str, data.item_movie_ids[[1, 2]])))
+        api = RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", new_user_prior_weight=weight)
+        expected_new = api.get_recommendations(item_sequence=data.item_movie_ids[[1, 2]].tolist(), gender="F", age=30,
+                                               k=5)
+        assert [r["score"] for r in json.loads(listed.stdout)["recommendations"]] == pytest.approx(
+            [r["score"] for r in expected_new], abs=1e-5)
 
     for args, status, message in [
         (["--user_id", "999999"], 1, "unknown user_id 999999"),
+        (["--user_id", user_id, "--new_user_prior_weight", "-1"], 1, "new_user_prior_weight must be a finite"),
         (["--user_id", "abc"], 2, "--user_id"),
         (["--user_id", user_id, "--k", "0"], 1, "k must be positive"),
         (["--user_id", user_id, "--item_sequence", "1,x"], 2, "--item_sequence"),
