@@ -22,11 +22,12 @@ with it (id maps, movies, users with their histories), never the raw files. The 
 - Scores are the item head's logits, comparable within one call (higher = better), not probabilities;
   "popularity" answers score by the number of training ratings, "genre_similarity" ones by the similarity below.
 - New users ("sequence" and "demographics" rows) with new_user_prior_weight > 0: the score is the model's log
-  probability plus new_user_prior_weight * log of the sign-up prior, what training users rated at the same point
-  of their history: a new user with n ratings gets the training ratings at positions n - 2 .. n + 9 of the known
-  users' histories (training parts only), half from users of the same gender and age group, half from all (a
-  product of experts; the weight was chosen on known users, docs/RESULTS.md). From position 40 on the prior is
-  flat and changes nothing. Known users are scored by the model alone.
+  probability plus w(n) * log of the sign-up prior, what training users rated at the same point of their history.
+  A new user with n ratings gets the training ratings at positions n - 2 .. n + 9 of the known users' histories
+  (training parts only), half from users of the same gender and age group, half from all; its weight
+  w(n) = new_user_prior_weight * fade / (fade + n) halves after new_user_prior_fade ratings, as the history comes
+  to say more (a product of experts; both were chosen on known users playing new users, docs/RESULTS.md). From
+  position 40 on the prior is flat and changes nothing. Known users are scored by the model alone.
 - Strategy of each answer: "personalized" (known user: identity + demographics + history), "sequence" (new user
   with a history, plus any demographics given), "demographics" (new user with demographics only: the model's
   cold-start path, trained by the trainer's --user_dropout), "popularity" (nothing known: the most-rated movies
@@ -91,7 +92,9 @@ PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
 )  # fmt: skip
 EXPORT_FORMATS = (".csv", ".jsonl")
 EXPORT_COLUMNS = ("user_id", "rank", "movie_id", "title", "score", "predicted_rating", "strategy")
-NEW_USER_PRIOR_WEIGHT = 2.0  # the engine's default; chosen on known users by benchmarks/cold_start.py
+# the engine's defaults, chosen on known users by benchmarks/cold_start.py: the prior's weight at n = 0 and the
+# number of ratings after which it halves (math.inf: it never fades)
+NEW_USER_PRIOR_WEIGHT, NEW_USER_PRIOR_FADE = 16.0, 0.5
 SIGNUP_BEFORE, SIGNUP_AFTER = 2, 10  # a new user with n ratings: the prior counts positions n - 2 .. n + 9
 SIGNUP_POSITIONS = 40  # history positions counted for the prior; beyond them it is flat
 SIGNUP_FLOOR = 1e-6  # probability of a movie nobody rated at that point, so its log stays finite
@@ -194,8 +197,9 @@ class RecommendationEngine:
     device: "auto" (cuda when available), "cpu", "cuda" or "cuda:N".
     default_day_of_year: day (1..366) given to history items without a timestamp or a known rating day;
         None = today's (UTC) at each call.
-    new_user_prior_weight: weight (>= 0) of the sign-up prior in new users' scores (module docstring); 0 scores
-        them by the model alone. An attribute of the same name; set it to change it later.
+    new_user_prior_weight: weight (>= 0) of the sign-up prior in new users' scores at n = 0 (module docstring);
+        0 scores them by the model alone. new_user_prior_fade (> 0, may be math.inf): the number of ratings after
+        which that weight halves. Both are attributes of the same names; set them to change them later.
     Raises CheckpointError, MetadataError, MetadataMismatchError or InferenceError (all ValueError).
 
     get_recommendations (one user), score_batch / recommend_batch (many users, vectorised),
@@ -210,8 +214,10 @@ class RecommendationEngine:
         device: str = "auto",
         default_day_of_year: int | None = None,
         new_user_prior_weight: float = NEW_USER_PRIOR_WEIGHT,
+        new_user_prior_fade: float = NEW_USER_PRIOR_FADE,
     ) -> None:
         self.new_user_prior_weight = new_user_prior_weight
+        self.new_user_prior_fade = new_user_prior_fade
         if default_day_of_year is not None and not 1 <= _as_int(default_day_of_year, "default_day_of_year") <= 366:
             raise InferenceError(f"default_day_of_year must be in 1..366, got {default_day_of_year}")
         self.default_day_of_year = default_day_of_year
@@ -290,6 +296,17 @@ class RecommendationEngine:
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
             raise InferenceError(f"new_user_prior_weight must be a finite number >= 0 (0: no prior), got {weight!r}")
         self._new_user_prior_weight = float(weight)
+
+    @property
+    def new_user_prior_fade(self) -> float:
+        """Number of ratings after which the sign-up prior's weight halves (math.inf: never)."""
+        return self._new_user_prior_fade
+
+    @new_user_prior_fade.setter
+    def new_user_prior_fade(self, fade: float) -> None:
+        if isinstance(fade, bool) or not isinstance(fade, int | float) or not fade > 0:
+            raise InferenceError(f"new_user_prior_fade must be a number > 0 (math.inf: no fading), got {fade!r}")
+        self._new_user_prior_fade = float(fade)
 
     @property
     def user_ids(self) -> list[int]:
@@ -771,7 +788,7 @@ class RecommendationEngine:
             if new_users and self.new_user_prior_weight:
                 rows = torch.tensor(new_users, device=scores.device)
                 prior = self._signup_log_prior([batch[row] for row in new_users]).to(scores.device, scores.dtype)
-                scores[rows] = scores[rows].log_softmax(dim=-1) + self.new_user_prior_weight * prior
+                scores[rows] = scores[rows].log_softmax(dim=-1) + prior
             if filter_seen:
                 exclude_seen(scores, inputs.seen_offsets, inputs.seen_items)
             scores, hidden = scores.cpu(), hidden[:, -1].float().cpu()
@@ -782,14 +799,16 @@ class RecommendationEngine:
         return torch.cat(chunks), torch.cat(hidden_rows)
 
     def _signup_log_prior(self, requests: list[_Request]) -> torch.Tensor:
-        """(len(requests), vocabulary) log of the sign-up prior of each new user (module docstring)."""
+        """(len(requests), vocabulary) w(n) * log of the sign-up prior of each new user (module docstring)."""
         n = np.array([len(r.items) for r in requests])
+        fade = self.new_user_prior_fade
+        weight = self.new_user_prior_weight * (np.ones(len(n)) if math.isinf(fade) else fade / (fade + n))
         low = np.clip(n - SIGNUP_BEFORE, 0, SIGNUP_POSITIONS)
         high = np.clip(n + SIGNUP_AFTER, 0, SIGNUP_POSITIONS)
         gender, age = (np.array([r.features[column] for r in requests]) for column in (0, 1))
         group = (self._signup[high, gender, age] - self._signup[low, gender, age]).astype(np.float64)
         overall = (self._signup[high, 0, 0] - self._signup[low, 0, 0]).astype(np.float64)
-        return torch.from_numpy(np.log(signup_prior(group, overall)))
+        return torch.from_numpy(weight[:, None] * np.log(signup_prior(group, overall)))
 
     @torch.no_grad()
     def _predicted_ratings(self, hidden: torch.Tensor, items: torch.Tensor, user_index: torch.Tensor) -> np.ndarray:
@@ -1228,6 +1247,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--occupation", type=int, help="a new user's ML-1M occupation code 0..20")
     parser.add_argument("--new_user_prior_weight", type=float, default=NEW_USER_PRIOR_WEIGHT,
                         help="weight of the sign-up prior in a new user's scores (0: the model alone)")
+    parser.add_argument("--new_user_prior_fade", type=float, default=NEW_USER_PRIOR_FADE,
+                        help="ratings after which the sign-up prior's weight halves (inf: never)")
     parser.add_argument("--explain", action="store_true", help="explain each recommendation")
     parser.add_argument("--profile", action="store_true", help="print the user's profile first")
     parser.add_argument("--cold_items", action="store_true", help="also list never-rated movies by genre similarity")
@@ -1325,7 +1346,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.all_users != (args.output is not None):
                 raise InferenceError("--all_users and --output go together: --all_users --output recs.csv")
             engine = RecommendationEngine(args.model_path, args.metadata_path, device=args.device,
-                                          new_user_prior_weight=args.new_user_prior_weight)
+                                          new_user_prior_weight=args.new_user_prior_weight,
+                                          new_user_prior_fade=args.new_user_prior_fade)
             if args.all_users:
                 rows = engine.export_recommendations(args.output, k=args.k, filter_seen=not args.include_seen)
                 print(f"wrote {rows} recommendations for {len(engine.user_ids)} users to {args.output}")

@@ -69,7 +69,9 @@ TARGETS = {  # row prefix -> (required ratio, what the full model is compared wi
     "short context, n = 3": (1.1, ("plain BERT4Rec",)),
 }
 NEW_ITEMS_TARGET = 3.0  # HR@10 >= 3x a random order
-PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the engine's new_user_prior_weight values tried on validation
+# the engine's new_user_prior_weight and new_user_prior_fade values tried on validation (every pair)
+PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+PRIOR_FADES = (0.5, 1.0, 3.0, 10.0, math.inf)
 VALIDATION_REMAINDER = 5  # known users with UserID % 10 == 5 play new users when the prior's weight is chosen
 PRIOR = "sign-up prior alone"  # the engine's new-user prior used as a ranking by itself (a baseline column)
 
@@ -209,23 +211,40 @@ def signup_prior_ranks(known: ML1MData, cases: Cases, universe: np.ndarray) -> t
     return ranks_of(scores, universe, cases)
 
 
-def choose_prior_weight(known: ML1MData, engines: dict, universe: np.ndarray) -> dict:
-    """new_user_prior_weight chosen on known users (UserID % 10 == VALIDATION_REMAINDER) playing new users: the
-    weight of PRIOR_WEIGHTS with the best NDCG@10, mean over n in NEW_USER_N, the full models and the seeds."""
+def model_and_prior(engine: RecommendationEngine, cases: Cases, universe: np.ndarray) -> tuple:
+    """A new user's scores split into the model's log-probabilities and the log sign-up prior, from two engine calls
+    (prior weight 0, and weight 1 without fading), so that any weight w gives the engine's ranking as
+    log_p + w * log_prior (both up to a constant per row, which leaves the ranks alone)."""
+    engine.new_user_prior_weight, engine.new_user_prior_fade = 0.0, math.inf
+    logits = engine_scores(engine, cases, universe)
+    engine.new_user_prior_weight = 1.0
+    with_prior = engine_scores(engine, cases, universe)
+    log_p = logits.log_softmax(dim=1)
+    scorable = torch.isfinite(log_p)
+    return log_p, torch.where(scorable, with_prior - log_p, torch.zeros_like(log_p))
+
+
+def choose_prior(known: ML1MData, engines: dict, universe: np.ndarray) -> dict:
+    """new_user_prior_weight and new_user_prior_fade chosen on known users (UserID % 10 == VALIDATION_REMAINDER)
+    playing new users: the pair of PRIOR_WEIGHTS x PRIOR_FADES with the best NDCG@10, mean over n in NEW_USER_N,
+    the full models and the seeds."""
     cases = {n: new_user_cases(known, n, VALIDATION_REMAINDER) for n in NEW_USER_N}
+    pairs = [(w, f) for w in PRIOR_WEIGHTS for f in PRIOR_FADES if w or math.isinf(f)]  # fading 0 changes nothing
     grid = {}
     for (model, seed), (engine,) in engines.items():
         if model not in FULL_MODELS:
             continue
-        for weight in PRIOR_WEIGHTS:
-            engine.new_user_prior_weight = weight
-            grid.setdefault(model, {}).setdefault(str(weight), {})[seed] = {
-                n: ranking_metrics(ranks_of(engine_scores(engine, c, universe), universe, c), (10,))["NDCG@10"]
-                for n, c in cases.items()}
-    mean = {w: statistics.mean(v for per_model in grid.values() for per_seed in per_model[str(w)].values()
-                               for v in per_seed.values()) for w in PRIOR_WEIGHTS}
-    return {"chosen": max(PRIOR_WEIGHTS, key=mean.get), "mean_ndcg10": {str(w): v for w, v in mean.items()},
-            "users": len(cases[0].targets), "grid": grid}
+        for n, c in cases.items():
+            log_p, log_prior = model_and_prior(engine, c, universe)
+            for w, f in pairs:
+                weight = w if math.isinf(f) else w * f / (f + n)
+                ndcg = ranking_metrics(ranks_of(log_p + weight * log_prior, universe, c), (10,))["NDCG@10"]
+                grid.setdefault(f"{w} / {f}", {}).setdefault(model, {}).setdefault(str(seed), {})[str(n)] = ndcg
+    mean = {key: statistics.mean(v for per_model in per_pair.values() for per_seed in per_model.values()
+                                 for v in per_seed.values()) for key, per_pair in grid.items()}
+    best = max(mean, key=mean.get)
+    return {"weight": float(best.split(" / ")[0]), "fade": float(best.split(" / ")[1]),
+            "mean_ndcg10": mean, "users": len(cases[0].targets), "grid": grid}
 
 
 def baseline_ranks(cases: Cases, universe: np.ndarray, overall: np.ndarray, by_group: dict) -> dict:
@@ -298,11 +317,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     overall, by_group = popularity_scores(known, universe)
     engines = {key: (RecommendationEngine(path / "best_model.pt", path / "metadata.json", device="cpu"),)
                for key, path in runs.items()}
-    prior = choose_prior_weight(known, engines, universe)
-    print("prior weight on validation (mean NDCG@10):", prior["mean_ndcg10"], "chosen:", prior["chosen"], flush=True)
+    prior = choose_prior(known, engines, universe)
+    print("prior weight / fade on validation (mean NDCG@10):", prior["mean_ndcg10"], "chosen:", prior["weight"],
+          prior["fade"], flush=True)
     # the full models as the engine serves them (the prior chosen above); plain BERT4Rec, the baseline without side
     # information, alone. The other setting of each is the ablation, on the new-user rows (the only ones it touches)
-    weights = {model: 0.0 if model == "plain" else prior["chosen"] for model in args.models}
+    weights = {model: 0.0 if model == "plain" else prior["weight"] for model in args.models}
     rows, ablation = {}, {}
     for label, cases in [*[(f"new users, n = {n}", new_user_cases(world, n)) for n in NEW_USER_N],
                          *[(f"short context, n = {n}", short_context_cases(known, n)) for n in SHORT_CONTEXT_N]]:
@@ -316,12 +336,12 @@ def evaluate(args: argparse.Namespace) -> dict:
         if new_users:
             row[PRIOR] = ranking_metrics(signup_prior_ranks(known, cases, universe), (10,))
         for model in args.models:
-            row[model] = model_metrics(engines, model, args.seeds, cases, universe, weights[model])
+            row[model] = model_metrics(engines, model, args.seeds, cases, universe, weights[model], prior["fade"])
             if new_users:
-                other = prior["chosen"] if weights[model] == 0 else 0.0
+                other = prior["weight"] if weights[model] == 0 else 0.0
                 ablation.setdefault(label, {})[model] = {
                     "new_user_prior_weight": other,
-                    "metrics": model_metrics(engines, model, args.seeds, cases, universe, other)}
+                    "metrics": model_metrics(engines, model, args.seeds, cases, universe, other, prior["fade"])}
         rows[label] = row
         print(label, summary_line(row), flush=True)
     first_full = engines[("full", args.seeds[0])][0]
@@ -336,12 +356,12 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def model_metrics(engines: dict, model: str, seeds: list, cases: Cases, universe: np.ndarray,
-                  weight: float) -> list:
-    """HR@10 / NDCG@10 per seed of one model served with new_user_prior_weight = weight."""
+                  weight: float, fade: float) -> list:
+    """HR@10 / NDCG@10 per seed of one model served with new_user_prior_weight = weight and the fade."""
     per_seed = []
     for seed in seeds:
         engine = engines[(model, seed)][0]
-        engine.new_user_prior_weight = weight
+        engine.new_user_prior_weight, engine.new_user_prior_fade = weight, fade
         per_seed.append(ranking_metrics(ranks_of(engine_scores(engine, cases, universe), universe, cases), (10,)))
     return per_seed
 
@@ -370,9 +390,9 @@ def table(result: dict) -> str:
     """cold_start.md: the rows, the targets and the rating-quality figures."""
     models = [model for model in MODELS if model in next(iter(result["rows"].values()))]
     fulls = [model for model in models if model in FULL_MODELS]
-    weight = result["prior"]["chosen"]
-    lines = [f"Full models served with the sign-up prior for new users (new_user_prior_weight {weight}, chosen on "
-             "validation below); plain BERT4Rec without it.", "",
+    prior = result["prior"]
+    lines = [f"Full models served with the sign-up prior for new users (new_user_prior_weight {prior['weight']}, "
+             f"new_user_prior_fade {prior['fade']}, chosen on validation below); plain BERT4Rec without it.", "",
              f"| row | cases | popularity HR@10 / NDCG@10 | demographic popularity | {PRIOR} | "
              + " | ".join(f"{LABELS[model]} (NDCG@10 spread)" for model in models) + " | "
              + " | ".join(f"{LABELS[model]} / best baseline (NDCG@10)" for model in fulls) + " |",
@@ -424,12 +444,11 @@ def table(result: dict) -> str:
                 ndcg, spread = mean_and_spread(metrics, "NDCG@10")
                 cells.append(f"{ndcg:.4f} ({spread:.4f})")
         lines.append(f"| {label} | {' | '.join(cells)} |")
-    prior = result["prior"]
-    lines += ["", f"| new_user_prior_weight | validation NDCG@10: {prior['users']} known users (UserID % 10 == "
-              f"{VALIDATION_REMAINDER}) as new users, mean over n = {', '.join(map(str, NEW_USER_N))}, the full "
-              "models and seeds |", "|---|---|"]
-    lines += [f"| {w}{' (chosen)' if float(w) == prior['chosen'] else ''} | {v:.4f} |"
-              for w, v in prior["mean_ndcg10"].items()]
+    chosen = f"{prior['weight']} / {prior['fade']}"
+    lines += ["", f"| new_user_prior_weight / new_user_prior_fade | validation NDCG@10: {prior['users']} known users "
+              f"(UserID % 10 == {VALIDATION_REMAINDER}) as new users, mean over n = "
+              f"{', '.join(map(str, NEW_USER_N))}, the full models and seeds |", "|---|---|"]
+    lines += [f"| {key}{' (chosen)' if key == chosen else ''} | {v:.4f} |" for key, v in prior["mean_ndcg10"].items()]
     lines += ["", "| rating head (known users' top 10 from the training part) | recommended movies rated later "
               "| rating head RMSE | bias baseline RMSE, same movies |",
               "|---|---|---|---|"]

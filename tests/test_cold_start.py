@@ -11,8 +11,12 @@ from conftest import TINY
 
 from benchmarks.cold_start import (
     PRIOR,
+    PRIOR_FADES,
     PRIOR_WEIGHTS,
+    VALIDATION_REMAINDER,
     Cases,
+    engine_scores,
+    model_and_prior,
     new_user_cases,
     popularity_scores,
     ranks_of,
@@ -191,15 +195,26 @@ def test_benchmark_end_to_end_on_synthetic_data(synthetic_ml1m_dir, tmp_path):
     # the prior's weight is chosen on known users playing new users; the full model is served with it, plain
     # BERT4Rec without; the other setting of each is the ablation, on the new-user rows only
     prior = result["prior"]
-    assert prior["chosen"] in PRIOR_WEIGHTS and set(prior["mean_ndcg10"]) == {str(w) for w in PRIOR_WEIGHTS}
-    assert prior["mean_ndcg10"][str(prior["chosen"])] == max(prior["mean_ndcg10"].values())
-    assert result["weights"] == {"plain": 0.0, "full": prior["chosen"]}
+    assert prior["weight"] in PRIOR_WEIGHTS and prior["fade"] in PRIOR_FADES
+    assert len(prior["mean_ndcg10"]) == (len(PRIOR_WEIGHTS) - 1) * len(PRIOR_FADES) + 1  # weight 0 fades once
+    assert prior["mean_ndcg10"][f"{prior['weight']} / {prior['fade']}"] == max(prior["mean_ndcg10"].values())
+    assert result["weights"] == {"plain": 0.0, "full": prior["weight"]}
     assert PRIOR in result["rows"]["new users, n = 1"] and PRIOR not in result["rows"]["short context, n = 1"]
     ablation = result["prior_ablation"]["new users, n = 1"]
     assert ablation["full"]["new_user_prior_weight"] == 0.0 and ablation["plain"]["new_user_prior_weight"] == (
-        prior["chosen"])
+        prior["weight"])
     assert set(result["prior_ablation"]) == {label for label in result["rows"] if label.startswith("new users")}
-    assert "| new_user_prior_weight | validation NDCG@10" in text
+    assert "| new_user_prior_weight / new_user_prior_fade | validation NDCG@10" in text
+    # the selection's split of a score into log-probabilities and log prior ranks as the engine does at any weight
+    engine = RecommendationEngine(out / "full_seed0" / "best_model.pt", device="cpu")
+    known = load_dataset(synthetic_ml1m_dir, holdout_users=True, holdout_items=True)
+    universe = load_dataset(synthetic_ml1m_dir).item_movie_ids[1:-1]
+    cases = new_user_cases(known, 1, VALIDATION_REMAINDER)
+    assert len(cases.targets) > 0 and all(user is None for user in cases.user_ids)
+    log_p, log_prior = model_and_prior(engine, cases, universe)
+    engine.new_user_prior_weight, engine.new_user_prior_fade = 3.0, math.inf
+    direct = ranks_of(engine_scores(engine, cases, universe), universe, cases)
+    assert torch.equal(ranks_of(log_p + 3.0 * log_prior, universe, cases), direct)
     rating = result["rating"]["full model, seed 0"]
     assert not math.isnan(rating["bias_baseline_rmse"]) or rating["recommended_and_rated_later"] == 0
     # a second call reads the finished runs instead of training again

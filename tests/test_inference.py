@@ -152,7 +152,10 @@ def reference_signup_log_prior(data, n: int, gender: int = 0, age: int = 0) -> t
     return torch.from_numpy(np.log(prior + 1e-6))
 
 
-def model_and_prior(logits: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.Tensor:
+def model_and_prior(logits: torch.Tensor, prior: torch.Tensor, engine, n: int) -> torch.Tensor:
+    """A new user's expected score: the model's log-probabilities + w(n) * log prior, w(n) = weight * f / (f + n)."""
+    fade = engine.new_user_prior_fade
+    weight = engine.new_user_prior_weight * (1.0 if math.isinf(fade) else fade / (fade + n))
     return logits.log_softmax(dim=-1) + weight * prior.float()
 
 
@@ -296,11 +299,11 @@ def test_new_user_with_demographics_uses_the_demographic_tokens(trained):
     # a new user's score adds the sign-up prior of their gender and age group, at n = 0
     gender = GENDERS.index("F") + 1
     expected = model_and_prior(reference_scores(model, [], [], (0, gender, 3, 7 + 1)),
-                               reference_signup_log_prior(data, 0, gender, 3), engine.new_user_prior_weight)
+                               reference_signup_log_prior(data, 0, gender, 3), engine, 0)
     assert engine.new_user_prior_weight > 0
     for movie_id, score in as_scores(records).items():
         item = int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1
-        assert score == pytest.approx(expected[item].item(), abs=1e-5)
+        assert score == pytest.approx(expected[item].item(), abs=1e-4)
     same_group = engine.get_recommendations(gender="f", age="25-34", occupation=OCCUPATIONS[7], k=1000)
     assert as_scores(same_group) == as_scores(records)
     unknown_id = engine.get_recommendations(user_id=999_999, gender="F", age=25, occupation=7, k=1000)
@@ -312,10 +315,10 @@ def test_new_user_with_only_a_sequence_uses_the_model(trained):
     records = engine.get_recommendations(item_sequence=data.item_movie_ids[[10, 11]].tolist(), k=3)
     assert {r["strategy"] for r in records} == {"sequence"}
     expected = model_and_prior(reference_scores(model, [10, 11], [DAY, DAY]), reference_signup_log_prior(data, 2),
-                               engine.new_user_prior_weight)  # no demographics: everyone's sign-up prior, n = 2
+                               engine, 2)  # no demographics: everyone's sign-up prior, n = 2
     expected[[10, 11]] = -torch.inf  # the sequence is excluded
     assert records[0]["movie_id"] == data.item_movie_ids[int(expected.argmax())]
-    assert records[0]["score"] == pytest.approx(expected.max().item(), abs=1e-5)
+    assert records[0]["score"] == pytest.approx(expected.max().item(), abs=1e-4)
 
 
 def test_new_user_prior_weight_zero_is_the_model_alone_and_known_users_never_get_the_prior(trained):
@@ -336,12 +339,23 @@ def test_new_user_prior_weight_zero_is_the_model_alone_and_known_users_never_get
     prior[[0, -1, 10, 11, 12]] = -torch.inf
     columns = np.searchsorted(data.item_movie_ids[1:-1], [r["movie_id"] for r in strong]) + 1
     assert prior[columns].tolist() == prior.topk(5).values.tolist()  # the prior's best five (ties in any order)
+    # the weight fades with the history: 2 x 3 / (3 + 3) = 1 at n = 3 (gender only: men, any age)
+    alone.new_user_prior_weight, alone.new_user_prior_fade = 2.0, 3.0
+    faded = alone.get_recommendations(item_sequence=data.item_movie_ids[[10, 11, 12]].tolist(), gender="M", k=1000)
+    expected = model_and_prior(reference_scores(model, [10, 11, 12], [DAY] * 3, (0, 2, 0, 0)),
+                               reference_signup_log_prior(data, 3, 2, 0), alone, 3)
+    for movie_id, score in as_scores(faded).items():
+        assert score == pytest.approx(expected[int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1].item(),
+                                      abs=1e-5)
     user_id = int(data.user_ids[4])
     assert as_scores(alone.get_recommendations(user_id=user_id, k=20)) == as_scores(
         trained.engine.get_recommendations(user_id=user_id, k=20))
     for weight in (-1, math.nan, math.inf, "1", True):
         with pytest.raises(InferenceError, match="new_user_prior_weight must be a finite number >= 0"):
             alone.new_user_prior_weight = weight
+    for fade in (0, -1, math.nan, "3", False):
+        with pytest.raises(InferenceError, match="new_user_prior_fade must be a number > 0"):
+            alone.new_user_prior_fade = fade
     with pytest.raises(InferenceError, match="new_user_prior_weight"):
         RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", new_user_prior_weight=-0.5)
 
