@@ -801,14 +801,9 @@ class RecommendationEngine:
     def _signup_log_prior(self, requests: list[_Request]) -> torch.Tensor:
         """(len(requests), vocabulary) w(n) * log of the sign-up prior of each new user (module docstring)."""
         n = np.array([len(r.items) for r in requests])
-        fade = self.new_user_prior_fade
-        weight = self.new_user_prior_weight * (np.ones(len(n)) if math.isinf(fade) else fade / (fade + n))
-        low = np.clip(n - SIGNUP_BEFORE, 0, SIGNUP_POSITIONS)
-        high = np.clip(n + SIGNUP_AFTER, 0, SIGNUP_POSITIONS)
+        weight = faded_weight(self.new_user_prior_weight, self.new_user_prior_fade, n)
         gender, age = (np.array([r.features[column] for r in requests]) for column in (0, 1))
-        group = (self._signup[high, gender, age] - self._signup[low, gender, age]).astype(np.float64)
-        overall = (self._signup[high, 0, 0] - self._signup[low, 0, 0]).astype(np.float64)
-        return torch.from_numpy(weight[:, None] * np.log(signup_prior(group, overall)))
+        return torch.from_numpy(weight[:, None] * np.log(signup_window_prior(self._signup, n, gender, age)))
 
     @torch.no_grad()
     def _predicted_ratings(self, hidden: torch.Tensor, items: torch.Tensor, user_index: torch.Tensor) -> np.ndarray:
@@ -926,6 +921,22 @@ def signup_prior(group: np.ndarray, overall: np.ndarray) -> np.ndarray:
 
     has_group = group.sum(axis=1, keepdims=True) > 0
     return np.where(has_group, 0.5 * share(group) + 0.5 * share(overall), share(overall)) + SIGNUP_FLOOR
+
+
+def signup_window_prior(counts: np.ndarray, n: np.ndarray, gender: np.ndarray, age: np.ndarray) -> np.ndarray:
+    """(len(n), vocabulary) sign-up prior of new users with n ratings and these gender / age indices, from
+    signup_counts' cumulative counts: positions n - SIGNUP_BEFORE .. n + SIGNUP_AFTER - 1 (signup_prior)."""
+    low = np.clip(n - SIGNUP_BEFORE, 0, SIGNUP_POSITIONS)
+    high = np.clip(n + SIGNUP_AFTER, 0, SIGNUP_POSITIONS)
+    group = (counts[high, gender, age] - counts[low, gender, age]).astype(np.float64)
+    overall = (counts[high, 0, 0] - counts[low, 0, 0]).astype(np.float64)
+    return signup_prior(group, overall)
+
+
+def faded_weight(weight: float, fade: float, n: np.ndarray | int) -> np.ndarray:
+    """The prior's weight after n ratings: weight * fade / (fade + n); weight itself when fade is math.inf."""
+    n = np.asarray(n, dtype=np.float64)
+    return weight * (np.ones_like(n) if math.isinf(fade) else fade / (fade + n))
 
 
 def _deletions(request: _Request, window_size: int) -> list[_Request]:

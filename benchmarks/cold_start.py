@@ -41,14 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.ablation import PLAIN  # noqa: E402  (the ablation's plain BERT4Rec, the same flags)
 from data_processor import AGE_GROUPS, EVAL_EVENTS, GENDERS, ML1MData, held_out_movies, load_dataset  # noqa: E402
-from inference import (  # noqa: E402
-    SIGNUP_AFTER,
-    SIGNUP_BEFORE,
-    SIGNUP_POSITIONS,
-    RecommendationEngine,
-    signup_counts,
-    signup_prior,
-)
+from inference import RecommendationEngine, faded_weight, signup_counts, signup_window_prior  # noqa: E402
 from trainer import fit_bias_baseline, ranking_metrics, target_ranks, training_events  # noqa: E402
 
 # the models compared (run folder name -> trainer flags on top of --config); LABELS name their table columns
@@ -201,10 +194,7 @@ def signup_prior_ranks(known: ML1MData, cases: Cases, universe: np.ndarray) -> t
     counts = signup_counts(known.seq_offsets, known.seq_items, features,
                            (known.num_genders, known.num_ages, known.num_items + 2))
     n = np.array([len(sequence) for sequence in cases.sequences])
-    low, high = np.clip(n - SIGNUP_BEFORE, 0, SIGNUP_POSITIONS), np.clip(n + SIGNUP_AFTER, 0, SIGNUP_POSITIONS)
-    gender, age = cases.groups[:, 0], cases.groups[:, 1]
-    prior = signup_prior((counts[high, gender, age] - counts[low, gender, age]).astype(np.float64),
-                         (counts[high, 0, 0] - counts[low, 0, 0]).astype(np.float64))
+    prior = signup_window_prior(counts, n, cases.groups[:, 0], cases.groups[:, 1])
     scores = torch.full((len(n), len(universe)), -math.inf, dtype=torch.float64)
     scores[:, torch.from_numpy(np.searchsorted(universe, known.item_movie_ids[1:-1]))] = torch.from_numpy(
         np.log(prior[:, 1:-1]))
@@ -237,7 +227,7 @@ def choose_prior(known: ML1MData, engines: dict, universe: np.ndarray) -> dict:
         for n, c in cases.items():
             log_p, log_prior = model_and_prior(engine, c, universe)
             for w, f in pairs:
-                weight = w if math.isinf(f) else w * f / (f + n)
+                weight = float(faded_weight(w, f, n))
                 ndcg = ranking_metrics(ranks_of(log_p + weight * log_prior, universe, c), (10,))["NDCG@10"]
                 grid.setdefault(f"{w} / {f}", {}).setdefault(model, {}).setdefault(str(seed), {})[str(n)] = ndcg
     mean = {key: statistics.mean(v for per_model in per_pair.values() for per_seed in per_model.values()
