@@ -23,10 +23,11 @@ with it (id maps, movies, users with their histories), never the raw files. The 
   "popularity" answers score by the number of training ratings, "genre_similarity" ones by the similarity below.
 - New users ("sequence" and "demographics" rows) with new_user_prior_weight > 0: the score is the model's log
   probability plus w(n) * log of the sign-up prior, what training users rated at the same point of their history.
-  A new user with n ratings gets the training ratings at positions n - 2 .. n + 9 of the known users' histories
-  (training parts only), half from users of the same gender and age group, half from all; its weight
+  A new user with n ratings gets the training ratings at positions n - before .. n + after - 1 of the known users'
+  histories (new_user_prior_window = (before, after); training parts only), half from users of the same gender and
+  age group, half from all; its weight
   w(n) = new_user_prior_weight * fade / (fade + n) halves after new_user_prior_fade ratings, as the history comes
-  to say more (a product of experts; both were chosen on known users playing new users, docs/RESULTS.md). From
+  to say more (a product of experts; all three were chosen on known users playing new users, docs/RESULTS.md). From
   position 40 on the prior is flat and changes nothing. Known users are scored by the model alone.
 - Strategy of each answer: "personalized" (known user: identity + demographics + history), "sequence" (new user
   with a history, plus any demographics given), "demographics" (new user with demographics only: the model's
@@ -92,10 +93,11 @@ PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
 )  # fmt: skip
 EXPORT_FORMATS = (".csv", ".jsonl")
 EXPORT_COLUMNS = ("user_id", "rank", "movie_id", "title", "score", "predicted_rating", "strategy")
-# the engine's defaults, chosen on known users by benchmarks/cold_start.py: the prior's weight at n = 0 and the
-# number of ratings after which it halves (math.inf: it never fades)
+# the engine's defaults, chosen on known users by benchmarks/cold_start.py: the prior's weight at n = 0, the
+# number of ratings after which it halves (math.inf: it never fades), and its window (before, after): a new user
+# with n ratings gets the known users' ratings at positions n - before .. n + after - 1
 NEW_USER_PRIOR_WEIGHT, NEW_USER_PRIOR_FADE = 16.0, 0.5
-SIGNUP_BEFORE, SIGNUP_AFTER = 2, 10  # a new user with n ratings: the prior counts positions n - 2 .. n + 9
+NEW_USER_PRIOR_WINDOW = (1, 2)
 SIGNUP_POSITIONS = 40  # history positions counted for the prior; beyond them it is flat
 SIGNUP_FLOOR = 1e-6  # probability of a movie nobody rated at that point, so its log stays finite
 COLD_GENRE_WEIGHT, COLD_YEAR_WEIGHT, COLD_YEAR_SCALE = 0.8, 0.2, 10.0
@@ -199,7 +201,9 @@ class RecommendationEngine:
         None = today's (UTC) at each call.
     new_user_prior_weight: weight (>= 0) of the sign-up prior in new users' scores at n = 0 (module docstring);
         0 scores them by the model alone. new_user_prior_fade (> 0, may be math.inf): the number of ratings after
-        which that weight halves. Both are attributes of the same names; set them to change them later.
+        which that weight halves. new_user_prior_window (before >= 0, after >= 1): a user with n ratings gets the
+        known users' ratings at positions n - before .. n + after - 1. All three are attributes of the same names;
+        set them to change them later.
     Raises CheckpointError, MetadataError, MetadataMismatchError or InferenceError (all ValueError).
 
     get_recommendations (one user), score_batch / recommend_batch (many users, vectorised),
@@ -215,9 +219,11 @@ class RecommendationEngine:
         default_day_of_year: int | None = None,
         new_user_prior_weight: float = NEW_USER_PRIOR_WEIGHT,
         new_user_prior_fade: float = NEW_USER_PRIOR_FADE,
+        new_user_prior_window: tuple[int, int] = NEW_USER_PRIOR_WINDOW,
     ) -> None:
         self.new_user_prior_weight = new_user_prior_weight
         self.new_user_prior_fade = new_user_prior_fade
+        self.new_user_prior_window = new_user_prior_window
         if default_day_of_year is not None and not 1 <= _as_int(default_day_of_year, "default_day_of_year") <= 366:
             raise InferenceError(f"default_day_of_year must be in 1..366, got {default_day_of_year}")
         self.default_day_of_year = default_day_of_year
@@ -307,6 +313,21 @@ class RecommendationEngine:
         if isinstance(fade, bool) or not isinstance(fade, int | float) or not fade > 0:
             raise InferenceError(f"new_user_prior_fade must be a number > 0 (math.inf: no fading), got {fade!r}")
         self._new_user_prior_fade = float(fade)
+
+    @property
+    def new_user_prior_window(self) -> tuple[int, int]:
+        """(before, after): a new user with n ratings gets the known users' ratings at positions
+        n - before .. n + after - 1 in the sign-up prior."""
+        return self._new_user_prior_window
+
+    @new_user_prior_window.setter
+    def new_user_prior_window(self, window: tuple[int, int]) -> None:
+        if (not isinstance(window, tuple | list) or len(window) != 2
+                or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in window)
+                or window[0] < 0 or window[1] < 1):
+            raise InferenceError("new_user_prior_window must be two whole numbers (before >= 0, after >= 1), "
+                                 f"e.g. (2, 10), got {window!r}")
+        self._new_user_prior_window = (int(window[0]), int(window[1]))
 
     @property
     def user_ids(self) -> list[int]:
@@ -803,7 +824,8 @@ class RecommendationEngine:
         n = np.array([len(r.items) for r in requests])
         weight = faded_weight(self.new_user_prior_weight, self.new_user_prior_fade, n)
         gender, age = (np.array([r.features[column] for r in requests]) for column in (0, 1))
-        return torch.from_numpy(weight[:, None] * np.log(signup_window_prior(self._signup, n, gender, age)))
+        prior = signup_window_prior(self._signup, n, gender, age, self.new_user_prior_window)
+        return torch.from_numpy(weight[:, None] * np.log(prior))
 
     @torch.no_grad()
     def _predicted_ratings(self, hidden: torch.Tensor, items: torch.Tensor, user_index: torch.Tensor) -> np.ndarray:
@@ -923,11 +945,14 @@ def signup_prior(group: np.ndarray, overall: np.ndarray) -> np.ndarray:
     return np.where(has_group, 0.5 * share(group) + 0.5 * share(overall), share(overall)) + SIGNUP_FLOOR
 
 
-def signup_window_prior(counts: np.ndarray, n: np.ndarray, gender: np.ndarray, age: np.ndarray) -> np.ndarray:
+def signup_window_prior(counts: np.ndarray, n: np.ndarray, gender: np.ndarray, age: np.ndarray,
+                        window: tuple[int, int] = NEW_USER_PRIOR_WINDOW) -> np.ndarray:
     """(len(n), vocabulary) sign-up prior of new users with n ratings and these gender / age indices, from
-    signup_counts' cumulative counts: positions n - SIGNUP_BEFORE .. n + SIGNUP_AFTER - 1 (signup_prior)."""
-    low = np.clip(n - SIGNUP_BEFORE, 0, SIGNUP_POSITIONS)
-    high = np.clip(n + SIGNUP_AFTER, 0, SIGNUP_POSITIONS)
+    signup_counts' cumulative counts: positions n - before .. n + after - 1 for window = (before, after)
+    (signup_prior)."""
+    before, after = window
+    low = np.clip(n - before, 0, SIGNUP_POSITIONS)
+    high = np.clip(n + after, 0, SIGNUP_POSITIONS)
     group = (counts[high, gender, age] - counts[low, gender, age]).astype(np.float64)
     overall = (counts[high, 0, 0] - counts[low, 0, 0]).astype(np.float64)
     return signup_prior(group, overall)
@@ -1260,6 +1285,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weight of the sign-up prior in a new user's scores (0: the model alone)")
     parser.add_argument("--new_user_prior_fade", type=float, default=NEW_USER_PRIOR_FADE,
                         help="ratings after which the sign-up prior's weight halves (inf: never)")
+    parser.add_argument("--new_user_prior_window", type=int, nargs=2, default=list(NEW_USER_PRIOR_WINDOW),
+                        metavar=("BEFORE", "AFTER"), help="a new user with n ratings gets the prior of positions "
+                        "n - BEFORE .. n + AFTER - 1 of the known users' histories")
     parser.add_argument("--explain", action="store_true", help="explain each recommendation")
     parser.add_argument("--profile", action="store_true", help="print the user's profile first")
     parser.add_argument("--cold_items", action="store_true", help="also list never-rated movies by genre similarity")
@@ -1358,7 +1386,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise InferenceError("--all_users and --output go together: --all_users --output recs.csv")
             engine = RecommendationEngine(args.model_path, args.metadata_path, device=args.device,
                                           new_user_prior_weight=args.new_user_prior_weight,
-                                          new_user_prior_fade=args.new_user_prior_fade)
+                                          new_user_prior_fade=args.new_user_prior_fade,
+                                          new_user_prior_window=tuple(args.new_user_prior_window))
             if args.all_users:
                 rows = engine.export_recommendations(args.output, k=args.k, filter_seen=not args.include_seen)
                 print(f"wrote {rows} recommendations for {len(engine.user_ids)} users to {args.output}")

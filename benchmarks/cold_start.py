@@ -41,7 +41,15 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.ablation import PLAIN  # noqa: E402  (the ablation's plain BERT4Rec, the same flags)
 from data_processor import AGE_GROUPS, EVAL_EVENTS, GENDERS, ML1MData, held_out_movies, load_dataset  # noqa: E402
-from inference import RecommendationEngine, faded_weight, signup_counts, signup_window_prior  # noqa: E402
+from inference import (  # noqa: E402
+    NEW_USER_PRIOR_FADE,
+    NEW_USER_PRIOR_WEIGHT,
+    NEW_USER_PRIOR_WINDOW,
+    RecommendationEngine,
+    faded_weight,
+    signup_counts,
+    signup_window_prior,
+)
 from trainer import fit_bias_baseline, ranking_metrics, target_ranks, training_events  # noqa: E402
 
 # the models compared (run folder name -> trainer flags on top of --config); LABELS name their table columns
@@ -62,9 +70,11 @@ TARGETS = {  # row prefix -> (required ratio, what the full model is compared wi
     "short context, n = 3": (1.1, ("plain BERT4Rec",)),
 }
 NEW_ITEMS_TARGET = 3.0  # HR@10 >= 3x a random order
-# the engine's new_user_prior_weight and new_user_prior_fade values tried on validation (every pair)
+# the engine's new_user_prior_weight, new_user_prior_fade and new_user_prior_window values tried on validation
+# (every combination; a window (before, after) counts positions n - before .. n + after - 1)
 PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 PRIOR_FADES = (0.5, 1.0, 3.0, 10.0, math.inf)
+PRIOR_WINDOWS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (1, 5), (2, 5), (2, 10), (4, 20))
 VALIDATION_REMAINDER = 5  # known users with UserID % 10 == 5 play new users when the prior's weight is chosen
 PRIOR = "sign-up prior alone"  # the engine's new-user prior used as a ranking by itself (a baseline column)
 
@@ -167,14 +177,22 @@ def popularity_scores(known: ML1MData, universe: np.ndarray) -> tuple[np.ndarray
     return overall, by_group
 
 
-def ranks_of(scores: torch.Tensor, universe: np.ndarray, cases: Cases) -> torch.Tensor:
-    """0-based pessimistic ranks of the targets among `universe` (scores' columns), the seen movies excluded."""
-    scores = scores.clone()
+def seen_mask(universe: np.ndarray, cases: Cases) -> torch.Tensor:
+    """(cases, universe) True where the case's seen movies are (excluded from its ranking)."""
+    mask = torch.zeros(len(cases.targets), len(universe), dtype=torch.bool)
     for row, seen in enumerate(cases.seen):
         columns = np.searchsorted(universe, seen)
-        scores[row, torch.from_numpy(columns[universe[np.minimum(columns, len(universe) - 1)] == seen])] = -math.inf
+        mask[row, torch.from_numpy(columns[universe[np.minimum(columns, len(universe) - 1)] == seen])] = True
+    return mask
+
+
+def ranks_of(scores: torch.Tensor, universe: np.ndarray, cases: Cases, seen: torch.Tensor | None = None
+             ) -> torch.Tensor:
+    """0-based pessimistic ranks of the targets among `universe` (scores' columns), the seen movies excluded
+    (seen: seen_mask(universe, cases), when the caller has it already)."""
+    seen = seen_mask(universe, cases) if seen is None else seen
     targets = torch.from_numpy(np.searchsorted(universe, cases.targets))
-    return target_ranks(scores, targets)
+    return target_ranks(scores.masked_fill(seen, -math.inf), targets)
 
 
 def engine_scores(engine: RecommendationEngine, cases: Cases, universe: np.ndarray) -> torch.Tensor:
@@ -187,53 +205,66 @@ def engine_scores(engine: RecommendationEngine, cases: Cases, universe: np.ndarr
     return scores
 
 
-def signup_prior_ranks(known: ML1MData, cases: Cases, universe: np.ndarray) -> torch.Tensor:
-    """Ranks of the targets by the engine's sign-up prior alone (inference.signup_counts and signup_prior over the
-    known users' training parts), for new-user cases; movies the known users never rated get -inf."""
+def prior_counts(known: ML1MData, leave_out: int | None = None) -> np.ndarray:
+    """inference.signup_counts over the known users' training parts, as the engine counts them; leave_out: the
+    users with UserID % 10 == leave_out are left out (the validation users, when the prior is chosen on them)."""
+    lengths = np.diff(known.seq_offsets)
+    keep = np.ones(len(lengths), dtype=bool) if leave_out is None else known.user_ids % 10 != leave_out
+    offsets = np.concatenate([[0], np.cumsum(np.where(keep, lengths, 0))])
+    items = known.seq_items[np.repeat(keep, lengths)]
     features = np.stack([known.user_gender, known.user_age, known.user_occupation], axis=1)
-    counts = signup_counts(known.seq_offsets, known.seq_items, features,
-                           (known.num_genders, known.num_ages, known.num_items + 2))
+    return signup_counts(offsets, items, features, (known.num_genders, known.num_ages, known.num_items + 2))
+
+
+def log_prior_scores(known: ML1MData, counts: np.ndarray, cases: Cases, universe: np.ndarray,
+                     window: tuple[int, int]) -> torch.Tensor:
+    """(cases, universe) log sign-up prior of new-user cases (inference.signup_window_prior over `counts`); movies
+    the known users' world does not have get -inf."""
     n = np.array([len(sequence) for sequence in cases.sequences])
-    prior = signup_window_prior(counts, n, cases.groups[:, 0], cases.groups[:, 1])
+    prior = signup_window_prior(counts, n, cases.groups[:, 0], cases.groups[:, 1], window)
     scores = torch.full((len(n), len(universe)), -math.inf, dtype=torch.float64)
     scores[:, torch.from_numpy(np.searchsorted(universe, known.item_movie_ids[1:-1]))] = torch.from_numpy(
         np.log(prior[:, 1:-1]))
-    return ranks_of(scores, universe, cases)
+    return scores
 
 
-def model_and_prior(engine: RecommendationEngine, cases: Cases, universe: np.ndarray) -> tuple:
-    """A new user's scores split into the model's log-probabilities and the log sign-up prior, from two engine calls
-    (prior weight 0, and weight 1 without fading), so that any weight w gives the engine's ranking as
-    log_p + w * log_prior (both up to a constant per row, which leaves the ranks alone)."""
-    engine.new_user_prior_weight, engine.new_user_prior_fade = 0.0, math.inf
-    logits = engine_scores(engine, cases, universe)
-    engine.new_user_prior_weight = 1.0
-    with_prior = engine_scores(engine, cases, universe)
-    log_p = logits.log_softmax(dim=1)
-    scorable = torch.isfinite(log_p)
-    return log_p, torch.where(scorable, with_prior - log_p, torch.zeros_like(log_p))
+def signup_prior_ranks(known: ML1MData, cases: Cases, universe: np.ndarray, window: tuple[int, int]) -> torch.Tensor:
+    """Ranks of the targets by the engine's sign-up prior alone (every known user's training part counted, as the
+    engine counts them), for new-user cases; movies the known users never rated rank last."""
+    return ranks_of(log_prior_scores(known, prior_counts(known), cases, universe, window), universe, cases)
 
 
 def choose_prior(known: ML1MData, engines: dict, universe: np.ndarray) -> dict:
-    """new_user_prior_weight and new_user_prior_fade chosen on known users (UserID % 10 == VALIDATION_REMAINDER)
-    playing new users: the pair of PRIOR_WEIGHTS x PRIOR_FADES with the best NDCG@10, mean over n in NEW_USER_N,
-    the full models and the seeds."""
+    """new_user_prior_weight, new_user_prior_fade and new_user_prior_window chosen on known users (UserID % 10 ==
+    VALIDATION_REMAINDER) playing new users: the combination of PRIOR_WEIGHTS x PRIOR_FADES x PRIOR_WINDOWS with the
+    best NDCG@10, mean over n in NEW_USER_N, the full models and the seeds. The score is the engine's (the model's
+    log-probabilities + w(n) x log prior); the prior counts the other known users only, so that no validation
+    user's own next rating is in it."""
     cases = {n: new_user_cases(known, n, VALIDATION_REMAINDER) for n in NEW_USER_N}
-    pairs = [(w, f) for w in PRIOR_WEIGHTS for f in PRIOR_FADES if w or math.isinf(f)]  # fading 0 changes nothing
+    counts = prior_counts(known, leave_out=VALIDATION_REMAINDER)
+    combos = [(w, f, window) for window in PRIOR_WINDOWS for w in PRIOR_WEIGHTS for f in PRIOR_FADES
+              if w or math.isinf(f)]  # fading 0 changes nothing
+    key = {combo: f"{combo[0]} / {combo[1]} / {combo[2][0]}, {combo[2][1]}" for combo in combos}
     grid = {}
-    for (model, seed), (engine,) in engines.items():
-        if model not in FULL_MODELS:
-            continue
-        for n, c in cases.items():
-            log_p, log_prior = model_and_prior(engine, c, universe)
-            for w, f in pairs:
-                weight = float(faded_weight(w, f, n))
-                ndcg = ranking_metrics(ranks_of(log_p + weight * log_prior, universe, c), (10,))["NDCG@10"]
-                grid.setdefault(f"{w} / {f}", {}).setdefault(model, {}).setdefault(str(seed), {})[str(n)] = ndcg
-    mean = {key: statistics.mean(v for per_model in per_pair.values() for per_seed in per_model.values()
-                                 for v in per_seed.values()) for key, per_pair in grid.items()}
-    best = max(mean, key=mean.get)
-    return {"weight": float(best.split(" / ")[0]), "fade": float(best.split(" / ")[1]),
+    for n, c in cases.items():
+        seen = seen_mask(universe, c)
+        log_priors = {window: log_prior_scores(known, counts, c, universe, window).float()
+                      for window in PRIOR_WINDOWS}
+        for (model, seed), (engine,) in engines.items():
+            if model not in FULL_MODELS:
+                continue
+            engine.new_user_prior_weight = 0.0
+            log_p = engine_scores(engine, c, universe).log_softmax(dim=1)
+            for combo in combos:
+                w, f, window = combo
+                scores = log_p + float(faded_weight(w, f, n)) * log_priors[window] if w else log_p
+                ndcg = ranking_metrics(ranks_of(scores, universe, c, seen), (10,))["NDCG@10"]
+                grid.setdefault(key[combo], {}).setdefault(model, {}).setdefault(str(seed), {})[str(n)] = ndcg
+    mean = {name: statistics.mean(v for per_model in per_combo.values() for per_seed in per_model.values()
+                                  for v in per_seed.values()) for name, per_combo in grid.items()}
+    best = max(combos, key=lambda combo: mean[key[combo]])
+    return {"weight": float(best[0]), "fade": float(best[1]), "window": list(best[2]), "key": key[best],
+            "default_key": key.get((NEW_USER_PRIOR_WEIGHT, NEW_USER_PRIOR_FADE, NEW_USER_PRIOR_WINDOW)),
             "mean_ndcg10": mean, "users": len(cases[0].targets), "grid": grid}
 
 
@@ -308,8 +339,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     engines = {key: (RecommendationEngine(path / "best_model.pt", path / "metadata.json", device="cpu"),)
                for key, path in runs.items()}
     prior = choose_prior(known, engines, universe)
-    print("prior weight / fade on validation (mean NDCG@10):", prior["mean_ndcg10"], "chosen:", prior["weight"],
-          prior["fade"], flush=True)
+    print("prior on validation: chosen weight / fade / window", prior["key"], "mean NDCG@10",
+          f"{prior['mean_ndcg10'][prior['key']]:.4f}", flush=True)
+    window = tuple(prior["window"])
     # the full models as the engine serves them (the prior chosen above); plain BERT4Rec, the baseline without side
     # information, alone. The other setting of each is the ablation, on the new-user rows (the only ones it touches)
     weights = {model: 0.0 if model == "plain" else prior["weight"] for model in args.models}
@@ -324,14 +356,16 @@ def evaluate(args: argparse.Namespace) -> dict:
                                                                                   by_group).items()})
         new_users = label.startswith("new users")
         if new_users:
-            row[PRIOR] = ranking_metrics(signup_prior_ranks(known, cases, universe), (10,))
+            row[PRIOR] = ranking_metrics(signup_prior_ranks(known, cases, universe, window), (10,))
         for model in args.models:
-            row[model] = model_metrics(engines, model, args.seeds, cases, universe, weights[model], prior["fade"])
+            row[model] = model_metrics(engines, model, args.seeds, cases, universe, weights[model], prior["fade"],
+                                       window)
             if new_users:
                 other = prior["weight"] if weights[model] == 0 else 0.0
                 ablation.setdefault(label, {})[model] = {
                     "new_user_prior_weight": other,
-                    "metrics": model_metrics(engines, model, args.seeds, cases, universe, other, prior["fade"])}
+                    "metrics": model_metrics(engines, model, args.seeds, cases, universe, other, prior["fade"],
+                                             window)}
         rows[label] = row
         print(label, summary_line(row), flush=True)
     first_full = engines[("full", args.seeds[0])][0]
@@ -346,12 +380,12 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def model_metrics(engines: dict, model: str, seeds: list, cases: Cases, universe: np.ndarray,
-                  weight: float, fade: float) -> list:
-    """HR@10 / NDCG@10 per seed of one model served with new_user_prior_weight = weight and the fade."""
+                  weight: float, fade: float, window: tuple[int, int]) -> list:
+    """HR@10 / NDCG@10 per seed of one model served with new_user_prior_weight = weight, the fade and the window."""
     per_seed = []
     for seed in seeds:
         engine = engines[(model, seed)][0]
-        engine.new_user_prior_weight, engine.new_user_prior_fade = weight, fade
+        engine.new_user_prior_weight, engine.new_user_prior_fade, engine.new_user_prior_window = weight, fade, window
         per_seed.append(ranking_metrics(ranks_of(engine_scores(engine, cases, universe), universe, cases), (10,)))
     return per_seed
 
@@ -382,7 +416,8 @@ def table(result: dict) -> str:
     fulls = [model for model in models if model in FULL_MODELS]
     prior = result["prior"]
     lines = [f"Full models served with the sign-up prior for new users (new_user_prior_weight {prior['weight']}, "
-             f"new_user_prior_fade {prior['fade']}, chosen on validation below); plain BERT4Rec without it.", "",
+             f"new_user_prior_fade {prior['fade']}, new_user_prior_window {tuple(prior['window'])}, chosen on "
+             "validation below); plain BERT4Rec without it.", "",
              f"| row | cases | popularity HR@10 / NDCG@10 | demographic popularity | {PRIOR} | "
              + " | ".join(f"{LABELS[model]} (NDCG@10 spread)" for model in models) + " | "
              + " | ".join(f"{LABELS[model]} / best baseline (NDCG@10)" for model in fulls) + " |",
@@ -434,11 +469,7 @@ def table(result: dict) -> str:
                 ndcg, spread = mean_and_spread(metrics, "NDCG@10")
                 cells.append(f"{ndcg:.4f} ({spread:.4f})")
         lines.append(f"| {label} | {' | '.join(cells)} |")
-    chosen = f"{prior['weight']} / {prior['fade']}"
-    lines += ["", f"| new_user_prior_weight / new_user_prior_fade | validation NDCG@10: {prior['users']} known users "
-              f"(UserID % 10 == {VALIDATION_REMAINDER}) as new users, mean over n = "
-              f"{', '.join(map(str, NEW_USER_N))}, the full models and seeds |", "|---|---|"]
-    lines += [f"| {key}{' (chosen)' if key == chosen else ''} | {v:.4f} |" for key, v in prior["mean_ndcg10"].items()]
+    lines += ["", prior_table(prior)]
     lines += ["", "| rating head (known users' top 10 from the training part) | recommended movies rated later "
               "| rating head RMSE | bias baseline RMSE, same movies |",
               "|---|---|---|---|"]
@@ -447,6 +478,34 @@ def table(result: dict) -> str:
                      f"| {r['bias_baseline_rmse']:.4f} |")
     lines.append("")
     lines.append(f"Seeds {', '.join(map(str, result['seeds']))}; machine: {result['machine']}.")
+    return "\n".join(lines)
+
+
+def prior_table(prior: dict) -> str:
+    """The validation selection: per window, its best weight / fade; the chosen and the engine's default setting
+    by n (the whole grid is in cold_start.json)."""
+    by_window = {}
+    for key, value in prior["mean_ndcg10"].items():
+        window = key.split(" / ")[2]
+        if window not in by_window or value > prior["mean_ndcg10"][by_window[window]]:
+            by_window[window] = key
+    no_prior = next(key for key in prior["mean_ndcg10"] if key.startswith("0.0 / "))
+    lines = [f"| new_user_prior_window (before, after) | best new_user_prior_weight / new_user_prior_fade | validation "
+             f"NDCG@10: {prior['users']} known users (UserID % 10 == {VALIDATION_REMAINDER}) as new users, mean over "
+             f"n = {', '.join(map(str, NEW_USER_N))}, the full models and seeds |", "|---|---|---|",
+             f"| no prior | - | {prior['mean_ndcg10'][no_prior]:.4f} |"]
+    for window, key in by_window.items():
+        chosen = " (chosen)" if key == prior["key"] else ""
+        lines.append(f"| ({window}) | {' / '.join(key.split(' / ')[:2])}{chosen} | {prior['mean_ndcg10'][key]:.4f} |")
+    settings = {"no prior": no_prior, f"chosen ({prior['key']})": prior["key"]}
+    if prior.get("default_key"):
+        settings[f"the engine's default ({prior['default_key']})"] = prior["default_key"]
+    lines += ["", "| validation NDCG@10 by n (weight / fade / window) | "
+              + " | ".join(f"n = {n}" for n in NEW_USER_N) + " |", "|---|" + "---|" * len(NEW_USER_N)]
+    for label, key in settings.items():
+        per_n = [statistics.mean(per_seed[str(n)] for per_model in prior["grid"][key].values()
+                                 for per_seed in per_model.values()) for n in NEW_USER_N]
+        lines.append(f"| {label} | {' | '.join(f'{v:.4f}' for v in per_n)} |")
     return "\n".join(lines)
 
 

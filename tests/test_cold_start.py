@@ -13,12 +13,14 @@ from benchmarks.cold_start import (
     PRIOR,
     PRIOR_FADES,
     PRIOR_WEIGHTS,
+    PRIOR_WINDOWS,
     VALIDATION_REMAINDER,
     Cases,
     engine_scores,
-    model_and_prior,
+    log_prior_scores,
     new_user_cases,
     popularity_scores,
+    prior_counts,
     ranks_of,
     short_context_cases,
 )
@@ -26,7 +28,7 @@ from benchmarks.cold_start import (
     main as cold_start_main,
 )
 from data_processor import held_out_movies, held_out_users, load_dataset, load_metadata
-from inference import InferenceError, RecommendationEngine, UnknownUserError
+from inference import NEW_USER_PRIOR_WINDOW, InferenceError, RecommendationEngine, UnknownUserError, faded_weight
 from trainer import ConfigError, load_checkpoint, parse_args, train, training_events
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -93,11 +95,11 @@ def test_holdout_run_records_its_rules_and_refuses_other_rules_on_resume(synthet
         engine.get_recommendations(10)
     assert engine.get_recommendations(10, gender="F", age=30)[0]["strategy"] == "demographics"
     # its sign-up prior counts the known users' training parts only: with an overwhelming weight a new user's
-    # scores are 1e6 x the log prior, counted here by hand (n = 0: positions 0..9; women aged 25-34)
+    # scores are 1e6 x the log prior, counted here by hand (n = 0: positions 0 .. after - 1; women aged 25-34)
     known = load_dataset(synthetic_ml1m_dir, holdout_users=True, holdout_items=True)
     group, overall = np.zeros(known.num_items + 2), np.zeros(known.num_items + 2)
     for u in range(1, known.num_users + 1):
-        for item in known.seq_items[known.seq_offsets[u]:known.seq_offsets[u + 1] - 2][:10]:
+        for item in known.seq_items[known.seq_offsets[u]:known.seq_offsets[u + 1] - 2][:NEW_USER_PRIOR_WINDOW[1]]:
             overall[item] += 1
             group[item] += known.user_gender[u] == 1 and known.user_age[u] == 3
     expected = np.log(0.5 * group / group.sum() + 0.5 * overall / overall.sum() + 1e-6)[1:-1]
@@ -163,6 +165,21 @@ def test_ranks_exclude_the_seen_movies_and_count_ties_against_the_target():
     assert ranks_of(scores, universe, cases).tolist() == [1, 2]
 
 
+def test_prior_counts_leave_the_validation_users_out(synthetic_ml1m_dir):
+    known = load_dataset(synthetic_ml1m_dir, holdout_users=True, holdout_items=True)
+    every, others = prior_counts(known), prior_counts(known, leave_out=VALIDATION_REMAINDER)
+    # counted by hand: each left-out user's training part (all but the last two), first 40 positions, by position
+    removed = np.zeros_like(every[-1, 0, 0])
+    validation = [u for u in range(1, known.num_users + 1) if known.user_ids[u] % 10 == VALIDATION_REMAINDER]
+    assert validation
+    for u in validation:
+        np.add.at(removed, known.seq_items[known.seq_offsets[u]:known.seq_offsets[u + 1] - 2][:40], 1)
+    assert (every[-1, 0, 0] - others[-1, 0, 0]).tolist() == removed.tolist()
+    gender, age = known.user_gender[validation[0]], known.user_age[validation[0]]
+    assert (every[-1, gender, age] - others[-1, gender, age]).sum() > 0
+    assert (others <= every).all()
+
+
 def test_popularity_counts_only_the_training_part(synthetic_ml1m_dir):
     known = load_dataset(synthetic_ml1m_dir, holdout_users=True, holdout_items=True)
     universe = np.unique(known.item_movie_ids[1:-1])
@@ -196,25 +213,31 @@ def test_benchmark_end_to_end_on_synthetic_data(synthetic_ml1m_dir, tmp_path):
     # BERT4Rec without; the other setting of each is the ablation, on the new-user rows only
     prior = result["prior"]
     assert prior["weight"] in PRIOR_WEIGHTS and prior["fade"] in PRIOR_FADES
-    assert len(prior["mean_ndcg10"]) == (len(PRIOR_WEIGHTS) - 1) * len(PRIOR_FADES) + 1  # weight 0 fades once
-    assert prior["mean_ndcg10"][f"{prior['weight']} / {prior['fade']}"] == max(prior["mean_ndcg10"].values())
+    assert tuple(prior["window"]) in PRIOR_WINDOWS
+    # every weight with every fade and window (weight 0, no prior, once per window)
+    assert len(prior["mean_ndcg10"]) == ((len(PRIOR_WEIGHTS) - 1) * len(PRIOR_FADES) + 1) * len(PRIOR_WINDOWS)
+    assert prior["mean_ndcg10"][prior["key"]] == max(prior["mean_ndcg10"].values())
+    assert prior["key"] == f"{prior['weight']} / {prior['fade']} / {prior['window'][0]}, {prior['window'][1]}"
     assert result["weights"] == {"plain": 0.0, "full": prior["weight"]}
     assert PRIOR in result["rows"]["new users, n = 1"] and PRIOR not in result["rows"]["short context, n = 1"]
     ablation = result["prior_ablation"]["new users, n = 1"]
     assert ablation["full"]["new_user_prior_weight"] == 0.0 and ablation["plain"]["new_user_prior_weight"] == (
         prior["weight"])
     assert set(result["prior_ablation"]) == {label for label in result["rows"] if label.startswith("new users")}
-    assert "| new_user_prior_weight / new_user_prior_fade | validation NDCG@10" in text
-    # the selection's split of a score into log-probabilities and log prior ranks as the engine does at any weight
+    assert "| new_user_prior_window (before, after) | best new_user_prior_weight / new_user_prior_fade |" in text
+    # the selection's score (the model's log-probabilities + w(n) x log prior, counted by the benchmark) ranks as
+    # the engine's own does, at any weight, fade and window, when the prior counts the same users
     engine = RecommendationEngine(out / "full_seed0" / "best_model.pt", device="cpu")
     known = load_dataset(synthetic_ml1m_dir, holdout_users=True, holdout_items=True)
     universe = load_dataset(synthetic_ml1m_dir).item_movie_ids[1:-1]
     cases = new_user_cases(known, 1, VALIDATION_REMAINDER)
     assert len(cases.targets) > 0 and all(user is None for user in cases.user_ids)
-    log_p, log_prior = model_and_prior(engine, cases, universe)
-    engine.new_user_prior_weight, engine.new_user_prior_fade = 3.0, math.inf
+    engine.new_user_prior_weight = 0.0
+    log_p = engine_scores(engine, cases, universe).log_softmax(dim=1)
+    engine.new_user_prior_weight, engine.new_user_prior_fade, engine.new_user_prior_window = 3.0, 2.0, (1, 3)
     direct = ranks_of(engine_scores(engine, cases, universe), universe, cases)
-    assert torch.equal(ranks_of(log_p + 3.0 * log_prior, universe, cases), direct)
+    log_prior = log_prior_scores(known, prior_counts(known), cases, universe, (1, 3)).float()
+    assert torch.equal(ranks_of(log_p + float(faded_weight(3.0, 2.0, 1)) * log_prior, universe, cases), direct)
     rating = result["rating"]["full model, seed 0"]
     assert not math.isnan(rating["bias_baseline_rmse"]) or rating["recommended_and_rated_later"] == 0
     # a second call reads the finished runs instead of training again

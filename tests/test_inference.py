@@ -32,6 +32,7 @@ from data_processor import (
 )
 from enhanced_model import USER_TOKENS, EnhancedBERT4Rec, ModelConfig
 from inference import (
+    NEW_USER_PRIOR_WINDOW,
     SIGNUP_POSITIONS,
     AlreadySeenError,
     CheckpointError,
@@ -137,14 +138,16 @@ def reference_scores(model, items, days, user=(0, 0, 0, 0), mask_day=DAY) -> tor
         return model.item_logits(hidden[:, -1])[0]
 
 
-def reference_signup_log_prior(data, n: int, gender: int = 0, age: int = 0) -> torch.Tensor:
+def reference_signup_log_prior(data, n: int, gender: int = 0, age: int = 0,
+                               window: tuple[int, int] = NEW_USER_PRIOR_WINDOW) -> torch.Tensor:
     """log of the sign-up prior (vocabulary,) for a new user with n ratings, counted user by user: the training
-    ratings (all but each user's last two) at positions n - 2 .. n + 9 (below 40), half from users of the gender
-    and age group (0 = any), half from everyone; plus the 1e-6 floor."""
+    ratings (all but each user's last two) at positions n - before .. n + after - 1 (below 40), half from users of
+    the gender and age group (0 = any), half from everyone; plus the 1e-6 floor."""
+    before, after = window
     group, overall = np.zeros(data.num_items + 2), np.zeros(data.num_items + 2)
     for user in range(1, data.num_users + 1):
         items = history(data, user)[1][:-2]
-        for position in range(max(n - 2, 0), min(n + 10, 40, len(items))):
+        for position in range(max(n - before, 0), min(n + after, 40, len(items))):
             overall[items[position]] += 1
             if gender in (0, data.user_gender[user]) and age in (0, data.user_age[user]):
                 group[items[position]] += 1
@@ -356,6 +359,18 @@ def test_new_user_prior_weight_zero_is_the_model_alone_and_known_users_never_get
     for fade in (0, -1, math.nan, "3", False):
         with pytest.raises(InferenceError, match="new_user_prior_fade must be a number > 0"):
             alone.new_user_prior_fade = fade
+    # the window: (0, 1) counts position n alone, (1, 3) positions n - 1 .. n + 1
+    alone.new_user_prior_weight, alone.new_user_prior_fade = 1e6, math.inf
+    for window in ((0, 1), (1, 3)):
+        alone.new_user_prior_window = window
+        scores = alone.score_batch([None], [data.item_movie_ids[[10, 11, 12]].tolist()], demographics=[{"gender": "M"}],
+                                   filter_seen=False).scores[0].double() / 1e6
+        assert scores.numpy() == pytest.approx(reference_signup_log_prior(data, 3, 2, 0, window)[1:-1].numpy(),
+                                               abs=1e-4)
+    assert alone.new_user_prior_window == (1, 3)
+    for window in ((-1, 3), (0, 0), (1.5, 3), (1,), "2,10", (True, 3)):
+        with pytest.raises(InferenceError, match="new_user_prior_window must be two whole numbers"):
+            alone.new_user_prior_window = window
     with pytest.raises(InferenceError, match="new_user_prior_weight"):
         RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", new_user_prior_weight=-0.5)
 
@@ -693,10 +708,17 @@ def test_cli(trained):
                                                k=5)
         assert [r["score"] for r in json.loads(listed.stdout)["recommendations"]] == pytest.approx(
             [r["score"] for r in expected_new], abs=1e-5)
+    windowed = run_cli(*paths, "--gender", "F", "--age", "30", "--k", "5", "--json", "--new_user_prior_window", "0",
+                       "1", "--item_sequence", ",".join(map(str, data.item_movie_ids[[1, 2]])))
+    api = RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", new_user_prior_window=(0, 1))
+    expected_new = api.get_recommendations(item_sequence=data.item_movie_ids[[1, 2]].tolist(), gender="F", age=30, k=5)
+    assert [r["score"] for r in json.loads(windowed.stdout)["recommendations"]] == pytest.approx(
+        [r["score"] for r in expected_new], abs=1e-5)
 
     for args, status, message in [
         (["--user_id", "999999"], 1, "unknown user_id 999999"),
         (["--user_id", user_id, "--new_user_prior_weight", "-1"], 1, "new_user_prior_weight must be a finite"),
+        (["--user_id", user_id, "--new_user_prior_window", "0", "0"], 1, "new_user_prior_window must be two whole"),
         (["--user_id", "abc"], 2, "--user_id"),
         (["--user_id", user_id, "--k", "0"], 1, "k must be positive"),
         (["--user_id", user_id, "--item_sequence", "1,x"], 2, "--item_sequence"),
