@@ -25,10 +25,11 @@ with it (id maps, movies, users with their histories), never the raw files. The 
   probability plus w(n) * log of the sign-up prior, what training users rated at the same point of their history.
   A new user with n ratings gets the training ratings at positions n - before .. n + after - 1 of the known users'
   histories (new_user_prior_window = (before, after); training parts only), half from users of the same gender and
-  age group, half from all; its weight
-  w(n) = new_user_prior_weight * fade / (fade + n) halves after new_user_prior_fade ratings, as the history comes
-  to say more (a product of experts; all three were chosen on known users playing new users, docs/RESULTS.md). From
-  position 40 on the prior is flat and changes nothing. Known users are scored by the model alone.
+  age group, half from all; its weight w(n) = new_user_prior_weight / (1 + (n / fade) ** steepness) halves after
+  fade = new_user_prior_fade ratings, as the history comes to say more, and new_user_prior_steepness says how
+  sharply (1: weight * fade / (fade + n); large: the full weight up to fade ratings, then next to none). A product
+  of experts; all four were chosen on known users playing new users (docs/RESULTS.md). From position 40 on the
+  prior is flat and changes nothing. Known users are scored by the model alone.
 - Strategy of each answer: "personalized" (known user: identity + demographics + history), "sequence" (new user
   with a history, plus any demographics given), "demographics" (new user with demographics only: the model's
   cold-start path, trained by the trainer's --user_dropout), "popularity" (nothing known: the most-rated movies
@@ -94,10 +95,10 @@ PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
 EXPORT_FORMATS = (".csv", ".jsonl")
 EXPORT_COLUMNS = ("user_id", "rank", "movie_id", "title", "score", "predicted_rating", "strategy")
 # the engine's defaults, chosen on known users by benchmarks/cold_start.py: the prior's weight at n = 0, the
-# number of ratings after which it halves (math.inf: it never fades), and its window (before, after): a new user
-# with n ratings gets the known users' ratings at positions n - before .. n + after - 1
-NEW_USER_PRIOR_WEIGHT, NEW_USER_PRIOR_FADE = 16.0, 0.5
-NEW_USER_PRIOR_WINDOW = (1, 2)
+# number of ratings after which it halves (math.inf: it never fades), how sharply it does, and its window
+# (before, after): a new user with n ratings gets the known users' ratings at positions n - before .. n + after - 1
+NEW_USER_PRIOR_WEIGHT, NEW_USER_PRIOR_FADE, NEW_USER_PRIOR_STEEPNESS = 16.0, 5.0, 8.0
+NEW_USER_PRIOR_WINDOW = (0, 1)
 SIGNUP_POSITIONS = 40  # history positions counted for the prior; beyond them it is flat
 SIGNUP_FLOOR = 1e-6  # probability of a movie nobody rated at that point, so its log stays finite
 COLD_GENRE_WEIGHT, COLD_YEAR_WEIGHT, COLD_YEAR_SCALE = 0.8, 0.2, 10.0
@@ -201,9 +202,9 @@ class RecommendationEngine:
         None = today's (UTC) at each call.
     new_user_prior_weight: weight (>= 0) of the sign-up prior in new users' scores at n = 0 (module docstring);
         0 scores them by the model alone. new_user_prior_fade (> 0, may be math.inf): the number of ratings after
-        which that weight halves. new_user_prior_window (before >= 0, after >= 1): a user with n ratings gets the
-        known users' ratings at positions n - before .. n + after - 1. All three are attributes of the same names;
-        set them to change them later.
+        which that weight halves; new_user_prior_steepness (> 0) how sharply. new_user_prior_window (before >= 0,
+        after >= 1): a user with n ratings gets the known users' ratings at positions n - before .. n + after - 1.
+        All four are attributes of the same names; set them to change them later.
     Raises CheckpointError, MetadataError, MetadataMismatchError or InferenceError (all ValueError).
 
     get_recommendations (one user), score_batch / recommend_batch (many users, vectorised),
@@ -220,9 +221,11 @@ class RecommendationEngine:
         new_user_prior_weight: float = NEW_USER_PRIOR_WEIGHT,
         new_user_prior_fade: float = NEW_USER_PRIOR_FADE,
         new_user_prior_window: tuple[int, int] = NEW_USER_PRIOR_WINDOW,
+        new_user_prior_steepness: float = NEW_USER_PRIOR_STEEPNESS,
     ) -> None:
         self.new_user_prior_weight = new_user_prior_weight
         self.new_user_prior_fade = new_user_prior_fade
+        self.new_user_prior_steepness = new_user_prior_steepness
         self.new_user_prior_window = new_user_prior_window
         if default_day_of_year is not None and not 1 <= _as_int(default_day_of_year, "default_day_of_year") <= 366:
             raise InferenceError(f"default_day_of_year must be in 1..366, got {default_day_of_year}")
@@ -313,6 +316,18 @@ class RecommendationEngine:
         if isinstance(fade, bool) or not isinstance(fade, int | float) or not fade > 0:
             raise InferenceError(f"new_user_prior_fade must be a number > 0 (math.inf: no fading), got {fade!r}")
         self._new_user_prior_fade = float(fade)
+
+    @property
+    def new_user_prior_steepness(self) -> float:
+        """How sharply the sign-up prior's weight falls around new_user_prior_fade ratings (1: fade / (fade + n))."""
+        return self._new_user_prior_steepness
+
+    @new_user_prior_steepness.setter
+    def new_user_prior_steepness(self, steepness: float) -> None:
+        if isinstance(steepness, bool) or not isinstance(steepness, int | float) or not 0 < steepness < math.inf:
+            raise InferenceError(f"new_user_prior_steepness must be a finite number > 0 (1: the weight falls as "
+                                 f"fade / (fade + n)), got {steepness!r}")
+        self._new_user_prior_steepness = float(steepness)
 
     @property
     def new_user_prior_window(self) -> tuple[int, int]:
@@ -822,7 +837,7 @@ class RecommendationEngine:
     def _signup_log_prior(self, requests: list[_Request]) -> torch.Tensor:
         """(len(requests), vocabulary) w(n) * log of the sign-up prior of each new user (module docstring)."""
         n = np.array([len(r.items) for r in requests])
-        weight = faded_weight(self.new_user_prior_weight, self.new_user_prior_fade, n)
+        weight = faded_weight(self.new_user_prior_weight, self.new_user_prior_fade, n, self.new_user_prior_steepness)
         gender, age = (np.array([r.features[column] for r in requests]) for column in (0, 1))
         prior = signup_window_prior(self._signup, n, gender, age, self.new_user_prior_window)
         return torch.from_numpy(weight[:, None] * np.log(prior))
@@ -958,10 +973,11 @@ def signup_window_prior(counts: np.ndarray, n: np.ndarray, gender: np.ndarray, a
     return signup_prior(group, overall)
 
 
-def faded_weight(weight: float, fade: float, n: np.ndarray | int) -> np.ndarray:
-    """The prior's weight after n ratings: weight * fade / (fade + n); weight itself when fade is math.inf."""
+def faded_weight(weight: float, fade: float, n: np.ndarray | int, steepness: float = 1.0) -> np.ndarray:
+    """The prior's weight after n ratings: weight / (1 + (n / fade) ** steepness), half of it at n = fade (steepness
+    1: weight * fade / (fade + n)); weight itself when fade is math.inf."""
     n = np.asarray(n, dtype=np.float64)
-    return weight * (np.ones_like(n) if math.isinf(fade) else fade / (fade + n))
+    return weight * (np.ones_like(n) if math.isinf(fade) else 1.0 / (1.0 + (n / fade) ** steepness))
 
 
 def _deletions(request: _Request, window_size: int) -> list[_Request]:
@@ -1285,6 +1301,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weight of the sign-up prior in a new user's scores (0: the model alone)")
     parser.add_argument("--new_user_prior_fade", type=float, default=NEW_USER_PRIOR_FADE,
                         help="ratings after which the sign-up prior's weight halves (inf: never)")
+    parser.add_argument("--new_user_prior_steepness", type=float, default=NEW_USER_PRIOR_STEEPNESS,
+                        help="how sharply the sign-up prior's weight falls around --new_user_prior_fade ratings "
+                        "(1: as fade / (fade + n))")
     parser.add_argument("--new_user_prior_window", type=int, nargs=2, default=list(NEW_USER_PRIOR_WINDOW),
                         metavar=("BEFORE", "AFTER"), help="a new user with n ratings gets the prior of positions "
                         "n - BEFORE .. n + AFTER - 1 of the known users' histories")
@@ -1387,7 +1406,8 @@ def main(argv: list[str] | None = None) -> int:
             engine = RecommendationEngine(args.model_path, args.metadata_path, device=args.device,
                                           new_user_prior_weight=args.new_user_prior_weight,
                                           new_user_prior_fade=args.new_user_prior_fade,
-                                          new_user_prior_window=tuple(args.new_user_prior_window))
+                                          new_user_prior_window=tuple(args.new_user_prior_window),
+                                          new_user_prior_steepness=args.new_user_prior_steepness)
             if args.all_users:
                 rows = engine.export_recommendations(args.output, k=args.k, filter_seen=not args.include_seen)
                 print(f"wrote {rows} recommendations for {len(engine.user_ids)} users to {args.output}")

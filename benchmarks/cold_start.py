@@ -43,6 +43,7 @@ from benchmarks.ablation import PLAIN  # noqa: E402  (the ablation's plain BERT4
 from data_processor import AGE_GROUPS, EVAL_EVENTS, GENDERS, ML1MData, held_out_movies, load_dataset  # noqa: E402
 from inference import (  # noqa: E402
     NEW_USER_PRIOR_FADE,
+    NEW_USER_PRIOR_STEEPNESS,
     NEW_USER_PRIOR_WEIGHT,
     NEW_USER_PRIOR_WINDOW,
     RecommendationEngine,
@@ -70,11 +71,13 @@ TARGETS = {  # row prefix -> (required ratio, what the full model is compared wi
     "short context, n = 3": (1.1, ("plain BERT4Rec",)),
 }
 NEW_ITEMS_TARGET = 3.0  # HR@10 >= 3x a random order
-# the engine's new_user_prior_weight, new_user_prior_fade and new_user_prior_window values tried on validation
-# (every combination; a window (before, after) counts positions n - before .. n + after - 1)
-PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
-PRIOR_FADES = (0.5, 1.0, 3.0, 10.0, math.inf)
-PRIOR_WINDOWS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (1, 5), (2, 5), (2, 10), (4, 20))
+# the engine's new_user_prior_weight, _fade, _steepness and _window values tried on validation (every combination
+# that changes something: weight 0 once per window, no fading once per weight; a window (before, after) counts
+# positions n - before .. n + after - 1)
+PRIOR_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+PRIOR_FADES = (0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, math.inf)
+PRIOR_STEEPNESS = (1.0, 2.0, 4.0, 8.0)
+PRIOR_WINDOWS = ((0, 1), (0, 2), (1, 2), (1, 3), (2, 10))
 VALIDATION_REMAINDER = 5  # known users with UserID % 10 == 5 play new users when the prior's weight is chosen
 PRIOR = "sign-up prior alone"  # the engine's new-user prior used as a ranking by itself (a baseline column)
 
@@ -234,17 +237,29 @@ def signup_prior_ranks(known: ML1MData, cases: Cases, universe: np.ndarray, wind
     return ranks_of(log_prior_scores(known, prior_counts(known), cases, universe, window), universe, cases)
 
 
+def prior_settings() -> list[tuple[float, float, float, tuple[int, int]]]:
+    """(weight, fade, steepness, window) tried on validation: each combination that scores differently (weight 0
+    once per window; without fading, math.inf, the steepness once)."""
+    return [(w, f, p, window) for window in PRIOR_WINDOWS for w in PRIOR_WEIGHTS for f in PRIOR_FADES
+            for p in PRIOR_STEEPNESS
+            if (w or (math.isinf(f) and p == PRIOR_STEEPNESS[0])) and (not math.isinf(f) or p == PRIOR_STEEPNESS[0])]
+
+
+def setting_key(setting: tuple) -> str:
+    w, f, p, (before, after) = setting
+    return f"{w} / {f} / {p} / {before}, {after}"
+
+
 def choose_prior(known: ML1MData, engines: dict, universe: np.ndarray) -> dict:
-    """new_user_prior_weight, new_user_prior_fade and new_user_prior_window chosen on known users (UserID % 10 ==
-    VALIDATION_REMAINDER) playing new users: the combination of PRIOR_WEIGHTS x PRIOR_FADES x PRIOR_WINDOWS with the
-    best NDCG@10, mean over n in NEW_USER_N, the full models and the seeds. The score is the engine's (the model's
+    """new_user_prior_weight, _fade, _steepness and _window chosen on known users (UserID % 10 ==
+    VALIDATION_REMAINDER) playing new users: the setting of prior_settings() with the best NDCG@10, mean over n in
+    NEW_USER_N, the full models and the seeds. The score is the engine's (the model's
     log-probabilities + w(n) x log prior); the prior counts the other known users only, so that no validation
     user's own next rating is in it."""
     cases = {n: new_user_cases(known, n, VALIDATION_REMAINDER) for n in NEW_USER_N}
     counts = prior_counts(known, leave_out=VALIDATION_REMAINDER)
-    combos = [(w, f, window) for window in PRIOR_WINDOWS for w in PRIOR_WEIGHTS for f in PRIOR_FADES
-              if w or math.isinf(f)]  # fading 0 changes nothing
-    key = {combo: f"{combo[0]} / {combo[1]} / {combo[2][0]}, {combo[2][1]}" for combo in combos}
+    combos = prior_settings()
+    key = {combo: setting_key(combo) for combo in combos}
     grid = {}
     for n, c in cases.items():
         seen = seen_mask(universe, c)
@@ -256,15 +271,16 @@ def choose_prior(known: ML1MData, engines: dict, universe: np.ndarray) -> dict:
             engine.new_user_prior_weight = 0.0
             log_p = engine_scores(engine, c, universe).log_softmax(dim=1)
             for combo in combos:
-                w, f, window = combo
-                scores = log_p + float(faded_weight(w, f, n)) * log_priors[window] if w else log_p
+                w, f, p, window = combo
+                scores = log_p + float(faded_weight(w, f, n, p)) * log_priors[window] if w else log_p
                 ndcg = ranking_metrics(ranks_of(scores, universe, c, seen), (10,))["NDCG@10"]
                 grid.setdefault(key[combo], {}).setdefault(model, {}).setdefault(str(seed), {})[str(n)] = ndcg
     mean = {name: statistics.mean(v for per_model in per_combo.values() for per_seed in per_model.values()
                                   for v in per_seed.values()) for name, per_combo in grid.items()}
     best = max(combos, key=lambda combo: mean[key[combo]])
-    return {"weight": float(best[0]), "fade": float(best[1]), "window": list(best[2]), "key": key[best],
-            "default_key": key.get((NEW_USER_PRIOR_WEIGHT, NEW_USER_PRIOR_FADE, NEW_USER_PRIOR_WINDOW)),
+    return {"weight": float(best[0]), "fade": float(best[1]), "steepness": float(best[2]), "window": list(best[3]),
+            "key": key[best], "default_key": key.get((NEW_USER_PRIOR_WEIGHT, NEW_USER_PRIOR_FADE,
+                                                      NEW_USER_PRIOR_STEEPNESS, NEW_USER_PRIOR_WINDOW)),
             "mean_ndcg10": mean, "users": len(cases[0].targets), "grid": grid}
 
 
@@ -339,9 +355,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     engines = {key: (RecommendationEngine(path / "best_model.pt", path / "metadata.json", device="cpu"),)
                for key, path in runs.items()}
     prior = choose_prior(known, engines, universe)
-    print("prior on validation: chosen weight / fade / window", prior["key"], "mean NDCG@10",
+    print("prior on validation: chosen weight / fade / steepness / window", prior["key"], "mean NDCG@10",
           f"{prior['mean_ndcg10'][prior['key']]:.4f}", flush=True)
-    window = tuple(prior["window"])
+    shape = prior["fade"], prior["steepness"], tuple(prior["window"])
     # the full models as the engine serves them (the prior chosen above); plain BERT4Rec, the baseline without side
     # information, alone. The other setting of each is the ablation, on the new-user rows (the only ones it touches)
     weights = {model: 0.0 if model == "plain" else prior["weight"] for model in args.models}
@@ -356,16 +372,14 @@ def evaluate(args: argparse.Namespace) -> dict:
                                                                                   by_group).items()})
         new_users = label.startswith("new users")
         if new_users:
-            row[PRIOR] = ranking_metrics(signup_prior_ranks(known, cases, universe, window), (10,))
+            row[PRIOR] = ranking_metrics(signup_prior_ranks(known, cases, universe, shape[2]), (10,))
         for model in args.models:
-            row[model] = model_metrics(engines, model, args.seeds, cases, universe, weights[model], prior["fade"],
-                                       window)
+            row[model] = model_metrics(engines, model, args.seeds, cases, universe, weights[model], *shape)
             if new_users:
                 other = prior["weight"] if weights[model] == 0 else 0.0
                 ablation.setdefault(label, {})[model] = {
                     "new_user_prior_weight": other,
-                    "metrics": model_metrics(engines, model, args.seeds, cases, universe, other, prior["fade"],
-                                             window)}
+                    "metrics": model_metrics(engines, model, args.seeds, cases, universe, other, *shape)}
         rows[label] = row
         print(label, summary_line(row), flush=True)
     first_full = engines[("full", args.seeds[0])][0]
@@ -380,12 +394,14 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def model_metrics(engines: dict, model: str, seeds: list, cases: Cases, universe: np.ndarray,
-                  weight: float, fade: float, window: tuple[int, int]) -> list:
-    """HR@10 / NDCG@10 per seed of one model served with new_user_prior_weight = weight, the fade and the window."""
+                  weight: float, fade: float, steepness: float, window: tuple[int, int]) -> list:
+    """HR@10 / NDCG@10 per seed of one model served with new_user_prior_weight = weight, the fade, the steepness
+    and the window."""
     per_seed = []
     for seed in seeds:
         engine = engines[(model, seed)][0]
-        engine.new_user_prior_weight, engine.new_user_prior_fade, engine.new_user_prior_window = weight, fade, window
+        engine.new_user_prior_weight, engine.new_user_prior_fade = weight, fade
+        engine.new_user_prior_steepness, engine.new_user_prior_window = steepness, window
         per_seed.append(ranking_metrics(ranks_of(engine_scores(engine, cases, universe), universe, cases), (10,)))
     return per_seed
 
@@ -416,7 +432,8 @@ def table(result: dict) -> str:
     fulls = [model for model in models if model in FULL_MODELS]
     prior = result["prior"]
     lines = [f"Full models served with the sign-up prior for new users (new_user_prior_weight {prior['weight']}, "
-             f"new_user_prior_fade {prior['fade']}, new_user_prior_window {tuple(prior['window'])}, chosen on "
+             f"new_user_prior_fade {prior['fade']}, new_user_prior_steepness {prior['steepness']}, "
+             f"new_user_prior_window {tuple(prior['window'])}, chosen on "
              "validation below); plain BERT4Rec without it.", "",
              f"| row | cases | popularity HR@10 / NDCG@10 | demographic popularity | {PRIOR} | "
              + " | ".join(f"{LABELS[model]} (NDCG@10 spread)" for model in models) + " | "
@@ -486,21 +503,21 @@ def prior_table(prior: dict) -> str:
     by n (the whole grid is in cold_start.json)."""
     by_window = {}
     for key, value in prior["mean_ndcg10"].items():
-        window = key.split(" / ")[2]
+        window = key.split(" / ")[3]
         if window not in by_window or value > prior["mean_ndcg10"][by_window[window]]:
             by_window[window] = key
     no_prior = next(key for key in prior["mean_ndcg10"] if key.startswith("0.0 / "))
-    lines = [f"| new_user_prior_window (before, after) | best new_user_prior_weight / new_user_prior_fade | validation "
+    lines = [f"| new_user_prior_window (before, after) | best new_user_prior_weight / _fade / _steepness | validation "
              f"NDCG@10: {prior['users']} known users (UserID % 10 == {VALIDATION_REMAINDER}) as new users, mean over "
              f"n = {', '.join(map(str, NEW_USER_N))}, the full models and seeds |", "|---|---|---|",
              f"| no prior | - | {prior['mean_ndcg10'][no_prior]:.4f} |"]
     for window, key in by_window.items():
         chosen = " (chosen)" if key == prior["key"] else ""
-        lines.append(f"| ({window}) | {' / '.join(key.split(' / ')[:2])}{chosen} | {prior['mean_ndcg10'][key]:.4f} |")
+        lines.append(f"| ({window}) | {' / '.join(key.split(' / ')[:3])}{chosen} | {prior['mean_ndcg10'][key]:.4f} |")
     settings = {"no prior": no_prior, f"chosen ({prior['key']})": prior["key"]}
     if prior.get("default_key"):
         settings[f"the engine's default ({prior['default_key']})"] = prior["default_key"]
-    lines += ["", "| validation NDCG@10 by n (weight / fade / window) | "
+    lines += ["", "| validation NDCG@10 by n (weight / fade / steepness / window) | "
               + " | ".join(f"n = {n}" for n in NEW_USER_N) + " |", "|---|" + "---|" * len(NEW_USER_N)]
     for label, key in settings.items():
         per_n = [statistics.mean(per_seed[str(n)] for per_model in prior["grid"][key].values()

@@ -12,6 +12,7 @@ from conftest import TINY
 from benchmarks.cold_start import (
     PRIOR,
     PRIOR_FADES,
+    PRIOR_STEEPNESS,
     PRIOR_WEIGHTS,
     PRIOR_WINDOWS,
     VALIDATION_REMAINDER,
@@ -212,19 +213,22 @@ def test_benchmark_end_to_end_on_synthetic_data(synthetic_ml1m_dir, tmp_path):
     # the prior's weight is chosen on known users playing new users; the full model is served with it, plain
     # BERT4Rec without; the other setting of each is the ablation, on the new-user rows only
     prior = result["prior"]
-    assert prior["weight"] in PRIOR_WEIGHTS and prior["fade"] in PRIOR_FADES
+    assert prior["weight"] in PRIOR_WEIGHTS and prior["fade"] in PRIOR_FADES and prior["steepness"] in PRIOR_STEEPNESS
     assert tuple(prior["window"]) in PRIOR_WINDOWS
-    # every weight with every fade and window (weight 0, no prior, once per window)
-    assert len(prior["mean_ndcg10"]) == ((len(PRIOR_WEIGHTS) - 1) * len(PRIOR_FADES) + 1) * len(PRIOR_WINDOWS)
+    # per window: weight 0 (no prior) once; each other weight with every finite fade and steepness, and without
+    # fading (math.inf is among the fades) once
+    per_window = (len(PRIOR_WEIGHTS) - 1) * ((len(PRIOR_FADES) - 1) * len(PRIOR_STEEPNESS) + 1) + 1
+    assert len(prior["mean_ndcg10"]) == per_window * len(PRIOR_WINDOWS)
     assert prior["mean_ndcg10"][prior["key"]] == max(prior["mean_ndcg10"].values())
-    assert prior["key"] == f"{prior['weight']} / {prior['fade']} / {prior['window'][0]}, {prior['window'][1]}"
+    assert prior["key"] == (f"{prior['weight']} / {prior['fade']} / {prior['steepness']} / {prior['window'][0]}, "
+                            f"{prior['window'][1]}")
     assert result["weights"] == {"plain": 0.0, "full": prior["weight"]}
     assert PRIOR in result["rows"]["new users, n = 1"] and PRIOR not in result["rows"]["short context, n = 1"]
     ablation = result["prior_ablation"]["new users, n = 1"]
     assert ablation["full"]["new_user_prior_weight"] == 0.0 and ablation["plain"]["new_user_prior_weight"] == (
         prior["weight"])
     assert set(result["prior_ablation"]) == {label for label in result["rows"] if label.startswith("new users")}
-    assert "| new_user_prior_window (before, after) | best new_user_prior_weight / new_user_prior_fade |" in text
+    assert "| new_user_prior_window (before, after) | best new_user_prior_weight / _fade / _steepness |" in text
     # the selection's score (the model's log-probabilities + w(n) x log prior, counted by the benchmark) ranks as
     # the engine's own does, at any weight, fade and window, when the prior counts the same users
     engine = RecommendationEngine(out / "full_seed0" / "best_model.pt", device="cpu")
@@ -235,9 +239,10 @@ def test_benchmark_end_to_end_on_synthetic_data(synthetic_ml1m_dir, tmp_path):
     engine.new_user_prior_weight = 0.0
     log_p = engine_scores(engine, cases, universe).log_softmax(dim=1)
     engine.new_user_prior_weight, engine.new_user_prior_fade, engine.new_user_prior_window = 3.0, 2.0, (1, 3)
+    engine.new_user_prior_steepness = 4.0
     direct = ranks_of(engine_scores(engine, cases, universe), universe, cases)
     log_prior = log_prior_scores(known, prior_counts(known), cases, universe, (1, 3)).float()
-    assert torch.equal(ranks_of(log_p + float(faded_weight(3.0, 2.0, 1)) * log_prior, universe, cases), direct)
+    assert torch.equal(ranks_of(log_p + float(faded_weight(3.0, 2.0, 1, 4.0)) * log_prior, universe, cases), direct)
     rating = result["rating"]["full model, seed 0"]
     assert not math.isnan(rating["bias_baseline_rmse"]) or rating["recommended_and_rated_later"] == 0
     # a second call reads the finished runs instead of training again

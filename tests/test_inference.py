@@ -45,6 +45,7 @@ from inference import (
     UnknownItemError,
     UnknownUserError,
     _sentence,
+    faded_weight,
     main,
     signup_counts,
     signup_prior,
@@ -156,9 +157,10 @@ def reference_signup_log_prior(data, n: int, gender: int = 0, age: int = 0,
 
 
 def model_and_prior(logits: torch.Tensor, prior: torch.Tensor, engine, n: int) -> torch.Tensor:
-    """A new user's expected score: the model's log-probabilities + w(n) * log prior, w(n) = weight * f / (f + n)."""
-    fade = engine.new_user_prior_fade
-    weight = engine.new_user_prior_weight * (1.0 if math.isinf(fade) else fade / (fade + n))
+    """A new user's expected score: the model's log-probabilities + w(n) * log prior, w(n) = weight / (1 + (n / f) ** p)
+    for fade f and steepness p (p = 1: weight * f / (f + n))."""
+    fade, steepness = engine.new_user_prior_fade, engine.new_user_prior_steepness
+    weight = engine.new_user_prior_weight * (1.0 if math.isinf(fade) else 1.0 / (1.0 + (n / fade) ** steepness))
     return logits.log_softmax(dim=-1) + weight * prior.float()
 
 
@@ -350,6 +352,18 @@ def test_new_user_prior_weight_zero_is_the_model_alone_and_known_users_never_get
     for movie_id, score in as_scores(faded).items():
         assert score == pytest.approx(expected[int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1].item(),
                                       abs=1e-5)
+    # steeper: with fade 2 and steepness 3 the weight at n = 3 is 2 / (1 + 1.5 ** 3) = 0.457 (0.8 at steepness 1)
+    alone.new_user_prior_fade, alone.new_user_prior_steepness = 2.0, 3.0
+    steep = alone.get_recommendations(item_sequence=data.item_movie_ids[[10, 11, 12]].tolist(), gender="M", k=1000)
+    expected = model_and_prior(reference_scores(model, [10, 11, 12], [DAY] * 3, (0, 2, 0, 0)),
+                               reference_signup_log_prior(data, 3, 2, 0), alone, 3)
+    for movie_id, score in as_scores(steep).items():
+        assert score == pytest.approx(expected[int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1].item(),
+                                      abs=1e-5)
+    for steepness in (0, -1, math.nan, math.inf, "2", True):
+        with pytest.raises(InferenceError, match="new_user_prior_steepness must be a finite number > 0"):
+            alone.new_user_prior_steepness = steepness
+    alone.new_user_prior_steepness = 1.0
     user_id = int(data.user_ids[4])
     assert as_scores(alone.get_recommendations(user_id=user_id, k=20)) == as_scores(
         trained.engine.get_recommendations(user_id=user_id, k=20))
@@ -373,6 +387,13 @@ def test_new_user_prior_weight_zero_is_the_model_alone_and_known_users_never_get
             alone.new_user_prior_window = window
     with pytest.raises(InferenceError, match="new_user_prior_weight"):
         RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", new_user_prior_weight=-0.5)
+
+
+def test_faded_weight_halves_at_the_fade_and_the_steepness_sharpens_it():
+    n = np.array([0, 1, 3, 6])
+    assert faded_weight(16.0, 3.0, n).tolist() == pytest.approx([16.0, 12.0, 8.0, 16 / 3])  # 16 x 3 / (3 + n)
+    assert faded_weight(16.0, 3.0, n, 4.0).tolist() == pytest.approx([16.0, 16 / (1 + 1 / 81), 8.0, 16 / 17])
+    assert faded_weight(16.0, math.inf, n, 4.0).tolist() == [16.0] * 4
 
 
 def test_signup_counts_by_hand():
@@ -709,8 +730,10 @@ def test_cli(trained):
         assert [r["score"] for r in json.loads(listed.stdout)["recommendations"]] == pytest.approx(
             [r["score"] for r in expected_new], abs=1e-5)
     windowed = run_cli(*paths, "--gender", "F", "--age", "30", "--k", "5", "--json", "--new_user_prior_window", "0",
-                       "1", "--item_sequence", ",".join(map(str, data.item_movie_ids[[1, 2]])))
-    api = RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", new_user_prior_window=(0, 1))
+                       "1", "--new_user_prior_steepness", "3", "--new_user_prior_fade", "1",
+                       "--item_sequence", ",".join(map(str, data.item_movie_ids[[1, 2]])))
+    api = RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", new_user_prior_window=(0, 1),
+                               new_user_prior_steepness=3.0, new_user_prior_fade=1.0)
     expected_new = api.get_recommendations(item_sequence=data.item_movie_ids[[1, 2]].tolist(), gender="F", age=30, k=5)
     assert [r["score"] for r in json.loads(windowed.stdout)["recommendations"]] == pytest.approx(
         [r["score"] for r in expected_new], abs=1e-5)
@@ -719,6 +742,7 @@ def test_cli(trained):
         (["--user_id", "999999"], 1, "unknown user_id 999999"),
         (["--user_id", user_id, "--new_user_prior_weight", "-1"], 1, "new_user_prior_weight must be a finite"),
         (["--user_id", user_id, "--new_user_prior_window", "0", "0"], 1, "new_user_prior_window must be two whole"),
+        (["--user_id", user_id, "--new_user_prior_steepness", "0"], 1, "new_user_prior_steepness must be a finite"),
         (["--user_id", "abc"], 2, "--user_id"),
         (["--user_id", user_id, "--k", "0"], 1, "k must be positive"),
         (["--user_id", user_id, "--item_sequence", "1,x"], 2, "--item_sequence"),
