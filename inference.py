@@ -1376,11 +1376,15 @@ def _answer(engine: RecommendationEngine, args: argparse.Namespace) -> dict[str,
     return answer
 
 
-def _print_text(answer: dict[str, Any]) -> None:
+def _print_text(answer: dict[str, Any], prior_weight: float) -> None:
     if "profile" in answer:
         print(_profile_text(answer["profile"]) + "\n")
     who = "a new user" if answer["user_id"] is None else f"user {answer['user_id']}"
-    scores = "ratings in the training data" if answer["strategy"] == POPULARITY else "the model's item scores"
+    scores = "the model's item scores"
+    if answer["strategy"] == POPULARITY:
+        scores = "ratings in the training data"
+    elif answer["strategy"] in (SEQUENCE, DEMOGRAPHICS) and prior_weight:
+        scores = "the model's log-probabilities plus the weighted log sign-up prior"
     print(f"top {len(answer['recommendations'])} for {who} (strategy: {answer['strategy']}; score: {scores})")
     print(_table(answer["recommendations"]))
     if "cold_items" in answer:
@@ -1420,7 +1424,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(answer, ensure_ascii=False, indent=2))
         else:
-            _print_text(answer)
+            _print_text(answer, engine.new_user_prior_weight)
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as other command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -774,6 +774,11 @@ def test_cli_options_in_process(trained, capsys):
     text = capsys.readouterr().out
     assert "strategy: popularity; score: ratings in the training data" in text
     assert "never-rated movies, by genre/year similarity" in text and "why: Nothing is known" in text
+    # a new user's scores say what they are: with the prior log-probabilities plus it, without it the model's
+    for weight, label in (("16", "the model's log-probabilities plus the weighted log sign-up prior"),
+                          ("0", "the model's item scores")):
+        assert main([*paths, "--k", "3", "--gender", "F", "--age", "30", "--new_user_prior_weight", weight]) == 0
+        assert f"strategy: demographics; score: {label})" in capsys.readouterr().out
 
     assert main([*paths, "--profile"]) == 1
     assert capsys.readouterr().err == "error: --profile needs --user_id\n"
