@@ -240,9 +240,15 @@ def signup_prior_ranks(known: ML1MData, cases: Cases, universe: np.ndarray, wind
 def prior_settings() -> list[tuple[float, float, float, tuple[int, int]]]:
     """(weight, fade, steepness, window) tried on validation: each combination that scores differently (weight 0
     once per window; without fading, math.inf, the steepness once)."""
-    return [(w, f, p, window) for window in PRIOR_WINDOWS for w in PRIOR_WEIGHTS for f in PRIOR_FADES
-            for p in PRIOR_STEEPNESS
-            if (w or (math.isinf(f) and p == PRIOR_STEEPNESS[0])) and (not math.isinf(f) or p == PRIOR_STEEPNESS[0])]
+    settings, plain = [], PRIOR_STEEPNESS[0]
+    for window in PRIOR_WINDOWS:
+        for w in PRIOR_WEIGHTS:
+            for f in PRIOR_FADES:
+                if math.isinf(f):  # no fading: the steepness changes nothing
+                    settings.append((w, f, plain, window))
+                elif w:  # weight 0 (no prior) is the same setting at any fade
+                    settings += [(w, f, p, window) for p in PRIOR_STEEPNESS]
+    return settings
 
 
 def setting_key(setting: tuple) -> str:
