@@ -231,10 +231,11 @@ def log_prior_scores(known: ML1MData, counts: np.ndarray, cases: Cases, universe
     return scores
 
 
-def signup_prior_ranks(known: ML1MData, cases: Cases, universe: np.ndarray, window: tuple[int, int]) -> torch.Tensor:
-    """Ranks of the targets by the engine's sign-up prior alone (every known user's training part counted, as the
-    engine counts them), for new-user cases; movies the known users never rated rank last."""
-    return ranks_of(log_prior_scores(known, prior_counts(known), cases, universe, window), universe, cases)
+def signup_prior_ranks(known: ML1MData, counts: np.ndarray, cases: Cases, universe: np.ndarray,
+                       window: tuple[int, int]) -> torch.Tensor:
+    """Ranks of the targets by the engine's sign-up prior alone (counts: prior_counts(known), every known user's
+    training part, as the engine counts them), for new-user cases; movies the known users never rated rank last."""
+    return ranks_of(log_prior_scores(known, counts, cases, universe, window), universe, cases)
 
 
 def prior_settings() -> list[tuple[float, float, float, tuple[int, int]]]:
@@ -364,6 +365,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     print("prior on validation: chosen weight / fade / steepness / window", prior["key"], "mean NDCG@10",
           f"{prior['mean_ndcg10'][prior['key']]:.4f}", flush=True)
     shape = prior["fade"], prior["steepness"], tuple(prior["window"])
+    engine_counts = prior_counts(known)  # the prior as the engine counts it, for the "prior alone" column
     # the full models as the engine serves them (the prior chosen above); plain BERT4Rec, the baseline without side
     # information, alone. The other setting of each is the ablation, on the new-user rows (the only ones it touches)
     weights = {model: 0.0 if model == "plain" else prior["weight"] for model in args.models}
@@ -378,7 +380,8 @@ def evaluate(args: argparse.Namespace) -> dict:
                                                                                   by_group).items()})
         new_users = label.startswith("new users")
         if new_users:
-            row[PRIOR] = ranking_metrics(signup_prior_ranks(known, cases, universe, shape[2]), (10,))
+            row[PRIOR] = ranking_metrics(signup_prior_ranks(known, engine_counts, cases, universe, shape[2]),
+                                         (10,))
         for model in args.models:
             row[model] = model_metrics(engines, model, args.seeds, cases, universe, weights[model], *shape)
             if new_users:

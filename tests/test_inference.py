@@ -344,22 +344,21 @@ def test_new_user_prior_weight_zero_is_the_model_alone_and_known_users_never_get
     prior[[0, -1, 10, 11, 12]] = -torch.inf
     columns = np.searchsorted(data.item_movie_ids[1:-1], [r["movie_id"] for r in strong]) + 1
     assert prior[columns].tolist() == prior.topk(5).values.tolist()  # the prior's best five (ties in any order)
+    def assert_faded_scores() -> None:  # a man (any age) with 3 ratings: the engine's scores at its current settings
+        listed = alone.get_recommendations(item_sequence=data.item_movie_ids[[10, 11, 12]].tolist(), gender="M",
+                                           k=1000)
+        expected = model_and_prior(reference_scores(model, [10, 11, 12], [DAY] * 3, (0, 2, 0, 0)),
+                                   reference_signup_log_prior(data, 3, 2, 0), alone, 3)
+        for movie_id, score in as_scores(listed).items():
+            column = int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1
+            assert score == pytest.approx(expected[column].item(), abs=1e-5)
+
     # the weight fades with the history: 2 x 3 / (3 + 3) = 1 at n = 3 (gender only: men, any age)
     alone.new_user_prior_weight, alone.new_user_prior_fade = 2.0, 3.0
-    faded = alone.get_recommendations(item_sequence=data.item_movie_ids[[10, 11, 12]].tolist(), gender="M", k=1000)
-    expected = model_and_prior(reference_scores(model, [10, 11, 12], [DAY] * 3, (0, 2, 0, 0)),
-                               reference_signup_log_prior(data, 3, 2, 0), alone, 3)
-    for movie_id, score in as_scores(faded).items():
-        assert score == pytest.approx(expected[int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1].item(),
-                                      abs=1e-5)
+    assert_faded_scores()
     # steeper: with fade 2 and steepness 3 the weight at n = 3 is 2 / (1 + 1.5 ** 3) = 0.457 (0.8 at steepness 1)
     alone.new_user_prior_fade, alone.new_user_prior_steepness = 2.0, 3.0
-    steep = alone.get_recommendations(item_sequence=data.item_movie_ids[[10, 11, 12]].tolist(), gender="M", k=1000)
-    expected = model_and_prior(reference_scores(model, [10, 11, 12], [DAY] * 3, (0, 2, 0, 0)),
-                               reference_signup_log_prior(data, 3, 2, 0), alone, 3)
-    for movie_id, score in as_scores(steep).items():
-        assert score == pytest.approx(expected[int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1].item(),
-                                      abs=1e-5)
+    assert_faded_scores()
     for steepness in (0, -1, math.nan, math.inf, "2", True):
         with pytest.raises(InferenceError, match="new_user_prior_steepness must be a finite number > 0"):
             alone.new_user_prior_steepness = steepness
