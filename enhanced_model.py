@@ -62,6 +62,7 @@ class ModelConfig:
     use_temporal: bool = True  # day-of-year embeddings
     use_rating_head: bool = True
     use_preference_head: bool = True
+    causal: bool = False  # each position attends to itself and older positions only (SASRec-style training)
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -136,8 +137,9 @@ class Attention(nn.Module):
     """Multi-head attention of `states` over `context` (self-attention when they are the same tensor).
 
     SDPA when no weights are wanted (the training path); the explicit softmax otherwise, same result.
-    A row whose context_mask is all False (an all-padding sequence, a user with nothing known) gets zero
-    attention output and zero weights instead of softmax-over-nothing = NaN.
+    context_mask is (B, S), the keys every query may read, or (B, T, S), per query (the causal mask). A query
+    with no key to read (an all-padding sequence, a user with nothing known, a padding position under the causal
+    mask) gets zero attention output and zero weights instead of softmax-over-nothing = NaN.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -156,8 +158,10 @@ class Attention(nn.Module):
         head_dim = H // self.num_heads
         q = self.query(states).view(B, T, self.num_heads, head_dim).transpose(1, 2)
         k, v = self.key_value(context).view(B, S, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-        has_key = context_mask.any(dim=1)[:, None, None, None]  # (B, 1, 1, 1)
-        allowed = (context_mask[:, None, None, :] | ~has_key)  # let key-less rows attend anywhere, then zero
+        if context_mask.dim() == 2:  # (B, S): the same keys for every query
+            context_mask = context_mask[:, None, :]
+        has_key = context_mask.any(dim=-1, keepdim=True)[:, None]  # (B, 1, 1 or T, 1)
+        allowed = context_mask[:, None] | ~has_key  # let key-less queries attend anywhere, then zero
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
@@ -204,15 +208,21 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Stack of bidirectional layers; padding positions are masked as keys (their own rows are ignored)."""
+    """Stack of bidirectional layers, or causal ones (config.causal: position t reads positions <= t only);
+    padding positions are masked as keys (their own rows are ignored)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size)  # pre-LN leaves the residual stream unnormalised
         self.gradient_checkpointing = config.gradient_checkpointing
+        self.causal = config.causal
 
     def forward(self, x: Tensor, key_mask: Tensor, need_weights: bool) -> tuple[Tensor, list[Tensor] | None]:
+        if self.causal:
+            T = key_mask.size(1)
+            older = torch.ones(T, T, dtype=torch.bool, device=key_mask.device).tril()  # [query, key]: key <= query
+            key_mask = key_mask[:, None, :] & older  # (B, T, T)
         # attention weights are not kept through a recomputation, so they switch checkpointing off
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         recompute = recompute and not need_weights

@@ -43,7 +43,7 @@ class ConfigError(TrainingError):
 
 # TrainConfig fields that are enhanced_model.ModelConfig fields of the same name (trainer.build_model_config)
 MODEL_FLAGS = ("hidden_size", "num_heads", "num_layers", "seq_length", "dropout", "positional", "use_item_side_info",
-               "use_user_tokens", "use_temporal", "gradient_checkpointing")
+               "use_user_tokens", "use_temporal", "causal", "gradient_checkpointing")
 
 
 @dataclass
@@ -65,6 +65,7 @@ class TrainConfig:
     use_item_side_info: bool = True
     use_user_tokens: bool = True
     use_temporal: bool = True
+    causal: bool = False
     # tasks
     item_prediction_weight: float = 1.0
     next_item_weight: float = 1.0
@@ -203,12 +204,14 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     switch("use_item_side_info", "genre and release-year embeddings of the movies")
     switch("use_user_tokens", "user identity/demographic tokens and the cross-attention over them")
     switch("use_temporal", "day-of-year embeddings")
+    switch("causal", "causal attention (each position reads older ones only) and SASRec-style training: every "
+           "position predicts the next item instead of cloze masks (needs --next_item_weight > 0)")
     group = parser.add_argument_group("multi-task weights (0 switches a task off: no parameters, no compute)")
     add("item_prediction_weight", "masked-item (BERT cloze) loss", type=float)
     add("next_item_weight", "next-item loss (last position masked, as at inference)", type=float)
     add("rating_prediction_weight", "1-5 rating regression loss", type=float)
     add("user_preference_weight", "user genre-preference KL loss", type=float)
-    add("mask_prob", "share of positions masked for the masked-item task", type=float)
+    add("mask_prob", "share of positions masked for the masked-item task (not used with --causal)", type=float)
     add("next_item_crop", "share of training windows cut at a random point before their newest event, so the "
         "next-item targets change between epochs (0: every window keeps its fixed newest event)", type=float)
     add("new_user_prob", f"share of training rows replaced by their user's first 1..{NEW_USER_MAX_EVENTS} events "
@@ -311,6 +314,9 @@ def validate_config(config: TrainConfig) -> None:
         (lambda: all(w >= 0 for w in config.task_weights.values()), "task weights must be >= 0"),
         (lambda: config.item_prediction_weight > 0 or config.next_item_weight > 0,
          "at least one of --item_prediction_weight and --next_item_weight must be > 0"),
+        (lambda: not config.causal or config.next_item_on,
+         "--causal needs --next_item_weight > 0: the [MASK] position every score reads is trained by the next-item "
+         "task"),
         (lambda: config.warmup_steps >= 0, "--warmup_steps must be >= 0"),
         (lambda: config.weight_decay >= 0, "--weight_decay must be >= 0"),
         (lambda: config.grad_clip >= 0, "--grad_clip must be >= 0 (0: off)"),

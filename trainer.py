@@ -236,9 +236,11 @@ class MultiTaskObjective(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One encoder pass over the masked windows; every task reads its rows from it.
 
-        Cloze positions (batch["masked"]) train item_prediction; with next_item on, the newest position (always
-        [MASK]: batches made with make_batch's mask_last) trains next_item. Both share one item-head call; the
-        rating task reads the same rows with their true items, the preference task the pooled window.
+        The positions in batch["masked"] train item_prediction (cloze: [MASK]ed positions; causal: every position
+        with a successor); with next_item on, the newest position (always [MASK]: batches made with make_batch's
+        mask_last) trains next_item. Each position predicts batch["targets"] (its own item; causal: the next one).
+        Both tasks share one item-head call; the rating task reads the same rows with their target items, the
+        preference task the pooled window.
         """
         losses: dict[str, torch.Tensor] = {}
         weights = self.task_weights
@@ -252,7 +254,7 @@ class MultiTaskObjective(nn.Module):
         if weights["next_item"] > 0:
             is_next[:, -1] = True
         is_target = is_cloze | is_next
-        rows, targets = hidden[is_target], batch["items"][is_target]
+        rows, targets = hidden[is_target], batch["targets"][is_target]
         next_rows = is_next[is_target]
         nll = F.cross_entropy(self.model.item_logits(rows).float(), targets, reduction="none")
         if weights["item_prediction"] > 0:
@@ -262,7 +264,7 @@ class MultiTaskObjective(nn.Module):
         if weights["rating_prediction"] > 0:
             users = batch["user"]["user_idx"].unsqueeze(1).expand_as(item_seq)[is_target]
             predicted = self.model.predict_rating(rows, targets, users).float()
-            losses["rating_prediction"] = F.mse_loss(predicted, batch["ratings"][is_target].float())
+            losses["rating_prediction"] = F.mse_loss(predicted, batch["target_ratings"][is_target].float())
         if weights["user_preference"] > 0:
             logits = self.model.predict_preference(hidden, item_seq)
             losses["user_preference"] = preference_loss(logits.float(), batch["genre_profile"])
@@ -277,7 +279,8 @@ def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_token: int, mask_prob: float,
                user_dropout: float, demographics_dropout: float, generator: torch.Generator,
-               mask_last: bool = False, crop_prob: float = 0.0, new_user_prob: float = 0.0) -> dict:
+               mask_last: bool = False, crop_prob: float = 0.0, new_user_prob: float = 0.0,
+               causal: bool = False) -> dict:
     """The inputs of one training step for these windows.
 
     Cloze masks are drawn afresh for every batch. With mask_last (the next-item task) the newest position is
@@ -289,6 +292,9 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
     crop_prob > 0 first cuts that share of the windows at a random earlier event (crop_windows), so the newest
     position, and with it the next-item target, is not the same item in every epoch. new_user_prob > 0 replaces
     that share of the rows by their user's first events, user id hidden (new_user_rows).
+    causal (a causal model, SASRec-style): no cloze masks; every position that has a successor in the window is a
+    target and predicts that successor (batch["targets"], batch["target_ratings"]); the newest position predicts
+    its own item, [MASK]ed when mask_last. mask_prob is not used.
     """
     new_user = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
     if new_user_prob > 0:  # no random numbers drawn when off: runs without it stay bit-identical
@@ -299,7 +305,14 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
         window = crop_windows(window, crop_prob, generator)
     items, days = window["items"], window["days"]
     users = data_tensors["window_users"][rows]
-    masked_seq, masked = mask_random_items(items, mask_prob, mask_token, generator)
+    targets, target_ratings = items, window["ratings"]
+    if causal:
+        masked_seq, masked = items, torch.zeros_like(items, dtype=torch.bool)
+        masked[:, :-1] = items[:, :-1] != 0  # windows are right-aligned: a real position's successor is real
+        targets = torch.cat([items[:, 1:], items[:, -1:]], dim=1)
+        target_ratings = torch.cat([target_ratings[:, 1:], target_ratings[:, -1:]], dim=1)
+    else:
+        masked_seq, masked = mask_random_items(items, mask_prob, mask_token, generator)
     if mask_last:
         masked_seq, days = mask_last_item(masked_seq, days, mask_token)
         masked[:, -1] = False
@@ -310,7 +323,8 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
     for feature in ("gender", "age", "occupation"):
         user[feature] = user[feature].masked_fill(hide_demographics, 0)
     return {
-        "items": items, "ratings": window["ratings"], "days": days,
+        "items": items, "ratings": window["ratings"], "days": days, "targets": targets,
+        "target_ratings": target_ratings,
         "masked_seq": masked_seq, "masked": masked, "mask_last": mask_last, "user": user,
         "genre_profile": data_tensors["user_genre_profile"][users],
     }
@@ -764,7 +778,7 @@ def train_epoch(run: Run) -> tuple[dict, bool]:
         batch = make_batch(run.data_tensors, rows.to(runtime.device), mask_token, config.mask_prob,
                            config.user_dropout, config.demographics_dropout, mask_generator,
                            mask_last=config.next_item_on, crop_prob=config.next_item_crop,
-                           new_user_prob=config.new_user_prob)
+                           new_user_prob=config.new_user_prob, causal=config.causal)
         micro_steps += 1
         last_micro = micro_steps % config.grad_accum_steps == 0
         sync = nullcontext() if last_micro or runtime.world_size == 1 else run.objective.no_sync()

@@ -376,3 +376,39 @@ def test_top_k_overlap_counts_shared_genres():
     logits = torch.tensor([[5.0, 4.0, 0.0, 3.0, 0.0], [5.0, 4.0, 3.0, 0.0, 0.0]])
     # user 0 shares {0, 1} of top-3 {0, 1, 2}; user 1 shares {2} of {2, 3, 4}
     assert preference_top_k_overlap(logits, target, k=3).item() == pytest.approx((2 / 3 + 1 / 3) / 2)
+
+
+def test_a_causal_model_reads_older_positions_only():
+    config = small_config(causal=True)
+    model = build(config).eval()
+    inputs = make_inputs(config, [12, 6, 0])
+    reference = model(**inputs, return_attention=True)
+    changed = dict(inputs, item_seq=inputs["item_seq"].clone())
+    changed["item_seq"][:2, 8] = torch.tensor([3, 5]) + (inputs["item_seq"][:2, 8] == 3).long() * 20  # other items
+    hidden = model(**changed).hidden
+    moved = (hidden - reference.hidden).abs().amax(dim=-1)[:2]  # (2 rows, 12 positions)
+    assert (moved[:, :8] < 1e-6).all()  # nothing older than position 8 moves (beyond float rounding)
+    assert (moved[:, 8:] > 1e-4).all()  # position 8 and everything newer does
+    # the bidirectional model, by contrast, moves older positions too
+    bidirectional = build(small_config()).eval()
+    moved_back = bidirectional(**changed).hidden - bidirectional(**inputs).hidden
+    assert (moved_back[0, :8].abs().amax(dim=-1) > 1e-4).all()
+
+    assert torch.allclose(model(**inputs).hidden, reference.hidden, atol=1e-5)  # the weights path = the SDPA path
+    later = torch.ones(12, 12, dtype=torch.bool).triu(diagonal=1)
+    is_real = inputs["item_seq"] != 0
+    for weights in reference.self_attention:
+        assert torch.equal(weights.masked_select(later), torch.zeros(int(later.sum()) * 3 * 4))
+        # a real query's weights sum to 1 over real keys; a padding query (and the all-padding row) reads nothing
+        assert torch.allclose(weights.sum(dim=-1), is_real[:, None, :].float().expand(3, 4, 12))
+    assert torch.isfinite(reference.hidden).all()
+
+
+def test_a_causal_model_trains_without_nan_on_padded_rows():
+    config = small_config(causal=True)
+    model = build(config).train()
+    inputs = make_inputs(config, [12, 1, 0])
+    loss = total_loss(model, inputs)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

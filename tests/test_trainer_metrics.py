@@ -341,6 +341,42 @@ def test_objective_trains_cloze_and_next_item_rows_from_one_pass():
     assert "user_preference" not in losses
 
 
+def test_causal_batches_predict_each_position_s_successor_without_cloze_masks():
+    batch = make_batch(_window_tensors(), torch.tensor([1, 0]), 9, 0.5, 0.0, 0.0, torch.Generator().manual_seed(0),
+                       mask_last=True, causal=True)
+    assert batch["masked_seq"].tolist() == [[1, 2, 3, 9], [0, 3, 4, 9]]  # no cloze masks, the newest is [MASK]
+    assert batch["masked"].tolist() == [[True, True, True, False], [False, True, True, False]]
+    assert batch["targets"].tolist() == [[2, 3, 4, 4], [3, 4, 5, 5]]  # the successor; the newest: its own item
+    assert batch["target_ratings"].tolist() == [[2, 3, 4, 4], [5, 4, 3, 3]]
+    cloze = make_batch(_window_tensors(), torch.tensor([1, 0]), 9, 0.5, 0.0, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(cloze["targets"], cloze["items"]) and torch.equal(cloze["target_ratings"], cloze["ratings"])
+
+
+def test_the_causal_objective_is_the_successor_cross_entropy():
+    config = ModelConfig(num_items=8, num_users=2, num_years=3, hidden_size=16, num_heads=2, num_layers=1,
+                         seq_length=4, side_dim=4, use_item_side_info=False, use_preference_head=False, causal=True)
+    torch.manual_seed(0)
+    model = EnhancedBERT4Rec(config).eval()
+    weights = {"item_prediction": 1.0, "next_item": 0.5, "rating_prediction": 0.3, "user_preference": 0.0}
+    batch = make_batch(_window_tensors(), torch.tensor([1, 0]), 9, 0.5, 0.0, 0.0, torch.Generator().manual_seed(1),
+                       mask_last=True, causal=True)
+    losses = MultiTaskObjective(model, weights)(batch)
+    hidden = model(batch["masked_seq"], batch["days"], **batch["user"]).hidden
+    # rows by hand: (row, position) -> the item and rating after it in the window (1,2,3,4 / 0,3,4,5)
+    successors = [(0, 0, 2), (0, 1, 3), (0, 2, 4), (1, 1, 4), (1, 2, 5)]
+    rows = torch.stack([hidden[b, t] for b, t, _ in successors])
+    expected_successor = F.cross_entropy(model.item_logits(rows), torch.tensor([item for *_, item in successors]))
+    expected_next = F.cross_entropy(model.item_logits(hidden[:, -1]), torch.tensor([4, 5]))
+    all_rows = torch.cat([rows, hidden[:, -1]])
+    items = torch.tensor([2, 3, 4, 4, 5, 4, 5])
+    users = torch.tensor([1, 1, 1, 2, 2, 1, 2])
+    true = torch.tensor([2.0, 3.0, 4.0, 4.0, 3.0, 4.0, 3.0])
+    expected_rating = F.mse_loss(model.predict_rating(all_rows, items, users), true)
+    assert losses["item_prediction"].item() == pytest.approx(expected_successor.item(), rel=1e-5)
+    assert losses["next_item"].item() == pytest.approx(expected_next.item(), rel=1e-5)
+    assert losses["rating_prediction"].item() == pytest.approx(expected_rating.item(), rel=1e-5)
+
+
 def test_ranks_get_disjoint_slices_that_cover_the_shared_shuffle():
     num_windows, batch_size = 103, 8
     reference = torch.randperm(num_windows, generator=torch.Generator().manual_seed(5))
