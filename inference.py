@@ -807,7 +807,7 @@ class RecommendationEngine:
     def _score_and_hidden(
         self, requests: list[_Request], filter_seen: bool, batch_size: int = 512
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """_score's scores and each row's hidden state at the [MASK] position (B, hidden), on the CPU; popularity
+        """_score's scores and the hidden row each was read from (B, hidden; readout_rows), on the CPU; popularity
         rows are not read by the model, so their hidden rows are NaN."""
         chunks, hidden_rows = [], []
         for start in range(0, len(requests), batch_size):
@@ -818,7 +818,7 @@ class RecommendationEngine:
                 hidden_rows.append(torch.full((len(batch), self.config.hidden_size), math.nan))
                 continue
             inputs = self._model_inputs(batch)
-            scores, hidden = score_last_position(self.model, inputs.item_seq, inputs.days, inputs.user)
+            scores, hidden, _ = score_last_position(self.model, inputs.item_seq, inputs.days, inputs.user)
             # by strategy, not user_index: a known user whose identity an explanation hides stays "personalized"
             new_users = [row for row, r in enumerate(batch) if r.strategy in (SEQUENCE, DEMOGRAPHICS)]
             if new_users and self.new_user_prior_weight:
@@ -827,7 +827,7 @@ class RecommendationEngine:
                 scores[rows] = scores[rows].log_softmax(dim=-1) + prior
             if filter_seen:
                 exclude_seen(scores, inputs.seen_offsets, inputs.seen_items)
-            scores, hidden = scores.cpu(), hidden[:, -1].float().cpu()
+            scores, hidden = scores.cpu(), hidden.float().cpu()
             scores[popular] = torch.from_numpy(self._popularity)
             hidden[popular] = math.nan
             chunks.append(scores)

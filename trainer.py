@@ -256,7 +256,7 @@ class MultiTaskObjective(nn.Module):
         is_target = is_cloze | is_next
         rows, targets = hidden[is_target], batch["targets"][is_target]
         next_rows = is_next[is_target]
-        nll = F.cross_entropy(self.model.item_logits(rows).float(), targets, reduction="none")
+        nll = F.cross_entropy(self.model.real_item_logits(rows).float(), targets - 1, reduction="none")
         if weights["item_prediction"] > 0:
             losses["item_prediction"] = masked_mean(nll, ~next_rows)
         if weights["next_item"] > 0:
@@ -370,13 +370,13 @@ def evaluate(model: EnhancedBERT4Rec, split: EvalTensors, data_tensors: dict[str
     for start in range(0, len(inputs.users), batch_size):
         stop = min(start + batch_size, len(inputs.users))
         users = split.users[start:stop]
-        scores, hidden = score_last_position(model, split.items[start:stop], split.days[start:stop],
+        scores, rows, hidden = score_last_position(model, split.items[start:stop], split.days[start:stop],
                                              user_features(data_tensors, users))
         offsets = inputs.seen_offsets[start:stop + 1]
         exclude_seen(scores, offsets, inputs.seen_items)
         ranks.append(target_ranks(scores, split.targets[start:stop]))
         if model.config.use_rating_head:
-            predicted = model.predict_rating(hidden[:, -1], split.targets[start:stop], users).float()
+            predicted = model.predict_rating(rows, split.targets[start:stop], users).float()
             true = torch.from_numpy(inputs.target_ratings[start:stop]).to(predicted)
             rating_errors.append(predicted - true)
         if model.config.use_preference_head:

@@ -28,6 +28,8 @@ CONFIGS = {  # --configs key: (table name, trainer.py flags)
     "tuned_bf16": ("tuned, --amp bf16", ["@configs/ml1m_tuned.txt", "--amp", "bf16"]),
     "budget": ("CPU default (configs/cpu_budget.txt: hidden 64, 2 layers, batch 128)", ["@configs/cpu_budget.txt"]),
     "budget_compile": ("CPU default, --compile (inductor)", ["@configs/cpu_budget.txt", "--compile"]),
+    "budget_causal": ("CPU default, --causal (every position predicts its successor)",
+                      ["@configs/cpu_budget.txt", "--causal"]),
 }
 
 CHILD = """
@@ -56,7 +58,7 @@ def step():
     rows = torch.randint(0, num_windows, (config.batch_size,), generator=generator)
     batch = make_batch(tensors, rows, mask_token, config.mask_prob, config.user_dropout,
                        config.demographics_dropout, generator, mask_last=config.next_item_on,
-                       crop_prob=config.next_item_crop)
+                       crop_prob=config.next_item_crop, new_user_prob=config.new_user_prob, causal=config.causal)
     with autocast_context(config.amp, "cpu"):
         losses = objective(batch)
     losses["total"].backward()

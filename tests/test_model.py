@@ -412,3 +412,28 @@ def test_a_causal_model_trains_without_nan_on_padded_rows():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_real_item_logits_are_item_logits_without_the_pad_and_mask_columns():
+    config = small_config()
+    model = build(config).train()
+    rows = torch.randn(5, config.hidden_size)
+    targets = torch.tensor([1, 7, config.num_items, 3, 40])
+    full, real = model.item_logits(rows), model.real_item_logits(rows)
+    assert real.shape == (5, config.num_items)
+    assert torch.allclose(real, full[:, 1:-1], atol=1e-6)
+    loss_full, loss_real = F.cross_entropy(full, targets), F.cross_entropy(real, targets - 1)
+    assert loss_real.item() == pytest.approx(loss_full.item(), rel=1e-6)
+    grads = [torch.autograd.grad(loss, model.item_embedding.weight)[0] for loss in (loss_full, loss_real)]
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
+
+
+def test_readout_rows_read_a_causal_model_at_its_newest_event_and_the_mask_without_events():
+    from enhanced_model import readout_rows
+
+    hidden = torch.arange(3 * 4 * 2, dtype=torch.float32).reshape(3, 4, 2)
+    item_seq = torch.tensor([[5, 6, 7, 41], [0, 0, 7, 41], [0, 0, 0, 41]])  # 41: [MASK] of 40 items
+    causal = build(small_config(causal=True, seq_length=4))
+    assert torch.equal(readout_rows(causal, item_seq, hidden), torch.stack([hidden[0, 2], hidden[1, 2], hidden[2, 3]]))
+    bidirectional = build(small_config(seq_length=4))
+    assert torch.equal(readout_rows(bidirectional, item_seq, hidden), hidden[:, -1])

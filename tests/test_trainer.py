@@ -423,3 +423,41 @@ def test_metadata_goes_beside_the_checkpoints_by_default(synthetic_ml1m_dir, tmp
     _, results = train(config)
     metadata = json.loads((tmp_path / "run" / "metadata.json").read_text())
     assert metadata["fingerprint"] == results["data_fingerprint"]
+
+
+def test_a_causal_run_is_evaluated_at_its_newest_event_and_served_the_same_way(synthetic_ml1m_dir, tmp_path):
+    import numpy as np
+
+    from data_processor import mask_index, scoring_input
+    from enhanced_model import model_from_checkpoint, read_checkpoint
+    from inference import RecommendationEngine
+
+    _, results = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "2", "--causal",
+                                   "--next_item_weight", "0.1"))
+    assert results["model_config"]["causal"] and results["history"][-1]["item_prediction"] > 0
+    best = tmp_path / "checkpoints" / "best_model.pt"
+    model = model_from_checkpoint(read_checkpoint(best), best)
+    data = load_dataset(synthetic_ml1m_dir, seq_length=12)
+    test = eval_inputs(data, "test", 12)
+    users = torch.from_numpy(test.users)
+    user = {"user_idx": users, "gender": torch.from_numpy(data.user_gender[test.users]),
+            "age": torch.from_numpy(data.user_age[test.users]),
+            "occupation": torch.from_numpy(data.user_occupation[test.users])}
+    with torch.no_grad():
+        hidden = model(torch.from_numpy(test.items), torch.from_numpy(test.days), **user).hidden
+        scores = model.item_logits(hidden[:, -2])  # every synthetic user has events: the newest event's position
+    exclude_seen(scores, test.seen_offsets, test.seen_items)
+    expected = ranking_metrics(target_ranks(scores, torch.from_numpy(test.targets)))
+    assert results["test"]["NDCG@10"] == pytest.approx(expected["NDCG@10"], abs=1e-6)
+    assert results["test"]["HR@10"] == pytest.approx(expected["HR@10"], abs=1e-6)
+
+    engine = RecommendationEngine(model_path=best, metadata_path=tmp_path / "metadata.json")
+    top = engine.get_recommendations(user_id=int(data.user_ids[1]), k=3)  # served from the whole history
+    start, end = data.seq_offsets[1], data.seq_offsets[2]
+    items, days = scoring_input(data.seq_items, data.seq_days, np.array([start]), np.array([end]), 12,
+                                mask_index(data.num_items), 0)
+    with torch.no_grad():
+        hidden = model(torch.from_numpy(items), torch.from_numpy(days), **{k: v[:1] for k, v in user.items()}).hidden
+        scores = model.item_logits(hidden[:, -2])
+    scores[0, torch.from_numpy(data.seq_items[start:end])] = -math.inf
+    assert [r["movie_id"] for r in top] == [int(data.item_movie_ids[i]) for i in scores[0].topk(3).indices]
