@@ -377,11 +377,15 @@ def test_checked_in_configs_parse_validate_and_set_every_flag(config_file):
     that pass validation, and a flag given after the @file overrides it."""
     config = parse_args([f"@{config_file}"])
     validate_config(config)
-    lines = config_file.read_text().split()
     defaults = TrainConfig()
-    for flag, value in zip(lines[::2], lines[1::2], strict=True):
+    for line in config_file.read_text().splitlines():
+        flag, *value = line.split()
         name = flag.removeprefix("--")
-        assert getattr(config, name) == type(getattr(defaults, name))(value), flag
+        if not value:  # a switch: --causal, --no-use_temporal
+            on, name = not name.startswith("no-"), name.removeprefix("no-")
+            assert getattr(config, name) is on and getattr(defaults, name) is not on, flag
+            continue
+        assert getattr(config, name) == type(getattr(defaults, name))(value[0]), flag
     assert parse_args([f"@{config_file}", "--next_item_crop", "0"]).next_item_crop == 0
 
 
