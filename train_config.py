@@ -20,7 +20,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 # on a CPU the small model with a time-budget lr decay, ending by itself after 90 minutes; on a GPU the
 # configuration that reached NDCG@10 0.19 (H200, 64 epochs, about 4-8 minutes).
 DEVICE_DEFAULTS = {
-    "cpu": [f"@{CONFIGS / 'cpu_budget.txt'}", "--max_minutes", "90"],
+    "cpu": [f"@{CONFIGS / 'cpu_causal.txt'}", "--max_minutes", "90"],
     "cuda": [f"@{CONFIGS / 'ml1m_tuned.txt'}", "--max_epochs", "64"],
 }
 ML1M_USERS, ML1M_RATINGS = 6040, 1_000_209  # for the preflight memory estimate
