@@ -315,8 +315,8 @@ def validate_config(config: TrainConfig) -> None:
         (lambda: config.item_prediction_weight > 0 or config.next_item_weight > 0,
          "at least one of --item_prediction_weight and --next_item_weight must be > 0"),
         (lambda: not config.causal or config.next_item_on,
-         "--causal needs --next_item_weight > 0: the next-item task trains the [MASK] position that scores a history "
-         "without events (a new user's first request)"),
+         "--causal (the CPU default) needs --next_item_weight > 0: the next-item task trains the [MASK] position that "
+         "scores a history without events (a new user's first request); or pass --no-causal"),
         (lambda: config.warmup_steps >= 0, "--warmup_steps must be >= 0"),
         (lambda: config.weight_decay >= 0, "--weight_decay must be >= 0"),
         (lambda: config.grad_clip >= 0, "--grad_clip must be >= 0 (0: off)"),

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from trainer import machine_description  # noqa: E402
 
 PLAIN = ["--no-use_item_side_info", "--no-use_user_tokens", "--no-use_temporal", "--next_item_weight", "0",
-         "--rating_prediction_weight", "0", "--user_preference_weight", "0"]
+         "--rating_prediction_weight", "0", "--user_preference_weight", "0", "--no-causal"]  # cloze BERT4Rec
 
 
 def with_flags(*changes: str) -> list[str]:

@@ -92,7 +92,7 @@ TRAINER_FLAGS = [
     (["--max_minutes", "-5"], "--max_minutes must be positive"),
     (["--warmup_steps", "-1"], "--warmup_steps must be >= 0"),
     (["--next_item_weight", "0", "--item_prediction_weight", "0"], "at least one of"),
-    (["--causal", "--next_item_weight", "0"], "--causal needs --next_item_weight > 0"),
+    (["--causal", "--next_item_weight", "0"], "--causal (the CPU default) needs --next_item_weight > 0"),
     (["--rating_prediction_weight", "-0.3"], "task weights must be >= 0"),
     (["--hidden_size", "abc"], "--hidden_size: invalid int value: 'abc'"),
     (["--positional", "rotary"], "--positional: invalid choice: 'rotary'"),
