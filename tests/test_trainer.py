@@ -12,16 +12,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY
 
 import trainer
-from data_processor import eval_inputs, load_dataset, write_synthetic_ml1m
+from data_processor import eval_inputs, load_dataset, mask_index, scoring_input, write_synthetic_ml1m
+from enhanced_model import model_from_checkpoint, read_checkpoint
+from inference import RecommendationEngine
 from trainer import (
     TrainConfig,
     TrainingError,
     autocast_context,
+    data_to_tensors,
     exclude_seen,
     load_checkpoint,
     parse_args,
@@ -29,6 +33,7 @@ from trainer import (
     target_ranks,
     train,
     training_events,
+    user_features,
     validate_config,
 )
 from trainer import main as trainer_main
@@ -431,12 +436,6 @@ def test_metadata_goes_beside_the_checkpoints_by_default(synthetic_ml1m_dir, tmp
 
 
 def test_a_causal_run_is_evaluated_at_its_newest_event_and_served_the_same_way(synthetic_ml1m_dir, tmp_path):
-    import numpy as np
-
-    from data_processor import mask_index, scoring_input
-    from enhanced_model import model_from_checkpoint, read_checkpoint
-    from inference import RecommendationEngine
-
     _, results = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "2", "--causal",
                                    "--next_item_weight", "0.1"))
     assert results["model_config"]["causal"] and results["history"][-1]["item_prediction"] > 0
@@ -444,10 +443,7 @@ def test_a_causal_run_is_evaluated_at_its_newest_event_and_served_the_same_way(s
     model = model_from_checkpoint(read_checkpoint(best), best)
     data = load_dataset(synthetic_ml1m_dir, seq_length=12)
     test = eval_inputs(data, "test", 12)
-    users = torch.from_numpy(test.users)
-    user = {"user_idx": users, "gender": torch.from_numpy(data.user_gender[test.users]),
-            "age": torch.from_numpy(data.user_age[test.users]),
-            "occupation": torch.from_numpy(data.user_occupation[test.users])}
+    user = user_features(data_to_tensors(data, torch.device("cpu")), torch.from_numpy(test.users))
     with torch.no_grad():
         hidden = model(torch.from_numpy(test.items), torch.from_numpy(test.days), **user).hidden
         scores = model.item_logits(hidden[:, -2])  # every synthetic user has events: the newest event's position
