@@ -82,6 +82,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 500
     lr_schedule: str = "cosine"
+    lr_decay_fraction: float = 0.2
     grad_clip: float = 1.0
     grad_accum_steps: int = 1
     gradient_checkpointing: bool = False
@@ -226,7 +227,10 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     add("learning_rate", "peak learning rate (AdamW)", type=float)
     add("weight_decay", "AdamW weight decay (not on biases, norms, embeddings)", type=float)
     add("warmup_steps", "linear warmup steps (optimizer steps)", type=int)
-    add("lr_schedule", "decay after warmup", choices=["cosine", "linear", "constant"])
+    add("lr_schedule", "decay after warmup (wsd: hold the peak, then decay linearly over --lr_decay_fraction)",
+        choices=["cosine", "linear", "constant", "wsd"])
+    add("lr_decay_fraction", "--lr_schedule wsd: the share of the run (steps or --max_minutes) spent decaying",
+        type=float)
     add("grad_clip", "clip gradient norm (0: off)", type=float)
     add("grad_accum_steps", "micro-batches per optimizer step", type=int)
     switch("gradient_checkpointing", "recompute encoder activations in backward to save memory")
@@ -318,6 +322,7 @@ def validate_config(config: TrainConfig) -> None:
          "--causal (the CPU default) needs --next_item_weight > 0: the next-item task trains the [MASK] position that "
          "scores a history without events (a new user's first request); or pass --no-causal"),
         (lambda: config.warmup_steps >= 0, "--warmup_steps must be >= 0"),
+        (lambda: 0 < config.lr_decay_fraction <= 1, "--lr_decay_fraction must be in (0, 1]"),
         (lambda: config.weight_decay >= 0, "--weight_decay must be >= 0"),
         (lambda: config.grad_clip >= 0, "--grad_clip must be >= 0 (0: off)"),
         (lambda: config.patience > 0, "--patience must be positive"),

@@ -492,9 +492,11 @@ def setup_runtime(config: TrainConfig) -> Runtime:
 
 
 def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str,
-                         budget_used: float = 0.0) -> float:
-    """Linear warmup to the peak, then cosine or linear decay to 0 at total_steps (or constant).
+                         budget_used: float = 0.0, decay_fraction: float = 0.2) -> float:
+    """Linear warmup to the peak, then cosine or linear decay to 0 at total_steps (or constant, or wsd).
 
+    wsd (warmup-stable-decay) holds the peak and decays linearly to 0 over the last decay_fraction of the run, so
+    a short budget trains at the peak learning rate for most of its time instead of decaying from the first step.
     budget_used (0..1, the share of --max_minutes spent) makes the decay end on time: progress is the larger of
     the step share and the time share, so a run under a time budget reaches its low learning rate before it is cut.
     """
@@ -503,6 +505,8 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedul
     if schedule == "constant":
         return 1.0
     progress = min(1.0, max((step - warmup_steps) / max(1, total_steps - warmup_steps), budget_used))
+    if schedule == "wsd":
+        return min(1.0, (1.0 - progress) / decay_fraction)
     return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
 
 
@@ -708,7 +712,7 @@ def start_run(config: TrainConfig, runtime: Runtime) -> Run:
     total_steps = max(1, steps_per_epoch // config.grad_accum_steps * config.max_epochs)
     budget = {"used": 0.0}
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(
-        step, config.warmup_steps, total_steps, config.lr_schedule, budget["used"]))
+        step, config.warmup_steps, total_steps, config.lr_schedule, budget["used"], config.lr_decay_fraction))
     # The shuffle is shared by all ranks (each takes its own slice); masks differ per rank.
     generators = (torch.Generator().manual_seed(config.seed),
                   torch.Generator(runtime.device).manual_seed(config.seed + 1 + runtime.rank))

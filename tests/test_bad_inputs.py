@@ -91,6 +91,7 @@ TRAINER_FLAGS = [
     (["--eval_every", "0"], "--eval_every must be positive"),
     (["--max_minutes", "-5"], "--max_minutes must be positive"),
     (["--warmup_steps", "-1"], "--warmup_steps must be >= 0"),
+    (["--lr_decay_fraction", "0"], "--lr_decay_fraction must be in (0, 1]"),
     (["--next_item_weight", "0", "--item_prediction_weight", "0"], "at least one of"),
     (["--causal", "--next_item_weight", "0"], "--causal (the CPU default) needs --next_item_weight > 0"),
     (["--rating_prediction_weight", "-0.3"], "task weights must be >= 0"),

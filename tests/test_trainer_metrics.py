@@ -174,6 +174,20 @@ def test_learning_rate_schedule():
     assert learning_rate_factor(100, 10, 110, "constant") == 1.0
 
 
+def test_warmup_stable_decay_holds_the_peak_then_decays_linearly_over_the_last_share():
+    # 100 steps after warm-up, decay over the last 20: peak through step 90 (progress 0.8), half at 100, 0 at 110
+    assert learning_rate_factor(0, 10, 110, "wsd") == pytest.approx(0.1)
+    assert learning_rate_factor(50, 10, 110, "wsd") == 1.0
+    assert learning_rate_factor(90, 10, 110, "wsd") == pytest.approx(1.0)
+    assert learning_rate_factor(100, 10, 110, "wsd") == pytest.approx(0.5)
+    assert learning_rate_factor(105, 10, 110, "wsd", decay_fraction=0.1) == pytest.approx(0.5)
+    assert learning_rate_factor(110, 10, 110, "wsd") == pytest.approx(0.0)
+    # under a time budget the decay starts when 80% of the minutes are spent, whatever the step count says
+    assert learning_rate_factor(20, 10, 110, "wsd", budget_used=0.7) == 1.0
+    assert learning_rate_factor(20, 10, 110, "wsd", budget_used=0.9) == pytest.approx(0.5)
+    assert learning_rate_factor(20, 10, 110, "wsd", budget_used=1.2) == pytest.approx(0.0)
+
+
 def test_learning_rate_schedule_ends_with_the_time_budget():
     # progress is the larger of the step share and the budget share, so a time-limited run ends its decay on time
     assert learning_rate_factor(20, 10, 110, "cosine", budget_used=0.5) == pytest.approx(0.5)
