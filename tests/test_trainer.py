@@ -397,7 +397,7 @@ def test_checked_in_configs_parse_validate_and_set_every_flag(config_file):
 def test_defaults_per_device_and_the_seed_one_flag_away():
     cpu = parse_args(["--device", "cpu"], use_device_defaults=True)
     assert cpu == parse_args([f"@{REPO / 'configs' / 'cpu_causal.txt'}", "--max_minutes", "90", "--device", "cpu"])
-    assert (cpu.hidden_size, cpu.lr_schedule, cpu.max_minutes, cpu.next_item_weight) == (64, "cosine", 90.0, 0.1)
+    assert (cpu.hidden_size, cpu.lr_schedule, cpu.max_minutes, cpu.next_item_weight) == (64, "wsd", 90.0, 0.1)
     assert cpu.causal and not parse_args([f"@{REPO / 'configs' / 'cpu_budget.txt'}"]).causal
     gpu = parse_args(["--device", "cuda"], use_device_defaults=True)  # parsing only: no GPU needed
     assert gpu == parse_args([f"@{REPO / 'configs' / 'ml1m_tuned.txt'}", "--max_epochs", "64", "--device", "cuda"])
