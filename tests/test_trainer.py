@@ -210,6 +210,15 @@ def test_max_minutes_decays_the_learning_rate_to_end_on_time(synthetic_ml1m_dir,
     assert results["wall_seconds"] < 0.2 * 60 + 30  # the budget ends training; the test pass follows
 
 
+def test_wsd_schedule_holds_the_peak_then_decays_to_zero_in_a_real_run(synthetic_ml1m_dir, tmp_path):
+    _, results = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "4", "--lr_schedule", "wsd",
+                                   "--lr_decay_fraction", "0.5", "--warmup_steps", "1", "--patience", "10"))
+    lrs = [record["lr"] for record in results["history"]]  # after each epoch's last step
+    assert len(lrs) == 4 and lrs[0] == lrs[1] == pytest.approx(3e-3)  # the first half of the steps: the peak
+    assert 0 < lrs[2] < 3e-3 and lrs[3] == 0.0  # then a linear decay that ends at the last step
+    assert results["train_config"]["lr_decay_fraction"] == 0.5
+
+
 def test_compile_keeps_the_checkpoint_format(synthetic_ml1m_dir, tmp_path):
     compiled, results = train(tiny_config(synthetic_ml1m_dir, tmp_path / "a", "--max_epochs", "1", "--compile"))
     plain, _ = train(tiny_config(synthetic_ml1m_dir, tmp_path / "b", "--max_epochs", "1"))
