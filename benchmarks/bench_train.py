@@ -9,6 +9,12 @@ many minutes on a CPU).
     python benchmarks/bench_train.py --data_dir ../shared/data/ml-1m --steps 15
     python benchmarks/bench_train.py --data_dir ../shared/data/ml-1m --configs tuned tuned_bf16   # bf16 autocast
     python benchmarks/bench_train.py --data_dir ../shared/data/ml-1m --configs budget budget_compile  # compile
+    python benchmarks/bench_train.py --data_dir ../shared/data/ml-1m --configs cpu_default --limit  # share of limit
+
+Achieved GFLOP/s counts the matrix products of one optimizer step (forward and backward, as
+`torch.utils.flop_counter.FlopCounterMode` counts them: matmuls and attention, not the element-wise work) divided
+by the median step time. `--limit` also measures this CPU's large-matmul rate in fp32 and bf16 in the same run
+(square matmuls, median of 3, the same thread count) and states the step's rate as a share of each.
 """
 
 import argparse
@@ -30,11 +36,14 @@ CONFIGS = {  # --configs key: (table name, trainer.py flags)
     "budget_compile": ("CPU default, --compile (inductor)", ["@configs/cpu_budget.txt", "--compile"]),
     "budget_causal": ("CPU default, --causal (every position predicts its successor)",
                       ["@configs/cpu_budget.txt", "--causal"]),
+    "cpu_default": ("CPU default (configs/cpu_causal.txt: hidden 64, 2 layers, batch 128, causal)",
+                    ["@configs/cpu_causal.txt"]),
 }
 
 CHILD = """
 import json, math, resource, statistics, sys, time
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, {repo!r})
 from data_processor import eval_inputs, load_dataset, mask_index
 from enhanced_model import EnhancedBERT4Rec
@@ -67,6 +76,9 @@ def step():
 
 for _ in range({warmup}):
     step()
+with FlopCounterMode(display=False) as counter:
+    step()
+step_flops = counter.get_total_flops()
 times = []
 for _ in range({steps}):
     started = time.perf_counter()
@@ -78,7 +90,7 @@ evaluate(model, to_eval_tensors(eval_inputs(data, "val", config.seq_length), tor
 eval_s = time.perf_counter() - started
 print(json.dumps({{"step_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times),
                   "batch_size": config.batch_size, "steps_per_epoch": math.ceil(num_windows / config.batch_size),
-                  "windows": num_windows, "eval_s": eval_s,
+                  "windows": num_windows, "eval_s": eval_s, "step_flops": step_flops,
                   "parameters": sum(p.numel() for p in model.parameters()),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
@@ -92,6 +104,17 @@ def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: i
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def matmul_gflops(dtype: str, size: int, threads: int) -> float:
+    """This CPU's rate on one large square matmul (median of 3 after one warm-up), in a fresh process."""
+    code = (f"import statistics, time, torch\ntorch.set_num_threads({threads})\n"
+            f"a = torch.randn({size}, {size}).to(torch.{dtype}); b = torch.randn({size}, {size}).to(torch.{dtype})\n"
+            "a @ b\ntimes = []\nfor _ in range(3):\n"
+            "    started = time.perf_counter(); a @ b; times.append(time.perf_counter() - started)\n"
+            f"print(2 * {size} ** 3 / statistics.median(times) / 1e9)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(result.stdout.split()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "ml-1m"))
@@ -100,21 +123,34 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["default", "small"],
                         help="configurations to measure, in this order")
+    parser.add_argument("--limit", action="store_true",
+                        help="also measure the fp32 and bf16 large-matmul rates and report each step's share")
+    parser.add_argument("--limit_size", type=int, default=4096, help="matrix side for the fp32 matmul rate")
     args = parser.parse_args()
 
     print(f"torch threads {args.threads}; median of {args.steps} timed steps after {args.warmup} warm-up steps\n")
+    limits = {}
+    if args.limit:
+        # bf16 is emulated (slowly) on CPUs without bf16 instructions: a smaller matrix keeps that short
+        limits = {"fp32": matmul_gflops("float32", args.limit_size, args.threads),
+                  "bf16": matmul_gflops("bfloat16", args.limit_size // 2, args.threads)}
+        print(f"large-matmul rate, {args.threads} threads: fp32 {limits['fp32']:.0f} GFLOP/s "
+              f"({args.limit_size}^2), bf16 {limits['bf16']:.0f} GFLOP/s ({args.limit_size // 2}^2)\n")
+    share_columns = "".join(f" share of {name} matmul |" for name in limits)
     print("| configuration | parameters | step (s), median [min-max] | sequences/s | validation pass (s) "
-          "| s/epoch | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|")
+          f"| s/epoch | peak RSS (MB) | GFLOP per step | GFLOP/s |{share_columns}")
+    print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(limits))
     default_note = ""
     for key in args.configs:
         name, flags = CONFIGS[key]
         m = measure(flags, args.data_dir, args.steps, args.warmup, args.threads)
         epoch_s = m["steps_per_epoch"] * m["step_s"] + m["eval_s"]
+        achieved = m["step_flops"] / m["step_s"] / 1e9
         print(f"| {name} | {m['parameters'] / 1e6:.2f} M | {m['step_s']:.3f} [{m['step_min_s']:.3f}-"
               f"{m['step_max_s']:.3f}] | {m['batch_size'] / m['step_s']:.0f} | {m['eval_s']:.1f} "
-              f"| {epoch_s:.0f} ({m['steps_per_epoch']} steps of {m['windows']} windows) | {m['peak_rss_mb']:.0f} |",
-              flush=True)
+              f"| {epoch_s:.0f} ({m['steps_per_epoch']} steps of {m['windows']} windows) | {m['peak_rss_mb']:.0f} "
+              f"| {m['step_flops'] / 1e9:.1f} | {achieved:.1f} |"
+              + "".join(f" {achieved / rate:.0%} |" for rate in limits.values()), flush=True)
         if key == "default":
             verdict = "met" if m["peak_rss_mb"] <= RSS_TARGET_MB else "MISSED"
             default_note = f"\ndefault-config peak RSS target <= {RSS_TARGET_MB} MB: {verdict}"
