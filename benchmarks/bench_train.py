@@ -126,16 +126,18 @@ def main() -> None:
     parser.add_argument("--limit", action="store_true",
                         help="also measure the fp32 and bf16 large-matmul rates and report each step's share")
     parser.add_argument("--limit_size", type=int, default=4096, help="matrix side for the fp32 matmul rate")
+    parser.add_argument("--limit_size_bf16", type=int, default=1024,
+                        help="matrix side for the bf16 matmul rate (CPUs without bf16 instructions emulate it, slowly: "
+                             "one 2048^2 product took minutes on a 2-core AVX2 CPU)")
     args = parser.parse_args()
 
     print(f"torch threads {args.threads}; median of {args.steps} timed steps after {args.warmup} warm-up steps\n")
     limits = {}
     if args.limit:
-        # bf16 is emulated (slowly) on CPUs without bf16 instructions: a smaller matrix keeps that short
         limits = {"fp32": matmul_gflops("float32", args.limit_size, args.threads),
-                  "bf16": matmul_gflops("bfloat16", args.limit_size // 2, args.threads)}
-        print(f"large-matmul rate, {args.threads} threads: fp32 {limits['fp32']:.0f} GFLOP/s "
-              f"({args.limit_size}^2), bf16 {limits['bf16']:.0f} GFLOP/s ({args.limit_size // 2}^2)\n")
+                  "bf16": matmul_gflops("bfloat16", args.limit_size_bf16, args.threads)}
+        print(f"large-matmul rate, {args.threads} threads: fp32 {limits['fp32']:.1f} GFLOP/s "
+              f"({args.limit_size}^2), bf16 {limits['bf16']:.1f} GFLOP/s ({args.limit_size_bf16}^2)\n", flush=True)
     share_columns = "".join(f" share of {name} matmul |" for name in limits)
     print("| configuration | parameters | step (s), median [min-max] | sequences/s | validation pass (s) "
           f"| s/epoch | peak RSS (MB) | GFLOP per step | GFLOP/s |{share_columns}")
