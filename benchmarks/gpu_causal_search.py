@@ -1,0 +1,162 @@
+"""Issue 18's causal search in one GPU lease: several trainings side by side on one GPU, each under the same
+--max_minutes with bf16 autocast and the budget-ending warmup-stable-decay schedule.
+
+Every run is `@configs/cpu_causal.txt` (causal, wsd, next-item weight 0.1) made larger and longer, plus its own
+flags (RUNS below). The script waits for all of them, writes a markdown table (test figures from each run's
+best-validation checkpoint, as trainer.py reports them), and packs under --out what a re-evaluation elsewhere needs:
+every run's results.json and train.log (results.tgz) and the first run's best weights without the optimizer
+state, split in 15 MB parts (`cat best_weights.pt.part* > best_model.pt`) with its metadata.json.
+
+    python benchmarks/gpu_causal_search.py --data_dir .devdata/ml-1m --out $OUT --minutes 6.8
+    python benchmarks/gpu_causal_search.py --runs_dir runs/gpu_causal --table_only     # re-read finished runs
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+COMMON = ["@configs/cpu_causal.txt", "--amp", "bf16", "--dropout", "0.2", "--batch_size", "128",
+          "--max_epochs", "400", "--patience", "400"]  # the budget ends each run, not early stopping
+H256 = ["--hidden_size", "256", "--num_heads", "4", "--num_layers", "4", "--learning_rate", "1e-3"]
+PLAIN = ["--no-use_item_side_info", "--no-use_user_tokens", "--no-use_temporal", "--rating_prediction_weight", "0",
+         "--user_preference_weight", "0"]  # causal, so the next-item task stays on: SASRec with a full softmax
+
+# name: (flags after COMMON, seeds)
+RUNS = {
+    "full_h256_t200": ([*H256, "--seq_length", "200"], [0, 1, 2]),
+    "plain_h256_t200": ([*H256, "--seq_length", "200", *PLAIN], [0]),
+    "full_h256_t200_nouser": ([*H256, "--seq_length", "200", "--no-use_user_tokens"], [0]),
+    "full_h256_t100": ([*H256, "--seq_length", "100"], [0]),
+    "full_h128_t200": (["--hidden_size", "128", "--num_heads", "2", "--num_layers", "2", "--seq_length", "200"], [0]),
+    "full_h64_t200": (["--seq_length", "200"], [0]),
+}
+
+
+def run_dirs(runs_dir: Path, only: list[str] | None):
+    for name, (flags, seeds) in RUNS.items():
+        if only and name not in only:
+            continue
+        for seed in seeds:
+            yield name, flags, seed, runs_dir / f"{name}_seed{seed}"
+
+
+def launch(name: str, flags: list[str], seed: int, out: Path, args: argparse.Namespace) -> subprocess.Popen:
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(REPO / "trainer.py"), *COMMON, *flags, *args.extra, "--seed", str(seed),
+               "--device", args.device, "--max_minutes", str(args.minutes), "--data_dir", args.data_dir,
+               "--checkpoint_dir", str(out), "--no-progress"]
+    log = open(out / "train.log", "w")
+    log.write(" ".join(command) + "\n")
+    log.flush()
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+
+
+def table(runs_dir: Path) -> str:
+    lines = ["| run | seeds | test NDCG@10 (spread) | test HR@10 | NDCG@20 | HR@20 | best val NDCG@10 | epochs (best) "
+             "| s/epoch | train min | rating RMSE | machine |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in RUNS:
+        results = [json.loads(p.read_text()) for p in sorted(runs_dir.glob(f"{name}_seed*/results.json"))]
+        if not results:
+            lines.append(f"| {name} | - | not finished | | | | | | | | | |")
+            continue
+
+        def mean(key: str, results=results) -> float:
+            return statistics.mean(r["test"][key] for r in results)
+
+        ndcg = [r["test"]["NDCG@10"] for r in results]
+        spread = f" ({max(ndcg) - min(ndcg):.4f})" if len(ndcg) > 1 else ""
+        val = " / ".join(f"{r['validation']['NDCG@10']:.4f}" for r in results)
+        epochs = " / ".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in results)
+        per_epoch = statistics.mean(r["train_seconds"] / max(r["epochs_run"], 1) for r in results)
+        minutes = statistics.mean(r["train_seconds"] for r in results) / 60
+        rmse = f"{mean('rating_rmse'):.4f}" if all("rating_rmse" in r["test"] for r in results) else "-"
+        seeds = ",".join(str(r["train_config"]["seed"]) for r in results)
+        lines.append(f"| {name} | {seeds} | {mean('NDCG@10'):.4f}{spread} | {mean('HR@10'):.4f} "
+                     f"| {mean('NDCG@20'):.4f} | {mean('HR@20'):.4f} | {val} | {epochs} | {per_epoch:.1f} "
+                     f"| {minutes:.1f} | {rmse} | {results[0]['device']}, {results[0]['machine']} |")
+    return "\n".join(lines)
+
+
+def pack(runs_dir: Path, out: Path, first: Path) -> None:
+    """results.json and train.log of every run, and the first run's best weights (optimizer state dropped)."""
+    import torch
+
+    with tarfile.open(out / "results.tgz", "w:gz") as tar:
+        for path in sorted(runs_dir.glob("*/*")):
+            if path.name in ("results.json", "train.log"):
+                tar.add(path, arcname=str(path.relative_to(runs_dir.parent)))
+    best = first / "best_model.pt"
+    if not best.is_file():
+        print(f"no {best}: no weights packed")
+        return
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    for key in ("optimizer", "scheduler", "scaler", "rng"):
+        checkpoint.pop(key, None)
+    torch.save(checkpoint, first / "best_weights.pt")
+    data = (first / "best_weights.pt").read_bytes()
+    part = 15 * 2 ** 20
+    for index in range(0, len(data), part):
+        (out / f"best_weights.pt.part{index // part:02d}").write_bytes(data[index:index + part])
+    if (first / "metadata.json").is_file():
+        (out / "metadata.json").write_bytes((first / "metadata.json").read_bytes())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default="../shared/data/ml-1m")
+    parser.add_argument("--runs_dir", default="runs/gpu_causal")
+    parser.add_argument("--out", default=None, help="folder for results.tgz and the packed weights")
+    parser.add_argument("--minutes", type=float, default=6.8, help="--max_minutes of every run")
+    parser.add_argument("--guard_seconds", type=float, default=560,
+                        help="stop any training still running after this many seconds (the lease's end)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--threads", type=int, default=2, help="OMP threads per training")
+    parser.add_argument("--only", nargs="*", help="run only these names")
+    parser.add_argument("--table_only", action="store_true")
+    parser.add_argument("extra", nargs="*", help="flags added to every run (after --), e.g. for a smoke test")
+    args = parser.parse_args()
+    runs_dir = Path(args.runs_dir)
+    if not args.table_only:
+        started = time.monotonic()
+        processes = [launch(name, flags, seed, out, args)
+                     for name, flags, seed, out in run_dirs(runs_dir, args.only)
+                     if not (out / "results.json").is_file()]
+        print(f"{len(processes)} trainings started", flush=True)
+
+        def guard() -> None:
+            while any(p.poll() is None for p in processes):
+                if time.monotonic() - started > args.guard_seconds:
+                    for p in processes:
+                        if p.poll() is None:
+                            p.kill()
+                    print("guard: stopped the trainings still running", flush=True)
+                    return
+                time.sleep(2)
+
+        watcher = threading.Thread(target=guard, daemon=True)
+        watcher.start()
+        watcher.join()
+        print(f"all done after {time.monotonic() - started:.0f} s; exit codes {[p.returncode for p in processes]}")
+    text = table(runs_dir)
+    print(text)
+    (runs_dir / "table.md").write_text(text + "\n")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(text + "\n")
+        name, _, seed, first = next(run_dirs(runs_dir, args.only))
+        pack(runs_dir, out, first)
+
+
+if __name__ == "__main__":
+    main()
