@@ -7,8 +7,13 @@ best-validation checkpoint, as trainer.py reports them), and packs under --out w
 every run's results.json and train.log (results.tgz) and the first run's best weights without the optimizer
 state, split in 15 MB parts (`cat best_weights.pt.part* > best_model.pt`) with its metadata.json.
 
-    python benchmarks/gpu_causal_search.py --data_dir .devdata/ml-1m --out $OUT --minutes 6.8
-    python benchmarks/gpu_causal_search.py --runs_dir runs/gpu_causal --table_only     # re-read finished runs
+--set names the dictionary of runs: lease1 and lease2 are the two calls of 2026-11-30 (docs/RESULTS.md, "Causal
+training on a GPU"), lease3 the three-seed comparison prepared for the next lease.
+
+    python benchmarks/gpu_causal_search.py --set lease1 --data_dir .devdata/ml-1m --out $OUT --minutes 6.5
+    python benchmarks/gpu_causal_search.py --set lease3 --runs_dir runs/gpu_causal3 --data_dir .devdata/ml-1m \
+        --out $OUT --minutes 8 --guard_seconds 560
+    python benchmarks/gpu_causal_search.py --set lease2 --runs_dir runs/gpu_causal2 --table_only   # re-read
 """
 
 import argparse
@@ -53,7 +58,16 @@ LEASE2 = {
     "full_h128_t100_crop": (["--hidden_size", "128", "--num_heads", "2", "--num_layers", "2", "--seq_length", "100",
                              *CROP], [0]),
 }
-SETS = {"lease1": LEASE1, "lease2": LEASE2}
+# the next lease: three seeds of the best row on validation (configs/gpu_causal.txt: h256, T 100, crop) and of
+# plain at the same size and budget, and two more seeds of T 200 with the crop (T 50, 100 and 200 were within the
+# single-seed scatter on test)
+GPU_CAUSAL = ["@configs/gpu_causal.txt"]
+LEASE3 = {
+    "full_h256_t100_crop": (GPU_CAUSAL, [0, 1, 2]),
+    "plain_h256_t100_crop": ([*GPU_CAUSAL, *PLAIN], [0, 1, 2]),
+    "full_h256_t200_crop": ([*GPU_CAUSAL, "--seq_length", "200"], [1, 2]),
+}
+SETS = {"lease1": LEASE1, "lease2": LEASE2, "lease3": LEASE3}
 RUNS = dict(LEASE1)
 
 
