@@ -94,10 +94,11 @@ PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
 )  # fmt: skip
 EXPORT_FORMATS = (".csv", ".jsonl")
 EXPORT_COLUMNS = ("user_id", "rank", "movie_id", "title", "score", "predicted_rating", "strategy")
-# the engine's defaults, chosen on known users by benchmarks/cold_start.py: the prior's weight at n = 0, the
+# the engine's defaults, chosen on known users by benchmarks/cold_start.py with the CPU default's models
+# (configs/cpu_causal.txt, 2026-11-30; docs/RESULTS.md): the prior's weight at n = 0, the
 # number of ratings after which it halves (math.inf: it never fades), how sharply it does, and its window
 # (before, after): a new user with n ratings gets the known users' ratings at positions n - before .. n + after - 1
-NEW_USER_PRIOR_WEIGHT, NEW_USER_PRIOR_FADE, NEW_USER_PRIOR_STEEPNESS = 16.0, 5.0, 8.0
+NEW_USER_PRIOR_WEIGHT, NEW_USER_PRIOR_FADE, NEW_USER_PRIOR_STEEPNESS = 32.0, 3.0, 4.0
 NEW_USER_PRIOR_WINDOW = (0, 1)
 SIGNUP_POSITIONS = 40  # history positions counted for the prior; beyond them it is flat
 SIGNUP_FLOOR = 1e-6  # probability of a movie nobody rated at that point, so its log stays finite
