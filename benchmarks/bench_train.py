@@ -26,8 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RSS_TARGET_MB = 3072  # the issue's target for the default configuration
 
-H256 = ["--hidden_size", "256", "--num_heads", "4", "--num_layers", "4", "--learning_rate", "1e-3",
-        "--next_item_crop", "0.5"]  # issue 18's GPU lead (docs/RESULTS.md), on cpu_causal.txt
+GPU_LEAD_T50 = ["@configs/gpu_causal.txt", "--seq_length", "50"]  # issue 18's GPU lead (docs/RESULTS.md) at T 50
 CONFIGS = {  # --configs key: (table name, trainer.py flags)
     "default": ("default (seed: hidden 256, 4 heads, 4 layers, T 50, batch 64)", []),
     "small": ("small CPU (hidden 64, 2 heads, 2 layers, T 50, batch 128)",
@@ -42,9 +41,9 @@ CONFIGS = {  # --configs key: (table name, trainer.py flags)
                     ["@configs/cpu_causal.txt"]),
     "cpu_default_bf16": ("CPU default, --amp bf16", ["@configs/cpu_causal.txt", "--amp", "bf16"]),
     "causal_h256": ("causal, hidden 256, 4 layers, T 50, crop 0.5 (issue 18's GPU lead)",
-                    ["@configs/cpu_causal.txt", *H256]),
+                    GPU_LEAD_T50),
     "causal_h256_bf16": ("causal, hidden 256, 4 layers, T 50, crop 0.5, --amp bf16",
-                         ["@configs/cpu_causal.txt", *H256, "--amp", "bf16"]),
+                         [*GPU_LEAD_T50, "--amp", "bf16"]),
 }
 
 CHILD = """

@@ -2,7 +2,7 @@
 --max_minutes with bf16 autocast and the budget-ending warmup-stable-decay schedule.
 
 Every run is `@configs/cpu_causal.txt` (causal, wsd, next-item weight 0.1) made larger and longer, plus its own
-flags (RUNS below). The script waits for all of them, writes a markdown table (test figures from each run's
+flags (the sets below). The script waits for all of them, writes a markdown table (test figures from each run's
 best-validation checkpoint, as trainer.py reports them), and packs under --out what a re-evaluation elsewhere needs:
 every run's results.json and train.log (results.tgz) and the first run's best weights without the optimizer
 state, split in 15 MB parts (`cat best_weights.pt.part* > best_model.pt`) with its metadata.json.
@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
 
@@ -68,11 +67,10 @@ LEASE3 = {
     "full_h256_t200_crop": ([*GPU_CAUSAL, "--seq_length", "200"], [1, 2]),
 }
 SETS = {"lease1": LEASE1, "lease2": LEASE2, "lease3": LEASE3}
-RUNS = dict(LEASE1)
 
 
-def run_dirs(runs_dir: Path, only: list[str] | None):
-    for name, (flags, seeds) in RUNS.items():
+def run_dirs(runs: dict, runs_dir: Path, only: list[str] | None):
+    for name, (flags, seeds) in runs.items():
         if only and name not in only:
             continue
         for seed in seeds:
@@ -91,10 +89,10 @@ def launch(name: str, flags: list[str], seed: int, out: Path, args: argparse.Nam
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
 
 
-def table(runs_dir: Path) -> str:
+def table(runs: dict, runs_dir: Path) -> str:
     lines = ["| run | seeds | test NDCG@10 (spread) | test HR@10 | NDCG@20 | HR@20 | best val NDCG@10 | epochs (best) "
              "| s/epoch | train min | rating RMSE | machine |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name in RUNS:
+    for name in runs:
         results = [json.loads(p.read_text()) for p in sorted(runs_dir.glob(f"{name}_seed*/results.json"))]
         if not results:
             lines.append(f"| {name} | - | not finished | | | | | | | | | |")
@@ -156,38 +154,32 @@ def main() -> None:
     parser.add_argument("--table_only", action="store_true")
     parser.add_argument("extra", nargs="*", help="flags added to every run (after --), e.g. for a smoke test")
     args = parser.parse_args()
-    RUNS.clear()
-    RUNS.update(SETS[args.set])
+    runs = SETS[args.set]
     runs_dir = Path(args.runs_dir)
     if not args.table_only:
         started = time.monotonic()
         processes = [launch(name, flags, seed, out, args)
-                     for name, flags, seed, out in run_dirs(runs_dir, args.only)
+                     for name, flags, seed, out in run_dirs(runs, runs_dir, args.only)
                      if not (out / "results.json").is_file()]
         print(f"{len(processes)} trainings started", flush=True)
-
-        def guard() -> None:
-            while any(p.poll() is None for p in processes):
-                if time.monotonic() - started > args.guard_seconds:
-                    for p in processes:
-                        if p.poll() is None:
-                            p.kill()
-                    print("guard: stopped the trainings still running", flush=True)
-                    return
-                time.sleep(2)
-
-        watcher = threading.Thread(target=guard, daemon=True)
-        watcher.start()
-        watcher.join()
+        while any(p.poll() is None for p in processes):  # the guard: the lease's end stops what still runs
+            if time.monotonic() - started > args.guard_seconds:
+                for p in processes:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                print("guard: stopped the trainings still running", flush=True)
+                break
+            time.sleep(2)
         print(f"all done after {time.monotonic() - started:.0f} s; exit codes {[p.returncode for p in processes]}")
-    text = table(runs_dir)
+    text = table(runs, runs_dir)
     print(text)
     (runs_dir / "table.md").write_text(text + "\n")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "table.md").write_text(text + "\n")
-        name, _, seed, first = next(run_dirs(runs_dir, args.only))
+        _, _, _, first = next(run_dirs(runs, runs_dir, args.only))
         pack(runs_dir, out, first)
 
 

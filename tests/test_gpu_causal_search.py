@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu_causal_search import COMMON, RUNS, SETS, run_dirs, table
+from benchmarks.gpu_causal_search import COMMON, SETS, run_dirs, table
 from train_config import parse_args
 
 
@@ -39,15 +39,14 @@ def write_result(folder: Path, seed: int, ndcg10: float, epochs: int, seconds: f
         "train_seconds": seconds, "device": "cuda", "machine": "m", "train_config": {"seed": seed}}))
 
 
-def test_table_means_spread_and_unfinished_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr("benchmarks.gpu_causal_search.RUNS", dict(SETS["lease3"]))
+def test_table_means_spread_and_unfinished_rows(tmp_path):
     write_result(tmp_path / "full_h256_t100_crop_seed0", 0, 0.20, 20, 200.0)
     write_result(tmp_path / "full_h256_t100_crop_seed1", 1, 0.19, 10, 200.0)
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table(tmp_path).splitlines()}
+    lines = table(SETS["lease3"], tmp_path).splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in lines}
     full = rows["full_h256_t100_crop"]
     assert full[1:5] == ["0,1", "0.1950 (0.0100)", "0.3900", "0.2340"]
     assert full[6:9] == ["0.2100 / 0.2000", "20 (19) / 10 (9)", "15.0"]  # 10 s and 20 s per epoch
     assert rows["plain_h256_t100_crop"][2] == "not finished"
-    assert [path.name for _, _, _, path in run_dirs(tmp_path, ["plain_h256_t100_crop"])] == [
+    assert [path.name for _, _, _, path in run_dirs(SETS["lease3"], tmp_path, ["plain_h256_t100_crop"])] == [
         f"plain_h256_t100_crop_seed{seed}" for seed in (0, 1, 2)]
-    assert RUNS is not SETS["lease1"]  # --set replaces RUNS' contents; the sets themselves stay as written
