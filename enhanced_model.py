@@ -60,6 +60,7 @@ class ModelConfig:
     use_item_side_info: bool = True  # genre + year encoder
     use_user_tokens: bool = True  # user tokens and the cross-attention that reads them
     use_temporal: bool = True  # day-of-year embeddings
+    item_side_output: bool = False  # score items against ID + genre/year embeddings (needs use_item_side_info)
     use_rating_head: bool = True
     use_preference_head: bool = True
     causal: bool = False  # each position attends to itself and older positions only (SASRec-style training)
@@ -76,6 +77,8 @@ class ModelConfig:
                 raise ValueError(f"{f.name} must be positive, got {value}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.item_side_output and not self.use_item_side_info:
+            raise ValueError("item_side_output scores items by their genres and year: it needs use_item_side_info")
 
     @property
     def mask_index(self) -> int:
@@ -490,15 +493,25 @@ class EnhancedBERT4Rec(nn.Module):
         ):
             raise ValueError("use_user_tokens is on: pass user_idx, gender, age, occupation, each (batch,)")
 
+    def output_item_table(self) -> Tensor:
+        """The (num_items+2, H) rows the item head scores against: the ID embeddings, plus with
+        item_side_output each movie's genre/year embedding (the input's item representation without position
+        and day), so that items with similar metadata share part of their output vector and a movie that
+        training never showed is scored by its metadata rather than by an untrained ID row."""
+        if not self.config.item_side_output:
+            return self.item_embedding.weight
+        every_item = torch.arange(self.config.item_vocab_size, device=self.item_embedding.weight.device)
+        return self.item_embedding.weight + self.movie_meta(every_item[None])[0]
+
     def item_logits(self, hidden_rows: Tensor) -> Tensor:
         """Scores (N, num_items+2) of every item for N hidden rows (gather the positions first: never call
         this on B x T rows). Pad and MASK columns are -inf."""
-        return self.item_head(hidden_rows, self.item_embedding.weight)
+        return self.item_head(hidden_rows, self.output_item_table())
 
     def real_item_logits(self, hidden_rows: Tensor) -> Tensor:
         """item_logits without its two -inf columns: (N, num_items), column j - 1 scores item j. Cross-entropy
         against target - 1 equals cross-entropy of item_logits against target (exp(-inf) adds nothing)."""
-        return self.item_head.real_item_logits(hidden_rows, self.item_embedding.weight)
+        return self.item_head.real_item_logits(hidden_rows, self.output_item_table())
 
     def predict_rating(self, hidden_rows: Tensor, item_idx: Tensor, user_idx: Tensor | None = None) -> Tensor:
         """Rating in [1, 5], (N,), of candidate item_idx (N,) at the positions of hidden_rows (N, H), for users

@@ -43,7 +43,7 @@ class ConfigError(TrainingError):
 
 # TrainConfig fields that are enhanced_model.ModelConfig fields of the same name (trainer.build_model_config)
 MODEL_FLAGS = ("hidden_size", "num_heads", "num_layers", "seq_length", "dropout", "positional", "use_item_side_info",
-               "use_user_tokens", "use_temporal", "causal", "gradient_checkpointing")
+               "use_user_tokens", "use_temporal", "item_side_output", "causal", "gradient_checkpointing")
 
 
 @dataclass
@@ -65,6 +65,7 @@ class TrainConfig:
     use_item_side_info: bool = True
     use_user_tokens: bool = True
     use_temporal: bool = True
+    item_side_output: bool = False
     causal: bool = False
     # tasks
     item_prediction_weight: float = 1.0
@@ -205,6 +206,8 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     switch("use_item_side_info", "genre and release-year embeddings of the movies")
     switch("use_user_tokens", "user identity/demographic tokens and the cross-attention over them")
     switch("use_temporal", "day-of-year embeddings")
+    switch("item_side_output", "score items against their ID embedding plus their genre/year embedding (the input's "
+           "item representation) instead of the ID alone (needs --use_item_side_info)")
     switch("causal", "causal attention (each position reads older ones only) and SASRec-style training: every "
            "position predicts the next item instead of cloze masks (needs --next_item_weight > 0)")
     group = parser.add_argument_group("multi-task weights (0 switches a task off: no parameters, no compute)")
@@ -321,6 +324,8 @@ def validate_config(config: TrainConfig) -> None:
         (lambda: not config.causal or config.next_item_on,
          "--causal (the CPU default) needs --next_item_weight > 0: the next-item task trains the [MASK] position that "
          "scores a history without events (a new user's first request); or pass --no-causal"),
+        (lambda: not config.item_side_output or config.use_item_side_info,
+         "--item_side_output scores movies by their genres and year: it needs --use_item_side_info (or drop it)"),
         (lambda: config.warmup_steps >= 0, "--warmup_steps must be >= 0"),
         (lambda: 0 < config.lr_decay_fraction <= 1, "--lr_decay_fraction must be in (0, 1]"),
         (lambda: config.weight_decay >= 0, "--weight_decay must be >= 0"),

@@ -414,8 +414,44 @@ def test_a_causal_model_trains_without_nan_on_padded_rows():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_real_item_logits_are_item_logits_without_the_pad_and_mask_columns():
-    config = small_config()
+def test_side_output_scores_items_by_their_id_plus_their_genres_and_year():
+    config = small_config(item_side_output=True)
+    model = build(config).eval()
+    with torch.no_grad():  # items 1, 2, 3 share one ID row; 1 and 2 share genres and year, 3 differs in both
+        model.item_embedding.weight[[2, 3]] = model.item_embedding.weight[1].clone()
+        model.movie_meta.item_genres[[1, 2, 3]] = torch.eye(config.num_genres)[[0, 0, 5]]
+        model.movie_meta.item_years[[1, 2, 3]] = torch.tensor([2, 2, 6])
+    items = torch.arange(config.item_vocab_size)
+    expected = model.item_embedding.weight + model.movie_meta(items[None])[0]
+    assert torch.equal(model.output_item_table(), expected)
+    special = [0, config.mask_index]  # no metadata added to the pad and MASK rows (their columns are -inf anyway)
+    assert torch.equal(model.output_item_table()[special], model.item_embedding.weight[special])
+    logits = model.item_logits(torch.randn(4, config.hidden_size))
+    assert torch.equal(logits[:, 1], logits[:, 2])  # nothing tells them apart
+    assert (logits[:, 1] - logits[:, 3]).abs().min() > 1e-4  # their metadata does
+    plain = build(small_config()).eval()  # the switch off: the ID rows alone, as before
+    assert plain.output_item_table() is plain.item_embedding.weight
+
+
+@pytest.mark.parametrize("side_output", [False, True])
+def test_the_item_loss_trains_the_metadata_tables_only_through_the_side_output(side_output):
+    model = build(small_config(item_side_output=side_output)).train()
+    F.cross_entropy(model.item_logits(torch.randn(5, 32)), torch.tensor([1, 2, 3, 4, 5])).backward()
+    meta_grads = [p.grad for p in model.movie_meta.parameters()]
+    if side_output:
+        assert all(g is not None and g.abs().sum() > 0 for g in meta_grads)
+    else:
+        assert all(g is None for g in meta_grads)
+
+
+def test_side_output_needs_the_item_side_info():
+    with pytest.raises(ValueError, match="item_side_output.*use_item_side_info"):
+        small_config(item_side_output=True, use_item_side_info=False)
+
+
+@pytest.mark.parametrize("side_output", [False, True])
+def test_real_item_logits_are_item_logits_without_the_pad_and_mask_columns(side_output):
+    config = small_config(item_side_output=side_output)
     model = build(config).train()
     rows = torch.randn(5, config.hidden_size)
     targets = torch.tensor([1, 7, config.num_items, 3, 40])

@@ -233,6 +233,8 @@ def test_next_item_crop_trains_and_rejects_out_of_range(synthetic_ml1m_dir, tmp_
     assert results["train_config"]["next_item_crop"] == 0.5 and results["history"][-1]["next_item"] > 0
     with pytest.raises(TrainingError, match="--next_item_crop must be in"):
         train(tiny_config(synthetic_ml1m_dir, tmp_path / "b", "--next_item_crop", "1.5"))
+    with pytest.raises(TrainingError, match="--item_side_output .* needs --use_item_side_info"):
+        train(tiny_config(synthetic_ml1m_dir, tmp_path / "c", "--item_side_output", "--no-use_item_side_info"))
 
 
 def test_bf16_autocast_on_cpu_trains_fp32_weights_and_fp16_is_refused(synthetic_ml1m_dir, tmp_path):
@@ -444,10 +446,14 @@ def test_metadata_goes_beside_the_checkpoints_by_default(synthetic_ml1m_dir, tmp
     assert metadata["fingerprint"] == results["data_fingerprint"]
 
 
-def test_a_causal_run_is_evaluated_at_its_newest_event_and_served_the_same_way(synthetic_ml1m_dir, tmp_path):
+@pytest.mark.parametrize("side_output", [False, True])
+def test_a_causal_run_is_evaluated_at_its_newest_event_and_served_the_same_way(synthetic_ml1m_dir, tmp_path,
+                                                                               side_output):
+    extra = ["--item_side_output"] if side_output else []
     _, results = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "2", "--causal",
-                                   "--next_item_weight", "0.1"))
+                                   "--next_item_weight", "0.1", *extra))
     assert results["model_config"]["causal"] and results["history"][-1]["item_prediction"] > 0
+    assert results["model_config"]["item_side_output"] == side_output
     best = tmp_path / "checkpoints" / "best_model.pt"
     model = model_from_checkpoint(read_checkpoint(best), best)
     data = load_dataset(synthetic_ml1m_dir, seq_length=12)
