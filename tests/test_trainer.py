@@ -477,3 +477,13 @@ def test_a_causal_run_is_evaluated_at_its_newest_event_and_served_the_same_way(s
         scores = model.item_logits(hidden[:, -2])
     scores[0, torch.from_numpy(data.seq_items[start:end])] = -math.inf
     assert [r["movie_id"] for r in top] == [int(data.item_movie_ids[i]) for i in scores[0].topk(3).indices]
+
+
+def test_the_h256_config_file_is_the_measured_cpu_command():
+    """configs/h256_t50_crop12.txt is the command of docs/RESULTS.md's three CPU seeds (tenth session), written out;
+    only --patience differs (400 there, 12 here: neither stops a 12-epoch run early)."""
+    measured = parse_args([f"@{REPO / 'configs' / 'cpu_causal.txt'}", "--amp", "bf16", "--dropout", "0.2",
+                           "--batch_size", "128", "--max_epochs", "12", "--patience", "12", "--hidden_size", "256",
+                           "--num_heads", "4", "--num_layers", "4", "--learning_rate", "1e-3", "--seq_length", "50",
+                           "--next_item_crop", "0.5"])
+    assert parse_args([f"@{REPO / 'configs' / 'h256_t50_crop12.txt'}"]) == measured
