@@ -77,6 +77,7 @@ class TrainConfig:
     demographics_dropout: float = 0.05
     next_item_crop: float = 0.0
     new_user_prob: float = 0.0
+    loss_row_bucket: int = 256
     # optimisation (the seed's defaults)
     batch_size: int = 64
     learning_rate: float = 1e-4
@@ -221,6 +222,9 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     add("new_user_prob", f"share of training rows replaced by their user's first 1..{NEW_USER_MAX_EVENTS} events "
         "with the user id hidden: a new user's first ratings, which no sliding window looks like (cold start)",
         type=float)
+    add("loss_row_bucket", "pad each step's item-loss rows to a multiple of this many (padding rows carry no loss), so "
+        "the logits come in a few sizes and the allocator reuses their memory (their count varies with window lengths "
+        "and --next_item_crop; 0: no padding)", type=int)
     add("user_dropout", "share of training rows whose user id is hidden (teaches the cold-start path)",
         type=float)
     add("demographics_dropout", "share of training rows whose gender/age/occupation are hidden (teaches the "
@@ -316,6 +320,7 @@ def validate_config(config: TrainConfig) -> None:
         (lambda: 0 < config.mask_prob < 1, "--mask_prob must be in (0, 1)"),
         (lambda: 0 <= config.user_dropout <= 1, "--user_dropout must be in [0, 1]"),
         (lambda: 0 <= config.next_item_crop <= 1, "--next_item_crop must be in [0, 1]"),
+        (lambda: config.loss_row_bucket >= 0, "--loss_row_bucket must be >= 0 (0: no padding)"),
         (lambda: 0 <= config.new_user_prob <= 1, "--new_user_prob must be in [0, 1]"),
         (lambda: 0 <= config.demographics_dropout <= 1, "--demographics_dropout must be in [0, 1]"),
         (lambda: all(w >= 0 for w in config.task_weights.values()), "task weights must be >= 0"),

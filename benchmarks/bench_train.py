@@ -10,6 +10,8 @@ many minutes on a CPU).
     python benchmarks/bench_train.py --data_dir ../shared/data/ml-1m --configs tuned tuned_bf16   # bf16 autocast
     python benchmarks/bench_train.py --data_dir ../shared/data/ml-1m --configs budget budget_compile  # compile
     python benchmarks/bench_train.py --data_dir ../shared/data/ml-1m --configs cpu_default --limit  # share of limit
+    python benchmarks/bench_train.py --data_dir ../shared/data/ml-1m --steps 300 --configs causal_h256_bf16 \
+        causal_h256_bf16_unpadded   # the loss rows padded to a multiple of 256 (the default) or not: peak RSS
 
 Achieved GFLOP/s counts the matrix products of one optimizer step (forward and backward, as
 `torch.utils.flop_counter.FlopCounterMode` counts them: matmuls and attention, not the element-wise work) divided
@@ -44,6 +46,11 @@ CONFIGS = {  # --configs key: (table name, trainer.py flags)
                     GPU_LEAD_T50),
     "causal_h256_bf16": ("causal, hidden 256, 4 layers, T 50, crop 0.5, --amp bf16",
                          [*GPU_LEAD_T50, "--amp", "bf16"]),
+    "causal_h256_bf16_unpadded": ("causal, hidden 256, 4 layers, T 50, crop 0.5, --amp bf16, --loss_row_bucket 0",
+                                  [*GPU_LEAD_T50, "--amp", "bf16", "--loss_row_bucket", "0"]),
+    "cpu_default_crop": ("CPU default, --next_item_crop 0.5", ["@configs/cpu_causal.txt", "--next_item_crop", "0.5"]),
+    "cpu_default_crop_unpadded": ("CPU default, --next_item_crop 0.5, --loss_row_bucket 0",
+                                  ["@configs/cpu_causal.txt", "--next_item_crop", "0.5", "--loss_row_bucket", "0"]),
 }
 
 CHILD = """
@@ -62,7 +69,7 @@ data = load_dataset(config.data_dir, cache_dir=config.cache_dir, seq_length=conf
 model = EnhancedBERT4Rec(build_model_config(config, data), data.item_genres, data.item_years)
 if config.compile:
     model.encoder.compile()
-objective = MultiTaskObjective(model, config.task_weights).train()
+objective = MultiTaskObjective(model, config.task_weights, config.loss_row_bucket).train()
 optimizer = make_optimizer(model, config)
 tensors = data_to_tensors(data, torch.device("cpu"))
 generator = torch.Generator().manual_seed(0)
@@ -90,6 +97,7 @@ for _ in range({steps}):
     started = time.perf_counter()
     step()
     times.append(time.perf_counter() - started)
+train_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 started = time.perf_counter()
 evaluate(model, to_eval_tensors(eval_inputs(data, "val", config.seq_length), torch.device("cpu")), tensors,
          config.eval_batch_size)
@@ -98,6 +106,7 @@ print(json.dumps({{"step_s": statistics.median(times), "step_min_s": min(times),
                   "batch_size": config.batch_size, "steps_per_epoch": math.ceil(num_windows / config.batch_size),
                   "windows": num_windows, "eval_s": eval_s, "step_flops": step_flops,
                   "parameters": sum(p.numel() for p in model.parameters()),
+                  "train_rss_mb": train_rss_mb,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
@@ -146,7 +155,8 @@ def main() -> None:
               f"({args.limit_size}^2), bf16 {limits['bf16']:.1f} GFLOP/s ({args.limit_size_bf16}^2)\n", flush=True)
     share_columns = "".join(f" share of {name} matmul |" for name in limits)
     print("| configuration | parameters | step (s), median [min-max] | sequences/s | validation pass (s) "
-          f"| s/epoch | peak RSS (MB) | GFLOP per step | GFLOP/s |{share_columns}")
+          f"| s/epoch | peak RSS (MB): training steps / with the validation pass | GFLOP per step | GFLOP/s "
+          f"|{share_columns}")
     print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(limits))
     default_note = ""
     for key in args.configs:
@@ -156,7 +166,8 @@ def main() -> None:
         achieved = m["step_flops"] / m["step_s"] / 1e9
         print(f"| {name} | {m['parameters'] / 1e6:.2f} M | {m['step_s']:.3f} [{m['step_min_s']:.3f}-"
               f"{m['step_max_s']:.3f}] | {m['batch_size'] / m['step_s']:.0f} | {m['eval_s']:.1f} "
-              f"| {epoch_s:.0f} ({m['steps_per_epoch']} steps of {m['windows']} windows) | {m['peak_rss_mb']:.0f} "
+              f"| {epoch_s:.0f} ({m['steps_per_epoch']} steps of {m['windows']} windows) "
+              f"| {m['train_rss_mb']:.0f} / {m['peak_rss_mb']:.0f} "
               f"| {m['step_flops'] / 1e9:.1f} | {achieved:.1f} |"
               + "".join(f" {achieved / rate:.0%} |" for rate in limits.values()), flush=True)
         if key == "default":

@@ -233,6 +233,19 @@ def test_next_item_crop_trains_and_rejects_out_of_range(synthetic_ml1m_dir, tmp_
     assert results["train_config"]["next_item_crop"] == 0.5 and results["history"][-1]["next_item"] > 0
     with pytest.raises(TrainingError, match="--next_item_crop must be in"):
         train(tiny_config(synthetic_ml1m_dir, tmp_path / "b", "--next_item_crop", "1.5"))
+    with pytest.raises(TrainingError, match="--loss_row_bucket must be >= 0"):
+        train(tiny_config(synthetic_ml1m_dir, tmp_path / "d", "--loss_row_bucket", "-1"))
+
+
+def test_padded_loss_rows_train_the_same_run(synthetic_ml1m_dir, tmp_path):
+    """--loss_row_bucket pads each step's target rows with rows that carry no loss: the same run, step by step."""
+    flags = ("--max_epochs", "2", "--causal", "--next_item_crop", "0.5", "--seed", "3")
+    _, plain = train(tiny_config(synthetic_ml1m_dir, tmp_path / "plain", *flags, "--loss_row_bucket", "0"))
+    _, padded = train(tiny_config(synthetic_ml1m_dir, tmp_path / "padded", *flags, "--loss_row_bucket", "64"))
+    assert (plain["train_config"]["loss_row_bucket"], padded["train_config"]["loss_row_bucket"]) == (0, 64)
+    for before, after in zip(plain["history"], padded["history"], strict=True):
+        for task in ("item_prediction", "next_item", "rating_prediction", "val_NDCG@10"):
+            assert after[task] == pytest.approx(before[task], rel=1e-4, abs=1e-6), task
     with pytest.raises(TrainingError, match="--item_side_output .* needs --use_item_side_info"):
         train(tiny_config(synthetic_ml1m_dir, tmp_path / "c", "--item_side_output", "--no-use_item_side_info"))
 

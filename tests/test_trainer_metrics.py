@@ -27,6 +27,7 @@ from trainer import (
     mask_random_items,
     next_steps,
     ranking_metrics,
+    target_index,
     target_ranks,
 )
 
@@ -366,7 +367,8 @@ def test_causal_batches_predict_each_position_s_successor_without_cloze_masks():
     assert torch.equal(cloze["targets"], cloze["items"]) and torch.equal(cloze["target_ratings"], cloze["ratings"])
 
 
-def test_the_causal_objective_is_the_successor_cross_entropy():
+@pytest.mark.parametrize("row_bucket", [0, 4, 16])
+def test_the_causal_objective_is_the_successor_cross_entropy(row_bucket):
     config = ModelConfig(num_items=8, num_users=2, num_years=3, hidden_size=16, num_heads=2, num_layers=1,
                          seq_length=4, side_dim=4, use_item_side_info=False, use_preference_head=False, causal=True)
     torch.manual_seed(0)
@@ -374,7 +376,7 @@ def test_the_causal_objective_is_the_successor_cross_entropy():
     weights = {"item_prediction": 1.0, "next_item": 0.5, "rating_prediction": 0.3, "user_preference": 0.0}
     batch = make_batch(_window_tensors(), torch.tensor([1, 0]), 9, 0.5, 0.0, 0.0, torch.Generator().manual_seed(1),
                        mask_last=True, causal=True)
-    losses = MultiTaskObjective(model, weights)(batch)
+    losses = MultiTaskObjective(model, weights, row_bucket)(batch)  # 7 target rows: padded to 8 and 16, or not
     hidden = model(batch["masked_seq"], batch["days"], **batch["user"]).hidden
     # rows by hand: (row, position) -> the item and rating after it in the window (1,2,3,4 / 0,3,4,5)
     successors = [(0, 0, 2), (0, 1, 3), (0, 2, 4), (1, 1, 4), (1, 2, 5)]
@@ -389,6 +391,39 @@ def test_the_causal_objective_is_the_successor_cross_entropy():
     assert losses["item_prediction"].item() == pytest.approx(expected_successor.item(), rel=1e-5)
     assert losses["next_item"].item() == pytest.approx(expected_next.item(), rel=1e-5)
     assert losses["rating_prediction"].item() == pytest.approx(expected_rating.item(), rel=1e-5)
+
+
+def test_target_index_pads_the_rows_to_the_bucket_with_repeats_of_the_first():
+    is_target = torch.tensor([[False, True, True], [True, False, False]])  # flat positions 1, 2, 3
+    index, real = target_index(is_target, 0)
+    assert index.tolist() == [1, 2, 3] and real.tolist() == [True, True, True]
+    index, real = target_index(is_target, 4)
+    assert index.tolist() == [1, 2, 3, 1] and real.tolist() == [True, True, True, False]
+    index, real = target_index(is_target, 3)  # already a multiple: nothing added
+    assert index.tolist() == [1, 2, 3] and real.all()
+    index, real = target_index(torch.zeros(2, 3, dtype=torch.bool), 4)
+    assert index.numel() == 0 and real.numel() == 0
+
+
+def test_padded_target_rows_change_neither_the_losses_nor_the_gradients():
+    config = ModelConfig(num_items=8, num_users=2, num_years=3, hidden_size=16, num_heads=2, num_layers=1,
+                         seq_length=4, side_dim=4, use_item_side_info=False, use_preference_head=False, causal=True)
+    weights = {"item_prediction": 1.0, "next_item": 0.5, "rating_prediction": 0.3, "user_preference": 0.0}
+    batch = make_batch(_window_tensors(), torch.tensor([1, 0]), 9, 0.5, 0.0, 0.0, torch.Generator().manual_seed(1),
+                       mask_last=True, causal=True)
+    results = []
+    for row_bucket in (0, 5):  # 7 target rows -> 10: three padding rows
+        torch.manual_seed(0)
+        model = EnhancedBERT4Rec(config).eval()
+        losses = MultiTaskObjective(model, weights, row_bucket)(batch)
+        losses["total"].backward()
+        results.append((losses, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (padded, padded_grads) = results
+    assert plain.keys() == padded.keys() and plain_grads.keys() == padded_grads.keys()
+    for task in plain:
+        assert padded[task].item() == pytest.approx(plain[task].item(), rel=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(padded_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_ranks_get_disjoint_slices_that_cover_the_shared_shuffle():
