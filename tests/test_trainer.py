@@ -309,7 +309,7 @@ def test_wandb_offline_logging(synthetic_ml1m_dir, tmp_path, monkeypatch):
     _, results = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "2", "--use_wandb"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    logged = list(_wandb_records(next(runs[0].glob("*.wandb"))))
+    logged = _finished_wandb_records(next(runs[0].glob("*.wandb")))
     history = [record.history for record in logged if record.WhichOneof("record_type") == "history"]
     values = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in h.item}
               for h in history]
@@ -322,18 +322,33 @@ def test_wandb_offline_logging(synthetic_ml1m_dir, tmp_path, monkeypatch):
     assert summary["NDCG@10"] == results["test"]["NDCG@10"] and summary["HR@10"] == results["test"]["HR@10"]
 
 
+def _finished_wandb_records(path: Path, timeout: float = 60.0) -> list:
+    """The run file's records once it holds the exit record: wandb's service process writes the file and can still
+    be flushing it when finish() has returned (a loaded CI machine once read it with no history records yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(_wandb_records(path))
+        if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def _wandb_records(path: Path):
     """The protobuf records of a wandb offline run file: a ":W&B" header, then LevelDB-log framing (32 KiB
     blocks; records of checksum, little-endian length and type 1 = full, 2-4 = first/middle/last part)."""
     from wandb.proto import wandb_internal_pb2
 
     data, block, position, pending = path.read_bytes(), 32768, 7, b""
+    if len(data) < 7:  # the header is not written yet
+        return
     assert data[:4] == b":W&B"
     while position + 7 <= len(data):
         if block - position % block < 7:  # a block's tail too short for a record header is padding
             position += block - position % block
             continue
         _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if position + 7 + length > len(data):  # a record still being written
+            return
         pending += data[position + 7:position + 7 + length]
         position += 7 + length
         if kind in (1, 4):
