@@ -9,13 +9,15 @@ state, split in 15 MB parts (`cat best_weights.pt.part* > best_model.pt`) with i
 
 --set names the dictionary of runs: lease1 and lease2 are the two calls of 2026-11-30 (docs/RESULTS.md, "Causal
 training on a GPU"), lease3 the three-seed comparison prepared for the ninth session's lease (not run), lease4
-the twelfth session's (docs/RESULTS.md, "Twelfth session").
+and lease5 the twelfth session's (docs/RESULTS.md, "Twelfth session"), lease6 and lease7 prepared for the next.
 
     python benchmarks/gpu_causal_search.py --set lease1 --data_dir .devdata/ml-1m --out $OUT --minutes 6.5
     python benchmarks/gpu_causal_search.py --set lease3 --runs_dir runs/gpu_causal3 --data_dir .devdata/ml-1m \
         --out $OUT --minutes 8 --guard_seconds 560
     python benchmarks/gpu_causal_search.py --set lease4 --runs_dir runs/gpu_causal4 --data_dir .devdata/ml-1m \
         --out $OUT --minutes 7.6 --guard_seconds 545
+    python benchmarks/gpu_causal_search.py --set lease6 --runs_dir runs/gpu_causal6 --data_dir .devdata/ml-1m \
+        --out $OUT --minutes 7.6 --guard_seconds 545   # then lease7 the same way
     python benchmarks/gpu_causal_search.py --set lease2 --runs_dir runs/gpu_causal2 --table_only   # re-read
 """
 
@@ -86,7 +88,23 @@ LEASE5 = {
     "full_h256_t100_crop_e30_d03": ([*T100_E30, "--dropout", "0.3"], [0, 1, 2]),
     "plain_h256_t100_crop_e30": ([*T100_E30, *PLAIN], [0, 1, 2]),
 }
-SETS = {"lease1": LEASE1, "lease2": LEASE2, "lease3": LEASE3, "lease4": LEASE4, "lease5": LEASE5}
+# prepared for the next lease: other regularisers at the chosen 12-epoch budget, against the chosen row on the same
+# machine (the CPU's seeds and the GPU's are different random streams); lease6 and lease7 fit one lease together
+T50_E12 = ["@configs/h256_t50_crop12.txt"]
+LEASE6 = {
+    "full_h256_t50_crop_e12": (T50_E12, [0, 1, 2]),
+    "full_h256_t50_crop_e12_userdrop05": ([*T50_E12, "--user_dropout", "0.5"], [0, 1, 2]),
+    "full_h384_t50_crop_e12_d03": ([*T50_E12, "--hidden_size", "384", "--num_heads", "6", "--dropout", "0.3"],
+                                   [0, 1, 2]),
+}
+LEASE7 = {
+    "full_h256_t50_crop_e12_wd01": ([*T50_E12, "--weight_decay", "0.1"], [0, 1, 2]),
+    "full_h256_t50_crop075_e12": ([*T50_E12, "--next_item_crop", "0.75"], [0, 1, 2]),
+    "full_h256_t50_crop_e16_d03": ([*T50_E12, "--max_epochs", "16", "--patience", "16", "--dropout", "0.3"],
+                                   [0, 1, 2]),
+}
+SETS = {"lease1": LEASE1, "lease2": LEASE2, "lease3": LEASE3, "lease4": LEASE4, "lease5": LEASE5, "lease6": LEASE6,
+        "lease7": LEASE7}
 
 
 def run_dirs(runs: dict, runs_dir: Path, only: list[str] | None):
