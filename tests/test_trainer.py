@@ -323,8 +323,8 @@ def test_wandb_offline_logging(synthetic_ml1m_dir, tmp_path, monkeypatch):
 
 
 def _finished_wandb_records(path: Path, timeout: float = 60.0) -> list:
-    """The run file's records once it holds the exit record: wandb's service process writes the file and can still
-    be flushing it when finish() has returned (a loaded CI machine once read it with no history records yet)."""
+    """The run file's records once it holds the exit record. wandb's service process writes the file; a loaded CI
+    machine once read it with no history records at all right after finish(), which this wait rules out."""
     deadline = time.monotonic() + timeout
     while True:
         records = list(_wandb_records(path))
