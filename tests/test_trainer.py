@@ -439,7 +439,8 @@ def test_defaults_per_device_and_the_seed_one_flag_away():
     assert (cpu.hidden_size, cpu.lr_schedule, cpu.max_minutes, cpu.next_item_weight) == (64, "wsd", 90.0, 0.1)
     assert cpu.causal and not parse_args([f"@{REPO / 'configs' / 'cpu_budget.txt'}"]).causal
     gpu = parse_args(["--device", "cuda"], use_device_defaults=True)  # parsing only: no GPU needed
-    assert gpu == parse_args([f"@{REPO / 'configs' / 'ml1m_tuned.txt'}", "--max_epochs", "64", "--device", "cuda"])
+    assert gpu == parse_args([f"@{REPO / 'configs' / 'h256_t50_crop12.txt'}", "--device", "cuda"])
+    assert (gpu.hidden_size, gpu.causal, gpu.next_item_crop, gpu.amp, gpu.max_epochs) == (256, True, 0.5, "bf16", 12)
     assert parse_args(["--device", "cpu", "--hidden_size", "32"], use_device_defaults=True).hidden_size == 32
     # an @config file replaces the device's defaults; configs/seed.txt is the seed's configuration exactly
     assert parse_args(["@configs/seed.txt"], use_device_defaults=True) == TrainConfig()
