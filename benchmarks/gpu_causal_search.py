@@ -74,7 +74,15 @@ LEASE3 = {
 # the CPU's three-seed configuration (configs/h256_t50_crop12.txt, 12 epochs) was best at its last epoch in all
 # six runs: the same at 20 epochs, full and plain, three seeds each, and T 100 (lease2's best on validation) at the
 # same epochs; the budget is epochs here, so a CPU can repeat any row (--minutes is only the lease's safety net)
-T50_E20 = ["@configs/h256_t50_crop12.txt", "--max_epochs", "20", "--patience", "20"]
+BEST = ["@configs/h256_t50_crop12.txt"]  # the chosen configuration (12 epochs); the sets below vary it
+
+
+def epochs(count: int) -> list[str]:
+    """An epoch budget that early stopping cannot cut short."""
+    return ["--max_epochs", str(count), "--patience", str(count)]
+
+
+T50_E20 = [*BEST, *epochs(20)]
 LEASE4 = {
     "full_h256_t50_crop_e20": (T50_E20, [0, 1, 2]),
     "plain_h256_t50_crop_e20": ([*T50_E20, *PLAIN], [0, 1, 2]),
@@ -82,7 +90,7 @@ LEASE4 = {
 }
 # lease4's T 50 runs plateaued at 20 epochs (validation below the CPU's 12), T 100 still rose at its last epoch:
 # T 100 at 30 epochs, full with dropout 0.2 and 0.3, plain, three seeds each
-T100_E30 = ["@configs/h256_t50_crop12.txt", "--seq_length", "100", "--max_epochs", "30", "--patience", "30"]
+T100_E30 = [*BEST, "--seq_length", "100", *epochs(30)]
 LEASE5 = {
     "full_h256_t100_crop_e30": (T100_E30, [0, 1, 2]),
     "full_h256_t100_crop_e30_d03": ([*T100_E30, "--dropout", "0.3"], [0, 1, 2]),
@@ -90,7 +98,7 @@ LEASE5 = {
 }
 # prepared for the next lease: other regularisers at the chosen 12-epoch budget, against the chosen row on the same
 # machine (the CPU's seeds and the GPU's are different random streams); lease6 and lease7 fit one lease together
-T50_E12 = ["@configs/h256_t50_crop12.txt"]
+T50_E12 = BEST
 LEASE6 = {
     "full_h256_t50_crop_e12": (T50_E12, [0, 1, 2]),
     "full_h256_t50_crop_e12_userdrop05": ([*T50_E12, "--user_dropout", "0.5"], [0, 1, 2]),
@@ -100,8 +108,7 @@ LEASE6 = {
 LEASE7 = {
     "full_h256_t50_crop_e12_wd01": ([*T50_E12, "--weight_decay", "0.1"], [0, 1, 2]),
     "full_h256_t50_crop075_e12": ([*T50_E12, "--next_item_crop", "0.75"], [0, 1, 2]),
-    "full_h256_t50_crop_e16_d03": ([*T50_E12, "--max_epochs", "16", "--patience", "16", "--dropout", "0.3"],
-                                   [0, 1, 2]),
+    "full_h256_t50_crop_e16_d03": ([*T50_E12, *epochs(16), "--dropout", "0.3"], [0, 1, 2]),
 }
 SETS = {"lease1": LEASE1, "lease2": LEASE2, "lease3": LEASE3, "lease4": LEASE4, "lease5": LEASE5, "lease6": LEASE6,
         "lease7": LEASE7}
