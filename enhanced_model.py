@@ -61,6 +61,7 @@ class ModelConfig:
     use_user_tokens: bool = True  # user tokens and the cross-attention that reads them
     use_temporal: bool = True  # day-of-year embeddings
     item_side_output: bool = False  # score items against ID + genre/year embeddings (needs use_item_side_info)
+    cosine_temperature: float = 0.0  # 0: the item head scores by dot product; > 0: cosine similarity / temperature
     use_rating_head: bool = True
     use_preference_head: bool = True
     causal: bool = False  # each position attends to itself and older positions only (SASRec-style training)
@@ -77,6 +78,8 @@ class ModelConfig:
                 raise ValueError(f"{f.name} must be positive, got {value}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.cosine_temperature < 0:
+            raise ValueError(f"cosine_temperature must be >= 0 (0: dot product), got {self.cosine_temperature}")
         if self.item_side_output and not self.use_item_side_info:
             raise ValueError("item_side_output scores items by their genres and year: it needs use_item_side_info")
 
@@ -314,7 +317,12 @@ class UserCrossAttention(nn.Module):
 
 
 class ItemHead(nn.Module):
-    """BERT's masked-LM head: dense + GELU + LayerNorm, then scores against the tied item table + bias."""
+    """BERT's masked-LM head: dense + GELU + LayerNorm, then scores against the tied item table + bias.
+
+    With cosine_temperature > 0 the score is the cosine of the two vectors divided by the temperature (HSTU's
+    l2-normalised embeddings): an item's score no longer grows with its embedding's norm, only the bias says how
+    often it is the answer.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -322,12 +330,13 @@ class ItemHead(nn.Module):
             nn.Linear(config.hidden_size, config.hidden_size), nn.GELU(), nn.LayerNorm(config.hidden_size)
         )
         self.bias = nn.Parameter(torch.zeros(config.item_vocab_size))
+        self.cosine_temperature = config.cosine_temperature
         self.register_buffer(
             "special_columns", torch.tensor([PAD_INDEX, config.mask_index]), persistent=False
         )
 
     def forward(self, hidden_rows: Tensor, item_table: Tensor) -> Tensor:
-        logits = F.linear(self.transform(hidden_rows), item_table, self.bias)
+        logits = self._scores(hidden_rows, item_table, self.bias)
         # In place is safe: the matmul's backward needs its inputs, not its output.
         return logits.index_fill_(1, self.special_columns, float("-inf"))
 
@@ -335,7 +344,14 @@ class ItemHead(nn.Module):
         """forward()'s columns 1..num_items only (column j - 1 = item j), without the pad and MASK columns: the
         training loss's cheaper form (no fill of the -inf columns, forward or backward)."""
         real = slice(1, item_table.size(0) - 1)  # rows 0 (pad) and num_items + 1 (MASK) left out
-        return F.linear(self.transform(hidden_rows), item_table[real], self.bias[real])
+        return self._scores(hidden_rows, item_table[real], self.bias[real])
+
+    def _scores(self, hidden_rows: Tensor, item_table: Tensor, bias: Tensor) -> Tensor:
+        query = self.transform(hidden_rows)
+        if self.cosine_temperature > 0:  # the pad row is all zeros: normalize's eps keeps it at 0, not NaN
+            query = F.normalize(query, dim=-1) / self.cosine_temperature
+            item_table = F.normalize(item_table, dim=-1)
+        return F.linear(query, item_table, bias)
 
 
 class RatingHead(nn.Module):

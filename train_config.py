@@ -44,7 +44,8 @@ class ConfigError(TrainingError):
 
 # TrainConfig fields that are enhanced_model.ModelConfig fields of the same name (trainer.build_model_config)
 MODEL_FLAGS = ("hidden_size", "num_heads", "num_layers", "seq_length", "dropout", "positional", "use_item_side_info",
-               "use_user_tokens", "use_temporal", "item_side_output", "causal", "gradient_checkpointing")
+               "use_user_tokens", "use_temporal", "item_side_output", "cosine_temperature", "causal",
+               "gradient_checkpointing")
 
 
 @dataclass
@@ -67,6 +68,7 @@ class TrainConfig:
     use_user_tokens: bool = True
     use_temporal: bool = True
     item_side_output: bool = False
+    cosine_temperature: float = 0.0
     causal: bool = False
     # tasks
     item_prediction_weight: float = 1.0
@@ -210,6 +212,8 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     switch("use_temporal", "day-of-year embeddings")
     switch("item_side_output", "score items against their ID embedding plus their genre/year embedding (the input's "
            "item representation) instead of the ID alone (needs --use_item_side_info)")
+    add("cosine_temperature", "0: the item head scores by dot product; > 0: by the cosine of the output vector "
+        "and the item embedding divided by this temperature (HSTU uses 0.05)", type=float)
     switch("causal", "causal attention (each position reads older ones only) and SASRec-style training: every "
            "position predicts the next item instead of cloze masks (needs --next_item_weight > 0)")
     group = parser.add_argument_group("multi-task weights (0 switches a task off: no parameters, no compute)")
@@ -318,6 +322,7 @@ def validate_config(config: TrainConfig) -> None:
         (lambda: config.window_stride is None or 1 <= config.window_stride <= config.seq_length,
          "--window_stride must be in 1..--seq_length"),
         (lambda: 0 <= config.dropout < 1, "--dropout must be in [0, 1)"),
+        (lambda: config.cosine_temperature >= 0, "--cosine_temperature must be >= 0 (0: dot product)"),
         (lambda: 0 < config.mask_prob < 1, "--mask_prob must be in (0, 1)"),
         (lambda: 0 <= config.user_dropout <= 1, "--user_dropout must be in [0, 1]"),
         (lambda: 0 <= config.next_item_crop <= 1, "--next_item_crop must be in [0, 1]"),

@@ -84,6 +84,7 @@ TRAINER_FLAGS = [
     (["--window_stride", "51"], "--window_stride must be in 1..--seq_length"),
     (["--window_stride", "0"], "--window_stride must be in 1..--seq_length"),
     (["--dropout", "1"], "--dropout must be in [0, 1)"),
+    (["--cosine_temperature", "-0.05"], "--cosine_temperature must be >= 0"),
     (["--mask_prob", "0"], "--mask_prob must be in (0, 1)"),
     (["--batch_size", "0"], "--batch_size must be positive"),
     (["--learning_rate=-1e-3"], "--learning_rate must be positive"),

@@ -449,9 +449,35 @@ def test_side_output_needs_the_item_side_info():
         small_config(item_side_output=True, use_item_side_info=False)
 
 
-@pytest.mark.parametrize("side_output", [False, True])
-def test_real_item_logits_are_item_logits_without_the_pad_and_mask_columns(side_output):
-    config = small_config(item_side_output=side_output)
+def test_cosine_scores_are_the_cosine_over_the_temperature_whatever_an_items_embedding_norm():
+    config = small_config(cosine_temperature=0.1)
+    model = build(config).eval()
+    rows = torch.randn(4, config.hidden_size)
+    with torch.no_grad():
+        model.item_head.bias.uniform_(-1, 1)
+        query = F.normalize(model.item_head.transform(rows), dim=-1)
+        cosines = query @ F.normalize(model.item_embedding.weight, dim=-1).T
+        logits = model.item_logits(rows)
+        real = slice(1, config.num_items + 1)
+        torch.testing.assert_close(logits[:, real], cosines[:, real] / 0.1 + model.item_head.bias[real])
+        assert logits[:, 0].isneginf().all() and logits[:, config.mask_index].isneginf().all()
+        assert (logits[:, real] - model.item_head.bias[real]).abs().max() <= 10 + 1e-4  # |cosine| <= 1
+        model.item_embedding.weight[5] *= 7.0  # a longer embedding scores the same
+        torch.testing.assert_close(model.item_logits(rows), logits)
+        dot = build(small_config()).eval()  # the dot product does not: item 5's scores grow 7-fold
+        before = dot.item_logits(rows)[:, 5] - dot.item_head.bias[5]
+        dot.item_embedding.weight[5] *= 7.0
+        torch.testing.assert_close(dot.item_logits(rows)[:, 5] - dot.item_head.bias[5], 7 * before)
+
+
+def test_a_negative_cosine_temperature_is_refused():
+    with pytest.raises(ValueError, match="cosine_temperature must be >= 0"):
+        small_config(cosine_temperature=-0.05)
+
+
+@pytest.mark.parametrize("side_output,cosine_temperature", [(False, 0.0), (True, 0.0), (False, 0.05)])
+def test_real_item_logits_are_item_logits_without_the_pad_and_mask_columns(side_output, cosine_temperature):
+    config = small_config(item_side_output=side_output, cosine_temperature=cosine_temperature)
     model = build(config).train()
     rows = torch.randn(5, config.hidden_size)
     targets = torch.tensor([1, 7, config.num_items, 3, 40])

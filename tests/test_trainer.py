@@ -475,14 +475,14 @@ def test_metadata_goes_beside_the_checkpoints_by_default(synthetic_ml1m_dir, tmp
     assert metadata["fingerprint"] == results["data_fingerprint"]
 
 
-@pytest.mark.parametrize("side_output", [False, True])
-def test_a_causal_run_is_evaluated_at_its_newest_event_and_served_the_same_way(synthetic_ml1m_dir, tmp_path,
-                                                                               side_output):
-    extra = ["--item_side_output"] if side_output else []
+@pytest.mark.parametrize("head", ["dot", "side_output", "cosine"])
+def test_a_causal_run_is_evaluated_at_its_newest_event_and_served_the_same_way(synthetic_ml1m_dir, tmp_path, head):
+    extra = {"dot": [], "side_output": ["--item_side_output"], "cosine": ["--cosine_temperature", "0.05"]}[head]
     _, results = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "2", "--causal",
                                    "--next_item_weight", "0.1", *extra))
     assert results["model_config"]["causal"] and results["history"][-1]["item_prediction"] > 0
-    assert results["model_config"]["item_side_output"] == side_output
+    assert results["model_config"]["item_side_output"] == (head == "side_output")
+    assert results["model_config"]["cosine_temperature"] == (0.05 if head == "cosine" else 0.0)
     best = tmp_path / "checkpoints" / "best_model.pt"
     model = model_from_checkpoint(read_checkpoint(best), best)
     data = load_dataset(synthetic_ml1m_dir, seq_length=12)
