@@ -9,7 +9,8 @@ state, split in 15 MB parts (`cat best_weights.pt.part* > best_model.pt`) with i
 
 --set names the dictionary of runs: lease1 and lease2 are the two calls of 2026-11-30 (docs/RESULTS.md, "Causal
 training on a GPU"), lease3 the three-seed comparison prepared for the ninth session's lease (not run), lease4
-and lease5 the twelfth session's (docs/RESULTS.md, "Twelfth session"), lease6 and lease7 prepared for the next.
+and lease5 the twelfth session's (docs/RESULTS.md, "Twelfth session"), lease6, lease7 and lease8 prepared for
+the next (lease8: the thirteenth session's cosine item head).
 
     python benchmarks/gpu_causal_search.py --set lease1 --data_dir .devdata/ml-1m --out $OUT --minutes 6.5
     python benchmarks/gpu_causal_search.py --set lease3 --runs_dir runs/gpu_causal3 --data_dir .devdata/ml-1m \
@@ -110,8 +111,16 @@ LEASE7 = {
     "full_h256_t50_crop075_e12": ([*T50_E12, "--next_item_crop", "0.75"], [0, 1, 2]),
     "full_h256_t50_crop_e16_d03": ([*T50_E12, *epochs(16), "--dropout", "0.3"], [0, 1, 2]),
 }
+# the thirteenth session's CPU lead, the cosine item head (--cosine_temperature 0.05): its three seeds on the GPU,
+# plain BERT4Rec with the same head (the side information's worth with it), and the head at T 100 for 20 epochs
+COSINE = ["--cosine_temperature", "0.05"]
+LEASE8 = {
+    "full_h256_t50_crop_e12_cos005": ([*T50_E12, *COSINE], [0, 1, 2]),
+    "plain_h256_t50_crop_e12_cos005": ([*T50_E12, *COSINE, *PLAIN], [0, 1, 2]),
+    "full_h256_t100_crop_e20_cos005": ([*T50_E12, *COSINE, "--seq_length", "100", *epochs(20)], [0, 1, 2]),
+}
 SETS = {"lease1": LEASE1, "lease2": LEASE2, "lease3": LEASE3, "lease4": LEASE4, "lease5": LEASE5, "lease6": LEASE6,
-        "lease7": LEASE7}
+        "lease7": LEASE7, "lease8": LEASE8}
 
 
 def run_dirs(runs: dict, runs_dir: Path, only: list[str] | None):
