@@ -22,7 +22,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 # configs/ml1m_tuned.txt for 64 epochs, 0.192).
 DEVICE_DEFAULTS = {
     "cpu": [f"@{CONFIGS / 'cpu_causal.txt'}", "--max_minutes", "90"],
-    "cuda": [f"@{CONFIGS / 'h256_t50_crop12.txt'}"],
+    "cuda": [f"@{CONFIGS / 'h256_t50_cos12.txt'}"],
 }
 ML1M_USERS, ML1M_RATINGS = 6040, 1_000_209  # for the preflight memory estimate
 

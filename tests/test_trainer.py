@@ -439,8 +439,9 @@ def test_defaults_per_device_and_the_seed_one_flag_away():
     assert (cpu.hidden_size, cpu.lr_schedule, cpu.max_minutes, cpu.next_item_weight) == (64, "wsd", 90.0, 0.1)
     assert cpu.causal and not parse_args([f"@{REPO / 'configs' / 'cpu_budget.txt'}"]).causal
     gpu = parse_args(["--device", "cuda"], use_device_defaults=True)  # parsing only: no GPU needed
-    assert gpu == parse_args([f"@{REPO / 'configs' / 'h256_t50_crop12.txt'}", "--device", "cuda"])
+    assert gpu == parse_args([f"@{REPO / 'configs' / 'h256_t50_cos12.txt'}", "--device", "cuda"])
     assert (gpu.hidden_size, gpu.causal, gpu.next_item_crop, gpu.amp, gpu.max_epochs) == (256, True, 0.5, "bf16", 12)
+    assert gpu.cosine_temperature == 0.05
     assert parse_args(["--device", "cpu", "--hidden_size", "32"], use_device_defaults=True).hidden_size == 32
     # an @config file replaces the device's defaults; configs/seed.txt is the seed's configuration exactly
     assert parse_args(["@configs/seed.txt"], use_device_defaults=True) == TrainConfig()
@@ -516,3 +517,11 @@ def test_the_h256_config_file_is_the_measured_cpu_command():
                            "--num_heads", "4", "--num_layers", "4", "--learning_rate", "1e-3", "--seq_length", "50",
                            "--next_item_crop", "0.5"])
     assert parse_args([f"@{REPO / 'configs' / 'h256_t50_crop12.txt'}"]) == measured
+
+
+def test_the_cosine_config_file_is_the_h256_config_with_the_cosine_item_head():
+    """configs/h256_t50_cos12.txt, the best configuration (docs/RESULTS.md, thirteenth session), is the h256 command
+    plus --cosine_temperature 0.05 and nothing else."""
+    cosine = parse_args([f"@{REPO / 'configs' / 'h256_t50_cos12.txt'}"])
+    assert cosine == parse_args([f"@{REPO / 'configs' / 'h256_t50_crop12.txt'}", "--cosine_temperature", "0.05"])
+    assert cosine.cosine_temperature == 0.05 and cosine.hidden_size == 256 and cosine.max_epochs == 12
