@@ -75,7 +75,7 @@ LEASE3 = {
 # the CPU's three-seed configuration (configs/h256_t50_crop12.txt, 12 epochs) was best at its last epoch in all
 # six runs: the same at 20 epochs, full and plain, three seeds each, and T 100 (lease2's best on validation) at the
 # same epochs; the budget is epochs here, so a CPU can repeat any row (--minutes is only the lease's safety net)
-BEST = ["@configs/h256_t50_crop12.txt"]  # the chosen configuration (12 epochs); the sets below vary it
+BEST = ["@configs/h256_t50_crop12.txt"]  # the dot-product configuration chosen until lease8; lease4-7 vary it
 
 
 def epochs(count: int) -> list[str]:
@@ -113,11 +113,11 @@ LEASE7 = {
 }
 # the thirteenth session's CPU lead, the cosine item head (--cosine_temperature 0.05): its three seeds on the GPU,
 # plain BERT4Rec with the same head (the side information's worth with it), and the head at T 100 for 20 epochs
-COSINE = ["--cosine_temperature", "0.05"]
+COS12 = ["@configs/h256_t50_cos12.txt"]  # BEST plus --cosine_temperature 0.05
 LEASE8 = {
-    "full_h256_t50_crop_e12_cos005": ([*T50_E12, *COSINE], [0, 1, 2]),
-    "plain_h256_t50_crop_e12_cos005": ([*T50_E12, *COSINE, *PLAIN], [0, 1, 2]),
-    "full_h256_t100_crop_e20_cos005": ([*T50_E12, *COSINE, "--seq_length", "100", *epochs(20)], [0, 1, 2]),
+    "full_h256_t50_crop_e12_cos005": (COS12, [0, 1, 2]),
+    "plain_h256_t50_crop_e12_cos005": ([*COS12, *PLAIN], [0, 1, 2]),
+    "full_h256_t100_crop_e20_cos005": ([*COS12, "--seq_length", "100", *epochs(20)], [0, 1, 2]),
 }
 SETS = {"lease1": LEASE1, "lease2": LEASE2, "lease3": LEASE3, "lease4": LEASE4, "lease5": LEASE5, "lease6": LEASE6,
         "lease7": LEASE7, "lease8": LEASE8}
