@@ -469,8 +469,12 @@ def check_resumable(checkpoint: dict, model_config: ModelConfig, config: TrainCo
         raise TrainingError(f"checkpoint {path} was trained on other data (fingerprint "
                             f"{checkpoint['data_fingerprint'][:12]} vs {fingerprint[:12]}): "
                             "resume with the same --data_dir, --seq_length/--window_stride and hold-outs")
-    if checkpoint["model_config"] != model_config.to_dict():
-        differ = sorted(k for k, v in model_config.to_dict().items() if checkpoint["model_config"].get(k) != v)
+    try:  # a key added since the checkpoint was written takes its default, as the engine reads it
+        saved = ModelConfig.from_dict(checkpoint["model_config"]).to_dict()
+    except ValueError as error:
+        raise TrainingError(f"checkpoint {path}: {error}") from None
+    if saved != model_config.to_dict():
+        differ = sorted(k for k, v in model_config.to_dict().items() if saved[k] != v)
         raise TrainingError(f"checkpoint {path} has another model configuration (differs in {', '.join(differ)}): "
                             "resume with the flags it was trained with")
     if checkpoint["train_config"]["task_weights"] != config.task_weights:

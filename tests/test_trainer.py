@@ -170,6 +170,28 @@ def test_resume_refuses_other_config_or_data(synthetic_ml1m_dir, tmp_path):
                           "--resume", last))
 
 
+def test_resume_accepts_a_checkpoint_from_before_a_new_model_flag(synthetic_ml1m_dir, tmp_path):
+    """A checkpoint written before a model flag existed (here --cosine_temperature, added 2026-12-01) resumes with
+    the flag's default, as the engine loads it; a key this version does not know is refused by name."""
+    from enhanced_model import fields_digest
+
+    train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "1", "--deterministic"))
+    last = tmp_path / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(last)
+    del checkpoint["model_config"]["cosine_temperature"], checkpoint["train_config"]["cosine_temperature"]
+    checkpoint["fields_sha256"] = fields_digest(checkpoint)  # as the older version signed it
+    old = tmp_path / "old.pt"
+    torch.save(checkpoint, old)
+    _, resumed = train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "2", "--deterministic",
+                                   "--resume", str(old)))
+    assert resumed["epochs_run"] == 2 and resumed["model_config"]["cosine_temperature"] == 0.0
+    checkpoint["model_config"]["future_flag"] = 1
+    checkpoint["fields_sha256"] = fields_digest(checkpoint)
+    torch.save(checkpoint, old)
+    with pytest.raises(TrainingError, match=r"old.pt: unknown ModelConfig keys \['future_flag'\]"):
+        train(tiny_config(synthetic_ml1m_dir, tmp_path / "b", "--max_epochs", "2", "--resume", str(old)))
+
+
 def test_resume_from_the_checkpoint_alone(synthetic_ml1m_dir, tmp_path, capsys):
     """--resume path/last.pt takes the model, task and data settings from the checkpoint; a conflicting flag is
     refused naming the difference (exit status 2, before anything runs); the budget and folders may change."""
