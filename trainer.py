@@ -473,8 +473,9 @@ def check_resumable(checkpoint: dict, model_config: ModelConfig, config: TrainCo
         saved = ModelConfig.from_dict(checkpoint["model_config"]).to_dict()
     except ValueError as error:
         raise TrainingError(f"checkpoint {path}: {error}") from None
-    if saved != model_config.to_dict():
-        differ = sorted(k for k, v in model_config.to_dict().items() if saved[k] != v)
+    current = model_config.to_dict()
+    if saved != current:
+        differ = sorted(k for k, v in current.items() if saved[k] != v)
         raise TrainingError(f"checkpoint {path} has another model configuration (differs in {', '.join(differ)}): "
                             "resume with the flags it was trained with")
     if checkpoint["train_config"]["task_weights"] != config.task_weights:
