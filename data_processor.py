@@ -44,14 +44,15 @@ import pandas as pd
 import requests
 from tqdm import tqdm
 
+from model_config import PAD_INDEX, SEQ_LENGTH, mask_index
+
 log = logging.getLogger("data_processor")
 
 # ----------------------------------------------------------------------------------------------------------
 EARLIEST_RATING_TIME = 788_918_400  # 1995-01-01 UTC, before MovieLens existed: an earlier timestamp is corrupt
 
-# Index conventions and vocabularies: every stage imports these, none re-types them.
+# Vocabularies: every stage imports these, none re-types them (the index conventions are model_config's).
 
-PAD_INDEX = 0
 UNKNOWN = "unknown"
 GENRES = (
     "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
@@ -85,15 +86,6 @@ GROUPLENS_MD5 = {
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 ML1M_ZIP_MD5 = "c4d9eecfca2ab87c1945afe126590906"
 ML1M_ZIP_SHA256 = "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"
-
-
-def mask_index(num_items: int) -> int:
-    """Index of the [MASK] token: one past the last item (the vocabulary is num_items + 2 with padding)."""
-    return num_items + 1
-
-
-# T, the model's positions: a training window holds T events; a scored input is the newest T - 1 events + [MASK]
-SEQ_LENGTH = 50
 
 
 def check_seq_length(seq_length: int) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,82 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from data_processor import PAD_INDEX, SEQ_LENGTH, mask_index
+from model_config import PAD_INDEX, ModelConfig, device_problem
 
 NUM_DAY_SLOTS = 367  # day of year 1..366, 0 = padding
 USER_TOKENS = ("identity", "gender", "age", "occupation")  # order of the cross-attention columns
 INIT_STD = 0.02  # BERT's initializer_range
-
-
-@dataclass
-class ModelConfig:
-    """Sizes and switches of EnhancedBERT4Rec. Defaults: the design card, sizes of raw MovieLens-1M.
-
-    Vocabulary sizes follow data_processor.py: num_items and num_users count real items / users only
-    (tables get +2 for pad and MASK, +1 for the unknown user); num_years, num_genders, num_ages and
-    num_occupations already include their 0 = padding/unknown slot; num_genres is the width of the
-    genre multi-hot.
-    """
-
-    num_items: int = 3706
-    num_users: int = 6040
-    num_genres: int = 18
-    num_years: int = 84
-    num_genders: int = 3
-    num_ages: int = 8
-    num_occupations: int = 22
-    hidden_size: int = 256
-    num_heads: int = 4
-    num_layers: int = 4
-    seq_length: int = SEQ_LENGTH
-    dropout: float = 0.2
-    side_dim: int = 32
-    positional: str = "sinusoidal"  # "sinusoidal" | "learned"
-    use_item_side_info: bool = True  # genre + year encoder
-    use_user_tokens: bool = True  # user tokens and the cross-attention that reads them
-    use_temporal: bool = True  # day-of-year embeddings
-    item_side_output: bool = False  # score items against ID + genre/year embeddings (needs use_item_side_info)
-    cosine_temperature: float = 0.0  # 0: the item head scores by dot product; > 0: cosine similarity / temperature
-    use_rating_head: bool = True
-    use_preference_head: bool = True
-    causal: bool = False  # each position attends to itself and older positions only (SASRec-style training)
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if self.positional not in ("sinusoidal", "learned"):
-            raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}")
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
-                raise ValueError(f"{f.name} must be positive, got {value}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.cosine_temperature < 0:
-            raise ValueError(f"cosine_temperature must be >= 0 (0: dot product), got {self.cosine_temperature}")
-        if self.item_side_output and not self.use_item_side_info:
-            raise ValueError("item_side_output scores items by their genres and year: it needs use_item_side_info")
-
-    @property
-    def mask_index(self) -> int:
-        return mask_index(self.num_items)
-
-    @property
-    def item_vocab_size(self) -> int:
-        return self.num_items + 2  # + pad (0) and MASK (num_items + 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of ints, floats, bools and strings (goes into checkpoints and metadata.json)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Inverse of to_dict(); missing keys take their defaults, unknown keys are an error."""
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys {sorted(unknown)}: checkpoint from another version?")
-        return cls(**values)
 
 
 @dataclass
@@ -607,17 +536,16 @@ class CheckpointFileError(ValueError):
     """A checkpoint that is missing, unreadable, of another format, or does not fit this model code."""
 
 
-def pick_device(name: str) -> torch.device:
-    """"auto" (cuda when present), "cpu", "cuda" or "cuda:N"; ValueError for a name that is not a device here."""
+def pick_device(name: str, amp: str = "off") -> torch.device:
+    """"auto" (cuda when present), "cpu", "cuda" or "cuda:N", checked with the mixed precision that will run on it
+    (model_config.device_problem); ValueError for a device or precision this machine does not have."""
+    has_cuda = torch.cuda.is_available()
+    problem = device_problem(name, amp, has_cuda, cuda_bf16=has_cuda and torch.cuda.is_bf16_supported())
+    if problem is not None:
+        raise ValueError(problem)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available: use --device cpu")
-    return device
+        name = "cuda" if has_cuda else "cpu"
+    return torch.device(name)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

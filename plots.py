@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from data_processor import atomic_file
+from train_config import TASKS
 
-TASK_LOSSES = ("total", "item_prediction", "next_item", "rating_prediction", "user_preference")
+TASK_LOSSES = ("total", *TASKS)
 MATPLOTLIB_MISSING = "note: matplotlib is not installed, so no picture was drawn ({}); pip install matplotlib"
 
 

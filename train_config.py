@@ -8,22 +8,23 @@ refused in well under two seconds (the heavy imports come after the preflight; b
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
 import sys
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from model_config import AMP_MODES, ModelFlags, device_problem, flag
 
 TASKS = ("item_prediction", "next_item", "rating_prediction", "user_preference")
 CONFIGS = Path(__file__).resolve().parent / "configs"
-# What `python trainer.py` trains when no @config file is given (see docs/RESULTS.md for the measurements):
-# on a CPU the small model with a time-budget lr decay, ending by itself after 90 minutes; on a GPU the best
-# three-seed configuration (hidden 256, causal, the crop, the cosine item head, bf16, 12 epochs: test NDCG@10 0.2050
-# on the CPU; before the thirteenth session the same with the dot product, 0.19995; until 2026-12-01
-# configs/ml1m_tuned.txt for 64 epochs, 0.192).
+# What `python trainer.py` trains when no @config file is given (docs/RESULTS.md has the measurements): on a CPU
+# the small model with a time-budget lr decay, ending by itself after 90 minutes; on a GPU the best model (hidden
+# 256, causal, the crop, the cosine item head, bf16, 12 epochs: test NDCG@10 0.2050 over three seeds).
 DEVICE_DEFAULTS = {
-    "cpu": [f"@{CONFIGS / 'cpu_causal.txt'}", "--max_minutes", "90"],
-    "cuda": [f"@{CONFIGS / 'h256_t50_cos12.txt'}"],
+    "cpu": [f"@{CONFIGS / 'cpu_small.txt'}", "--max_minutes", "90"],
+    "cuda": [f"@{CONFIGS / 'best.txt'}"],
 }
 ML1M_USERS, ML1M_RATINGS = 6040, 1_000_209  # for the preflight memory estimate
 
@@ -43,72 +44,96 @@ class ConfigError(TrainingError):
 # Configuration
 
 
-# TrainConfig fields that are enhanced_model.ModelConfig fields of the same name (trainer.build_model_config)
-MODEL_FLAGS = ("hidden_size", "num_heads", "num_layers", "seq_length", "dropout", "positional", "use_item_side_info",
-               "use_user_tokens", "use_temporal", "item_side_output", "cosine_temperature", "causal",
-               "gradient_checkpointing")
+def data_flag(default, help, **options):
+    return flag(default, help, "data", **options)
+
+
+def task_flag(default, help, **options):
+    return flag(default, help, "multi-task weights (0 switches a task off: no parameters, no compute)", **options)
+
+
+def optimisation_flag(default, help, **options):
+    return flag(default, help, "optimisation", **options)
+
+
+def run_flag(default, help, **options):
+    return flag(default, help, "run", **options)
 
 
 @dataclass
-class TrainConfig:
-    # data
-    data_dir: str | None = None
-    cache_dir: str | None = None
-    metadata_path: str | None = None  # None: metadata.json beside the checkpoints
-    window_stride: int | None = None
-    holdout_users: bool = False
-    holdout_items: bool = False
-    # model (the seed's defaults; MODEL_FLAGS, the same defaults as enhanced_model.ModelConfig)
-    hidden_size: int = 256
-    num_heads: int = 4
-    num_layers: int = 4
-    seq_length: int = 50
-    dropout: float = 0.2
-    positional: str = "sinusoidal"
-    use_item_side_info: bool = True
-    use_user_tokens: bool = True
-    use_temporal: bool = True
-    item_side_output: bool = False
-    cosine_temperature: float = 0.0
-    causal: bool = False
-    # tasks
-    item_prediction_weight: float = 1.0
-    next_item_weight: float = 1.0
-    rating_prediction_weight: float = 0.3
-    user_preference_weight: float = 0.2
-    mask_prob: float = 0.2
-    user_dropout: float = 0.1
-    demographics_dropout: float = 0.05
-    next_item_crop: float = 0.0
-    new_user_prob: float = 0.0
-    loss_row_bucket: int = 256
-    # optimisation (the seed's defaults)
-    batch_size: int = 64
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 500
-    lr_schedule: str = "cosine"
-    lr_decay_fraction: float = 0.2
-    grad_clip: float = 1.0
-    grad_accum_steps: int = 1
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    amp: str = "off"
-    max_epochs: int = 100
-    patience: int = 15
-    eval_every: int = 1
-    eval_batch_size: int = 512
-    max_minutes: float | None = None
-    # bookkeeping
-    seed: int = 42
-    device: str = "auto"
-    deterministic: bool = False
-    checkpoint_dir: str = "checkpoints"
-    resume: str | None = None
-    use_wandb: bool = False
-    wandb_project: str = "enhanced-bert4rec"
-    wandb_run_name: str | None = None
-    progress: bool = True
+class TrainConfig(ModelFlags):
+    """Every flag of trainer.py, declared once: the model's (ModelFlags), then data, tasks, optimisation and the
+    run. Each field is its own flag; the defaults are the seed's (configs/seed.txt)."""
+
+    data_dir: str | None = data_flag(None, "existing ml-1m folder or ml-1m.zip; omitted: download into ./ml-1m",
+                                     resume_may_change=True)
+    cache_dir: str | None = data_flag(None, "where processed arrays are cached (None: no cache, ML-1M is processed "
+                                      "in a few seconds)", resume_may_change=True)
+    metadata_path: str | None = data_flag(None, "where the metadata.json that inference.py needs is written (None: "
+                                          "<checkpoint_dir>/metadata.json, where inference.py looks for it)",
+                                          resume_may_change=True)
+    window_stride: int | None = data_flag(None, "stride of the training sliding windows (None: seq_length // 2)")
+    holdout_users: bool = data_flag(False, "leave the cold-start protocol's new users (UserID %% 10 == 0) out of "
+                                    "training, counts, baselines and model selection (docs/EVALUATION.md; "
+                                    "benchmarks/cold_start.py)")
+    holdout_items: bool = data_flag(False, "leave the cold-start protocol's new movies (MovieID %% 20 == 0) out of "
+                                    "every training sequence and count")
+    item_prediction_weight: float = task_flag(1.0, "masked-item (BERT cloze) loss")
+    next_item_weight: float = task_flag(1.0, "next-item loss (last position masked, as at inference)")
+    rating_prediction_weight: float = task_flag(0.3, "1-5 rating regression loss")
+    user_preference_weight: float = task_flag(0.2, "user genre-preference KL loss")
+    mask_prob: float = task_flag(0.2, "share of positions masked for the masked-item task (not used with --causal)")
+    user_dropout: float = task_flag(0.1, "share of training rows whose user id is hidden (teaches the cold-start "
+                                    "path)")
+    demographics_dropout: float = task_flag(0.05, "share of training rows whose gender/age/occupation are hidden "
+                                            "(teaches the path of a new user who gives a history but no "
+                                            "demographics)")
+    next_item_crop: float = task_flag(0.0, "share of training windows cut at a random point before their newest "
+                                      "event, so the next-item targets change between epochs (0: every window keeps "
+                                      "its fixed newest event)")
+    new_user_prob: float = task_flag(0.0, f"share of training rows replaced by their user's first "
+                                     f"1..{NEW_USER_MAX_EVENTS} events with the user id hidden: a new user's first "
+                                     "ratings, which no sliding window looks like (cold start)")
+    loss_row_bucket: int = task_flag(256, "pad each step's item-loss rows to a multiple of this many (padding rows "
+                                     "carry no loss), so the logits come in a few sizes and the allocator reuses "
+                                     "their memory (their count varies with window lengths and --next_item_crop; 0: "
+                                     "no padding)")
+    batch_size: int = optimisation_flag(64, "training batch size (per process)")
+    learning_rate: float = optimisation_flag(1e-4, "peak learning rate (AdamW)")
+    weight_decay: float = optimisation_flag(0.01, "AdamW weight decay (not on biases, norms, embeddings)")
+    warmup_steps: int = optimisation_flag(500, "linear warmup steps (optimizer steps)")
+    lr_schedule: str = optimisation_flag("cosine", "decay after warmup (wsd: hold the peak, then decay linearly over "
+                                         "--lr_decay_fraction)", choices=["cosine", "linear", "constant", "wsd"])
+    lr_decay_fraction: float = optimisation_flag(0.2, "--lr_schedule wsd: the share of the run (steps or "
+                                                 "--max_minutes) spent decaying")
+    grad_clip: float = optimisation_flag(1.0, "clip gradient norm (0: off)")
+    grad_accum_steps: int = optimisation_flag(1, "micro-batches per optimizer step")
+    compile: bool = optimisation_flag(False, "torch.compile the encoder layers (inductor; the first steps are slow "
+                                      "while it compiles)", resume_may_change=True)
+    amp: str = optimisation_flag("off", "mixed precision: bf16 (GPU, or CPU) or fp16 (GPU only)", choices=AMP_MODES)
+    max_epochs: int = optimisation_flag(100, "maximum training epochs", resume_may_change=True)
+    patience: int = optimisation_flag(15, "early stopping: evaluations without validation NDCG@10 improvement",
+                                      resume_may_change=True)
+    eval_every: int = optimisation_flag(1, "validate every N epochs", resume_may_change=True)
+    eval_batch_size: int = optimisation_flag(512, "users per batch in full-ranking evaluation",
+                                             resume_may_change=True)
+    max_minutes: float | None = optimisation_flag(None, "stop cleanly after this many minutes of training, then "
+                                                  "evaluate and save", resume_may_change=True)
+    seed: int = run_flag(42, "random seed")
+    device: str = run_flag("auto", "auto (cuda if present), cpu, cuda, cuda:N", resume_may_change=True)
+    deterministic: bool = run_flag(False, "deterministic algorithms (bit-exact resume on CPU)",
+                                   resume_may_change=True)
+    checkpoint_dir: str = run_flag("checkpoints", "where best_model.pt, last.pt and results.json are written",
+                                   resume_may_change=True)
+    resume: str | None = run_flag(None, "continue from this checkpoint (usually <checkpoint_dir>/last.pt)")
+    overwrite: bool = run_flag(False, "start a new run in a --checkpoint_dir that holds another run, after moving "
+                               "its files aside into <checkpoint_dir>/replaced-<time>/ (nothing is deleted)",
+                               resume_may_change=True)
+    use_wandb: bool = run_flag(False, "log to Weights & Biases (WANDB_MODE=offline works without network)",
+                               resume_may_change=True)
+    wandb_project: str = run_flag("enhanced-bert4rec", "wandb project", resume_may_change=True)
+    wandb_run_name: str | None = run_flag(None, "wandb run name", resume_may_change=True)
+    progress: bool = run_flag(True, "tqdm progress bars", resume_may_change=True)
     task_weights: dict[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -162,6 +187,24 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def add_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One flag per field of config_class, from its declaration (model_config.flag): the default, the help text,
+    the section of --help, the type from the annotation (a bool is a --name/--no-name switch)."""
+    types = typing.get_type_hints(config_class)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for spec in fields(config_class):
+        if not spec.init:
+            continue
+        options = {key: value for key, value in spec.metadata.items() if key not in ("group", "resume_may_change")}
+        value_type = next(t for t in (*typing.get_args(types[spec.name]), types[spec.name]) if t is not type(None))
+        if value_type is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = value_type
+        group = groups.setdefault(spec.metadata["group"], parser.add_argument_group(spec.metadata["group"]))
+        group.add_argument(f"--{spec.name}", default=spec.default, **options)
+
+
 def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False) -> TrainConfig:
     """The command line: every TrainConfig field is a flag, `--help` shows each default (the seed's).
 
@@ -170,7 +213,6 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     argv = sys.argv[1:] if argv is None else list(argv)
     if use_device_defaults:
         argv = device_defaults(argv) + argv
-    defaults = TrainConfig()
     parser = FlagFileParser(
         description="Train the enhanced BERT4Rec on MovieLens 1M (multi-task, full-ranking evaluation). Without an "
                     "@config file, `python trainer.py` starts from the best measured configuration for its device: "
@@ -178,92 +220,9 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
                     "(later flags override them). The defaults listed below are the seed's "
                     "(@configs/seed.txt).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        fromfile_prefix_chars="@",  # python trainer.py @configs/ml1m_tuned.txt
+        fromfile_prefix_chars="@",  # python trainer.py @configs/best.txt
     )
-
-    group = parser
-
-    def add(name: str, help_text: str, **kwargs) -> None:
-        group.add_argument(f"--{name}", default=getattr(defaults, name), help=help_text, **kwargs)
-
-    def switch(name: str, help_text: str) -> None:
-        group.add_argument(f"--{name}", default=getattr(defaults, name), help=help_text,
-                           action=argparse.BooleanOptionalAction)
-
-    group = parser.add_argument_group("data")
-    add("data_dir", "existing ml-1m folder or ml-1m.zip; omitted: download into ./ml-1m")
-    add("cache_dir", "where processed arrays are cached (None: no cache, ML-1M is processed in a few seconds)")
-    add("metadata_path", "where the metadata.json that inference.py needs is written (None: "
-        "<checkpoint_dir>/metadata.json, where inference.py looks for it)")
-    add("window_stride", "stride of the training sliding windows (None: seq_length // 2)", type=int)
-    switch("holdout_users", "leave the cold-start protocol's new users (UserID %% 10 == 0) out of training, counts, "
-           "baselines and model selection (EVALUATION.md; benchmarks/cold_start.py)")
-    switch("holdout_items", "leave the cold-start protocol's new movies (MovieID %% 20 == 0) out of every training "
-           "sequence and count")
-    group = parser.add_argument_group("model")
-    add("hidden_size", "transformer hidden dimension", type=int)
-    add("num_heads", "attention heads", type=int)
-    add("num_layers", "transformer layers", type=int)
-    add("seq_length", "model positions T: training windows of T events; a scored history is its newest T-1 "
-        "events and [MASK]", type=int)
-    add("dropout", "dropout probability", type=float)
-    add("positional", "positional encoding", choices=["sinusoidal", "learned"])
-    switch("use_item_side_info", "genre and release-year embeddings of the movies")
-    switch("use_user_tokens", "user identity/demographic tokens and the cross-attention over them")
-    switch("use_temporal", "day-of-year embeddings")
-    switch("item_side_output", "score items against their ID embedding plus their genre/year embedding (the input's "
-           "item representation) instead of the ID alone (needs --use_item_side_info)")
-    add("cosine_temperature", "0: the item head scores by dot product; > 0: by the cosine of the output vector "
-        "and the item embedding divided by this temperature (HSTU uses 0.05)", type=float)
-    switch("causal", "causal attention (each position reads older ones only) and SASRec-style training: every "
-           "position predicts the next item instead of cloze masks (needs --next_item_weight > 0)")
-    group = parser.add_argument_group("multi-task weights (0 switches a task off: no parameters, no compute)")
-    add("item_prediction_weight", "masked-item (BERT cloze) loss", type=float)
-    add("next_item_weight", "next-item loss (last position masked, as at inference)", type=float)
-    add("rating_prediction_weight", "1-5 rating regression loss", type=float)
-    add("user_preference_weight", "user genre-preference KL loss", type=float)
-    add("mask_prob", "share of positions masked for the masked-item task (not used with --causal)", type=float)
-    add("next_item_crop", "share of training windows cut at a random point before their newest event, so the "
-        "next-item targets change between epochs (0: every window keeps its fixed newest event)", type=float)
-    add("new_user_prob", f"share of training rows replaced by their user's first 1..{NEW_USER_MAX_EVENTS} events "
-        "with the user id hidden: a new user's first ratings, which no sliding window looks like (cold start)",
-        type=float)
-    add("loss_row_bucket", "pad each step's item-loss rows to a multiple of this many (padding rows carry no loss), so "
-        "the logits come in a few sizes and the allocator reuses their memory (their count varies with window lengths "
-        "and --next_item_crop; 0: no padding)", type=int)
-    add("user_dropout", "share of training rows whose user id is hidden (teaches the cold-start path)",
-        type=float)
-    add("demographics_dropout", "share of training rows whose gender/age/occupation are hidden (teaches the "
-        "path of a new user who gives a history but no demographics)", type=float)
-    group = parser.add_argument_group("optimisation")
-    add("batch_size", "training batch size (per process)", type=int)
-    add("learning_rate", "peak learning rate (AdamW)", type=float)
-    add("weight_decay", "AdamW weight decay (not on biases, norms, embeddings)", type=float)
-    add("warmup_steps", "linear warmup steps (optimizer steps)", type=int)
-    add("lr_schedule", "decay after warmup (wsd: hold the peak, then decay linearly over --lr_decay_fraction)",
-        choices=["cosine", "linear", "constant", "wsd"])
-    add("lr_decay_fraction", "--lr_schedule wsd: the share of the run (steps or --max_minutes) spent decaying",
-        type=float)
-    add("grad_clip", "clip gradient norm (0: off)", type=float)
-    add("grad_accum_steps", "micro-batches per optimizer step", type=int)
-    switch("gradient_checkpointing", "recompute encoder activations in backward to save memory")
-    switch("compile", "torch.compile the encoder layers (inductor; the first steps are slow while it compiles)")
-    add("amp", "mixed precision: bf16 (GPU, or CPU) or fp16 (GPU only)", choices=["off", "bf16", "fp16"])
-    add("max_epochs", "maximum training epochs", type=int)
-    add("patience", "early stopping: evaluations without validation NDCG@10 improvement", type=int)
-    add("eval_every", "validate every N epochs", type=int)
-    add("eval_batch_size", "users per batch in full-ranking evaluation", type=int)
-    add("max_minutes", "stop cleanly after this many minutes of training, then evaluate and save", type=float)
-    group = parser.add_argument_group("run")
-    add("seed", "random seed", type=int)
-    add("device", "auto (cuda if present), cpu, cuda, cuda:N")
-    switch("deterministic", "deterministic algorithms (bit-exact resume on CPU)")
-    add("checkpoint_dir", "where best_model.pt, last.pt and results.json are written")
-    add("resume", "continue from this checkpoint (usually <checkpoint_dir>/last.pt)")
-    switch("use_wandb", "log to Weights & Biases (WANDB_MODE=offline works without network)")
-    add("wandb_project", "wandb project")
-    add("wandb_run_name", "wandb run name")
-    switch("progress", "tqdm progress bars")
+    add_flags(parser, TrainConfig)
     values = vars(parser.parse_args(argv))
     if values["resume"]:
         not_given = object()  # not a string, so argparse leaves it as it is
@@ -273,11 +232,9 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     return TrainConfig(**values)
 
 
-# What a resumed run may set anew when given; everything not given comes from the checkpoint (the data itself is
-# checked by its fingerprint, so a moved copy of the same files is fine).
-RESUME_MAY_CHANGE = {"max_epochs", "max_minutes", "patience", "eval_every", "eval_batch_size", "device",
-                     "progress", "use_wandb", "wandb_project", "wandb_run_name", "compile", "gradient_checkpointing",
-                     "deterministic", "checkpoint_dir", "metadata_path", "data_dir", "cache_dir"}
+# What a resumed run may set anew when given (the fields declared with resume_may_change); everything not given
+# comes from the checkpoint (the data itself is checked by its fingerprint, so a moved copy of the same files is fine).
+RESUME_MAY_CHANGE = frozenset(f.name for f in fields(TrainConfig) if f.metadata.get("resume_may_change"))
 
 
 def resumed_values(values: dict, explicit: set[str]) -> dict:
@@ -315,15 +272,10 @@ def validate_config(config: TrainConfig) -> None:
         (lambda: config.learning_rate > 0, "--learning_rate must be positive"),
         (lambda: config.max_epochs > 0, "--max_epochs must be positive"),
         (lambda: config.grad_accum_steps > 0, "--grad_accum_steps must be positive"),
-        (lambda: config.hidden_size > 0, "--hidden_size must be positive"),
-        (lambda: config.num_heads > 0, "--num_heads must be positive"),
-        (lambda: config.num_layers > 0, "--num_layers must be positive"),
-        (lambda: config.hidden_size % config.num_heads == 0, "--hidden_size must be divisible by --num_heads"),
+        (lambda: config.model_flag_problem() is None, config.model_flag_problem()),
         (lambda: config.seq_length >= 2, "--seq_length must be at least 2"),
         (lambda: config.window_stride is None or 1 <= config.window_stride <= config.seq_length,
          "--window_stride must be in 1..--seq_length"),
-        (lambda: 0 <= config.dropout < 1, "--dropout must be in [0, 1)"),
-        (lambda: config.cosine_temperature >= 0, "--cosine_temperature must be >= 0 (0: dot product)"),
         (lambda: 0 < config.mask_prob < 1, "--mask_prob must be in (0, 1)"),
         (lambda: 0 <= config.user_dropout <= 1, "--user_dropout must be in [0, 1]"),
         (lambda: 0 <= config.next_item_crop <= 1, "--next_item_crop must be in [0, 1]"),
@@ -336,8 +288,6 @@ def validate_config(config: TrainConfig) -> None:
         (lambda: not config.causal or config.next_item_on,
          "--causal (the CPU default) needs --next_item_weight > 0: the next-item task trains the [MASK] position that "
          "scores a history without events (a new user's first request); or pass --no-causal"),
-        (lambda: not config.item_side_output or config.use_item_side_info,
-         "--item_side_output scores movies by their genres and year: it needs --use_item_side_info (or drop it)"),
         (lambda: config.warmup_steps >= 0, "--warmup_steps must be >= 0"),
         (lambda: 0 < config.lr_decay_fraction <= 1, "--lr_decay_fraction must be in (0, 1]"),
         (lambda: config.weight_decay >= 0, "--weight_decay must be >= 0"),
@@ -352,20 +302,21 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(message)
     _check_device(config)
     _check_memory(config)
-    for flag, folder in (("--checkpoint_dir", Path(config.checkpoint_dir)),
-                         ("--metadata_path", config.metadata_file.parent)):
-        _check_writable(flag, folder)
+    for name, folder in (("--checkpoint_dir", Path(config.checkpoint_dir)),
+                         ("--metadata_path", config.metadata_file.parent),
+                         ("--cache_dir", Path(config.cache_dir or config.checkpoint_dir))):
+        _check_writable(name, folder)
+    _check_outputs_are_not_inputs(config)
+    _check_run_folder(config)
 
 
 def _check_device(config: TrainConfig) -> None:
-    """--device names a device this machine has, and --amp fp16 has a GPU to run on."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
-        raise ConfigError(f"--device {config.device!r} is not a device: use auto, cpu, cuda or cuda:N")
-    on_gpu = config.device.startswith("cuda") or (config.device == "auto" and cuda_available())
-    if config.device.startswith("cuda") and not cuda_available():
-        raise ConfigError(f"--device {config.device} asked for, but no CUDA GPU is available: use --device cpu")
-    if config.amp == "fp16" and not on_gpu:
-        raise ConfigError("--amp fp16 needs a CUDA GPU: use --amp bf16 or --amp off on the CPU")
+    """--device names a device this machine has, and --amp runs on it (model_config.device_problem; whether a GPU
+    does bf16 is known only once torch is imported, in trainer.setup_runtime)."""
+    has_cuda = config.device != "cpu" and cuda_available()
+    problem = device_problem(config.device, config.amp, has_cuda)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def _check_memory(config: TrainConfig) -> None:
@@ -390,6 +341,67 @@ def available_memory() -> int | None:
         return None
 
 
+RUN_FILES = ("best_model.pt", "last.pt", "results.json")  # what makes a --checkpoint_dir hold a run
+SOURCE_FILES = ("ratings.dat", "movies.dat", "users.dat")
+
+
+def _check_run_folder(config: TrainConfig) -> None:
+    """A new run never replaces a finished or resumable one: a --checkpoint_dir holding a run is refused, with the
+    choices named, unless this run resumes that very run or --overwrite moves its files aside first."""
+    folder = Path(config.checkpoint_dir)
+    held = [name for name in RUN_FILES if (folder / name).exists()]
+    resumes_here = bool(held) and config.resume is not None and (
+        Path(config.resume).resolve().parent == folder.resolve() or _run_id(Path(config.resume)) in (
+            _run_id(folder), "unreadable"))
+    if config.overwrite and resumes_here:
+        raise ConfigError(f"--overwrite would move aside the checkpoint --resume {config.resume} continues: drop "
+                          "--overwrite to continue that run, or pass another --checkpoint_dir")
+    if held and not resumes_here and not config.overwrite:
+        raise ConfigError(f"--checkpoint_dir {folder} holds another run ({', '.join(held)}): continue it with "
+                          f"--resume {folder / 'last.pt'}, pass another --checkpoint_dir, or add --overwrite to move "
+                          "its files aside (nothing is deleted)")
+
+
+def _run_id(path: Path) -> str:
+    """The run a checkpoint, or the run held in a --checkpoint_dir, belongs to ("unreadable" when it cannot be read:
+    that checkpoint is refused later, by name). Only read when resuming, which imports torch anyway."""
+    from enhanced_model import CheckpointFileError, read_checkpoint
+
+    if path.is_dir():
+        path = next((path / name for name in RUN_FILES if (path / name).is_file()), path / "last.pt")
+    try:
+        run_id = json.loads(path.read_text())["run_id"] if path.suffix == ".json" else read_checkpoint(path)["run_id"]
+    except (CheckpointFileError, OSError, ValueError, KeyError, TypeError):
+        return "unreadable"
+    return str(run_id)
+
+
+def _check_outputs_are_not_inputs(config: TrainConfig) -> None:
+    """No file the run writes is a file it reads: the data, the checkpoint it resumes (except the run's own
+    last.pt/best_model.pt, which a continued run rewrites) or one output over another. Paths are compared resolved,
+    symlinks followed."""
+    data = Path(config.data_dir) if config.data_dir else Path("ml-1m")
+    inputs = {"--data_dir": [data] if data.suffix == ".zip" else [data / name for name in SOURCE_FILES]}
+    if config.resume:
+        inputs["--resume"] = [Path(config.resume)]
+    folder = Path(config.checkpoint_dir)
+    outputs = {"--metadata_path": config.metadata_file, **{f"--checkpoint_dir ({name})": folder / name
+                                                           for name in (*RUN_FILES, "training_curves.png")}}
+    resumed = Path(config.resume).resolve() if config.resume else None
+    written: dict[Path, str] = {}
+    for output_flag, path in outputs.items():
+        target = path.resolve()
+        if target in written:
+            raise ConfigError(f"{output_flag} and {written[target]} are the same file ({path}): pass another "
+                              f"{output_flag.split()[0]}")
+        written[target] = output_flag
+        continues_its_checkpoint = target == resumed and path.suffix == ".pt" and output_flag != "--metadata_path"
+        for source_flag, sources in inputs.items():
+            if target in {source.resolve() for source in sources} and not continues_its_checkpoint:
+                raise ConfigError(f"{output_flag} would write over {path}, which {source_flag} reads: pass another "
+                                  f"{output_flag.split()[0]}")
+
+
 def _check_writable(flag: str, folder: Path) -> None:
     """The folder, or the nearest existing folder above it that would hold it, accepts new files."""
     existing = folder
@@ -401,6 +413,12 @@ def _check_writable(flag: str, folder: Path) -> None:
         raise ConfigError(f"{flag}: cannot write into {existing} (permission denied): pass a writable folder")
 
 
+
+
+def interrupted_while_starting(signum: int, frame: object) -> None:
+    """SIGINT while trainer.py imports torch and the rest: nothing has been written yet, so say so and leave."""
+    print("interrupted while starting: nothing was written", file=sys.stderr)
+    os._exit(130)
 
 
 def preflight(argv: list[str]) -> None:

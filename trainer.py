@@ -1,11 +1,11 @@
 """Multi-task training of EnhancedBERT4Rec on MovieLens 1M.
 
     python trainer.py                                   # seed defaults, downloads ML-1M into ./ml-1m
-    python trainer.py --data_dir ../shared/data/ml-1m   # an existing ml-1m folder or ml-1m.zip
+    python trainer.py --data_dir path/to/ml-1m          # an existing ml-1m folder or ml-1m.zip
     torchrun --nproc_per_node 2 trainer.py ...          # distributed data parallel (gloo on CPU, nccl on GPU)
 
 One loop, in plain sight: windows -> masking -> four weighted losses -> AdamW with warmup and decay ->
-validation NDCG@10 (full ranking, ../shared/EVALUATION.md) -> early stopping and checkpoints -> test
+validation NDCG@10 (full ranking, docs/EVALUATION.md) -> early stopping and checkpoints -> test
 metrics from the best-validation checkpoint, written to results.json beside it.
 """
 
@@ -14,8 +14,11 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # refuse bad flags before the seconds torch takes to import (bench_preflight.py)
-    from train_config import preflight
+    import signal
 
+    from train_config import interrupted_while_starting, preflight
+
+    signal.signal(signal.SIGINT, interrupted_while_starting)  # Ctrl-C during the imports: one line, not a traceback
     preflight(sys.argv[1:])
 
 import io
@@ -23,6 +26,9 @@ import json
 import math
 import os
 import platform
+import shutil
+import signal
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -63,27 +69,20 @@ from enhanced_model import (
     read_checkpoint,
     score_last_position,
 )
+from metrics import ranking_metrics, target_ranks
+from model_config import MODEL_FLAGS
 from plots import plot_training_curves
-from train_config import (  # noqa: F401 (re-exported: trainer.parse_args, trainer.TrainConfig, ...)
-    CONFIGS,
-    DEVICE_DEFAULTS,
-    MODEL_FLAGS,
+from train_config import (
     NEW_USER_MAX_EVENTS,
-    RESUME_MAY_CHANGE,
+    RUN_FILES,
     TASKS,
     ConfigError,
-    FlagFileParser,
     TrainConfig,
     TrainingError,
-    available_memory,
-    cuda_available,
-    device_defaults,
     parse_args,
-    resumed_values,
     validate_config,
 )
 
-RANKING_KS = (1, 5, 10, 20)
 # Steps between reads of the running losses: each read makes the CPU wait for the GPU, so reading every step
 # keeps a GPU from running ahead of Python.
 LOSS_SYNC_STEPS = 20
@@ -94,9 +93,9 @@ LOSS_SYNC_STEPS = 20
 
 
 def build_model_config(config: TrainConfig, data: ML1MData) -> ModelConfig:
-    """The network the flags describe, on this data's vocabularies: the sizes and switches are the TrainConfig
-    fields of the same name (MODEL_FLAGS), the vocabularies the data's num_* counts; heads of tasks with weight 0
-    are not built at all."""
+    """The network the flags describe, on this data's vocabularies: the sizes and switches are the model flags
+    TrainConfig inherits (model_config.ModelFlags), the vocabularies the data's num_* counts; heads of tasks with
+    weight 0 are not built at all."""
     sizes = {f.name: getattr(data, f.name) for f in fields(ModelConfig) if f.name.startswith("num_") and
              f.name not in MODEL_FLAGS}
     return ModelConfig(**sizes, **{name: getattr(config, name) for name in MODEL_FLAGS},
@@ -105,27 +104,7 @@ def build_model_config(config: TrainConfig, data: ML1MData) -> ModelConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Metrics (../shared/EVALUATION.md): pessimistic ties, full ranking
-
-
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each row's target: the number of other items scoring >= the target.
-
-    Ties count against the target, so a constant scorer ranks every target last, not first.
-    """
-    target_scores = scores.gather(1, targets[:, None])
-    return (scores >= target_scores).sum(dim=1) - 1
-
-
-def ranking_metrics(ranks: torch.Tensor, ks: tuple[int, ...] = RANKING_KS) -> dict[str, float]:
-    """HR@K and NDCG@K (one relevant item per user) from 0-based ranks."""
-    ranks = ranks.double()
-    metrics = {}
-    for k in ks:
-        hit = ranks < k
-        metrics[f"HR@{k}"] = hit.double().mean().item()
-        metrics[f"NDCG@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0).mean().item()
-    return metrics
+# Metrics (docs/EVALUATION.md): the ranks and HR/NDCG are metrics.py's; the baselines beside them
 
 
 def fit_bias_baseline(users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
@@ -500,13 +479,9 @@ class Runtime:
 def setup_runtime(config: TrainConfig) -> Runtime:
     """Device choice and, under torchrun, the process group (gloo on CPU, nccl on GPU)."""
     try:
-        device = pick_device(config.device)
+        device = pick_device(config.device, config.amp)
     except ValueError as error:
-        raise ConfigError(f"--device: {error}") from None
-    if config.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("--amp fp16 needs a CUDA GPU: use --amp bf16 or --amp off on the CPU")
-    if config.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("--amp bf16 is not supported by this GPU: use --amp fp16")
+        raise ConfigError(str(error)) from None
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return Runtime(device)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -599,7 +574,24 @@ def train(config: TrainConfig) -> tuple[EnhancedBERT4Rec, dict]:
     validate_config(config)
     runtime = setup_runtime(config)
     with run_lock(Path(config.checkpoint_dir)) if runtime.is_main else nullcontext():
+        if config.overwrite and runtime.is_main:
+            set_aside(Path(config.checkpoint_dir), config.metadata_file)
         return run_training(config, runtime)
+
+
+def set_aside(folder: Path, metadata_file: Path) -> Path | None:
+    """--overwrite: move the run files a --checkpoint_dir holds (and the metadata.json beside them) into
+    <folder>/replaced-<time>/, so that a new run starts in a clean folder and nothing is deleted."""
+    held = [folder / name for name in (*RUN_FILES, "training_curves.png") if (folder / name).exists()]
+    if metadata_file.exists() and metadata_file.parent.resolve() == folder.resolve():
+        held.append(metadata_file)
+    if not held:
+        return None
+    aside = Path(tempfile.mkdtemp(prefix=time.strftime("replaced-%Y%m%d-%H%M%S-"), dir=folder))
+    for path in held:
+        path.rename(aside / path.name)
+    print(f"--overwrite: the run that was in {folder} is now in {aside}")
+    return aside
 
 
 @contextmanager
@@ -699,8 +691,13 @@ def run_training(config: TrainConfig, runtime: Runtime) -> tuple[EnhancedBERT4Re
     run = start_run(config, runtime)
     if config.resume:
         resume(run, config.resume)
+    finished = finished_because(run)
+    if finished and runtime.is_main and (run.checkpoint_dir / "results.json").is_file():
+        run.log(f"nothing to do: the run resumed from {config.resume} {finished}; its results are unchanged in "
+                f"{run.checkpoint_dir / 'results.json'} (raise --max_epochs or --max_minutes to train on)")
+        return run.model, json.loads((run.checkpoint_dir / "results.json").read_text())
     open_outputs(run)
-    first_epoch, out_of_time, stop = run.state["epoch"], False, False
+    first_epoch, out_of_time, stop = run.state["epoch"], finished.startswith("used its"), finished.startswith("stopped")
     while run.state["epoch"] < config.max_epochs and not (out_of_time or stop):
         record, out_of_time = train_epoch(run)
         stop = validate_and_checkpoint(run, record, out_of_time)
@@ -750,6 +747,19 @@ def start_run(config: TrainConfig, runtime: Runtime) -> Run:
                started, budget_clock_start=started)
 
 
+def finished_because(run: Run) -> str:
+    """Why a (resumed) run has nothing left to train: its epochs, its time budget or early stopping; "" when it
+    has."""
+    config, state = run.config, run.state
+    if state["epoch"] >= config.max_epochs:
+        return f"has trained all {config.max_epochs} epochs (--max_epochs)"
+    if config.max_minutes is not None and state["budget_seconds_used"] >= config.max_minutes * 60:
+        return f"used its {config.max_minutes} minutes (--max_minutes)"
+    if state["history"] and state["evals_without_improvement"] >= config.patience:
+        return f"stopped early after {config.patience} evaluations without improvement (--patience)"
+    return ""
+
+
 def resume(run: Run, path: str) -> None:
     """Continue from a checkpoint of the same data, network and task weights: weights, optimiser, schedule,
     random generators and progress."""
@@ -767,7 +777,28 @@ def resume(run: Run, path: str) -> None:
         torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
     run.state.update({key: checkpoint[key] for key in run.state if key in checkpoint})
     run.budget_clock_start = run.started - run.state["budget_seconds_used"]
+    if run.runtime.is_main:
+        bring_best_checkpoint(Path(path).parent, run.checkpoint_dir, run.state)
     run.log(f"resumed from {path} at epoch {run.state['epoch']}, step {run.state['step']}")
+
+
+def bring_best_checkpoint(source: Path, folder: Path, state: dict) -> None:
+    """A run resumed into another --checkpoint_dir takes its best_model.pt along (copied, then renamed into place),
+    so that its test figures still come from its best-validation checkpoint. Refused when that file is missing."""
+    if state["best_epoch"] == 0 or _run_id_of(folder / "best_model.pt") == state["run_id"]:
+        return
+    best = source / "best_model.pt"
+    if _run_id_of(best) != state["run_id"]:
+        raise TrainingError(f"--resume: the run's best checkpoint (epoch {state['best_epoch']}) is not {best}; "
+                            f"resume in {source} itself or copy its best_model.pt beside the checkpoint")
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / ".best_model.pt.part"
+    shutil.copyfile(best, partial)
+    partial.replace(folder / "best_model.pt")
+
+
+def _run_id_of(checkpoint: Path) -> str | None:
+    return load_checkpoint(checkpoint).get("run_id") if checkpoint.is_file() else None
 
 
 def open_outputs(run: Run) -> None:
@@ -792,31 +823,19 @@ def train_epoch(run: Run) -> tuple[dict, bool]:
     cumulative training seconds) and whether --max_minutes ran out during it."""
     config, runtime, state = run.config, run.runtime, run.state
     epoch, epoch_started = state["epoch"] + 1, time.monotonic()
-    shuffle_generator, mask_generator = run.generators
-    autocast = autocast_context(config.amp, runtime.device.type)
     budget_seconds = config.max_minutes * 60 if config.max_minutes else math.inf
-    mask_token = mask_index(run.data.num_items)
     sums = {task: torch.zeros((), device=runtime.device) for task in ("total", *TASKS)}
     micro_steps, out_of_time = 0, False
-    batches = list(epoch_batches(len(run.data.window_users), config.batch_size, shuffle_generator, runtime.rank,
+    batches = list(epoch_batches(len(run.data.window_users), config.batch_size, run.generators[0], runtime.rank,
                                  runtime.world_size))
     run.objective.train()
     run.optimizer.zero_grad(set_to_none=True)
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not (config.progress and runtime.is_main), leave=False,
                dynamic_ncols=True)
     for rows in bar:
-        batch = make_batch(run.data_tensors, rows.to(runtime.device), mask_token, config.mask_prob,
-                           config.user_dropout, config.demographics_dropout, mask_generator,
-                           mask_last=config.next_item_on, crop_prob=config.next_item_crop,
-                           new_user_prob=config.new_user_prob, causal=config.causal)
         micro_steps += 1
         last_micro = micro_steps % config.grad_accum_steps == 0
-        sync = nullcontext() if last_micro or runtime.world_size == 1 else run.objective.no_sync()
-        with sync:
-            with autocast:
-                losses = run.objective(batch)
-            loss = losses["total"] / config.grad_accum_steps
-            (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+        losses = forward_backward(run, rows, sync_gradients=last_micro)
         for task, value in losses.items():
             sums[task] += value.detach().float()
         if micro_steps % LOSS_SYNC_STEPS == 0:
@@ -836,6 +855,27 @@ def train_epoch(run: Run) -> tuple[dict, bool]:
     record = {"epoch": epoch, "step": state["step"], "lr": run.scheduler.get_last_lr()[0],
               "train_seconds": state["train_seconds"], **losses}  # cumulative: time to each epoch
     return record, out_of_time
+
+
+def forward_backward(run: Run, rows: torch.Tensor, sync_gradients: bool = True) -> dict[str, torch.Tensor]:
+    """The gradient half of a training step on the windows `rows`: their batch (fresh masks from the run's mask
+    generator), the objective under --amp, and the backward pass of the total loss / --grad_accum_steps (scaled
+    when fp16). Under DDP the gradients are averaged across processes only when sync_gradients (the accumulation's
+    last micro-batch). Returns the forward pass's losses. A training step is this, then optimizer_step once the
+    accumulation is complete: train_epoch reads the losses in between, so a diverged loss is refused before it
+    reaches the weights; benchmarks/bench_train.py times the two together."""
+    config, runtime = run.config, run.runtime
+    batch = make_batch(run.data_tensors, rows.to(runtime.device), mask_index(run.data.num_items), config.mask_prob,
+                       config.user_dropout, config.demographics_dropout, run.generators[1],
+                       mask_last=config.next_item_on, crop_prob=config.next_item_crop,
+                       new_user_prob=config.new_user_prob, causal=config.causal)
+    sync = nullcontext() if sync_gradients or runtime.world_size == 1 else run.objective.no_sync()
+    with sync:
+        with autocast_context(config.amp, runtime.device.type):
+            losses = run.objective(batch)
+        loss = losses["total"] / config.grad_accum_steps
+        (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+    return losses
 
 
 def optimizer_step(run: Run) -> None:
@@ -1000,8 +1040,11 @@ def final_results(config: TrainConfig, data: ML1MData, data_tensors: dict[str, t
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C from here on: KeyboardInterrupt, below
+    config = None
     try:
-        train(parse_args(argv, use_device_defaults=True))
+        config = parse_args(argv, use_device_defaults=True)
+        train(config)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -1009,9 +1052,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is in last.pt (resume with --resume)", file=sys.stderr)
+        print(f"interrupted: {what_is_on_disk(config)}", file=sys.stderr)
         return 130
     return 0
+
+
+def what_is_on_disk(config: TrainConfig | None) -> str:
+    """The truth about a run stopped by Ctrl-C: the epoch its last.pt holds, or that no checkpoint was written."""
+    if config is None:
+        return "nothing was written"
+    last = Path(config.checkpoint_dir) / "last.pt"
+    try:
+        epoch = read_checkpoint(last)["epoch"] if last.is_file() else None
+    except (CheckpointFileError, KeyError):
+        epoch = None
+    if epoch is None:
+        return f"no epoch was completed, so {config.checkpoint_dir} holds no checkpoint of this run"
+    return f"{last} holds epoch {epoch}; continue with --resume {last}"
 
 
 if __name__ == "__main__":

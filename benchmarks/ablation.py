@@ -1,15 +1,18 @@
 """Ablation on the real ML-1M: what each side-information part and each auxiliary task adds to plain BERT4Rec.
 
-Every row is the same trainer.py run at the same training budget (the shared flags, e.g. the tuned configuration
-file, plus --max_minutes/--max_epochs), differing only in the switches below, for each seed. Test figures come
+Every row is the same trainer.py run at the same training budget (the shared flags, e.g. a configuration file,
+plus --max_minutes/--max_epochs), differing only in the switches below, for each seed. Test figures come
 from each run's results.json (best-validation checkpoint, EVALUATION.md protocol). The markdown table gives the
 mean over seeds and, with more than one seed, the seed-to-seed spread (max - min) of NDCG@10.
 
     python benchmarks/ablation.py --data_dir ../shared/data/ml-1m --seeds 0 1 --max_minutes 30 \
-        --out runs/ablation -- @configs/ml1m_tuned.txt
+        --out runs/ablation -- @configs/seed.txt --batch_size 256 --learning_rate 1e-3 --warmup_steps 200 \
+        --lr_schedule constant --max_epochs 200 --patience 20 --next_item_weight 0.1 --next_item_crop 0.5
     python benchmarks/ablation.py --out runs/ablation --table_only     # re-read finished runs
 
---parallel N runs N trainings at once (useful on a GPU, where one small model leaves the device idle).
+--parallel N runs N trainings at once (useful on a GPU, where one small model leaves the device idle). The
+shared flags above are the seed's model with the cloze training of docs/RESULTS.md's ablation table. PLAIN switches
+--causal off, so on a causal configuration file the full-model rows would differ from the others in that too.
 """
 
 import argparse

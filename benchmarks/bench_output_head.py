@@ -1,15 +1,15 @@
 """What a Mixture-of-Logits output head would cost on this machine, beside the project's dot-product head.
 
-Issue 18 names HSTU with a Mixture-of-Logits head (MoL: Zhai et al., "Revisiting Neural Retrieval on
-Accelerators", KDD 2023) as the figure to beat. MoL scores a (query, item) pair by k dot products of projections,
+HSTU's published ML-1M figure, the one to beat, comes with a Mixture-of-Logits head (MoL: Zhai et al., "Revisiting
+Neural Retrieval on Accelerators", KDD 2023). MoL scores a (query, item) pair by k dot products of projections,
 mixed by a softmax gate that depends on the pair, so it cannot be folded into one matrix product: every
 intermediate is k x rows x items. This times forward + backward of the full-softmax item loss for one training
 batch's rows, with the dot product (the project's ItemHead) and with a MoL sketch of k components (query and item
 projections of hidden_size / k each, gate = query term + item term + a k x k mix of the component logits), in
-bf16 autocast as the chosen configuration trains. Heads are timed in turn inside every repeat; the figure is
+bf16 autocast as the best model (configs/best.txt) trains. Heads are timed in turn inside every repeat; the figure is
 the median. The sketch is not part of the model: it is here to say whether MoL is affordable on a CPU.
 
-    python benchmarks/bench_output_head.py                     # rows of one batch of the chosen config, 2 threads
+    python benchmarks/bench_output_head.py                     # rows of one batch of configs/best.txt, 2 threads
     python benchmarks/bench_output_head.py --components 2 4 --rows 4096 --threads 1
 """
 
@@ -58,7 +58,7 @@ def time_head(score: Callable[[], Tensor], targets: Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=4096, help="scored positions per batch (the chosen config: "
+    parser.add_argument("--rows", type=int, default=4096, help="scored positions per batch (configs/best.txt: "
                         "128 windows of T 50, at most 128 x 49 = 6,272, fewer for short and cropped windows)")
     parser.add_argument("--items", type=int, default=3706)
     parser.add_argument("--hidden_size", type=int, default=256)

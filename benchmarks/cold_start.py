@@ -12,12 +12,12 @@ API, so the table measures what a user of the engine gets:
   (get_cold_item_recommendations, from the user's history and the movies' genres and years).
 Baselines: popularity over the training part; demographic popularity (training users of the same gender and age
 group); plain BERT4Rec trained on the same users; for new items the expected value of a random order. Ranking:
-all rated movies, seen excluded, ties counted against the target (trainer.target_ranks). The rating rows measure
+all rated movies, seen excluded, ties counted against the target (metrics.target_ranks). The rating rows measure
 the rating head on the known users' recommendations: the top 10 from the training part, where the user rated the
 movie later (validation or test event), against the bias baseline on the same movies.
 
 Writes cold_start.md and cold_start.json into --out. Finished runs (results.json) are read, an interrupted run is
-resumed from its last.pt, so the benchmark continues across sessions.
+resumed from its last.pt, so an interrupted benchmark continues where it stopped.
 
     python benchmarks/cold_start.py --data_dir ../shared/data/ml-1m --seeds 0 1 --out runs/cold_start
 """
@@ -41,17 +41,18 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.ablation import PLAIN  # noqa: E402  (the ablation's plain BERT4Rec, the same flags)
 from data_processor import AGE_GROUPS, EVAL_EVENTS, GENDERS, ML1MData, held_out_movies, load_dataset  # noqa: E402
-from inference import (  # noqa: E402
+from engine import RecommendationEngine  # noqa: E402
+from metrics import ranking_metrics, target_ranks  # noqa: E402
+from signup_prior import (  # noqa: E402
     NEW_USER_PRIOR_FADE,
     NEW_USER_PRIOR_STEEPNESS,
     NEW_USER_PRIOR_WEIGHT,
     NEW_USER_PRIOR_WINDOW,
-    RecommendationEngine,
     faded_weight,
     signup_counts,
     signup_window_prior,
 )
-from trainer import fit_bias_baseline, ranking_metrics, target_ranks, training_events  # noqa: E402
+from trainer import fit_bias_baseline, training_events  # noqa: E402
 
 # the models compared (run folder name -> trainer flags on top of --config); LABELS name their table columns
 MODELS = {"plain": PLAIN, "full": [], "full_new_users": ["--new_user_prob", "0.2"],
@@ -209,7 +210,7 @@ def engine_scores(engine: RecommendationEngine, cases: Cases, universe: np.ndarr
 
 
 def prior_counts(known: ML1MData, leave_out: int | None = None) -> np.ndarray:
-    """inference.signup_counts over the known users' training parts, as the engine counts them; leave_out: the
+    """signup_prior.signup_counts over the known users' training parts, as the engine counts them; leave_out: the
     users with UserID % 10 == leave_out are left out (the validation users, when the prior is chosen on them)."""
     lengths = np.diff(known.seq_offsets)
     keep = np.ones(len(lengths), dtype=bool) if leave_out is None else known.user_ids % 10 != leave_out
@@ -221,7 +222,7 @@ def prior_counts(known: ML1MData, leave_out: int | None = None) -> np.ndarray:
 
 def log_prior_scores(known: ML1MData, counts: np.ndarray, cases: Cases, universe: np.ndarray,
                      window: tuple[int, int]) -> torch.Tensor:
-    """(cases, universe) log sign-up prior of new-user cases (inference.signup_window_prior over `counts`); movies
+    """(cases, universe) log sign-up prior of new-user cases (signup_prior.signup_window_prior over `counts`); movies
     the known users' world does not have get -inf."""
     n = np.array([len(sequence) for sequence in cases.sequences])
     prior = signup_window_prior(counts, n, cases.groups[:, 0], cases.groups[:, 1], window)
@@ -540,8 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_dir", required=True, help="the ml-1m folder")
     parser.add_argument("--out", default="runs/cold_start", help="run folders, cold_start.md and cold_start.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--config", default="@configs/cpu_budget.txt",
-                        help="trainer flags of both models (a flags file and/or flags, one string)")
+    parser.add_argument("--config", default="@configs/cpu_small.txt",
+                        help="trainer flags of both models (a flags file and/or flags, one string; the default is "
+                             "the CPU default, the models the engine's new-user prior was tuned on)")
     parser.add_argument("--max_epochs", type=int, default=10, help="training epochs of each model")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=DEFAULT_MODELS,
                         help="which models to train and compare (plain and full at least)")

@@ -4,12 +4,14 @@ Each configuration (a name and trainer.py flags) is trained for every seed under
 one run after another so that each has the machine to itself. Test figures come from each run's results.json
 (best-validation checkpoint, EVALUATION.md protocol). Writes time_to_quality.md (table) and time_to_quality.png
 (validation NDCG@10 against training minutes and epochs) into --out. Finished runs (results.json present) are
-read, not rerun; an interrupted run is resumed from its last.pt, so the benchmark continues across sessions.
+read, not rerun; an interrupted run is resumed from its last.pt, so an interrupted benchmark continues.
 
     python benchmarks/time_to_quality.py --data_dir ../shared/data/ml-1m --max_minutes 15 --seeds 0 1 \
-        --config today "@configs/ml1m_cpu.txt" \
-        --config budget "@configs/ml1m_cpu.txt --next_item_weight 0.1 --lr_schedule cosine" --out runs/ttq15
-    python benchmarks/time_to_quality.py --out runs/ttq15 --table_only --config today "" --config budget ""
+        --config cpu_small "@configs/cpu_small.txt" \
+        --config cloze "@configs/cpu_small.txt --no-causal --lr_schedule cosine" --out runs/ttq15
+    python benchmarks/time_to_quality.py --out runs/ttq15 --table_only --config cpu_small "" --config cloze ""
+
+Results: docs/RESULTS.md#time-to-quality.
 """
 
 import argparse

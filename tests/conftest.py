@@ -1,12 +1,18 @@
-"""Shared fixtures: a synthetic ML-1M folder (fast tests of every stage) and the real ML-1M when present."""
+"""Shared fixtures: a synthetic ML-1M folder (fast tests of every stage) and the real ML-1M when present.
 
+The real-data tests find ML-1M through one setting, the environment variable ML1M_DIR (a folder holding
+ratings.dat, movies.dat and users.dat); without it they look in ../shared/data/ml-1m beside the repository, where
+the team keeps its verified copy, and are skipped with the reason shown when neither is there.
+"""
+
+import os
 from pathlib import Path
 
 import pytest
 
 from data_processor import write_synthetic_ml1m
 
-REAL_ML1M_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-1m"
+REAL_ML1M_DIR = Path(os.environ.get("ML1M_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m")
 # trainer.py flags of the tiny model the unit tests train on synthetic data (seconds per epoch)
 TINY = ["--hidden_size", "16", "--num_heads", "2", "--num_layers", "1", "--seq_length", "12", "--batch_size", "16",
         "--learning_rate", "3e-3", "--warmup_steps", "5", "--no-progress"]
@@ -20,9 +26,9 @@ def synthetic_ml1m_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def real_ml1m_dir() -> Path:
-    """The real ML-1M folder (../shared/data/ml-1m beside the repository); skips the test when absent."""
+    """The real ML-1M folder ($ML1M_DIR); skips the test when absent."""
     if not all((REAL_ML1M_DIR / name).is_file() for name in ("ratings.dat", "movies.dat", "users.dat")):
-        pytest.skip("real ML-1M not found at ../shared/data/ml-1m")
+        pytest.skip(f"real ML-1M not found at {REAL_ML1M_DIR}: set ML1M_DIR to your ml-1m folder to run this test")
     return REAL_ML1M_DIR
 
 

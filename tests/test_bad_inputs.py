@@ -11,10 +11,12 @@ import json
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -146,6 +148,148 @@ def test_trainer_refuses_a_corrupt_checkpoint_and_leaves_it_as_it_was(run, tmp_p
     assert broken.read_bytes() == before
 
 
+def copy_run(source: Path, target: Path) -> Path:
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.is_file():
+            (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def test_a_new_run_never_replaces_a_finished_one(run, tmp_path, capsys):
+    data_dir, finished = run
+    folder = copy_run(finished, tmp_path / "first")
+    before = snapshot(folder)
+    status = trainer.main([*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(folder), "--max_epochs", "1"])
+    error = one_error_line(capsys.readouterr().err)
+    assert status == 2 and f"--checkpoint_dir {folder} holds another run" in error
+    assert "--resume" in error and "--overwrite" in error and "another --checkpoint_dir" in error
+    assert snapshot(folder) == before
+    # resuming another run into it is not a way around it
+    other = tmp_path / "second"
+    assert trainer.main([*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(other), "--max_epochs", "1",
+                         "--seed", "3"]) == 0
+    capsys.readouterr()
+    status = trainer.main(["--resume", str(other / "last.pt"), "--checkpoint_dir", str(folder), "--max_epochs", "2"])
+    assert status == 2 and "holds another run" in one_error_line(capsys.readouterr().err)
+    assert snapshot(folder) == before
+
+
+def test_overwrite_moves_the_old_run_aside_and_deletes_nothing(run, tmp_path, capsys):
+    data_dir, finished = run
+    folder = copy_run(finished, tmp_path / "run")
+    before = snapshot(folder)
+    assert trainer.main([*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(folder), "--max_epochs", "1",
+                         "--seed", "7", "--overwrite"]) == 0
+    (aside,) = folder.glob("replaced-*")
+    assert snapshot(aside) == {name: data for name, data in before.items() if name != ".run.lock"}
+    assert json.loads((folder / "results.json").read_text())["epochs_run"] == 1
+    assert json.loads((folder / "results.json").read_text())["run_id"] != json.loads(before["results.json"])["run_id"]
+    status = trainer.main(["--resume", str(folder / "last.pt"), "--overwrite", "--max_epochs", "2"])
+    assert status == 2 and "--overwrite would move aside" in one_error_line(capsys.readouterr().err)
+
+
+OUTPUT_OVER_INPUT = [  # (flags after the data and folder, the message); {data}/{run} are filled in
+    (["--metadata_path", "{data}/ratings.dat"], "--metadata_path would write over"),
+    (["--metadata_path", "{data}/users.dat"], "which --data_dir reads"),
+    (["--metadata_path", "{out}/results.json"], "are the same file"),
+    (["--metadata_path", "{out}/best_model.pt"], "are the same file"),
+    (["--cache_dir", "{data}/movies.dat"], "--cache_dir: "),
+    (["--checkpoint_dir", "{data}/ratings.dat"], "--checkpoint_dir: "),
+]
+
+
+@pytest.mark.parametrize("flags, message", OUTPUT_OVER_INPUT, ids=[case[0][1] for case in OUTPUT_OVER_INPUT])
+def test_no_output_is_an_input(tmp_path, capsys, flags, message):
+    data_dir = write_synthetic_ml1m(tmp_path / "ml-1m")
+    before = snapshot(data_dir)
+    flags = [flag.format(data=data_dir, out=tmp_path / "out") for flag in flags]
+    status = trainer.main([*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(tmp_path / "out"), *flags])
+    assert status == 2 and message in one_error_line(capsys.readouterr().err)
+    assert snapshot(data_dir) == before and not (tmp_path / "out").exists()
+
+
+def test_metadata_is_never_written_over_the_checkpoint_being_resumed(run, tmp_path, capsys):
+    folder = copy_run(run[1], tmp_path / "run")
+    before = snapshot(folder)
+    status = trainer.main(["--resume", str(folder / "last.pt"), "--metadata_path", str(folder / "last.pt"),
+                           "--max_epochs", "3"])
+    assert status == 2 and "which --resume reads" in one_error_line(capsys.readouterr().err)
+    assert snapshot(folder) == before
+
+
+def test_resuming_into_a_new_folder_runs_to_its_results(run, tmp_path, capsys):
+    data_dir, finished = run
+    source = copy_run(finished, tmp_path / "source")
+    before = snapshot(source)
+    new = tmp_path / "new"
+    assert trainer.main(["--resume", str(source / "last.pt"), "--checkpoint_dir", str(new), "--max_epochs", "3"]) == 0
+    results = json.loads((new / "results.json").read_text())
+    assert results["epochs_run"] == 3 and results["run_id"] == json.loads(before["results.json"])["run_id"]
+    assert read_checkpoint(new / "best_model.pt")["run_id"] == results["run_id"]
+    assert snapshot(source) == before  # the run it came from is untouched
+
+
+def test_a_finished_run_resumed_has_nothing_to_do_unless_its_budget_grows(run, tmp_path, capsys):
+    folder = copy_run(run[1], tmp_path / "run")
+    before = snapshot(folder)
+    assert trainer.main(["--resume", str(folder / "last.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "has trained all 2 epochs" in out
+    assert snapshot(folder) == before
+    assert trainer.main(["--resume", str(folder / "last.pt"), "--max_epochs", "3"]) == 0
+    assert json.loads((folder / "results.json").read_text())["epochs_run"] == 3
+
+
+def test_a_run_that_used_its_minutes_resumes_to_nothing_to_do(tmp_path, capsys):
+    data_dir = write_synthetic_ml1m(tmp_path / "ml-1m")
+    folder = tmp_path / "run"
+    assert trainer.main([*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(folder), "--max_epochs", "50",
+                         "--max_minutes", "0.001"]) == 0
+    before = snapshot(folder)
+    assert read_checkpoint(folder / "last.pt")["epoch"] < 50
+    capsys.readouterr()
+    assert trainer.main(["--resume", str(folder / "last.pt")]) == 0
+    assert "used its 0.001 minutes" in capsys.readouterr().out
+    assert snapshot(folder) == before
+
+
+def interrupted(args: list[str], when: Callable[[], bool]) -> tuple[int, str]:
+    """trainer.py in a process of its own, sent SIGINT (Ctrl-C) as soon as when() holds: (exit status, stderr)."""
+    process = trainer_process(*args)
+    started = time.monotonic()
+    while not when() and time.monotonic() - started < 120:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=120)
+    return process.returncode, error
+
+
+def test_ctrl_c_at_any_moment_says_what_is_on_disk(tmp_path):
+    data_dir = write_synthetic_ml1m(tmp_path / "ml-1m", num_users=60)
+    out = tmp_path / "run"
+    args = [*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(out), "--max_epochs", "200",
+            "--batch_size", "4"]
+    started = time.monotonic()
+    status, error = interrupted(args, lambda: time.monotonic() - started > 0.5)  # while it imports torch
+    assert status == 130 and error.strip() in ("interrupted while starting: nothing was written",
+                                               "interrupted: no epoch was completed, so "
+                                               f"{out} holds no checkpoint of this run"), error
+    status, error = interrupted(args, lambda: (out / "metadata.json").exists())  # before the first epoch ends
+    assert status == 130 and "Traceback" not in error, error
+    if not (out / "last.pt").exists():
+        assert error.strip() == f"interrupted: no epoch was completed, so {out} holds no checkpoint of this run"
+    shutil.rmtree(out)
+    status, error = interrupted(args, lambda: (out / "last.pt").exists())  # while it trains
+    epoch = read_checkpoint(out / "last.pt")["epoch"]
+    assert status == 130 and error.strip() == (f"interrupted: {out / 'last.pt'} holds epoch {epoch}; continue with "
+                                               f"--resume {out / 'last.pt'}"), error
+
+
 # ----------------------------------------------------------------------------------------------------------
 # data_processor.py
 
@@ -229,7 +373,8 @@ API_CASES = [
     ("bad demographics row", lambda e: e.score_batch([None], [[]], demographics=["F"]), InferenceError,
      r"demographics\[0\]"),
     ("explain a seen movie", lambda e: e.explain_recommendation(
-        1, None, e._item_movie_ids[e._users[1]["history"]["items"][0]]), AlreadySeenError, "already in this user"),
+        1, None, e._catalog.item_movie_ids[e._catalog.users[1]["history"]["items"][0]]), AlreadySeenError,
+     "already in this user"),
     ("explain an unknown movie", lambda e: e.explain_recommendation(1, None, 999999), UnknownItemError, "999999"),
     ("profile without a user", lambda e: e.get_user_profile(None), InferenceError, "user_id must be an integer"),
     ("rating threshold as text", lambda e: e.get_recommendations(1, min_predicted_rating="4"), InferenceError,
@@ -237,7 +382,7 @@ API_CASES = [
     ("export progress as text", lambda e: e.export_recommendations("/tmp/x.csv", progress="no"), InferenceError,
      "progress must be True or False"),
     ("cold items for a warm movie", lambda e: e.get_cold_item_recommendations(
-        None, [], movie_ids=[int(e._item_movie_ids[1])]), InferenceError, "have an embedding"),
+        None, [], movie_ids=[int(e._catalog.item_movie_ids[1])]), InferenceError, "have an embedding"),
 ]
 
 
@@ -357,6 +502,7 @@ def test_an_export_that_fails_part_way_leaves_no_file(engine, tmp_path):
 
 CATEGORY_COUNTS = {
     "trainer.py flags and folders": len(TRAINER_FLAGS) + 2 + 3 + 1,
+    "runs never replaced, outputs never inputs, resume and Ctrl-C": 2 + 2 + len(OUTPUT_OVER_INPUT) + 1 + 1 + 2 + 1 + 3,
     "data_processor.py data and flags": 3,
     "inference.py requests and files": 14 + 1,
     "engine API arguments and files": len(API_CASES) + 3,

@@ -568,7 +568,7 @@ def test_cli_rejects_bad_parameters(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Real ML-1M (skipped when ../shared/data/ml-1m is absent)
+# Real ML-1M (skipped when $ML1M_DIR is absent; tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from data_processor import (
     write_synthetic_ml1m,
 )
 from enhanced_model import USER_TOKENS, EnhancedBERT4Rec, ModelConfig
+from explanations import explanation_sentence
 from inference import (
     NEW_USER_PRIOR_WINDOW,
     SIGNUP_POSITIONS,
@@ -44,7 +45,6 @@ from inference import (
     RecommendationEngine,
     UnknownItemError,
     UnknownUserError,
-    _sentence,
     faded_weight,
     main,
     signup_counts,
@@ -557,24 +557,25 @@ def test_sentence_from_hand_made_numbers():
                         "age": {"cross_attention": 0.5, "score_drop": 0.1},
                         "gender": {"cross_attention": 0.3, "score_drop": -0.2}},
     }
-    assert _sentence(explanation, 5) == (
+    assert explanation_sentence(explanation, 5) == (
         'We recommend "Heat (1995)" from your 5 most recent movies as a whole (deleting any one of them lowers '
         "its score by less than 0.05); it is Thriller, like 3 of your 5 recent movies; it is 5 years newer than "
         "the median release year of your recent movies (1990); of what we know about you, your own taste "
         "profile weighed most (hiding it lowers the score by 0.30; attention to it: 20%)."
     )
     explanation["recommended"]["rank"] = 299
-    assert _sentence(explanation, 5, k=10).startswith('"Heat (1995)" is ranked 299th for you, from your 5 most')
-    assert _sentence(explanation, 5, k=300).startswith('We recommend "Heat (1995)" from')
+    assert explanation_sentence(explanation, 5, k=10).startswith(
+        '"Heat (1995)" is ranked 299th for you, from your 5 most')
+    assert explanation_sentence(explanation, 5, k=300).startswith('We recommend "Heat (1995)" from')
     explanation["recommended"]["rank"] = 1
     for tokens in ({}, {"age": {"cross_attention": 0.9, "score_drop": 0.01}}):  # nothing that matters to name
         explanation["user_tokens"] = tokens
-        assert "weighed most" not in _sentence(explanation, 5)
+        assert "weighed most" not in explanation_sentence(explanation, 5)
     explanation["drivers"] = [{"title": "Ronin (1998)", "score_drop": 1.0},
                               {"title": "Fargo (1996)", "score_drop": 0.6}]
     explanation["release_year"] = {"year": 1995, "history_median_year": 1994.0, "difference": 1.0,
                                    "relation": "same era"}
-    assert _sentence(explanation, 5).startswith(
+    assert explanation_sentence(explanation, 5).startswith(
         'We recommend "Heat (1995)" mostly because you watched "Ronin (1998)" and "Fargo (1996)" (without each, '
         "its score drops by 1.00 and 0.60); it is Thriller, like 3 of your 5 recent movies; it is from 1995, the "
         "era you watch most (median 1994)."

@@ -457,11 +457,11 @@ def test_checked_in_configs_parse_validate_and_set_every_flag(config_file):
 
 def test_defaults_per_device_and_the_seed_one_flag_away():
     cpu = parse_args(["--device", "cpu"], use_device_defaults=True)
-    assert cpu == parse_args([f"@{REPO / 'configs' / 'cpu_causal.txt'}", "--max_minutes", "90", "--device", "cpu"])
+    assert cpu == parse_args([f"@{REPO / 'configs' / 'cpu_small.txt'}", "--max_minutes", "90", "--device", "cpu"])
     assert (cpu.hidden_size, cpu.lr_schedule, cpu.max_minutes, cpu.next_item_weight) == (64, "wsd", 90.0, 0.1)
-    assert cpu.causal and not parse_args([f"@{REPO / 'configs' / 'cpu_budget.txt'}"]).causal
+    assert cpu.causal
     gpu = parse_args(["--device", "cuda"], use_device_defaults=True)  # parsing only: no GPU needed
-    assert gpu == parse_args([f"@{REPO / 'configs' / 'h256_t50_cos12.txt'}", "--device", "cuda"])
+    assert gpu == parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--device", "cuda"])
     assert (gpu.hidden_size, gpu.causal, gpu.next_item_crop, gpu.amp, gpu.max_epochs) == (256, True, 0.5, "bf16", 12)
     assert gpu.cosine_temperature == 0.05
     assert parse_args(["--device", "cpu", "--hidden_size", "32"], use_device_defaults=True).hidden_size == 32
@@ -531,19 +531,14 @@ def test_a_causal_run_is_evaluated_at_its_newest_event_and_served_the_same_way(s
     assert [r["movie_id"] for r in top] == [int(data.item_movie_ids[i]) for i in scores[0].topk(3).indices]
 
 
-def test_the_h256_config_file_is_the_measured_cpu_command():
-    """configs/h256_t50_crop12.txt is the command of docs/RESULTS.md's three CPU seeds (tenth session), written out;
-    only --patience differs (400 there, 12 here: neither stops a 12-epoch run early)."""
-    measured = parse_args([f"@{REPO / 'configs' / 'cpu_causal.txt'}", "--amp", "bf16", "--dropout", "0.2",
+def test_the_best_config_file_is_the_measured_cpu_command():
+    """configs/best.txt is the command of docs/RESULTS.md's three CPU seeds of the best model, written out: the CPU
+    default made larger, bf16, 12 epochs, the crop and the cosine item head (--patience 400 there, 12 here: neither
+    stops a 12-epoch run early)."""
+    measured = parse_args([f"@{REPO / 'configs' / 'cpu_small.txt'}", "--amp", "bf16", "--dropout", "0.2",
                            "--batch_size", "128", "--max_epochs", "12", "--patience", "12", "--hidden_size", "256",
                            "--num_heads", "4", "--num_layers", "4", "--learning_rate", "1e-3", "--seq_length", "50",
-                           "--next_item_crop", "0.5"])
-    assert parse_args([f"@{REPO / 'configs' / 'h256_t50_crop12.txt'}"]) == measured
-
-
-def test_the_cosine_config_file_is_the_h256_config_with_the_cosine_item_head():
-    """configs/h256_t50_cos12.txt, the best configuration (docs/RESULTS.md, thirteenth session), is the h256 command
-    plus --cosine_temperature 0.05 and nothing else."""
-    cosine = parse_args([f"@{REPO / 'configs' / 'h256_t50_cos12.txt'}"])
-    assert cosine == parse_args([f"@{REPO / 'configs' / 'h256_t50_crop12.txt'}", "--cosine_temperature", "0.05"])
-    assert cosine.cosine_temperature == 0.05 and cosine.hidden_size == 256 and cosine.max_epochs == 12
+                           "--next_item_crop", "0.5", "--cosine_temperature", "0.05"])
+    best = parse_args([f"@{REPO / 'configs' / 'best.txt'}"])
+    assert best == measured
+    assert best.cosine_temperature == 0.05 and best.hidden_size == 256 and best.max_epochs == 12

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from data_processor import scoring_input
 from enhanced_model import EnhancedBERT4Rec, ModelConfig
-from train_config import MODEL_FLAGS, TrainConfig
+from model_config import MODEL_FLAGS
+from train_config import TrainConfig
 from trainer import (
     NEW_USER_MAX_EVENTS,
     MultiTaskObjective,

@@ -1,0 +1,291 @@
+"""metadata.json as arrays, and a request's ids resolved to the model's indices and a strategy.
+
+The engine never reads the raw files: movies, the id maps and every known user's history come from the
+metadata.json written with the checkpoint. This module turns them into arrays for vectorised look-ups (Catalog)
+and turns one caller's MovieIDs / UserID / demographics into the model's indices (Request).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from data_processor import GENRES, PAD_INDEX, day_of_year, training_part
+from enhanced_model import ModelConfig
+from inference_inputs import (
+    ColdItemError,
+    ColdItemWarning,
+    InferenceError,
+    UnknownItemError,
+    UnknownUserError,
+    as_id_array,
+    as_int,
+    batch_rows,
+    demographic_fields,
+)
+from signup_prior import signup_counts
+
+PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
+    "personalized", "sequence", "demographics", "popularity", "genre_similarity",
+)  # fmt: skip
+
+
+@dataclass
+class Catalog:
+    """The metadata's movies, items and users as arrays. Movie rows follow ascending MovieIDs; item indices are the
+    model's (0 = padding or never rated); user index 0 is the unknown user; histories are CSR rows in time order."""
+
+    vocabularies: dict[str, Any]
+    movies: dict[int, dict[str, Any]]
+    movie_ids: np.ndarray  # movie row -> MovieID
+    movie_row: np.ndarray  # MovieID -> movie row, -1 for ids not in movies.dat
+    movie_genres: np.ndarray  # (movies, genres) multi-hot
+    movie_years: np.ndarray  # release year per movie row, NaN when unknown
+    item_movie_ids: np.ndarray  # item index -> MovieID, -1 for padding and [MASK]
+    item_of_movie: np.ndarray  # MovieID -> item index, 0 for never-rated (or unknown) movies
+    item_movie_rows: np.ndarray  # item index - 1 -> movie row
+    users: dict[int, dict[str, Any]]
+    user_index: dict[int, int]
+    user_features: np.ndarray  # (users, 3) gender, age, occupation index
+    history_offsets: np.ndarray
+    history_items: np.ndarray
+    history_days: np.ndarray
+    event_keys: np.ndarray  # sorted user * vocabulary + item of every rating, for the day it was rated
+    event_days: np.ndarray
+    item_vocab_size: int
+    popularity: np.ndarray  # training-part ratings per item; -inf for padding and [MASK]
+    signup: np.ndarray  # signup_prior.signup_counts
+    training_genre_mix: np.ndarray  # mean genre multi-hot of all training ratings
+
+
+@dataclass
+class Request:
+    """One user's input in model indices. items/days: the warm history in time order, all of it."""
+
+    user_index: int
+    features: tuple[int, int, int]  # gender, age, occupation index, 0 = unknown
+    items: np.ndarray
+    days: np.ndarray
+    cold_movie_ids: list[int]
+    strategy: str
+
+
+def index_metadata(metadata: dict[str, Any], config: ModelConfig) -> Catalog:
+    """Arrays for vectorised look-ups: movies, items, users, histories (CSR), popularity."""
+    vocabularies, movies = metadata["vocabularies"], metadata["movies"]
+    movie_ids = np.array(sorted(movies), dtype=np.int64)
+    movie_row = np.full(int(movie_ids.max()) + 1, -1, dtype=np.int64)
+    movie_row[movie_ids] = np.arange(len(movie_ids))
+    movie_genres = np.zeros((len(movie_ids), len(GENRES)), dtype=np.float32)
+    for row, movie_id in enumerate(movie_ids.tolist()):
+        movie_genres[row, [GENRES.index(genre) for genre in movies[movie_id]["genres"]]] = 1.0
+    movie_years = np.array([np.nan if movies[m]["year"] is None else movies[m]["year"] for m in movie_ids.tolist()])
+    item_movie_ids = np.array([-1 if m is None else m for m in metadata["movie_id_by_item_index"]])
+    item_of_movie = np.zeros(len(movie_row), dtype=np.int64)
+    item_of_movie[item_movie_ids[1:-1]] = np.arange(1, config.num_items + 1)
+    item_movie_rows = movie_row[item_movie_ids[1:-1]]
+
+    users, user_index = metadata["users"], metadata["user_index_by_user_id"]
+    user_ids = metadata["user_id_by_user_index"]
+    user_features = np.zeros((len(user_ids), 3), dtype=np.int64)
+    histories = [{"items": [], "days": []}] + [users[u]["history"] for u in user_ids[1:]]
+    for index, user_id in enumerate(user_ids[1:], start=1):
+        user = users[user_id]
+        user_features[index] = (user["gender_index"], user["age_index"], user["occupation_index"])
+    lengths = np.array([len(history["items"]) for history in histories])
+    history_offsets = np.concatenate([[0], np.cumsum(lengths)])
+    history_items = np.array([i for h in histories for i in h["items"]], dtype=np.int64)
+    history_days = np.array([d for h in histories for d in h["days"]], dtype=np.int64)
+    # (user, item) -> day of that rating, by binary search over user * vocabulary + item
+    keys = np.repeat(np.arange(len(lengths)), lengths) * config.item_vocab_size + history_items
+    order = np.argsort(keys, kind="stable")
+    # popularity over the training parts only (docs/EVALUATION.md: no statistic sees validation or test)
+    popularity = np.bincount(history_items[training_part(history_offsets)],
+                             minlength=config.item_vocab_size).astype(np.float32)
+    popularity[[PAD_INDEX, config.mask_index]] = -np.inf
+    signup = signup_counts(history_offsets, history_items, user_features,
+                           (config.num_genders, config.num_ages, config.item_vocab_size))
+    training_counts = popularity[1:-1]
+    return Catalog(
+        vocabularies, movies, movie_ids, movie_row, movie_genres, movie_years, item_movie_ids,
+        item_of_movie, item_movie_rows, users, user_index, user_features, history_offsets,
+        history_items, history_days, keys[order], history_days[order], config.item_vocab_size, popularity, signup,
+        training_counts @ movie_genres[item_movie_rows] / training_counts.sum(),
+    )
+
+
+def movie_record(catalog: Catalog, movie_id: int) -> dict[str, Any]:
+    movie = catalog.movies[movie_id]
+    return {"movie_id": movie_id, "title": movie["title"], "genres": movie["genres"], "year": movie["year"]}
+
+
+def default_day(day: int | None) -> int:
+    """The day given to items without a known one: the engine's default_day_of_year, else today's (UTC)."""
+    return int(day_of_year(np.array([int(time.time())]))[0]) if day is None else day
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resolving a request: ids -> model indices, strategy
+
+
+def resolve(
+    catalog: Catalog,
+    user_id: int | None,
+    item_sequence: Sequence[int] | None,
+    timestamps: Sequence[int] | None,
+    demographics: tuple[int, int, int],
+    empty_day: int,
+    reads_demographics: bool,
+) -> Request:
+    """One caller's request in model indices (engine module docstring: the rules). demographics: indices from
+    demographic_indices; empty_day: the day of history items without a timestamp or a known rating day;
+    reads_demographics: the model has user tokens (without them a user known by demographics alone is a
+    "popularity" one)."""
+    user_index = user_index_of(catalog, user_id, any(demographics))
+    known = catalog.user_features[user_index]
+    features = tuple(int(given or stored) for given, stored in zip(demographics, known, strict=True))
+    cold_movie_ids: list[int] = []
+    if item_sequence is None:
+        if timestamps is not None:
+            raise InferenceError("timestamps describe item_sequence: pass both, or neither")
+        start, stop = catalog.history_offsets[user_index], catalog.history_offsets[user_index + 1]
+        items, days = catalog.history_items[start:stop], catalog.history_days[start:stop]
+    else:
+        movie_ids = as_id_array(item_sequence, "item_sequence")
+        items = items_of(catalog, movie_ids)
+        if timestamps is None:
+            days = known_days(catalog, user_index, items, empty_day)
+        else:
+            days = day_of_year(as_id_array(timestamps, "timestamps"))
+            if len(days) != len(items):
+                raise InferenceError(f"timestamps has {len(days)} values for {len(items)} items in item_sequence")
+        cold_movie_ids = movie_ids[items == PAD_INDEX].tolist()
+        items, days = items[items != PAD_INDEX], days[items != PAD_INDEX]
+    if user_index:
+        strategy = PERSONALIZED
+    elif len(items):
+        strategy = SEQUENCE
+    else:  # a model without user tokens cannot read demographics
+        strategy = DEMOGRAPHICS if any(features) and reads_demographics else POPULARITY
+    return Request(user_index, features, items, days, cold_movie_ids, strategy)
+
+
+def resolve_batch(
+    catalog: Catalog,
+    user_ids: Sequence[int | None],
+    item_sequences: Sequence[Sequence[int] | None] | None,
+    timestamps: Sequence[Sequence[int] | None] | None,
+    demographics: Sequence[Mapping[str, Any] | None] | None,
+    empty_day: int,
+    reads_demographics: bool,
+) -> list[Request]:
+    """resolve for each row of a batch (RecommendationEngine.score_batch)."""
+    user_ids = batch_rows(user_ids, "user_ids")
+    if item_sequences is not None and len(batch_rows(item_sequences, "item_sequences")) != len(user_ids):
+        raise InferenceError(f"item_sequences has {len(item_sequences)} rows for {len(user_ids)} user_ids")
+    if timestamps is not None and (item_sequences is None or len(timestamps) != len(user_ids)):
+        raise InferenceError("timestamps need item_sequences, one row per user")
+    if demographics is not None and len(demographics) != len(user_ids):
+        raise InferenceError(f"demographics has {len(demographics)} rows for {len(user_ids)} user_ids")
+    requests = []
+    for row, user_id in enumerate(user_ids):
+        fields = demographic_fields(None if demographics is None else demographics[row], row)
+        requests.append(resolve(
+            catalog, user_id, None if item_sequences is None else item_sequences[row],
+            None if timestamps is None else timestamps[row],
+            demographic_indices(catalog.vocabularies, **fields), empty_day, reads_demographics,
+        ))
+    return requests
+
+
+def user_index_of(catalog: Catalog, user_id: int | None, has_demographics: bool) -> int:
+    if user_id is None:
+        return 0
+    user_id = as_int(user_id, "user_id")
+    if user_id in catalog.user_index:
+        return catalog.user_index[user_id]
+    if has_demographics:
+        return 0  # a new user described by their demographics
+    raise UnknownUserError(
+        f"unknown user_id {user_id}: not in the metadata's users; for a new user pass gender/age/occupation "
+        "or an item_sequence without a user_id"
+    )
+
+
+def demographic_indices(
+    vocabularies: dict[str, Any], gender: str | None = None, age: int | str | None = None,
+    occupation: int | str | None = None,
+) -> tuple[int, int, int]:
+    """Model indices (0 = not given) of a new user's demographics, via the metadata's vocabularies."""
+    genders, age_groups, occupations = (vocabularies[name] for name in ("genders", "age_groups", "occupations"))
+    gender_index = age_index = occupation_index = 0
+    if gender is not None:
+        if str(gender).upper() not in genders[1:]:
+            raise InferenceError(f"gender must be one of {', '.join(genders[1:])}, got {gender!r}")
+        gender_index = genders.index(str(gender).upper())
+    if age is not None:
+        labels = [group["label"] for group in age_groups]
+        if isinstance(age, str) and age in labels[1:]:
+            age_index = labels.index(age)
+        else:
+            years = as_int(age, "age (years, or an age group such as '25-34')")
+            if not 1 <= years <= 120:
+                raise InferenceError(f"age must be 1..120 years, got {years}")
+            # ML-1M's age codes are each group's lower bound: the group is the last code <= the age
+            age_index = max((i for i, group in enumerate(age_groups[1:], 1) if group["age"] <= years), default=1)
+    if occupation is not None:
+        names = [entry["name"] for entry in occupations]
+        if isinstance(occupation, str) and occupation in names[1:]:
+            occupation_index = names.index(occupation)
+        else:
+            code = as_int(occupation, "occupation (ML-1M code or name)")
+            codes = [entry["code"] for entry in occupations]
+            if code not in codes[1:]:
+                raise InferenceError(f"occupation must be an ML-1M code 0..{len(codes) - 2}, got {code}")
+            occupation_index = codes.index(code)
+    return gender_index, age_index, occupation_index
+
+
+def items_of(catalog: Catalog, movie_ids: np.ndarray) -> np.ndarray:
+    """Item indices of MovieIDs (0 for never-rated movies); unknown MovieIDs are an error."""
+    in_range = (movie_ids >= 0) & (movie_ids < len(catalog.movie_row))
+    known = np.zeros(len(movie_ids), dtype=bool)
+    known[in_range] = catalog.movie_row[movie_ids[in_range]] >= 0
+    if not known.all():
+        unknown = sorted(set(movie_ids[~known].tolist()))
+        raise UnknownItemError(f"unknown MovieID(s) {unknown[:10]}: not in movies.dat")
+    return catalog.item_of_movie[movie_ids]
+
+
+def warm_item(catalog: Catalog, movie_id: int) -> int:
+    """Item index of a MovieID the model can score."""
+    item = int(items_of(catalog, as_id_array([movie_id], "recommended_item_id"))[0])
+    if item == PAD_INDEX:
+        raise ColdItemError(
+            f"movie {movie_id} was never rated in the training data, so the model cannot score it; "
+            "get_cold_item_recommendations ranks such movies by genre similarity"
+        )
+    return item
+
+
+def known_days(catalog: Catalog, user_index: int, items: np.ndarray, empty_day: int) -> np.ndarray:
+    """Day the user rated each item, else empty_day."""
+    keys = user_index * catalog.item_vocab_size + items
+    found = np.minimum(np.searchsorted(catalog.event_keys, keys), len(catalog.event_keys) - 1)
+    rated = (catalog.event_keys[found] == keys) & (user_index > 0) & (items != PAD_INDEX)
+    return np.where(rated, catalog.event_days[found], empty_day)
+
+
+def warn_cold(requests: list[Request]) -> None:
+    """One ColdItemWarning naming the never-rated movies of these histories, pointed at the engine's caller."""
+    cold = sorted({movie_id for r in requests for movie_id in r.cold_movie_ids})
+    if cold:
+        warnings.warn(
+            f"never-rated MovieID(s) {cold[:10]}{' ...' if len(cold) > 10 else ''} in the history: the model has "
+            "no embedding for them and skips them", ColdItemWarning, stacklevel=3,
+        )

@@ -1,0 +1,133 @@
+"""Scoring resolved requests with the model: the trainer's input layout and scoring function, the sign-up prior for
+new users, popularity for users the model knows nothing about, and the best-first records a caller sees."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from catalog import DEMOGRAPHICS, POPULARITY, SEQUENCE, Catalog, Request, movie_record
+from data_processor import scoring_input
+from enhanced_model import EnhancedBERT4Rec, exclude_seen, score_last_position
+from signup_prior import NewUserPrior, signup_log_prior
+
+
+@dataclass
+class ModelInputs:
+    item_seq: torch.Tensor
+    days: torch.Tensor
+    user: dict[str, torch.Tensor]
+    seen_offsets: np.ndarray
+    seen_items: np.ndarray
+
+
+def model_inputs(requests: list[Request], seq_length: int, mask_index: int, empty_day: int,
+                 device: torch.device) -> ModelInputs:
+    """data_processor.scoring_input's layout: the newest seq_length - 1 items + [MASK] with the newest day."""
+    lengths = np.array([len(r.items) for r in requests], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    items = np.concatenate([np.zeros(0, np.int64), *(r.items for r in requests)]).astype(np.int64)
+    days = np.concatenate([np.zeros(0, np.int64), *(r.days for r in requests)]).astype(np.int64)
+    item_seq, day_seq = scoring_input(items, days, ends - lengths, ends, seq_length, mask_index, empty_day=empty_day)
+    features = np.array([(r.user_index, *r.features) for r in requests], dtype=np.int64)
+    feature_columns = torch.from_numpy(features).T.to(device)
+    user = dict(zip(("user_idx", "gender", "age", "occupation"), feature_columns, strict=True))
+    return ModelInputs(torch.from_numpy(item_seq).to(device), torch.from_numpy(day_seq).to(device), user,
+                       np.concatenate([[0], ends]), items)
+
+
+def score_and_hidden(
+    model: EnhancedBERT4Rec, catalog: Catalog, requests: list[Request], filter_seen: bool, batch_size: int,
+    empty_day: int, prior: NewUserPrior,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(len(requests), num_items + 2) scores on the CPU, batch_size requests per forward pass, and the hidden row
+    each was read from (B, hidden; readout_rows). Popularity rows get training-part counts and, not being read by
+    the model, NaN hidden rows; new users' rows add the sign-up prior to the model's log probabilities."""
+    config, device = model.config, next(model.parameters()).device
+    chunks, hidden_rows = [], []
+    for start in range(0, len(requests), batch_size):
+        batch = requests[start : start + batch_size]
+        popular = [row for row, r in enumerate(batch) if r.strategy == POPULARITY]
+        if len(popular) == len(batch):
+            chunks.append(torch.from_numpy(catalog.popularity).expand(len(batch), -1).clone())
+            hidden_rows.append(torch.full((len(batch), config.hidden_size), math.nan))
+            continue
+        inputs = model_inputs(batch, config.seq_length, config.mask_index, empty_day, device)
+        scores, hidden, _ = score_last_position(model, inputs.item_seq, inputs.days, inputs.user)
+        # by strategy, not user_index: a known user whose identity an explanation hides stays "personalized"
+        new_users = [row for row, r in enumerate(batch) if r.strategy in (SEQUENCE, DEMOGRAPHICS)]
+        if new_users and prior.weight:
+            rows = torch.tensor(new_users, device=scores.device)
+            log_prior = new_user_log_prior(catalog, [batch[row] for row in new_users], prior)
+            scores[rows] = scores[rows].log_softmax(dim=-1) + log_prior.to(scores.device, scores.dtype)
+        if filter_seen:
+            exclude_seen(scores, inputs.seen_offsets, inputs.seen_items)
+        scores, hidden = scores.cpu(), hidden.float().cpu()
+        scores[popular] = torch.from_numpy(catalog.popularity)
+        hidden[popular] = math.nan
+        chunks.append(scores)
+        hidden_rows.append(hidden)
+    return torch.cat(chunks), torch.cat(hidden_rows)
+
+
+def new_user_log_prior(catalog: Catalog, requests: list[Request], prior: NewUserPrior) -> torch.Tensor:
+    """(len(requests), vocabulary) w(n) * log of the sign-up prior of each new user (signup_prior.py)."""
+    n = np.array([len(r.items) for r in requests])
+    gender, age = (np.array([r.features[column] for r in requests]) for column in (0, 1))
+    return torch.from_numpy(signup_log_prior(catalog.signup, n, gender, age, prior))
+
+
+def exclude_history(scores: torch.Tensor, requests: list[Request]) -> None:
+    """Set, in place, each row's scores of its request's whole history to -inf."""
+    lengths = [len(r.items) for r in requests]
+    exclude_seen(scores, np.concatenate([[0], np.cumsum(lengths)]), np.concatenate([r.items for r in requests]))
+
+
+@torch.no_grad()
+def predicted_ratings(model: EnhancedBERT4Rec, hidden: torch.Tensor, items: torch.Tensor,
+                      user_index: torch.Tensor) -> np.ndarray:
+    """Rating head's 1-5 prediction (B, k) of items (B, k) from each row's [MASK] hidden state (B, H); NaN for
+    rows without one (popularity). The whole array is NaN when the checkpoint has no rating head."""
+    if model.rating_head is None:
+        return np.full(tuple(items.shape), np.nan)
+    device = next(model.parameters()).device
+    k = items.size(1)
+    rows = hidden.repeat_interleave(k, dim=0).to(device)
+    users = user_index.repeat_interleave(k).to(device)
+    predicted = model.predict_rating(rows, items.reshape(-1).to(device), users).float().cpu()
+    return predicted.reshape(items.shape).numpy()
+
+
+def top_k_records(model: EnhancedBERT4Rec, catalog: Catalog, scores: torch.Tensor, hidden: torch.Tensor, k: int,
+                  requests: list[Request], min_rating: float | None = None) -> list[list[dict[str, Any]]]:
+    """Best-first records per row; with a rating head each carries predicted_rating (1-5, None where the
+    model did not read the row). min_rating drops movies predicted below it: the candidates widen (k, 4k,
+    16k, ... movies by score) until k remain or every movie was looked at."""
+    user_index = torch.tensor([r.user_index for r in requests], dtype=torch.long)
+    width = k
+    while True:
+        values, items = scores.topk(min(width, scores.size(1)), dim=1)
+        ratings = predicted_ratings(model, hidden, items, user_index)
+        keep = values > -torch.inf
+        if min_rating is not None:
+            keep &= torch.from_numpy(~(ratings < min_rating))  # NaN (popularity rows) is kept
+        if min_rating is None or width >= scores.size(1) or bool((keep.sum(dim=1) >= k).all()):
+            break
+        width *= 4
+    movie_ids = catalog.item_movie_ids[items.numpy()]
+    with_rating = model.rating_head is not None
+    answers = []
+    for row, request in enumerate(requests):
+        kept = torch.nonzero(keep[row]).flatten()[:k].tolist()
+        answers.append([
+            {"rank": rank, **movie_record(catalog, int(movie_ids[row, j])), "score": float(values[row, j]),
+             "strategy": request.strategy,
+             **({"predicted_rating": None if np.isnan(ratings[row, j]) else float(ratings[row, j])}
+                if with_rating else {})}
+            for rank, j in enumerate(kept, 1)
+        ])
+    return answers
