@@ -23,10 +23,13 @@ from inference_inputs import (
     InferenceError,
     UnknownItemError,
     UnknownUserError,
+    as_id,
     as_id_array,
     as_int,
+    as_timestamp_array,
     batch_rows,
     demographic_fields,
+    shown,
 )
 from signup_prior import signup_counts
 
@@ -161,7 +164,7 @@ def resolve(
         if timestamps is None:
             days = known_days(catalog, user_index, items, empty_day)
         else:
-            days = day_of_year(as_id_array(timestamps, "timestamps"))
+            days = day_of_year(as_timestamp_array(timestamps))
             if len(days) != len(items):
                 raise InferenceError(f"timestamps has {len(days)} values for {len(items)} items in item_sequence")
         cold_movie_ids = movie_ids[items == PAD_INDEX].tolist()
@@ -186,7 +189,12 @@ def resolve_batch(
 ) -> list[Request]:
     """resolve for each row of a batch (RecommendationEngine.score_batch)."""
     user_ids = batch_rows(user_ids, "user_ids")
-    if item_sequences is not None and len(batch_rows(item_sequences, "item_sequences")) != len(user_ids):
+    item_sequences, timestamps, demographics = (
+        None if rows is None else batch_rows(rows, name)
+        for rows, name in ((item_sequences, "item_sequences"), (timestamps, "timestamps"),
+                           (demographics, "demographics"))
+    )
+    if item_sequences is not None and len(item_sequences) != len(user_ids):
         raise InferenceError(f"item_sequences has {len(item_sequences)} rows for {len(user_ids)} user_ids")
     if timestamps is not None and (item_sequences is None or len(timestamps) != len(user_ids)):
         raise InferenceError("timestamps need item_sequences, one row per user")
@@ -203,10 +211,19 @@ def resolve_batch(
     return requests
 
 
+def known_user_ids(catalog: Catalog, user_ids: Any) -> list[int]:
+    """A batch of UserIDs (batch_rows), each one the metadata knows."""
+    user_ids = [as_id(user_id, "user_ids", UnknownUserError) for user_id in batch_rows(user_ids, "user_ids")]
+    unknown = sorted(set(user_ids) - set(catalog.user_index))
+    if unknown:
+        raise UnknownUserError(f"user_ids: unknown UserID(s) {unknown[:10]}: not in the metadata's users")
+    return user_ids
+
+
 def user_index_of(catalog: Catalog, user_id: int | None, has_demographics: bool) -> int:
     if user_id is None:
         return 0
-    user_id = as_int(user_id, "user_id")
+    user_id = as_id(user_id, "user_id", UnknownUserError)
     if user_id in catalog.user_index:
         return catalog.user_index[user_id]
     if has_demographics:
@@ -225,9 +242,9 @@ def demographic_indices(
     genders, age_groups, occupations = (vocabularies[name] for name in ("genders", "age_groups", "occupations"))
     gender_index = age_index = occupation_index = 0
     if gender is not None:
-        if str(gender).upper() not in genders[1:]:
-            raise InferenceError(f"gender must be one of {', '.join(genders[1:])}, got {gender!r}")
-        gender_index = genders.index(str(gender).upper())
+        if not isinstance(gender, str) or gender.upper() not in genders[1:]:
+            raise InferenceError(f"gender must be one of {', '.join(genders[1:])}, got {shown(gender)}")
+        gender_index = genders.index(gender.upper())
     if age is not None:
         labels = [group["label"] for group in age_groups]
         if isinstance(age, str) and age in labels[1:]:
@@ -264,7 +281,7 @@ def items_of(catalog: Catalog, movie_ids: np.ndarray) -> np.ndarray:
 
 def warm_item(catalog: Catalog, movie_id: int) -> int:
     """Item index of a MovieID the model can score."""
-    item = int(items_of(catalog, as_id_array([movie_id], "recommended_item_id"))[0])
+    item = int(items_of(catalog, np.array([as_id(movie_id, "recommended_item_id", UnknownItemError)]))[0])
     if item == PAD_INDEX:
         raise ColdItemError(
             f"movie {movie_id} was never rated in the training data, so the model cannot score it; "

@@ -66,6 +66,8 @@ OCCUPATIONS = (
     "lawyer", "programmer", "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer",
     "tradesman/craftsman", "unemployed", "writer",
 )  # fmt: skip  # occupation code = position; occupation index = code + 1
+INTEGER_TEXT = r"-?[0-9]{1,18}"  # how an integer field must be written (int64, no "+", "3.0", "1e5" or spaces)
+NUMBER_TEXT = r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?"  # and a number field (half-star ratings: "3.5")
 MAX_ID = 10_000_000  # MovieIDs/UserIDs index lookup tables: a larger id is refused, not allocated
 EVAL_EVENTS = 2  # leave-one-out: a user's last event is the test target, the one before it the validation target
 MIN_RATINGS_PER_USER = EVAL_EVENTS + 1  # and at least one training event
@@ -479,62 +481,91 @@ def _line_text(raw: bytes, row: int) -> str:
     return raw[start:end].decode(source_encoding(raw), errors="replace")
 
 
-def _row_error(source: SourceFile, row: int, problem: str) -> DataFormatError:
+def row_error(source: SourceFile, row: int, problem: str) -> DataFormatError:
     return DataFormatError(f"{source.label}, line {row + 1}: {problem}: {_line_text(source.raw, row)!r}")
 
 
-def _check_rows(source: SourceFile, bad_rows: np.ndarray | pd.Series, problem: str) -> None:
+def check_rows(source: SourceFile, bad_rows: np.ndarray | pd.Series, problem: str) -> None:
     """Raise for the first row flagged in `bad_rows` (rows are lines: blank lines are rejected earlier)."""
     bad = np.flatnonzero(np.asarray(bad_rows))
     if bad.size:
-        raise _row_error(source, int(bad[0]), problem)
+        raise row_error(source, int(bad[0]), problem)
 
 
-def _check_field_counts(source: SourceFile, table: bytes, num_fields: int) -> None:
+def check_field_counts(
+    source: SourceFile, table: bytes, num_fields: int, separator: bytes = b"\t", shown_as: str = "::"
+) -> None:
+    """Every line of `table` (LF line ends, unquoted) must hold num_fields fields split by the one-byte `separator`
+    (`shown_as` in the message: ML-1M's '::' is a tab by now)."""
     buf = np.frombuffer(table, dtype=np.uint8)
     separators_before_line_end = np.searchsorted(
-        np.flatnonzero(buf == ord("\t")), np.flatnonzero(buf == ord("\n"))
+        np.flatnonzero(buf == ord(separator)), np.flatnonzero(buf == ord("\n"))
     )
     fields_per_line = np.diff(separators_before_line_end, prepend=0) + 1
     bad = np.flatnonzero(fields_per_line != num_fields)
     if bad.size:
         row = int(bad[0])
-        raise _row_error(
-            source, row, f"expected {num_fields} fields separated by '::', found {fields_per_line[row]}"
+        raise row_error(
+            source, row, f"expected {num_fields} fields separated by '{shown_as}', found {fields_per_line[row]}"
         )
 
 
-def _read_table(source: SourceFile, columns: tuple[str, ...], int_columns: tuple[str, ...]) -> pd.DataFrame:
-    """Parse a '::'-separated file (latin-1, or UTF-8: source_encoding; CRLF line ends allowed) with pandas' C
-    engine (the separator becomes a tab first). Integer columns must be written as integers: pandas alone would
-    also take "3.0" or "1e5", so they are checked as text (a byte scan when every column is an integer)."""
+def checked_text(source: SourceFile, dataset: str = "ML-1M") -> tuple[bytes, str]:
+    """The bytes of a text source with LF line ends and no UTF-8 BOM, and their encoding (source_encoding).
+
+    NUL (UTF-16/32) and, read as latin-1, bytes 0x80-0x9f (control characters there; the accents of cp437 or
+    mac-roman) mean another encoding: refused rather than read as garbled titles. So are an empty file and one
+    that does not end with a line end (truncated)."""
     raw = source.raw.replace(b"\r\n", b"\n").removeprefix(b"\xef\xbb\xbf")  # Windows line ends, UTF-8 BOM
     encoding = source_encoding(raw)
-    # NUL (UTF-16/32) and, read as latin-1, bytes 0x80-0x9f (control characters there; the accents of cp437 or
-    # mac-roman) mean another encoding: refused rather than read as garbled titles
     foreign = re.search(rb"\x00" if encoding == "utf-8" else rb"[\x00\x80-\x9f]", raw)
     if foreign:
-        raise _row_error(source, raw.count(b"\n", 0, foreign.start()),
-                         f"byte 0x{raw[foreign.start()]:02x} cannot be in ML-1M's latin-1 text: the file was saved in "
-                         "another encoding (UTF-16? cp437?); re-download ML-1M or save it as latin-1 or UTF-8")
+        raise row_error(source, raw.count(b"\n", 0, foreign.start()),
+                         f"byte 0x{raw[foreign.start()]:02x} cannot be in {dataset}'s latin-1 text: the file was saved "
+                         f"in another encoding (UTF-16? cp437?); re-download {dataset} or save it as latin-1 or UTF-8")
     if not raw.strip():
-        raise DataFormatError(f"{source.label}: the file is empty; re-download ML-1M")
+        raise DataFormatError(f"{source.label}: the file is empty; re-download {dataset}")
     if not raw.endswith(b"\n"):
-        raise _row_error(
-            source, raw.count(b"\n"), "the file ends inside this line (truncated?); re-download ML-1M"
+        raise row_error(
+            source, raw.count(b"\n"), f"the file ends inside this line (truncated?); re-download {dataset}"
         )
-    table = raw.replace(b"::", b"\t")
-    _check_field_counts(source, table, len(columns))
-    stray = re.search(rb"(?m)(?:^|\t):|:(?:\t|$)", table)  # ":::" or a lone ':' beside a separator
-    if stray:
-        raise _row_error(source, table.count(b"\n", 0, stray.start()),
-                         "a field begins or ends with ':' (a broken '::' separator?)")
+    return raw, encoding
+
+
+def read_table(
+    source: SourceFile,
+    columns: tuple[str, ...],
+    int_columns: tuple[str, ...],
+    float_columns: tuple[str, ...] = (),
+    separator: bytes = b"::",
+    header: str | None = None,
+    dataset: str = "ML-1M",
+) -> pd.DataFrame:
+    """Parse an unquoted table (ML-1M's '::', or a one-byte separator; latin-1, or UTF-8: source_encoding; CRLF
+    line ends allowed) with pandas' C engine ('::' becomes a tab first). `header`: the first line, which must read
+    exactly so. Number columns must be written as numbers: pandas alone would also take "3.0" or "1e5" as an
+    integer and "1e5" or " 3" as a number, so they are checked as text (a byte scan when every column is a number).
+    Other columns are text. Errors name the file, the line and its content."""
+    raw, encoding = checked_text(source, dataset)
+    table = raw.replace(b"::", b"\t") if separator == b"::" else raw
+    split = b"\t" if separator == b"::" else separator
+    check_field_counts(source, table, len(columns), split, separator.decode().replace("\t", "\\t"))
+    if separator == b"::" and (stray := re.search(rb"(?m)(?:^|\t):|:(?:\t|$)", table)):  # ":::", a lone ':'
+        raise row_error(source, table.count(b"\n", 0, stray.start()),
+                        "a field begins or ends with ':' (a broken '::' separator?)")
+    skip = 0
+    if header is not None:
+        first_line = table[: table.index(b"\n")].decode(encoding)
+        if first_line.split(split.decode()) != header.split(separator.decode()):
+            raise row_error(source, 0, f"expected the header {header!r}")
+        skip = 1
 
     def parse(dtypes: dict[str, Any]) -> pd.DataFrame:
         return pd.read_csv(
             io.BytesIO(table),
-            sep="\t",
+            sep=split.decode(),
             header=None,
+            skiprows=skip,
             names=list(columns),
             dtype=dtypes,
             quoting=csv.QUOTE_NONE,
@@ -543,21 +574,25 @@ def _read_table(source: SourceFile, columns: tuple[str, ...], int_columns: tuple
             engine="c",
         )
 
-    if int_columns == columns:  # ratings.dat: a fast byte scan, then pandas' integer parser
-        stray = re.search(rb"[^0-9\t\n-]", table)
-        if stray is None:
+    numbers = {**dict.fromkeys(int_columns, np.int64), **dict.fromkeys(float_columns, np.float64)}
+    if len(numbers) == len(columns):  # ratings: a fast byte scan, then pandas' number parsers
+        not_a_number = rb"[^0-9\n" + (b"." if float_columns else b"") + re.escape(split) + rb"-]"
+        body = table[table.index(b"\n") + 1 :] if skip else table
+        bare_point = float_columns and re.search(rb"(?<![0-9])\.|\.(?![0-9])", body)  # "3." or ".5"
+        if re.search(not_a_number, body) is None and not bare_point:
             with contextlib.suppress(ValueError, OverflowError):  # e.g. "1-2": found by the text check below
-                return parse(dict.fromkeys(columns, np.int64))
+                return parse(numbers)
     as_text = parse(dict.fromkeys(columns, str))
+    patterns = dict.fromkeys(int_columns, INTEGER_TEXT) | dict.fromkeys(float_columns, NUMBER_TEXT)
     first_bad = [
         (int(rows[0]), name)
-        for name in int_columns
-        if (rows := np.flatnonzero(~as_text[name].str.fullmatch(r"-?[0-9]{1,18}").to_numpy())).size
+        for name, pattern in patterns.items()
+        if (rows := np.flatnonzero(~as_text[name].str.fullmatch(pattern).to_numpy())).size
     ]
     if first_bad:
         row, name = min(first_bad)
-        raise _row_error(source, row, f"{name} is not an integer")
-    return as_text.astype(dict.fromkeys(int_columns, np.int64))
+        raise row_error(source, row + skip, f"{name} is not {'an integer' if name in int_columns else 'a number'}")
+    return as_text.astype(numbers)
 
 
 class MovieTable(NamedTuple):
@@ -591,13 +626,13 @@ def release_years(titles: pd.Series) -> np.ndarray:
 
 def parse_movies(source: SourceFile) -> MovieTable:
     """Parse and validate movies.dat (MovieID::Title::Genres)."""
-    movies = _read_table(source, ("movie_id", "title", "genres"), ("movie_id",))
-    _check_rows(source, ~movies["movie_id"].between(1, MAX_ID), f"MovieID must be 1..{MAX_ID:,}")
-    _check_rows(source, movies["movie_id"].duplicated(), "duplicate MovieID")
+    movies = read_table(source, ("movie_id", "title", "genres"), ("movie_id",))
+    check_rows(source, ~movies["movie_id"].between(1, MAX_ID), f"MovieID must be 1..{MAX_ID:,}")
+    check_rows(source, movies["movie_id"].duplicated(), "duplicate MovieID")
     dummies = movies["genres"].str.get_dummies(sep="|")
     unknown = [name for name in dummies.columns if name not in GENRES]
     genres = dummies.reindex(columns=list(GENRES), fill_value=0).to_numpy(np.float32)
-    _check_rows(
+    check_rows(
         source,
         dummies[unknown].any(axis=1).to_numpy() | (genres.sum(axis=1) == 0),
         f"genres must be '|'-separated names from {', '.join(GENRES)}",
@@ -614,14 +649,14 @@ def parse_movies(source: SourceFile) -> MovieTable:
 def parse_users(source: SourceFile) -> UserTable:
     """Parse and validate users.dat (UserID::Gender::Age::Occupation::Zip-code)."""
     columns = ("user_id", "gender", "age", "occupation", "zip_code")
-    users = _read_table(source, columns, ("user_id", "age", "occupation"))
-    _check_rows(source, ~users["user_id"].between(1, MAX_ID), f"UserID must be 1..{MAX_ID:,}")
-    _check_rows(source, users["user_id"].duplicated(), "duplicate UserID")
-    _check_rows(source, ~users["gender"].isin(GENDERS), "gender must be F or M")
-    _check_rows(
+    users = read_table(source, columns, ("user_id", "age", "occupation"))
+    check_rows(source, ~users["user_id"].between(1, MAX_ID), f"UserID must be 1..{MAX_ID:,}")
+    check_rows(source, users["user_id"].duplicated(), "duplicate UserID")
+    check_rows(source, ~users["gender"].isin(GENDERS), "gender must be F or M")
+    check_rows(
         source, ~users["age"].isin(list(AGE_GROUPS)), f"age must be one of {', '.join(map(str, AGE_GROUPS))}"
     )
-    _check_rows(source, ~users["occupation"].between(0, len(OCCUPATIONS) - 1), "occupation must be 0..20")
+    check_rows(source, ~users["occupation"].between(0, len(OCCUPATIONS) - 1), "occupation must be 0..20")
     order = np.argsort(users["user_id"].to_numpy(), kind="stable")
     return UserTable(
         user_ids=users["user_id"].to_numpy()[order],
@@ -635,19 +670,19 @@ def parse_users(source: SourceFile) -> UserTable:
 def parse_ratings(source: SourceFile, movie_ids: np.ndarray, user_ids: np.ndarray) -> pd.DataFrame:
     """Parse and validate ratings.dat (UserID::MovieID::Rating::Timestamp) against known movies and users."""
     columns = ("user_id", "movie_id", "rating", "timestamp")
-    ratings = _read_table(source, columns, columns)
-    _check_rows(source, ~ratings["rating"].between(1, 5), "rating must be 1..5")
-    _check_rows(source, ~ratings["timestamp"].between(EARLIEST_RATING_TIME, time.time() + 86400),
+    ratings = read_table(source, columns, columns)
+    check_rows(source, ~ratings["rating"].between(1, 5), "rating must be 1..5")
+    check_rows(source, ~ratings["timestamp"].between(EARLIEST_RATING_TIME, time.time() + 86400),
                 "timestamp must be Unix seconds between 1995-01-01 and today (MovieLens ratings are from 1997 on)")
-    _check_rows(source, ~np.isin(ratings["movie_id"], movie_ids), "MovieID not in movies.dat")
-    _check_rows(source, ~np.isin(ratings["user_id"], user_ids), "UserID not in users.dat")
+    check_rows(source, ~np.isin(ratings["movie_id"], movie_ids), "MovieID not in movies.dat")
+    check_rows(source, ~np.isin(ratings["user_id"], user_ids), "UserID not in users.dat")
     repeated = np.flatnonzero(ratings.duplicated(["user_id", "movie_id"]).to_numpy())
     if repeated.size:
         user, movie = ratings.loc[repeated[0], ["user_id", "movie_id"]]
         first = np.flatnonzero(
             (ratings["user_id"] == user).to_numpy() & (ratings["movie_id"] == movie).to_numpy()
         )[0]
-        raise _row_error(
+        raise row_error(
             source, int(repeated[0]), f"user {user} already rated movie {movie} on line {first + 1}"
         )
     return ratings
@@ -752,7 +787,7 @@ def process_ml1m(
     seq_offsets, events = _timelines(ratings, users, rated_movie_ids)
     too_few = np.diff(seq_offsets)[1:] < MIN_RATINGS_PER_USER
     if too_few.any():
-        raise _row_error(
+        raise row_error(
             sources["users.dat"],
             int(users.rows[too_few].min()),
             f"user has fewer than {MIN_RATINGS_PER_USER} ratings (leave-one-out needs them)",
@@ -1185,6 +1220,28 @@ def format_statistics(statistics: dict[str, Any]) -> str:
     )
 
 
+def export_ml1m_generic(data_dir: str | None, folder: Path, strict: bool) -> int:
+    """ML-1M -> the generic format, then read back and compared: the proof that the generic path is exact."""
+    import readers  # readers builds on this module: imported here, not at the top
+
+    try:
+        sources = read_source_files(data_dir)
+        source_md5 = {name: hashlib.md5(source.raw).hexdigest() for name, source in sources.items()}
+        _verify_sources(sources, source_md5, strict)
+        tables = readers.read_ml1m(sources)
+        readers.export_generic(tables, folder)
+        difference = readers.tables_differ(readers.read_dataset(folder), tables)
+    except (DataError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if difference is not None:
+        print(f"error: {folder} reads back differently: {difference}", file=sys.stderr)
+        return 1
+    print(f"wrote ML-1M in the generic format to {folder}; read back: the same tables "
+          f"({len(tables.interactions):,} interactions, {len(tables.items):,} items, {len(tables.users):,} users)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Process ML-1M, write metadata.json and the cache, print the statistics. Returns the exit status."""
     parser = argparse.ArgumentParser(description="MovieLens 1M -> processed arrays (cached) + metadata.json")
@@ -1203,7 +1260,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="fail, instead of warning, when a file differs from the GroupLens original",
     )
+    parser.add_argument("--export_generic", metavar="DIR", help="write ML-1M in the generic format (readers.py: "
+                        "interactions.csv, items.csv, users.csv, schema.json) into DIR, check that reading it back "
+                        "gives the same tables, and stop")
     args = parser.parse_args(argv)
+    if args.export_generic:
+        return export_ml1m_generic(args.data_dir, Path(args.export_generic), args.strict)
     try:
         window_stride = _window_stride(args.seq_length, args.window_stride)
     except ValueError as exc:

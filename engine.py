@@ -39,17 +39,13 @@ with it (id maps, movies, users with their histories), never the raw files. The 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from catalog import (
     POPULARITY,
@@ -58,13 +54,14 @@ from catalog import (
     default_day,
     demographic_indices,
     index_metadata,
+    known_user_ids,
     movie_record,
     resolve,
     resolve_batch,
     warm_item,
     warn_cold,
 )
-from data_processor import DataError, atomic_file, load_metadata
+from data_processor import DataError, load_metadata
 from enhanced_model import (
     CheckpointFileError,
     EnhancedBERT4Rec,
@@ -77,22 +74,26 @@ from explanations import (
     display_ranks,
     explanation_sentence,
     explanation_variants,
+    held_prior,
     known_tokens,
     measured_explanation,
     popularity_explanation,
     read_attention,
 )
+from exports import EXPORT_FORMATS, write_export
 from inference_inputs import (
     AlreadySeenError,
+    Checked,
     CheckpointError,
     InferenceError,
     MetadataError,
     MetadataMismatchError,
     UnknownUserError,
     as_bool,
-    as_int,
-    batch_rows,
+    as_id,
     day_of_year_setting,
+    input_paths,
+    output_file,
     positive_int,
     prior_fade,
     prior_steepness,
@@ -102,7 +103,7 @@ from inference_inputs import (
 )
 from plots import plot_influence
 from profiles import cold_item_records, predicted_top_genres, user_profile
-from scoring import ModelInputs, exclude_history, model_inputs, score_and_hidden, top_k_records
+from scoring import ModelInputs, exclude_history, model_inputs, nonfinite_part, score_and_hidden, top_k_records
 from signup_prior import (
     NEW_USER_PRIOR_FADE,
     NEW_USER_PRIOR_STEEPNESS,
@@ -110,9 +111,6 @@ from signup_prior import (
     NEW_USER_PRIOR_WINDOW,
     NewUserPrior,
 )
-
-EXPORT_FORMATS = (".csv", ".jsonl")
-EXPORT_COLUMNS = ("user_id", "rank", "movie_id", "title", "score", "predicted_rating", "strategy")
 
 
 @dataclass
@@ -139,7 +137,8 @@ class RecommendationEngine:
         which that weight halves; new_user_prior_steepness (> 0) how sharply. new_user_prior_window (before >= 0,
         after >= 1): a user with n ratings gets the known users' ratings at positions n - before .. n + after - 1.
         All four are attributes of the same names; set them to change them later.
-    Raises CheckpointError, MetadataError, MetadataMismatchError or InferenceError (all ValueError).
+    Raises CheckpointError (also for a checkpoint whose weights or probe scores are not finite), MetadataError,
+    MetadataMismatchError or InferenceError (all ValueError), each naming the argument or file.
 
     get_recommendations (one user), score_batch / recommend_batch (many users, vectorised),
     explain_recommendation, get_user_profile, get_cold_item_recommendations; user_ids lists the known users.
@@ -163,48 +162,22 @@ class RecommendationEngine:
         self.new_user_prior_window = new_user_prior_window
         self.default_day_of_year = day_of_year_setting(default_day_of_year)
         self.device = _device(device)
-        self.model, self._catalog = _load(model_path, metadata_path, self.device)
+        self._inputs = input_paths(model_path, metadata_path)  # read, never written over
+        self.model, self._catalog = _load(self._inputs["model_path"], self._inputs["metadata_path"], self.device)
         self.config: ModelConfig = self.model.config
 
     # ------------------------------------------------------------------------------------------------------
     # Public API
 
-    @property
-    def new_user_prior_weight(self) -> float:
-        """Weight of the sign-up prior in new users' scores (0: the model alone)."""
-        return self._new_user_prior_weight
-
-    @new_user_prior_weight.setter
-    def new_user_prior_weight(self, weight: float) -> None:
-        self._new_user_prior_weight = prior_weight(weight)
-
-    @property
-    def new_user_prior_fade(self) -> float:
-        """Number of ratings after which the sign-up prior's weight halves (math.inf: never)."""
-        return self._new_user_prior_fade
-
-    @new_user_prior_fade.setter
-    def new_user_prior_fade(self, fade: float) -> None:
-        self._new_user_prior_fade = prior_fade(fade)
-
-    @property
-    def new_user_prior_steepness(self) -> float:
-        """How sharply the sign-up prior's weight falls around new_user_prior_fade ratings (1: fade / (fade + n))."""
-        return self._new_user_prior_steepness
-
-    @new_user_prior_steepness.setter
-    def new_user_prior_steepness(self, steepness: float) -> None:
-        self._new_user_prior_steepness = prior_steepness(steepness)
-
-    @property
-    def new_user_prior_window(self) -> tuple[int, int]:
-        """(before, after): a new user with n ratings gets the known users' ratings at positions
-        n - before .. n + after - 1 in the sign-up prior."""
-        return self._new_user_prior_window
-
-    @new_user_prior_window.setter
-    def new_user_prior_window(self, window: tuple[int, int]) -> None:
-        self._new_user_prior_window = prior_window(window)
+    # the sign-up prior's settings, each checked whenever it is set (inference_inputs.Checked)
+    new_user_prior_weight = Checked(prior_weight, "Weight of the sign-up prior in new users' scores (0: the model "
+                                    "alone).")
+    new_user_prior_fade = Checked(prior_fade, "Number of ratings after which the sign-up prior's weight halves "
+                                  "(math.inf: never).")
+    new_user_prior_steepness = Checked(prior_steepness, "How sharply the sign-up prior's weight falls around "
+                                       "new_user_prior_fade ratings (1: fade / (fade + n)).")
+    new_user_prior_window = Checked(prior_window, "(before, after): a new user with n ratings gets the known users' "
+                                    "ratings at positions n - before .. n + after - 1 in the sign-up prior.")
 
     @property
     def user_ids(self) -> list[int]:
@@ -292,25 +265,21 @@ class RecommendationEngine:
         filter_seen: bool = True,
         batch_size: int = 512,
         progress: bool = True,
+        min_predicted_rating: float | None = None,
     ) -> int:
-        """Write the top k of many users (default: every known user, from their whole history) to `path`: CSV for
-        a .csv name, JSON Lines for .jsonl, one row per (user, rank) with user_id, rank, movie_id, title, score,
-        predicted_rating (empty/null without a rating head) and strategy. Streamed batch_size users at a time
-        with a progress bar, into a temporary file renamed into place at the end (nothing half-written stays).
-        Returns the number of rows written."""
-        path = Path(path)
-        if path.suffix.lower() not in EXPORT_FORMATS:
-            raise InferenceError(f"output {path} must end in .csv or .jsonl (the format follows the extension)")
-        if not path.parent.is_dir():
-            raise InferenceError(f"output folder {path.parent} does not exist: create it or pick another path")
-        user_ids = self.user_ids if user_ids is None else [as_int(u, "user_ids") for u in batch_rows(user_ids,
-                                                                                                     "user_ids")]
+        """Write the top k of known users (default: all, from their whole history) to `path`, as recommend_batch
+        lists them: CSV for a .csv name, JSON Lines for .jsonl, one row per (user, rank) with user_id, rank, movie_id,
+        title, score, predicted_rating (empty/null without a rating head) and strategy (exports.py: streamed, written
+        atomically, formula-like CSV text with a leading apostrophe). The path must not be a folder, the checkpoint
+        or the metadata; an existing file there is replaced whole. Returns the number of rows written."""
+        path = output_file(path, "path", EXPORT_FORMATS, self._inputs)
+        user_ids = self.user_ids if user_ids is None else known_user_ids(self._catalog, user_ids)
         k, batch_size = positive_int(k, "k"), positive_int(batch_size, "batch_size")
         filter_seen, progress = as_bool(filter_seen, "filter_seen"), as_bool(progress, "progress")
-        chunks = (user_ids[start : start + batch_size] for start in range(0, len(user_ids), batch_size))
-        answers = ((chunk, self.recommend_batch(chunk, k=k, filter_seen=filter_seen, batch_size=batch_size))
-                   for chunk in chunks)  # lazily: one batch in memory at a time
-        return _write_export(path, answers, len(user_ids), progress)
+        rating_threshold(min_predicted_rating, self.model.rating_head is not None)
+        return write_export(path, lambda chunk: self.recommend_batch(
+            chunk, k=k, filter_seen=filter_seen, batch_size=batch_size, min_predicted_rating=min_predicted_rating),
+            user_ids, batch_size, progress)
 
     def explain_recommendation(
         self,
@@ -327,7 +296,8 @@ class RecommendationEngine:
     ) -> dict[str, Any]:
         """Why recommended_item_id (a MovieID) is recommended to this user (arguments as get_recommendations).
 
-        plot: a .png path for a bar chart of the drivers' score drops (plots.plot_influence; needs matplotlib).
+        plot: a .png path for a bar chart of the drivers' score drops (plots.plot_influence; needs matplotlib); not
+            a folder, the checkpoint or the metadata.
         k: the length of the list the user sees: a movie ranked below it is described by its rank ("ranked 299th
             for you"), not as a recommendation. A movie of the history itself is refused (AlreadySeenError).
 
@@ -336,9 +306,12 @@ class RecommendationEngine:
         and attention shown beside); "shared_genres" (genre -> number of those items that have it);
         "release_year" (its year against the items' median); "user_tokens" (per identity/gender/age/occupation
         token: cross_attention weight at the [MASK] position and score_drop when hidden); "measures" (what
-        each number means); "sentence" (one plain-language sentence); "strategy".
+        each number means); "sentence" (one plain-language sentence); "strategy"; "signup_prior" (None, or for a new
+        user scored with the sign-up prior its weight w(n) and its term in the movie's score: held fixed in every
+        deletion and hiding, so that each score_drop is the model's own).
         """
         k = positive_int(k, "k")
+        plot = None if plot is None else output_file(plot, "plot", (".png",), self._inputs)
         request = self._resolve(user_id, item_sequence, timestamps, gender, age, occupation)
         warn_cold([request])
         item = warm_item(self._catalog, recommended_item_id)
@@ -351,11 +324,12 @@ class RecommendationEngine:
         window_size = min(len(request.items), self.config.seq_length - 1)
         token_names = known_tokens(request, self.config.use_user_tokens)
         variants = explanation_variants(request, window_size, token_names)
-        scores = self._score_and_hidden(variants, False)[0]
+        scores = self._score_and_hidden(variants, False, prior_of=request)[0]
         exclude_history(scores, [request] * len(scores))
         attention = read_attention(self.model, self._model_inputs([request]), window_size)
-        explanation = measured_explanation(self._catalog, user_id, request, recommended_item_id, scores,
-                                           display_ranks(scores, item), attention, window_size, token_names)
+        explanation = measured_explanation(self._catalog, user_id, request, int(recommended_item_id), scores,
+                                           display_ranks(scores, item), attention, window_size, token_names,
+                                           held_prior(self._catalog, request, item, self._prior()))
         explanation["sentence"] = explanation_sentence(explanation, window_size, k)
         if plot is not None:
             explanation["plot"] = None if plot_influence(explanation, plot) is None else str(plot)
@@ -370,7 +344,7 @@ class RecommendationEngine:
         genre mix it predicts from the newest seq_length - 1 movies, beside the history's own mix) and
         recent_movies (the 5 newest, newest first).
         """
-        user_id = as_int(user_id, "user_id")
+        user_id = as_id(user_id, "user_id", UnknownUserError)
         if user_id not in self._catalog.user_index:
             raise UnknownUserError(f"unknown user_id {user_id}: not in the metadata's users")
         predicted = None
@@ -393,7 +367,7 @@ class RecommendationEngine:
         The history is item_sequence (cold items included) or the user's known history; an empty one uses
         the genre mix of all training ratings and no year term. The score ranks cold movies among themselves
         only: it is not on the model's scale. Each record adds genre_similarity, year_proximity, matched_genres.
-        movie_ids: rank only these MovieIDs (each must be a movie the model has no embedding for).
+        movie_ids: rank only these MovieIDs (a non-empty list or set; each a movie the model has no embedding for).
         """
         k, filter_seen = positive_int(k, "k"), as_bool(filter_seen, "filter_seen")
         request = self._resolve(user_id, item_sequence, None)
@@ -421,27 +395,31 @@ class RecommendationEngine:
         return model_inputs(requests, self.config.seq_length, self.config.mask_index,
                             default_day(self.default_day_of_year), self.device)
 
-    def _score_and_hidden(self, requests: list[Request], filter_seen: bool,
-                          batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-        prior = NewUserPrior(self.new_user_prior_weight, self.new_user_prior_fade, self.new_user_prior_steepness,
-                             self.new_user_prior_window)
+    def _prior(self) -> NewUserPrior:
+        return NewUserPrior(self.new_user_prior_weight, self.new_user_prior_fade, self.new_user_prior_steepness,
+                            self.new_user_prior_window)
+
+    def _score_and_hidden(self, requests: list[Request], filter_seen: bool, batch_size: int = 512,
+                          prior_of: Request | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return score_and_hidden(self.model, self._catalog, requests, filter_seen, batch_size,
-                                default_day(self.default_day_of_year), prior)
+                                default_day(self.default_day_of_year), self._prior(), prior_of)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Loading and checking: each problem a caller can fix becomes an InferenceError naming the file
 
 
-def _load(model_path: str | Path, metadata_path: str | Path | None,
-          device: torch.device) -> tuple[EnhancedBERT4Rec, Catalog]:
-    """The model (eval mode, on device) and the catalog of its metadata.json, checked to describe the same data."""
+def _load(model_path: Path, metadata_path: Path, device: torch.device) -> tuple[EnhancedBERT4Rec, Catalog]:
+    """The model (eval mode, on device) and the catalog of its metadata.json, checked to describe the same data
+    and to score with finite numbers."""
     checkpoint = _read_checkpoint(model_path)
-    if metadata_path is None:
-        metadata_path = Path(model_path).parent / "metadata.json"
     metadata = _read_metadata(metadata_path)
     model = _build_model(checkpoint, model_path).to(device).eval()
     _check_same_data(checkpoint, metadata, model.config, model_path, metadata_path)
+    problem = nonfinite_part(model)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {model_path} is broken: NaN or inf in its {problem}, so it cannot rank "
+                              "movies; use an earlier checkpoint of the run or train again")
     try:
         return model, index_metadata(metadata, model.config)
     except (KeyError, TypeError, ValueError, IndexError) as error:
@@ -452,13 +430,18 @@ def _load(model_path: str | Path, metadata_path: str | Path | None,
 
 
 def _device(name: str) -> torch.device:
+    if not isinstance(name, str):
+        raise InferenceError(f"device must be a str (auto, cpu, cuda or cuda:N), got {type(name).__name__}")
     try:
         return pick_device(name)
     except ValueError as error:
         raise InferenceError(str(error)) from None
 
 
-def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        inside = " (best_model.pt in it?)" if (path / "best_model.pt").is_file() else ""
+        raise CheckpointError(f"checkpoint {path} is a folder: pass the checkpoint file{inside}")
     try:
         return read_checkpoint(path)
     except CheckpointFileError as error:
@@ -472,8 +455,10 @@ def _build_model(checkpoint: dict[str, Any], path: str | Path) -> EnhancedBERT4R
         raise CheckpointError(str(error)) from None
 
 
-def _read_metadata(path: str | Path) -> dict[str, Any]:
-    if not Path(path).is_file():
+def _read_metadata(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise MetadataError(f"metadata {path} is a folder: pass the metadata.json file written by trainer.py")
+    if not path.is_file():
         raise MetadataError(f"metadata {path} does not exist: pass the metadata.json written by trainer.py")
     try:
         return load_metadata(path)
@@ -500,30 +485,3 @@ def _check_same_data(
         raise MetadataMismatchError(
             f"metadata {metadata_path} has other {', '.join(differ)} than checkpoint {model_path}: rewrite it"
         )
-
-
-def _write_export(path: Path, answers: Iterator[tuple[list[int], list[list[dict[str, Any]]]]], num_users: int,
-                  progress: bool) -> int:
-    """Write (user_ids, their records) batches to path as export_recommendations describes; returns the rows."""
-    rows = 0
-    with atomic_file(path) as handle, tqdm(total=num_users, desc="users", unit="user", disable=not progress) as bar:
-        file = io.TextIOWrapper(handle, encoding="utf-8", newline="")
-        write = _row_writer(file, path.suffix.lower())
-        for chunk, answer in answers:
-            for user_id, records in zip(chunk, answer, strict=True):
-                for record in records:
-                    write({"user_id": user_id, **{name: record.get(name) for name in EXPORT_COLUMNS[1:]}})
-                rows += len(records)
-            bar.update(len(chunk))
-        file.flush()
-        file.detach()  # the handle is atomic_file's to close and rename
-    return rows
-
-
-def _row_writer(file: Any, suffix: str) -> Any:
-    """A function writing one export row (a dict in EXPORT_COLUMNS order) as CSV or as a JSON line."""
-    if suffix == ".jsonl":
-        return lambda row: file.write(json.dumps(row, ensure_ascii=False) + "\n")
-    writer = csv.DictWriter(file, fieldnames=EXPORT_COLUMNS)
-    writer.writeheader()
-    return writer.writerow

@@ -1,8 +1,10 @@
 """Why a movie is recommended: what the engine measures (score drops, ranks, attention) and the sentence it says.
 
 An explanation only calls influence what it measured: the score drop of the recommended movie when one history
-item is deleted or one user token hidden, all variants scored in one batched forward pass. Attention is read
-from the same model and shown beside, never as a cause.
+item is deleted or one user token hidden, all variants scored in one batched forward pass. A new user's score adds
+the sign-up prior, which depends on the number of ratings and on gender and age: it is held at the user's own in
+every variant, so that a drop measures the model, not the prior's change with n. Attention is read from the same
+model and shown beside, never as a cause.
 """
 
 from __future__ import annotations
@@ -13,18 +15,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from catalog import POPULARITY, Catalog, Request, movie_record
+from catalog import DEMOGRAPHICS, POPULARITY, SEQUENCE, Catalog, Request, movie_record
 from data_processor import GENRES, PAD_INDEX
 from enhanced_model import USER_TOKENS, EnhancedBERT4Rec
 from metrics import target_ranks
-from scoring import ModelInputs
+from scoring import ModelInputs, new_user_log_prior
+from signup_prior import NewUserPrior, faded_weight
 
 SAME_ERA_YEARS = 3  # release years this close to the history's median read as "the same era"
 MIN_DRIVER_DROP = 0.05  # a sentence names a history item only if deleting it costs this much score (~5% odds)
 EXPLANATION_MEASURES = {
-    "score_drop": "score of the recommended movie (item head; a new user's includes the sign-up prior) minus its "
-    "score with that history item deleted (older items slide into the window), or with that user token set to "
-    "unknown; one batched forward pass",
+    "score_drop": "score of the recommended movie (item head) minus its score with that history item deleted (older "
+    "items slide into the window), or with that user token set to unknown; one batched forward pass. A new user's "
+    "score is the model's log-probability plus the sign-up prior's term, held fixed: the drop is the model's",
     "rank": "1 + the number of other unseen movies that score at least as high (ties count against it, as in "
     "evaluation: metrics.target_ranks)",
     "rank_without": "its rank after that deletion or hiding",
@@ -70,6 +73,16 @@ def _hide_token(request: Request, name: str) -> Request:
     return dataclasses.replace(request, features=tuple(features))
 
 
+def held_prior(catalog: Catalog, request: Request, item: int, prior: NewUserPrior) -> dict[str, Any] | None:
+    """A new user's sign-up prior as the explanation holds it fixed: its weight w(n) and its term in the score of
+    `item`; None for a request scored by the model alone (a known user, popularity, weight 0)."""
+    if request.strategy not in (SEQUENCE, DEMOGRAPHICS) or not prior.weight:
+        return None
+    n = len(request.items)
+    return {"weight": float(faded_weight(prior.weight, prior.fade, n, prior.steepness)),
+            "score_term": float(new_user_log_prior(catalog, [request], prior)[0, item]), "held_fixed": True}
+
+
 def display_ranks(scores: torch.Tensor, item: int) -> list[int]:
     """1-based rank of `item` in each row: metrics.target_ranks + 1, so ties count against it as in evaluation."""
     return (target_ranks(scores, torch.full((len(scores),), item, dtype=torch.long)) + 1).tolist()
@@ -95,11 +108,12 @@ def read_attention(model: EnhancedBERT4Rec, inputs: ModelInputs,
 def measured_explanation(
     catalog: Catalog, user_id: int | None, request: Request, movie_id: int, scores: torch.Tensor,
     ranks: list[int], attention: tuple[list[float | None], dict[str, float]], window_size: int,
-    token_names: list[str],
+    token_names: list[str], signup_prior: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The explanation of movie_id from the scores of explanation_variants' rows (row 0 the request, then the
     deletions, then the hidden tokens; the movie is outside the history, so excluding seen movies leaves its
-    column alone), their display_ranks and read_attention's attention. Everything but the sentence."""
+    column alone), their display_ranks, read_attention's attention and held_prior's signup_prior. Everything but
+    the sentence."""
     target_scores = scores[:, catalog.item_of_movie[movie_id]]
     drops = (target_scores[0] - target_scores[1:]).tolist()
     self_attention, cross_attention = attention
@@ -114,6 +128,7 @@ def measured_explanation(
         "shared_genres": _shared_genres(catalog.movie_genres[row], catalog.movie_genres[window_rows]),
         "release_year": _year_relation(catalog.movies[movie_id]["year"], catalog.movie_years[window_rows]),
         "user_tokens": _user_tokens(token_names, cross_attention, drops[window_size:], ranks[1 + window_size :]),
+        "signup_prior": signup_prior,
         "measures": dict(EXPLANATION_MEASURES),
     }
 
@@ -180,6 +195,7 @@ def popularity_explanation(movie: dict[str, Any], popularity: np.ndarray, item: 
         "shared_genres": {},
         "release_year": _year_relation(movie["year"], np.array([])),
         "user_tokens": {},
+        "signup_prior": None,
         "measures": {"score": "number of ratings in the training parts"},
         "sentence": f'Nothing is known about this user, so "{movie["title"]}" is suggested for its popularity: '
         f"{count} ratings in the training data, rank {rank}.",
@@ -214,6 +230,8 @@ def explanation_sentence(explanation: dict[str, Any], window_size: int, k: int =
     token_part = _user_token_part(explanation["user_tokens"])
     if token_part:
         parts.append(token_part)
+    if explanation.get("signup_prior"):
+        parts.append("score changes measured on the model's scores, the sign-up prior held fixed")
     rank = explanation["recommended"].get("rank", 1)
     opening = f'We recommend "{title}" ' if rank <= k else f'"{title}" is ranked {_ordinal(rank)} for you, '
     return opening + "; ".join(parts) + "."

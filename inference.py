@@ -16,17 +16,28 @@ inference_inputs.py (the errors a caller can cause and the checks that raise the
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # Ctrl-C while torch and the rest import (seconds): one line, not a traceback
+    import signal
+
+    from train_config import interrupted_while_starting
+
+    signal.signal(signal.SIGINT, interrupted_while_starting)
+
 import argparse
 import json
 import os
 import re
-import sys
+import signal
 import warnings
+from pathlib import Path
 from typing import Any
 
 from catalog import DEMOGRAPHICS, POPULARITY, SEQUENCE
-from engine import EXPORT_COLUMNS, EXPORT_FORMATS, BatchScores, RecommendationEngine
+from engine import BatchScores, RecommendationEngine
 from explanations import EXPLANATION_MEASURES
+from exports import EXPORT_COLUMNS, EXPORT_FORMATS
 from inference_inputs import (
     AlreadySeenError,
     CheckpointError,
@@ -37,6 +48,7 @@ from inference_inputs import (
     MetadataMismatchError,
     UnknownItemError,
     UnknownUserError,
+    output_file,
 )
 from signup_prior import (
     NEW_USER_PRIOR_FADE,
@@ -54,7 +66,8 @@ __all__ = [
     "EXPLANATION_MEASURES", "EXPORT_COLUMNS", "EXPORT_FORMATS", "NEW_USER_PRIOR_FADE", "NEW_USER_PRIOR_STEEPNESS",
     "NEW_USER_PRIOR_WEIGHT", "NEW_USER_PRIOR_WINDOW", "SIGNUP_POSITIONS", "AlreadySeenError", "BatchScores",
     "CheckpointError", "ColdItemError", "ColdItemWarning", "InferenceError", "MetadataError", "MetadataMismatchError",
-    "RecommendationEngine", "UnknownItemError", "UnknownUserError", "build_parser", "faded_weight", "main",
+    "RecommendationEngine", "UnknownItemError", "UnknownUserError", "build_parser", "faded_weight", "flag_problem",
+    "main",
     "signup_counts", "signup_prior", "signup_window_prior",
 ]
 
@@ -127,9 +140,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cold_items", action="store_true", help="also list never-rated movies by genre similarity")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--all_users", action="store_true", help="top k of every known user, written to --output")
-    parser.add_argument("--output", help="file for --all_users: .csv or .jsonl (format by extension)")
+    parser.add_argument("--all_users", action="store_true", help="top k of every known user (from their own "
+                        "history; --k, --include_seen and --min_predicted_rating apply), written to --output")
+    parser.add_argument("--output", help="file for --all_users: .csv or .jsonl (format by extension); an existing "
+                        "file is replaced once the new one is complete")
     return parser
+
+
+# flags --all_users cannot honour, and why: it scores every known user from their own history into a file
+NOT_WITH_ALL_USERS = {
+    "user_id": "for one user, leave out --all_users",
+    "item_sequence": "each user is scored from their own known history",
+    "timestamps": "each user is scored from their own known history",
+    "gender": "each known user's own demographics are read",
+    "age": "each known user's own demographics are read",
+    "occupation": "each known user's own demographics are read",
+    "explain": "the file holds recommendations only; explain one user without --all_users",
+    "profile": "the file holds recommendations only; ask for one user's profile without --all_users",
+    "cold_items": "the file holds the model's recommendations only; ask for one user without --all_users",
+    "json": "the file's format follows --output's extension (.csv or .jsonl)",
+}
+
+
+def flag_problem(args: argparse.Namespace) -> str | None:
+    """Flags that cannot be honoured together, named (each flag alone is argparse's to check); None when none."""
+    if args.all_users != (args.output is not None):
+        return "--all_users and --output go together: --all_users --output recs.csv"
+    given = [name for name in NOT_WITH_ALL_USERS if getattr(args, name) not in (None, False)]
+    if args.all_users and given:
+        return (f"--all_users writes every known user's top k to --output; --{given[0]} cannot combine with it: "
+                f"{NOT_WITH_ALL_USERS[given[0]]}")
+    if args.timestamps is not None and args.item_sequence is None:
+        return "--timestamps gives the days of --item_sequence's movies: pass --item_sequence too"
+    if args.timestamps is not None and len(args.timestamps) != len(args.item_sequence):
+        return (f"--timestamps has {len(args.timestamps)} values for the {len(args.item_sequence)} movies of "
+                "--item_sequence: one per movie")
+    if args.profile and args.user_id is None:
+        return "--profile needs --user_id"
+    if args.min_predicted_rating is not None and args.cold_items:
+        return ("--min_predicted_rating cannot combine with --cold_items: never-rated movies have no predicted "
+                "rating to compare with it")
+    return None
 
 
 def _table(records: list[dict[str, Any]]) -> str:
@@ -211,38 +262,56 @@ def _warning_line(message: Warning | str, *details: Any, **more: Any) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _export(engine: RecommendationEngine, args: argparse.Namespace) -> None:
+    rows = engine.export_recommendations(args.output, k=args.k, filter_seen=not args.include_seen,
+                                         min_predicted_rating=args.min_predicted_rating,
+                                         progress=sys.stderr.isatty())  # a bar on a terminal, not in a log
+    print(f"wrote {rows} recommendations for {len(engine.user_ids)} users to {args.output}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print recommendations (and optionally explanations, the profile, cold items). Returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Print recommendations (and optionally explanations, the profile, cold items), or with --all_users write every
+    known user's to --output. Returns the exit status: 0, 1 (a bad request or file), 2 (bad flags), 130 (Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C from here on: KeyboardInterrupt, below
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = flag_problem(args)
+    if problem is not None:
+        parser.error(problem)
+    stopped = "interrupted while loading the model: nothing was written"
     with warnings.catch_warnings():
         warnings.simplefilter("once")  # a warning repeated by each explanation is printed once
         warnings.showwarning = _warning_line  # one line per warning; restored on exit
         try:
-            if args.profile and args.user_id is None:
-                raise InferenceError("--profile needs --user_id")
-            if args.all_users != (args.output is not None):
-                raise InferenceError("--all_users and --output go together: --all_users --output recs.csv")
+            if args.all_users:  # refused before the model is loaded, and never an input
+                metadata_path = args.metadata_path or Path(args.model_path).parent / "metadata.json"
+                output_file(args.output, "--output", EXPORT_FORMATS,
+                            {"--model_path": Path(args.model_path), "--metadata_path": Path(metadata_path)})
             engine = RecommendationEngine(args.model_path, args.metadata_path, device=args.device,
                                           new_user_prior_weight=args.new_user_prior_weight,
                                           new_user_prior_fade=args.new_user_prior_fade,
                                           new_user_prior_window=tuple(args.new_user_prior_window),
                                           new_user_prior_steepness=args.new_user_prior_steepness)
             if args.all_users:
-                rows = engine.export_recommendations(args.output, k=args.k, filter_seen=not args.include_seen)
-                print(f"wrote {rows} recommendations for {len(engine.user_ids)} users to {args.output}")
+                stopped = f"interrupted: nothing was written to {args.output}"  # the temporary file is removed
+                _export(engine, args)
                 return 0
+            stopped = "interrupted"
             answer = _answer(engine, args)
+            if args.json:
+                print(json.dumps(answer, ensure_ascii=False, indent=2))
+            else:
+                _print_text(answer, engine.new_user_prior_weight)
+            sys.stdout.flush()
         except (InferenceError, OSError) as error:  # OSError: the export's disk is full, its folder went away
+            if isinstance(error, BrokenPipeError):  # the reader went away (| head): stop quietly, as others do
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
             print(f"error: {error}", file=sys.stderr)
             return 1
-    try:
-        if args.json:
-            print(json.dumps(answer, ensure_ascii=False, indent=2))
-        else:
-            _print_text(answer, engine.new_user_prior_weight)
-        sys.stdout.flush()
-    except BrokenPipeError:  # the reader went away (| head): stop quietly, as other command-line tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except KeyboardInterrupt:
+            print(stopped, file=sys.stderr)
+            return 130
     return 0
 
 

@@ -75,7 +75,8 @@ def cold_item_records(catalog: Catalog, request: Request, k: int, filter_seen: b
     reference_year = np.nanmedian(years) if np.isfinite(years).any() else np.nan
     cold_rows = np.flatnonzero(catalog.item_of_movie[catalog.movie_ids] == PAD_INDEX)
     if movie_ids is not None:
-        cold_rows = _candidate_rows(catalog, as_id_array(movie_ids, "movie_ids"), cold_rows)
+        candidates = list(movie_ids) if isinstance(movie_ids, (set, frozenset)) else movie_ids  # order is not used
+        cold_rows = _candidate_rows(catalog, as_id_array(candidates, "movie_ids"), cold_rows)
     if filter_seen:
         cold_rows = np.setdiff1d(cold_rows, history_rows)
     genres = catalog.movie_genres[cold_rows]
@@ -100,6 +101,8 @@ def cold_item_records(catalog: Catalog, request: Request, k: int, filter_seen: b
 
 def _candidate_rows(catalog: Catalog, movie_ids: np.ndarray, cold_rows: np.ndarray) -> np.ndarray:
     """Rows (of the movie table) of movie_ids, all of them never-rated movies, in cold_rows' order."""
+    if not len(movie_ids):
+        raise InferenceError("movie_ids is empty: pass the never-rated MovieIDs to rank, or None for all of them")
     unknown = [m for m in movie_ids.tolist() if m not in catalog.movies]
     if unknown:
         raise UnknownItemError(f"movie_ids: unknown MovieID(s) {unknown[:10]}: not in the metadata's movies")

@@ -42,11 +42,12 @@ def model_inputs(requests: list[Request], seq_length: int, mask_index: int, empt
 
 def score_and_hidden(
     model: EnhancedBERT4Rec, catalog: Catalog, requests: list[Request], filter_seen: bool, batch_size: int,
-    empty_day: int, prior: NewUserPrior,
+    empty_day: int, prior: NewUserPrior, prior_of: Request | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(len(requests), num_items + 2) scores on the CPU, batch_size requests per forward pass, and the hidden row
     each was read from (B, hidden; readout_rows). Popularity rows get training-part counts and, not being read by
-    the model, NaN hidden rows; new users' rows add the sign-up prior to the model's log probabilities."""
+    the model, NaN hidden rows; new users' rows add the sign-up prior to the model's log probabilities: each row's
+    own, or with prior_of every row that of prior_of (an explanation's variants, the prior held fixed)."""
     config, device = model.config, next(model.parameters()).device
     chunks, hidden_rows = [], []
     for start in range(0, len(requests), batch_size):
@@ -62,7 +63,8 @@ def score_and_hidden(
         new_users = [row for row, r in enumerate(batch) if r.strategy in (SEQUENCE, DEMOGRAPHICS)]
         if new_users and prior.weight:
             rows = torch.tensor(new_users, device=scores.device)
-            log_prior = new_user_log_prior(catalog, [batch[row] for row in new_users], prior)
+            held = [batch[row] if prior_of is None else prior_of for row in new_users]
+            log_prior = new_user_log_prior(catalog, held, prior)
             scores[rows] = scores[rows].log_softmax(dim=-1) + log_prior.to(scores.device, scores.dtype)
         if filter_seen:
             exclude_seen(scores, inputs.seen_offsets, inputs.seen_items)
@@ -79,6 +81,28 @@ def new_user_log_prior(catalog: Catalog, requests: list[Request], prior: NewUser
     n = np.array([len(r.items) for r in requests])
     gender, age = (np.array([r.features[column] for r in requests]) for column in (0, 1))
     return torch.from_numpy(signup_log_prior(catalog.signup, n, gender, age, prior))
+
+
+@torch.no_grad()
+def nonfinite_part(model: EnhancedBERT4Rec) -> str | None:
+    """The first part of the model that is not finite, None when all are: a weight (parameter or buffer) by name,
+    else the scores, hidden rows or predicted ratings of a probe batch, a user with no history and a known user
+    with a short one (a NaN or inf there would serve short or empty lists without an error)."""
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"weight {name}"
+    config, device = model.config, next(model.parameters()).device
+    short = np.arange(1, min(3, config.num_items) + 1)
+    probe = [Request(0, (0, 0, 0), short[:0], short[:0], [], POPULARITY),
+             Request(1, (1, 1, 1), short, np.ones_like(short), [], POPULARITY)]
+    inputs = model_inputs(probe, config.seq_length, config.mask_index, 1, device)
+    scores, hidden, _ = score_last_position(model, inputs.item_seq, inputs.days, inputs.user)
+    parts = {"scores": scores[:, 1:-1], "hidden rows": hidden}
+    if model.rating_head is not None:
+        items = torch.ones((2, 1), dtype=torch.long)
+        parts["predicted ratings"] = torch.from_numpy(predicted_ratings(model, hidden, items, inputs.user["user_idx"]))
+    return next((f"{name} of a probe batch" for name, part in parts.items() if not bool(torch.isfinite(part).all())),
+                None)
 
 
 def exclude_history(scores: torch.Tensor, requests: list[Request]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields
@@ -19,13 +20,17 @@ from model_config import AMP_MODES, ModelFlags, device_problem, flag
 
 TASKS = ("item_prediction", "next_item", "rating_prediction", "user_preference")
 CONFIGS = Path(__file__).resolve().parent / "configs"
-# What `python trainer.py` trains when no @config file is given (docs/RESULTS.md has the measurements): on a CPU
-# the small model with a time-budget lr decay, ending by itself after 90 minutes; on a GPU the best model (hidden
-# 256, causal, the crop, the cosine item head, bf16, 12 epochs: test NDCG@10 0.2050 over three seeds).
+# What `python trainer.py` trains when no @config file is given, by what the machine can do (docs/RESULTS.md has
+# the measurements): where bf16 matrix products run in hardware (a GPU, or a CPU with AVX-512 BF16 or AMX) the best
+# model (hidden 256, causal, the crop, the cosine item head, bf16, 12 epochs: test NDCG@10 0.2050 over three seeds,
+# 32.9 training minutes on a 2-core AVX-512-bf16 CPU); elsewhere (AVX2 CPUs emulate bf16 about 17x slower than
+# fp32) the small model with a time-budget lr decay, ending by itself after 90 minutes (0.1923 on a 2-core AVX2 CPU).
 DEVICE_DEFAULTS = {
     "cpu": [f"@{CONFIGS / 'cpu_small.txt'}", "--max_minutes", "90"],
+    "cpu_bf16": [f"@{CONFIGS / 'best.txt'}"],
     "cuda": [f"@{CONFIGS / 'best.txt'}"],
 }
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that multiply bf16 in hardware
 ML1M_USERS, ML1M_RATINGS = 6040, 1_000_209  # for the preflight memory estimate
 
 
@@ -135,6 +140,7 @@ class TrainConfig(ModelFlags):
     wandb_run_name: str | None = run_flag(None, "wandb run name", resume_may_change=True)
     progress: bool = run_flag(True, "tqdm progress bars", resume_may_change=True)
     task_weights: dict[str, float] = field(init=False)
+    defaults: str = field(init=False, default="", compare=False)  # what `python trainer.py` chose here, and why
 
     def __post_init__(self) -> None:
         self.task_weights = {task: getattr(self, f"{task}_weight") for task in TASKS}
@@ -164,17 +170,40 @@ class FlagFileParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def device_defaults(argv: list[str]) -> list[str]:
-    """The flags `python trainer.py` starts from when argv names no @config file: the best measured configuration
-    for the device it will run on (DEVICE_DEFAULTS); nothing when a config file is given or a run is resumed
-    (the checkpoint holds its settings)."""
+def device_defaults(argv: list[str]) -> tuple[list[str], str]:
+    """The flags `python trainer.py` starts from when argv names no @config file, and why: the best measured
+    configuration for what the machine it will run on can do (DEVICE_DEFAULTS). Nothing ("", no reason) when a
+    config file is given or a run is resumed (the checkpoint holds its settings)."""
     if any(arg.startswith("@") or arg.startswith("--resume") for arg in argv):
-        return []
+        return [], ""
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", default="auto")
     name = device.parse_known_args(argv)[0].device
-    on_gpu = name.startswith("cuda") or (name == "auto" and cuda_available())
-    return DEVICE_DEFAULTS["cuda" if on_gpu else "cpu"]
+    if name.startswith("cuda") or (name == "auto" and cuda_available()):
+        key, why = "cuda", "a CUDA GPU"
+    else:
+        bf16_flags = cpu_bf16_flags()
+        key = "cpu_bf16" if bf16_flags else "cpu"
+        why = (f"a CPU that multiplies bf16 in hardware ({', '.join(bf16_flags)})" if bf16_flags else
+               "a CPU without bf16 instructions (no avx512_bf16 or amx_bf16: bf16 would be emulated, about 17x "
+               "slower than fp32)")
+    flags = DEVICE_DEFAULTS[key]
+    shown = " ".join(Path(flag[1:]).relative_to(CONFIGS.parent).as_posix() if flag.startswith("@") else flag
+                     for flag in flags)
+    return flags, f"{shown}, the best measured configuration for {why}; an @config file or flags override it"
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """Which of BF16_CPU_FLAGS this CPU has, read from /proc/cpuinfo (cpuinfo: its text, for tests); none where the
+    system does not say (not Linux), so the small fp32 model is the safe choice there."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    line = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
+    flags = set(line.group(1).split()) if line else set()
+    return [flag for flag in BF16_CPU_FLAGS if flag in flags]
 
 
 def cuda_available() -> bool:
@@ -211,13 +240,14 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
     use_device_defaults (the CLI's main): without an @config file, start from DEVICE_DEFAULTS for the device.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if use_device_defaults:
-        argv = device_defaults(argv) + argv
+    defaults, why = device_defaults(argv) if use_device_defaults else ([], "")
+    argv = defaults + argv
     parser = FlagFileParser(
         description="Train the enhanced BERT4Rec on MovieLens 1M (multi-task, full-ranking evaluation). Without an "
                     "@config file, `python trainer.py` starts from the best measured configuration for its device: "
-                    f"{' '.join(DEVICE_DEFAULTS['cpu'])} on a CPU, {' '.join(DEVICE_DEFAULTS['cuda'])} on a GPU "
-                    "(later flags override them). The defaults listed below are the seed's "
+                    f"{' '.join(DEVICE_DEFAULTS['cpu_bf16'])} on a GPU or a CPU with bf16 instructions, "
+                    f"{' '.join(DEVICE_DEFAULTS['cpu'])} on other CPUs (later flags override them). The defaults "
+                    "listed below are the seed's "
                     "(@configs/seed.txt).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         fromfile_prefix_chars="@",  # python trainer.py @configs/best.txt
@@ -229,7 +259,9 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
         parser.set_defaults(**dict.fromkeys(values, not_given))
         explicit = {name for name, value in vars(parser.parse_args(argv)).items() if value is not not_given}
         values = resumed_values(values, explicit)
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    config.defaults = why
+    return config
 
 
 # What a resumed run may set anew when given (the fields declared with resume_may_change); everything not given

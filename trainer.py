@@ -1044,6 +1044,8 @@ def main(argv: list[str] | None = None) -> int:
     config = None
     try:
         config = parse_args(argv, use_device_defaults=True)
+        if config.defaults:
+            print(f"defaults: {config.defaults}")
         train(config)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -5,7 +5,7 @@ plus --max_minutes/--max_epochs), differing only in the switches below, for each
 from each run's results.json (best-validation checkpoint, EVALUATION.md protocol). The markdown table gives the
 mean over seeds and, with more than one seed, the seed-to-seed spread (max - min) of NDCG@10.
 
-    python benchmarks/ablation.py --data_dir ../shared/data/ml-1m --seeds 0 1 --max_minutes 30 \
+    python benchmarks/ablation.py --data_dir path/to/ml-1m --seeds 0 1 --max_minutes 30 \
         --out runs/ablation -- @configs/seed.txt --batch_size 256 --learning_rate 1e-3 --warmup_steps 200 \
         --lr_schedule constant --max_epochs 200 --patience 20 --next_item_weight 0.1 --next_item_crop 0.5
     python benchmarks/ablation.py --out runs/ablation --table_only     # re-read finished runs

@@ -5,7 +5,7 @@ Every run is a fresh Python process, so nothing cached in memory helps (the OS f
 for any second run). Reported per case: the median and range of `load_dataset`'s wall time inside the process,
 the median wall time of the whole process (interpreter start and imports included) and the largest peak RSS.
 
-    python benchmarks/bench_data.py --data_dir ../shared/data/ml-1m --runs 5
+    python benchmarks/bench_data.py --data_dir path/to/ml-1m --runs 5
 """
 
 import argparse

@@ -3,7 +3,7 @@ makes (BAD_FLAGS), run as a user runs it (a fresh `python trainer.py ... --data_
 from start to exit, median of --repeats runs. Beside it, the same for `python -c "import torch"` (the interpreter
 and torch's import, which every run pays before trainer.py's first line) and `python trainer.py --help`.
 
-    python benchmarks/bench_preflight.py --data_dir ../shared/data/ml-1m --repeats 3
+    python benchmarks/bench_preflight.py --data_dir path/to/ml-1m --repeats 3
 """
 
 import argparse

@@ -7,7 +7,7 @@ own forward_backward and optimizer_step (batch building, forward, backward, grad
 on batches of its shuffle - and one full-ranking validation pass. Seconds per epoch = steps per epoch x the
 median step time + the validation pass (measured, not a whole epoch: the seed's epoch takes many minutes on a CPU).
 
-    python benchmarks/bench_train.py --data_dir ../shared/data/ml-1m --steps 15       # the seed's configuration
+    python benchmarks/bench_train.py --data_dir path/to/ml-1m --steps 15       # the seed's configuration
     python benchmarks/bench_train.py --configs cpu_small cpu_small_bf16 cpu_small_compile
     python benchmarks/bench_train.py --configs best best_fp32 --steps 10
     python benchmarks/bench_train.py --configs cpu_small --limit          # the step's share of the matmul rate

@@ -19,7 +19,7 @@ movie later (validation or test event), against the bias baseline on the same mo
 Writes cold_start.md and cold_start.json into --out. Finished runs (results.json) are read, an interrupted run is
 resumed from its last.pt, so an interrupted benchmark continues where it stopped.
 
-    python benchmarks/cold_start.py --data_dir ../shared/data/ml-1m --seeds 0 1 --out runs/cold_start
+    python benchmarks/cold_start.py --data_dir path/to/ml-1m --seeds 0 1 --out runs/cold_start
 """
 
 import argparse

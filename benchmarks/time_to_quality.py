@@ -6,7 +6,7 @@ one run after another so that each has the machine to itself. Test figures come 
 (validation NDCG@10 against training minutes and epochs) into --out. Finished runs (results.json present) are
 read, not rerun; an interrupted run is resumed from its last.pt, so an interrupted benchmark continues.
 
-    python benchmarks/time_to_quality.py --data_dir ../shared/data/ml-1m --max_minutes 15 --seeds 0 1 \
+    python benchmarks/time_to_quality.py --data_dir path/to/ml-1m --max_minutes 15 --seeds 0 1 \
         --config cpu_small "@configs/cpu_small.txt" \
         --config cloze "@configs/cpu_small.txt --no-causal --lr_schedule cosine" --out runs/ttq15
     python benchmarks/time_to_quality.py --out runs/ttq15 --table_only --config cpu_small "" --config cloze ""

@@ -8,8 +8,10 @@ categories and counts (CATEGORY_COUNTS below adds them up).
 """
 
 import json
+import math
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -19,17 +21,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import TINY
 
 import data_processor
+import exports
 import inference
 import trainer
 from data_processor import load_metadata, write_synthetic_ml1m
-from enhanced_model import read_checkpoint
+from enhanced_model import fields_digest, read_checkpoint
 from inference import (
     AlreadySeenError,
     CheckpointError,
+    ColdItemError,
     InferenceError,
     MetadataError,
     MetadataMismatchError,
@@ -59,11 +65,27 @@ def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
+FORMULA_TITLES = ["=1+2 (1999)", "+SUM(A1) (1998)", "-3+4 (1997)", "@cmd (1996)"]
+
+
+def with_formula_titles(data_dir: Path) -> Path:
+    """Give four rated movies titles a spreadsheet would run as formulas (exports.py's CSV rule)."""
+    rated = {line.split("::")[1] for line in (data_dir / "ratings.dat").read_text(encoding="latin-1").splitlines()}
+    lines = (data_dir / "movies.dat").read_text(encoding="latin-1").splitlines()
+    targets = [row for row, line in enumerate(lines) if line.split("::")[0] in rated][:len(FORMULA_TITLES)]
+    for row, title in zip(targets, FORMULA_TITLES, strict=True):
+        movie_id, _, genres = lines[row].split("::")
+        lines[row] = f"{movie_id}::{title}::{genres}"
+    (data_dir / "movies.dat").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    return data_dir
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny finished training on synthetic data: (data folder, checkpoint folder)."""
+    """A tiny finished training on synthetic data (four titles start like spreadsheet formulas): (data folder,
+    checkpoint folder)."""
     root = tmp_path_factory.mktemp("bad_inputs")
-    data_dir = write_synthetic_ml1m(root / "ml-1m")
+    data_dir = with_formula_titles(write_synthetic_ml1m(root / "ml-1m"))
     trainer.train(trainer.parse_args([*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(root / "run"),
                                       "--max_epochs", "2"]))
     return data_dir, root / "run"
@@ -332,12 +354,13 @@ def test_inference_cli_refuses_bad_requests(run, tmp_path, capsys):
         (["--model_path", str(tmp_path / "missing.pt"), "--user_id", "1"], 1, "does not exist"),
         (["--model_path", str(tmp_path / "text.pt"), "--user_id", "1"], 1, "cannot be read"),
         ([*model, "--metadata_path", str(tampered), "--user_id", "1"], 1, "content_sha256"),
-        ([*model, "--all_users"], 1, "--all_users and --output go together"),
+        ([*model, "--all_users"], 2, "--all_users and --output go together"),
         ([*model, "--all_users", "--output", str(tmp_path / "recs.txt")], 1, "must end in .csv or .jsonl"),
-        ([*model, "--item_sequence", "1,2", "--timestamps", "978300760"], 1, "timestamps has 1 values for 2"),
+        ([*model, "--item_sequence", "1,2", "--timestamps", "978300760"], 2,
+         "--timestamps has 1 values for the 2 movies"),
         ([*model, "--user_id", "1", "--min_predicted_rating", "7"], 1, "min_predicted_rating must be a number"),
         ([*model, "--gender", "F", "--age", "0"], 1, "age must be 1..120"),
-        ([*model, "--profile"], 1, "--profile needs --user_id"),
+        ([*model, "--profile"], 2, "--profile needs --user_id"),
         ([*model, "--user_id", "1", "--k", "ten"], 2, "--k: invalid int value"),
     ]
     for flags, status, message in cases:
@@ -401,6 +424,392 @@ def test_engine_construction_refuses_bad_files(run, tmp_path):
         RecommendationEngine(run[1] / "best_model.pt", tmp_path / "none.json")
     with pytest.raises(InferenceError, match="default_day_of_year must be in 1..366"):
         RecommendationEngine(run[1] / "best_model.pt", default_day_of_year=400)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inference requests, combinations and exports: every public argument's type and range, what the CLI cannot
+# combine, what it writes (never over an input), broken checkpoints, Ctrl-C
+
+
+def warm(e: RecommendationEngine, index: int = 1) -> int:
+    """The MovieID of the model's item `index`."""
+    return int(e._catalog.item_movie_ids[index])
+
+
+def cold(e: RecommendationEngine) -> int:
+    """A never-rated MovieID."""
+    catalog = e._catalog
+    return int(catalog.movie_ids[catalog.item_of_movie[catalog.movie_ids] == 0][0])
+
+
+def unseen(e: RecommendationEngine, user_id: int = 1) -> int:
+    """A movie the model scores that is not in user_id's history."""
+    seen = set(e._catalog.users[user_id]["history"]["items"])
+    return warm(e, next(i for i in range(1, e.config.num_items + 1) if i not in seen))
+
+
+def model_path(e: RecommendationEngine) -> Path:
+    return e._inputs["model_path"]
+
+
+API_ARGUMENT_CASES = [
+    ("history as a set", lambda e: e.get_recommendations(None, {warm(e)}), InferenceError, "a set has no order"),
+    ("history as a generator", lambda e: e.get_recommendations(None, (m for m in [warm(e)])), InferenceError,
+     "read only once"),
+    ("history as a dict", lambda e: e.get_recommendations(None, {warm(e): 5}), InferenceError, "a dict is not a list"),
+    ("history as a 2-D array", lambda e: e.get_recommendations(None, np.array([[warm(e)]])), InferenceError, "1-D"),
+    ("history of nested lists", lambda e: e.get_recommendations(None, [[warm(e)]]), InferenceError, "integers only"),
+    ("history of booleans", lambda e: e.get_recommendations(None, [True]), InferenceError, "integers only"),
+    ("history with an id of 2**70", lambda e: e.get_recommendations(None, [2**70]), UnknownItemError,
+     "item_sequence must hold positive integers"),
+    ("history with a negative id", lambda e: e.get_recommendations(None, [-5]), UnknownItemError,
+     "item_sequence must hold positive integers"),
+    ("history with a movie not in movies.dat", lambda e: e.get_recommendations(None, [10**9]), UnknownItemError,
+     "not in movies.dat"),
+    ("user_id of 2**70", lambda e: e.get_recommendations(2**70), UnknownUserError,
+     "user_id must be a positive integer"),
+    ("user_id 0", lambda e: e.get_recommendations(0), UnknownUserError, "user_id must be a positive integer"),
+    ("negative user_id with demographics", lambda e: e.get_recommendations(-3, gender="F"), UnknownUserError,
+     "user_id must be a positive integer"),
+    ("user_id as bytes", lambda e: e.get_recommendations(b"1"), InferenceError, "user_id must be an integer"),
+    ("timestamps past the year 9999", lambda e: e.get_recommendations(None, [warm(e)], timestamps=[2**62]),
+     InferenceError, "timestamps must hold Unix seconds in 0..253402300799"),
+    ("negative timestamps", lambda e: e.get_recommendations(None, [warm(e)], timestamps=[-1]), InferenceError,
+     "timestamps must hold Unix seconds"),
+    ("timestamps as a set", lambda e: e.get_recommendations(None, [warm(e)], timestamps={978300760}),
+     InferenceError, "a set has no order"),
+    ("recommended_item_id of 2**70", lambda e: e.explain_recommendation(1, None, 2**70), UnknownItemError,
+     "recommended_item_id must be a positive integer"),
+    ("recommended_item_id as a boolean", lambda e: e.explain_recommendation(1, None, True), InferenceError,
+     "recommended_item_id must be an integer"),
+    ("recommended_item_id as a list", lambda e: e.explain_recommendation(1, None, [warm(e)]), InferenceError,
+     "recommended_item_id must be an integer"),
+    ("explain a never-rated movie", lambda e: e.explain_recommendation(None, [warm(e)], cold(e)), ColdItemError,
+     "never rated"),
+    ("one dict as a batch's demographics", lambda e: e.score_batch([None], [[]], demographics={"gender": "F"}),
+     InferenceError, r"demographics must be a list .* pass \[the dict\]"),
+    ("a demographics row with another field", lambda e: e.recommend_batch([None], demographics=[{"sex": "F"}]),
+     InferenceError, r"demographics\[0\] must be None or a dict of gender, age, occupation"),
+    ("user_ids as a set", lambda e: e.recommend_batch({1, 2}), InferenceError, "user_ids .* a set has no order"),
+    ("user_ids as a generator", lambda e: e.recommend_batch(u for u in [1]), InferenceError,
+     "user_ids .* read only once"),
+    ("user_ids as a dict", lambda e: e.recommend_batch({1: None}), InferenceError, "user_ids .* a dict is not a list"),
+    ("item_sequences as a generator", lambda e: e.score_batch([1], (s for s in [[warm(e)]])), InferenceError,
+     "item_sequences .* read only once"),
+    ("batch timestamps as a generator", lambda e: e.score_batch([None], [[warm(e)]], timestamps=(
+        t for t in [[978300760]])), InferenceError, "timestamps .* read only once"),
+    ("batch_size as text", lambda e: e.recommend_batch([1], batch_size="8"), InferenceError,
+     "batch_size must be an integer"),
+    ("min_predicted_rating NaN", lambda e: e.get_recommendations(1, min_predicted_rating=math.nan), InferenceError,
+     "min_predicted_rating must be a number in 1..5"),
+    ("min_predicted_rating inf", lambda e: e.recommend_batch([1], min_predicted_rating=math.inf), InferenceError,
+     "min_predicted_rating must be a number in 1..5"),
+    ("min_predicted_rating 0.5", lambda e: e.get_recommendations(1, min_predicted_rating=0.5), InferenceError,
+     "min_predicted_rating must be a number in 1..5"),
+    ("k negative", lambda e: e.get_recommendations(1, k=-3), InferenceError, "k must be positive"),
+    ("gender as a number", lambda e: e.get_recommendations(gender=1), InferenceError, "gender must be one of F, M"),
+    ("gender as bytes", lambda e: e.get_recommendations(gender=b"F"), InferenceError, "gender must be one of F, M"),
+    ("age 200", lambda e: e.get_recommendations(gender="F", age=200), InferenceError, "age must be 1..120"),
+    ("an age group ML-1M lacks", lambda e: e.get_recommendations(age="99-100"), InferenceError,
+     "age .* must be an integer"),
+    ("occupation 99", lambda e: e.get_recommendations(occupation=99), InferenceError,
+     "occupation must be an ML-1M code 0..20"),
+    ("an occupation ML-1M lacks", lambda e: e.get_recommendations(occupation="astronaut"), InferenceError,
+     "occupation .* must be an integer"),
+    ("profile of 2**70", lambda e: e.get_user_profile(2**70), UnknownUserError, "user_id must be a positive integer"),
+    ("cold items from an empty list", lambda e: e.get_cold_item_recommendations(None, [], movie_ids=[]),
+     InferenceError, "movie_ids is empty"),
+    ("cold items of a movie not in movies.dat", lambda e: e.get_cold_item_recommendations(movie_ids=[10**9]),
+     UnknownItemError, "unknown MovieID"),
+    ("cold items from a generator", lambda e: e.get_cold_item_recommendations(movie_ids=(m for m in [cold(e)])),
+     InferenceError, "movie_ids .* read only once"),
+    ("export path as bytes", lambda e: e.export_recommendations(b"recs.csv"), InferenceError,
+     "path must be a path"),
+    ("export of a new user", lambda e: e.export_recommendations("recs.csv", user_ids=[None]), InferenceError,
+     "user_ids must be an integer"),
+    ("export of unknown users", lambda e: e.export_recommendations("recs.csv", user_ids=[1, 999999]),
+     UnknownUserError, r"unknown UserID\(s\) \[999999\]"),
+    ("export threshold as text", lambda e: e.export_recommendations("recs.csv", min_predicted_rating="4"),
+     InferenceError, "min_predicted_rating must be a number"),
+    ("plot that is not a .png", lambda e: e.explain_recommendation(1, None, unseen(e), plot="why.jpg"),
+     InferenceError, r"plot why.jpg must end in \.png"),
+    ("plot as bytes", lambda e: e.explain_recommendation(1, None, unseen(e), plot=b"why.png"), InferenceError,
+     "plot must be a path"),
+    ("device as a number", lambda e: RecommendationEngine(model_path(e), device=0), InferenceError,
+     "device must be a str"),
+    ("model_path as bytes", lambda e: RecommendationEngine(bytes(model_path(e))), InferenceError,
+     "model_path must be a path"),
+    ("model_path as a number", lambda e: RecommendationEngine(5), InferenceError, "model_path must be a path"),
+    ("model_path a folder", lambda e: RecommendationEngine(model_path(e).parent), CheckpointError,
+     r"is a folder: pass the checkpoint file \(best_model.pt in it\?\)"),
+    ("metadata_path a folder", lambda e: RecommendationEngine(model_path(e), model_path(e).parent), MetadataError,
+     "is a folder"),
+    ("default_day_of_year as a boolean", lambda e: RecommendationEngine(model_path(e), default_day_of_year=True),
+     InferenceError, "default_day_of_year must be an integer"),
+    ("prior window of 2**70", lambda e: setattr(e, "new_user_prior_window", (2**70, 1)), InferenceError,
+     "new_user_prior_window must be two whole numbers"),
+    ("prior weight NaN", lambda e: setattr(e, "new_user_prior_weight", math.nan), InferenceError,
+     "new_user_prior_weight must be a finite number"),
+    ("prior weight 1e300", lambda e: setattr(e, "new_user_prior_weight", 1e300), InferenceError,
+     "new_user_prior_weight must be a finite number >= 0 and <= 1e"),
+    ("prior fade as text", lambda e: setattr(e, "new_user_prior_fade", "3"), InferenceError,
+     "new_user_prior_fade must be a number"),
+]
+
+
+@pytest.mark.parametrize("name, call, error, message", API_ARGUMENT_CASES, ids=[c[0] for c in API_ARGUMENT_CASES])
+def test_api_refuses_each_argument_by_name(engine, name, call, error, message):
+    settings = [getattr(engine, f"new_user_prior_{s}") for s in ("weight", "fade", "steepness", "window")]
+    with pytest.raises(error, match=message) as raised:
+        call(engine)
+    assert "\n" not in str(raised.value)
+    assert [getattr(engine, f"new_user_prior_{s}") for s in ("weight", "fade", "steepness", "window")] == settings
+
+
+def test_api_accepts_numpy_values_and_clamps_k(engine):
+    history = [warm(engine, 1), warm(engine, 2)]
+    plain = engine.get_recommendations(1, history, k=3, filter_seen=True, min_predicted_rating=1.0)
+    as_numpy = engine.get_recommendations(np.int64(1), np.array(history, dtype=np.int32), k=np.int64(3),
+                                          filter_seen=np.bool_(True), min_predicted_rating=np.float32(1.0))
+    assert as_numpy == plain and len(plain) == 3
+    assert engine.get_recommendations(1, tuple(history), k=3) == engine.get_recommendations(1, history, k=3)
+    everything = engine.config.num_items
+    seen = {warm(engine, i) for i in engine._catalog.users[1]["history"]["items"]}
+    for k in (everything + 1, 10**9, 2**70):  # more than the catalogue: every unseen movie the model scores, once
+        listed = engine.get_recommendations(1, k=k)
+        assert len(listed) == everything - len(seen) and not seen & {r["movie_id"] for r in listed}
+        assert len({r["movie_id"] for r in listed}) == len(listed)
+    assert len(engine.get_recommendations(1, k=10**9, filter_seen=False)) == everything
+    cold_ids = [cold(engine)]
+    assert engine.get_cold_item_recommendations(movie_ids=set(cold_ids)) == engine.get_cold_item_recommendations(
+        movie_ids=cold_ids)  # a set of candidates is fine: their order is not used
+
+
+def test_prior_settings_accept_numpy_numbers(run):
+    engine = RecommendationEngine(run[1] / "best_model.pt", device="cpu", new_user_prior_window=np.array([1, 3]))
+    engine.new_user_prior_weight, engine.new_user_prior_fade = np.float32(2.5), np.int64(4)
+    engine.new_user_prior_steepness, engine.new_user_prior_window = np.float64(2), (np.int64(0), np.int32(2))
+    assert (engine.new_user_prior_weight, engine.new_user_prior_fade, engine.new_user_prior_steepness,
+            engine.new_user_prior_window) == (2.5, 4.0, 2.0, (0, 2))
+    assert all(type(value) is float for value in (engine.new_user_prior_weight, engine.new_user_prior_fade))
+
+
+def test_a_history_with_duplicates_is_read_as_given(engine):
+    first, second = warm(engine, 3), warm(engine, 4)
+    listed = engine.get_recommendations(None, [first, second, first], k=5)
+    assert len(listed) == 5 and not {first, second} & {r["movie_id"] for r in listed}
+    explanation = engine.explain_recommendation(None, [first, second, first], listed[0]["movie_id"])
+    assert [d["movie_id"] for d in sorted(explanation["drivers"], key=lambda d: -d["position"])] == [first, second,
+                                                                                                     first]
+
+
+# The command line: flags that cannot be honoured together, refused by name before the model is loaded (exit 2)
+
+CLI_COMBINATIONS = [
+    (["--all_users", "--output", "{tmp}/recs.csv", "--user_id", "1"], "--user_id cannot combine with it"),
+    (["--all_users", "--output", "{tmp}/recs.csv", "--item_sequence", "{warm}"], "--item_sequence cannot combine"),
+    (["--all_users", "--output", "{tmp}/recs.csv", "--timestamps", "978300760"], "--timestamps cannot combine"),
+    (["--all_users", "--output", "{tmp}/recs.csv", "--gender", "F"], "--gender cannot combine"),
+    (["--all_users", "--output", "{tmp}/recs.csv", "--age", "30"], "--age cannot combine"),
+    (["--all_users", "--output", "{tmp}/recs.csv", "--occupation", "7"], "--occupation cannot combine"),
+    (["--all_users", "--output", "{tmp}/recs.csv", "--explain"], "--explain cannot combine with it: the file holds"),
+    (["--all_users", "--output", "{tmp}/recs.csv", "--profile"], "--profile cannot combine"),
+    (["--all_users", "--output", "{tmp}/recs.csv", "--cold_items"], "--cold_items cannot combine"),
+    (["--all_users", "--output", "{tmp}/recs.csv", "--json"], "--json cannot combine with it: the file's format"),
+    (["--output", "{tmp}/recs.csv", "--user_id", "1"], "--all_users and --output go together"),
+    (["--timestamps", "978300760"], "--timestamps gives the days of --item_sequence's movies"),
+    (["--user_id", "1", "--cold_items", "--min_predicted_rating", "4"], "--min_predicted_rating cannot combine with "
+     "--cold_items"),
+    (["--item_sequence", "{warm}", "--profile"], "--profile needs --user_id"),
+    (["--gender", "X"], "--gender: invalid choice: 'X'"),
+]
+
+
+@pytest.mark.parametrize("flags, message", CLI_COMBINATIONS, ids=[" ".join(c[0][:6]) for c in CLI_COMBINATIONS])
+def test_inference_cli_refuses_flags_that_cannot_combine(run, tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.setattr(inference, "RecommendationEngine", None)  # refused before any model is loaded
+    flags = [flag.format(tmp=tmp_path, warm=1) for flag in flags]
+    status = exit_status(inference.main, ["--model_path", str(run[1] / "best_model.pt"), *flags])
+    captured = capsys.readouterr()
+    assert status == 2 and message in one_error_line(captured.err) and captured.out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+INFERENCE_REQUESTS = [  # (flags, exit status, message): values the engine refuses, or answers
+    (["--gender", "F", "--age", "200"], 1, "age must be 1..120"),
+    (["--gender", "F", "--occupation", "99"], 1, "occupation must be an ML-1M code 0..20"),
+    (["--user_id", "1", "--k", "-3"], 1, "k must be positive"),
+    (["--user_id", "-5"], 1, "user_id must be a positive integer"),
+    (["--user_id", str(2**70)], 1, "user_id must be a positive integer"),
+    (["--item_sequence", "{warm}", "--timestamps", "999999999999"], 1, "timestamps must hold Unix seconds"),
+    (["--model_path", "{run}"], 1, "is a folder: pass the checkpoint file (best_model.pt in it?)"),
+    (["--metadata_path", "{run}", "--user_id", "1"], 1, "is a folder"),
+    (["--metadata_path", "{truncated}", "--user_id", "1"], 1, "cannot be read"),
+    (["--new_user_prior_weight", "nan", "--gender", "F"], 1, "new_user_prior_weight must be a finite number"),
+    (["--new_user_prior_window", "100", "1", "--gender", "F"], 1, "new_user_prior_window must be two whole numbers"),
+    (["--user_id", "1", "--k", "100000"], 0, None),  # more than the catalogue: every unseen movie, once
+    (["--item_sequence", "{warm},{warm2},{warm}", "--k", "3", "--explain"], 0, None),  # a repeat is read as given
+]
+
+
+def test_inference_cli_answers_or_refuses_requests(run, tmp_path, capsys):
+    truncated = tmp_path / "metadata.json"
+    truncated.write_bytes((run[1] / "metadata.json").read_bytes()[:3000])
+    engine = RecommendationEngine(run[1] / "best_model.pt", device="cpu")
+    values = {"run": run[1], "truncated": truncated, "warm": warm(engine, 3), "warm2": warm(engine, 4)}
+    for flags, status, message in INFERENCE_REQUESTS:
+        flags = ["--model_path", str(run[1] / "best_model.pt"), "--device", "cpu",
+                 *(flag.format(**values) for flag in flags)]
+        assert exit_status(inference.main, flags) == status, flags
+        captured = capsys.readouterr()
+        if message is None:
+            assert captured.err == "" and captured.out.startswith("top ")
+        else:
+            assert message in one_error_line(captured.err) and captured.out == ""
+    assert files_under(tmp_path) == ["metadata.json"]
+
+
+# Exports: never over an input, never into a folder; CSV text that a spreadsheet would run gets an apostrophe
+
+
+def test_export_paths_are_files_and_never_inputs(engine, run, tmp_path):
+    model, metadata = run[1] / "best_model.pt", run[1] / "metadata.json"
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "model.csv").symlink_to(model)
+    (tmp_path / "metadata.jsonl").symlink_to(metadata)
+    (tmp_path / "why.png").symlink_to(model)
+    (tmp_path / "file").write_text("a file, not a folder")
+    before = snapshot(run[1])
+    cases = [
+        (lambda: engine.export_recommendations(tmp_path / "folder.csv"), "is a folder: name a file in it"),
+        (lambda: engine.export_recommendations(tmp_path / "missing" / "recs.csv"), "does not exist"),
+        (lambda: engine.export_recommendations(tmp_path / "file" / "recs.csv"), "does not exist"),
+        (lambda: engine.export_recommendations(tmp_path / "model.csv"), re.escape(f"is model_path ({model})")),
+        (lambda: engine.export_recommendations(tmp_path / "metadata.jsonl"),
+         re.escape(f"is metadata_path ({metadata})")),
+        (lambda: engine.explain_recommendation(1, None, unseen(engine), plot=tmp_path / "why.png"),
+         "plot .* is model_path"),
+        (lambda: engine.explain_recommendation(1, None, unseen(engine), plot=tmp_path / "folder.csv"), r"\.png"),
+    ]
+    for call, message in cases:
+        with pytest.raises(InferenceError, match=message) as raised:
+            call()
+        assert "\n" not in str(raised.value)
+    assert snapshot(run[1]) == before
+    assert sorted(files_under(tmp_path)) == ["file", "folder.csv", "metadata.jsonl", "model.csv", "why.png"]
+    (tmp_path / "old.csv").write_text("an older export\n")  # an existing file is replaced whole, atomically
+    assert engine.export_recommendations(tmp_path / "old.csv", user_ids=[1, 2], k=2, progress=False) == 4
+    assert (tmp_path / "old.csv").read_text().splitlines()[0] == ",".join(exports.EXPORT_COLUMNS)
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_export_cells_that_look_like_formulas_get_an_apostrophe_in_csv_only(engine, tmp_path):
+    import csv
+
+    assert engine.export_recommendations(tmp_path / "all.csv", user_ids=[1], k=10**6, filter_seen=False,
+                                         progress=False) == engine.config.num_items
+    engine.export_recommendations(tmp_path / "all.jsonl", user_ids=[1], k=10**6, filter_seen=False, progress=False)
+    with open(tmp_path / "all.csv", newline="", encoding="utf-8") as file:
+        csv_titles = {int(row["movie_id"]): row["title"] for row in csv.DictReader(file)}
+    lines = (tmp_path / "all.jsonl").read_text(encoding="utf-8").splitlines()
+    json_titles = {row["movie_id"]: row["title"] for row in map(json.loads, lines)}
+    formulas = {movie_id: title for movie_id, title in json_titles.items() if title in FORMULA_TITLES}
+    assert sorted(formulas.values()) == sorted(FORMULA_TITLES)  # JSON Lines holds the text as it is
+    for movie_id, title in json_titles.items():
+        assert csv_titles[movie_id] == ("'" + title if movie_id in formulas else title)
+    assert [exports.spreadsheet_safe(cell) for cell in ("\tx", "\rx", "a=b", -3.5, "", None)] == [
+        "'\tx", "'\rx", "a=b", -3.5, "", None]  # numbers (a negative score) stay numbers
+
+
+def test_cli_export_honours_the_rating_threshold_and_refuses_paths_before_loading(engine, run, tmp_path, capsys):
+    model = run[1] / "best_model.pt"
+    ratings = sorted(r["predicted_rating"] for rows in engine.recommend_batch(engine.user_ids, k=5) for r in rows)
+    threshold = round(ratings[len(ratings) // 2], 3)  # about half the top 5s pass
+    out = tmp_path / "recs.jsonl"
+    assert inference.main(["--model_path", str(model), "--device", "cpu", "--all_users", "--k", "5",
+                           "--min_predicted_rating", str(threshold), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = engine.recommend_batch(engine.user_ids, k=5, min_predicted_rating=threshold)
+    assert [(r["user_id"], r["movie_id"]) for r in rows] == [
+        (user_id, record["movie_id"]) for user_id, records in zip(engine.user_ids, expected, strict=True)
+        for record in records]
+    assert rows and all(r["predicted_rating"] >= threshold for r in rows)
+    assert capsys.readouterr().err == ""
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "model.csv").symlink_to(model)
+    for output, message in ((tmp_path / "missing" / "r.csv", "does not exist"),
+                            (tmp_path / "folder.csv", "is a folder"),
+                            (tmp_path / "model.csv", f"is --model_path ({model})"),
+                            (tmp_path / "recs.txt", "must end in .csv or .jsonl")):
+        assert inference.main(["--model_path", str(model), "--all_users", "--output", str(output),
+                               "--device", "nothing-is-loaded"]) == 1
+        assert message in one_error_line(capsys.readouterr().err)
+    assert sorted(files_under(tmp_path)) == ["folder.csv", "model.csv", "recs.jsonl"]
+
+
+def test_ctrl_c_during_an_export_writes_nothing_and_leaves_the_old_file(run, tmp_path, capsys, monkeypatch):
+    target = tmp_path / "recs.csv"
+    target.write_text("the previous export\n")
+    cells = []
+
+    def interrupted_after_some_rows(cell):
+        cells.append(cell)
+        if len(cells) == 70:  # ten rows written to the temporary file
+            raise KeyboardInterrupt
+        return cell
+
+    monkeypatch.setattr(exports, "spreadsheet_safe", interrupted_after_some_rows)
+    status = inference.main(["--model_path", str(run[1] / "best_model.pt"), "--device", "cpu", "--all_users",
+                             "--output", str(target)])
+    assert status == 130 and capsys.readouterr().err == f"interrupted: nothing was written to {target}\n"
+    assert files_under(tmp_path) == ["recs.csv"] and target.read_text() == "the previous export\n"
+
+
+def test_ctrl_c_while_the_engine_loads_or_imports_is_one_line(run, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inference, "RecommendationEngine", interrupted)
+    assert inference.main(["--model_path", str(run[1] / "best_model.pt"), "--user_id", "1"]) == 130
+    assert capsys.readouterr().err == "interrupted while loading the model: nothing was written\n"
+    process = subprocess.Popen([sys.executable, str(REPO / "inference.py"), "--model_path",
+                                str(run[1] / "best_model.pt"), "--all_users", "--output", str(tmp_path / "r.csv")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    time.sleep(0.5)  # while it imports torch (seconds), or loads the model
+    process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 130 and error in ("interrupted while starting: nothing was written\n",
+                                                   "interrupted while loading the model: nothing was written\n",
+                                                   f"interrupted: nothing was written to {tmp_path / 'r.csv'}\n"), error
+    assert list(tmp_path.iterdir()) == []
+
+
+# Broken checkpoints: NaN or inf weights, or finite weights whose scores overflow, are refused when loaded
+
+BROKEN_WEIGHTS = [  # (state_dict entry, value put in it, all of it or one number, the message)
+    ("item_embedding.weight", math.nan, False, "NaN or inf in its weight item_embedding.weight"),
+    ("encoder.final_norm.bias", math.inf, False, "NaN or inf in its weight encoder.final_norm.bias"),
+    ("encoder.final_norm.weight", 1e38, True, "NaN or inf in its scores of a probe batch"),
+]
+
+
+@pytest.mark.parametrize("entry, value, everywhere, message", BROKEN_WEIGHTS, ids=[c[0] for c in BROKEN_WEIGHTS])
+def test_a_checkpoint_with_non_finite_weights_or_scores_is_refused(run, tmp_path, capsys, entry, value, everywhere,
+                                                                   message):
+    checkpoint = torch.load(run[1] / "best_model.pt", weights_only=True)
+    weights = checkpoint["model_state"][entry]
+    weights.fill_(value) if everywhere else weights.view(-1).__setitem__(0, value)
+    checkpoint["fields_sha256"] = fields_digest(checkpoint)  # as trainer.py signs it (the weights are not in it)
+    broken = tmp_path / "best_model.pt"
+    torch.save(checkpoint, broken)
+    with pytest.raises(CheckpointError, match=f"checkpoint {broken} is broken: {message}"):
+        RecommendationEngine(broken, run[1] / "metadata.json", device="cpu")
+    assert inference.main(["--model_path", str(broken), "--metadata_path", str(run[1] / "metadata.json"),
+                           "--user_id", "1"]) == 1
+    captured = capsys.readouterr()
+    assert message in one_error_line(captured.err) and captured.out == ""
+
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""A seeded fuzz test of every reader of outside input: ratings.dat, movies.dat, users.dat, metadata.json, a
-checkpoint's plain-data fields and the CLI's id lists.
+"""A seeded fuzz test of every reader of outside input: ratings.dat, movies.dat, users.dat, the files of the other
+dataset formats (readers.py), metadata.json, a checkpoint's plain-data fields and the CLI's id lists.
 
 Each mutated input must either be read exactly as the clean input or be refused with the project's own error, on
 one line, naming the file (and, for the .dat files, the line). A traceback (any other exception) or a silent
@@ -8,14 +8,18 @@ see: a valid value turned into another valid value (a rating 4 into a 5) is foun
 GroupLens' files (load_dataset's verify) or by the checksums of metadata.json and the checkpoint.
 """
 
+import csv
+import io
 import random
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from data_processor import DataError, load_dataset, load_metadata
+import readers
+from data_processor import DataError, load_dataset, load_metadata, source_encoding
 from enhanced_model import CheckpointFileError, model_from_checkpoint, read_checkpoint
 from inference import _id_list
 from trainer import parse_args, train
@@ -56,28 +60,34 @@ def one_line(error: Exception, *names: str) -> None:
     assert "\n" not in text.strip() and all(name in text for name in names), text
 
 
-def mutate_dat(raw: bytes, name: str, rng: random.Random) -> tuple[str, bytes]:
+def mutate_dat(raw: bytes, name: str, rng: random.Random, separator: bytes = b"::",
+               structured: tuple[int, ...] | None = None, header: bool = False,
+               numbers: list[bytes] = NUMBERS) -> tuple[str, bytes]:
+    """One seeded mutation of a line-based file: fields split by `separator`, only the `structured` ones (the
+    fields a reader interprets) flipped or replaced by `numbers`; a header line is left alone."""
+    structured = STRUCTURED_FIELDS[name] if structured is None else structured
     lines = raw.split(b"\n")[:-1]
-    row = rng.randrange(len(lines))
-    fields = lines[row].split(b"::")
+    row = rng.randrange(1 if header else 0, len(lines))
+    fields = lines[row].split(separator)
     kind = rng.choice(["truncate", "flip", "separator", "number", "encoding", "crlf", "blank", "extra_field"])
     if kind == "truncate":  # cut inside a line
         cuts = [p for p in range(1, len(raw)) if raw[p - 1:p] != b"\n"]
         return kind, raw[: rng.choice(cuts)]
     if kind == "flip":
-        field = rng.choice(STRUCTURED_FIELDS[name])
+        field = rng.choice(structured)
         value = bytearray(fields[field])
         if value:
             value[rng.randrange(len(value))] = rng.choice(NON_DIGITS)[0]
         fields[field] = bytes(value)
     elif kind == "separator":
         position = rng.randrange(len(fields) - 1)
-        fields[position:position + 2] = [fields[position] + rng.choice(SEPARATORS) + fields[position + 1]]
+        joint = rng.choice([other for other in SEPARATORS if other != separator])
+        fields[position:position + 2] = [fields[position] + joint + fields[position + 1]]
     elif kind == "number":
-        numeric = [f for f in STRUCTURED_FIELDS[name] if fields[f].isdigit()]
-        fields[rng.choice(numeric)] = rng.choice(NUMBERS)
+        numeric = [f for f in structured if fields[f].replace(b".", b"", 1).isdigit()]
+        fields[rng.choice(numeric or list(structured))] = rng.choice(numbers)
     elif kind == "encoding":
-        return kind, raw.decode("latin-1").encode(rng.choice(ENCODINGS), errors="replace")
+        return kind, raw.decode(source_encoding(raw)).encode(rng.choice(ENCODINGS), errors="replace")
     elif kind == "crlf":
         return kind, raw.replace(b"\n", b"\r\n")
     elif kind == "blank":
@@ -85,7 +95,7 @@ def mutate_dat(raw: bytes, name: str, rng: random.Random) -> tuple[str, bytes]:
         return kind, b"\n".join(lines) + b"\n"
     elif kind == "extra_field":
         fields.insert(rng.randrange(len(fields) + 1), rng.choice([b"1", b"x", b""]))
-    lines[row] = b"::".join(fields)
+    lines[row] = separator.join(fields)
     return kind, b"\n".join(lines) + b"\n"
 
 
@@ -113,6 +123,96 @@ def test_dat_readers(name, synthetic_ml1m_dir, tmp_path):
             assert same_dataset(data, clean), f"run {run} ({kind}): read differently, without an error"
             outcomes["identical"] += 1
     assert outcomes["refused"] > DAT_RUNS // 2  # most mutations break the format
+
+
+# The other formats, written from the synthetic ML-1M: file -> (separator, structured fields, has a header, the
+# mutations that may be read as changed data). Genre names, titles, occupations and dates are data in these formats
+# (their vocabularies come from the files). The generic format takes any id, number or timestamp as a valid value,
+# and an ML-10M title may hold '::', so an extra field there is read as part of the title.
+GENERIC_VALUES = ("flip", "number")
+FORMAT_FILES = {
+    "ml-100k": {"u.data": (b"\t", (0, 1, 2, 3), False, ()), "u.item": (b"|", (0, *range(5, 24)), False, ()),
+                "u.user": (b"|", (0, 1, 2), False, ())},
+    "ml-10m": {"ratings.dat": (b"::", (0, 1, 2, 3), False, ()), "movies.dat": (b"::", (0,), False, ("extra_field",))},
+    "ml-csv": {"ratings.csv": (b",", (0, 1, 2, 3), True, ()), "movies.csv": (b",", (0,), True, ())},
+    "generic": {"interactions.csv": (b",", (0, 1, 2, 3), True, GENERIC_VALUES),
+                "items.csv": (b",", (0, 3), True, GENERIC_VALUES),
+                "users.csv": (b",", (0, 1, 2, 3), True, GENERIC_VALUES)},
+}
+FORMAT_RUNS = 150  # per file
+HALF_STAR_NUMBERS = [number for number in NUMBERS if number != b"3.0"]  # 3.0 is a valid half-star rating
+OCCUPATION_NAMES = ("administrator", "artist", "doctor", "educator", "engineer", "other", "student", "writer")
+
+
+def csv_text(rows: list[list[object]]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def write_format(name: str, tables, folder: Path) -> Path:
+    """The synthetic ML-1M tables in one of the other formats, as GroupLens (or export_generic) writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ratings = list(tables.interactions.itertuples(index=False))
+    items = list(tables.items.itertuples(index=False))
+    half_stars = [rating - 0.5 * (row % 3 == 0) for row, (*_, rating) in enumerate(ratings)]
+    if name == "ml-100k":
+        files = {
+            "u.data": "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, t, r in ratings).encode("latin-1"),
+            "u.item": "".join(
+                f"{i}|{title}|{'' if year is pd.NA else f'01-Jan-{year}'}||http://us.imdb.com/M/title-exact?{i}|"
+                + "|".join(str(int(genre in genres.split("|"))) for genre in readers.ML100K_GENRES) + "\n"
+                for i, title, genres, year in items).encode("latin-1"),
+            "u.user": "".join(f"{u}|{age}|{gender}|{OCCUPATION_NAMES[job % 8]}|{55000 + u}\n"
+                              for u, gender, age, job in tables.users.itertuples(index=False)).encode("latin-1"),
+        }
+    elif name == "ml-10m":
+        files = {
+            "ratings.dat": "".join(f"{u}::{i}::{stars:g}::{t}\n"
+                                   for (u, i, t, _), stars in zip(ratings, half_stars, strict=True)).encode(),
+            "movies.dat": "".join(f"{i}::{title}::{genres}\n" for i, title, genres, _ in items).encode(),
+        }
+    elif name == "ml-csv":
+        files = {
+            "ratings.csv": csv_text([["userId", "movieId", "rating", "timestamp"]]
+                                    + [[u, i, f"{stars:.1f}", t]
+                                       for (u, i, t, _), stars in zip(ratings, half_stars, strict=True)]),
+            "movies.csv": csv_text([["movieId", "title", "genres"]]
+                                   + [[i, title, genres] for i, title, genres, _ in items]),
+        }
+    else:
+        return readers.export_generic(tables, folder)
+    for file_name, raw in files.items():
+        (folder / file_name).write_bytes(raw)
+    return folder
+
+
+@pytest.mark.parametrize("name, file_name", [(name, file_name) for name, files in FORMAT_FILES.items()
+                                             for file_name in files])
+def test_other_format_readers(name, file_name, synthetic_ml1m_dir, tmp_path):
+    """Every mutated file of every other format is read as the clean one or refused with a DataError naming the
+    file and its line; the mutations FORMAT_FILES lets through may also be read as changed data, but never raise
+    any other exception."""
+    folder = write_format(name, readers.read_dataset(synthetic_ml1m_dir), tmp_path / name)
+    clean = readers.read_dataset(folder)
+    separator, structured, header, may_change = FORMAT_FILES[name][file_name]
+    numbers = HALF_STAR_NUMBERS if name in ("ml-10m", "ml-csv") else NUMBERS
+    raw = (folder / file_name).read_bytes()
+    rng = random.Random(f"{SEED}-{name}-{file_name}")
+    refused = 0
+    for run in range(FORMAT_RUNS):
+        kind, mutated = mutate_dat(raw, file_name, rng, separator, structured, header, numbers)
+        (folder / file_name).write_bytes(mutated)
+        try:
+            tables = readers.read_dataset(folder)
+        except DataError as error:
+            one_line(error, file_name)
+            assert "line" in str(error) or "empty" in str(error), f"run {run} ({kind}): {error}"
+            refused += 1
+        else:
+            difference = readers.tables_differ(tables, clean)
+            assert difference is None or kind in may_change, f"run {run} ({kind}): read differently: {difference[:300]}"
+    assert refused > FORMAT_RUNS // 2
 
 
 @pytest.fixture(scope="module")
@@ -222,4 +322,5 @@ def test_cli_id_lists():
 def test_the_runs_add_up():
     """The run count README states."""
     assert 3 * DAT_RUNS + METADATA_RUNS + CHECKPOINT_RUNS + ID_LIST_RUNS == 3000
-    assert Path(__file__).read_text().count("def test_") == 6
+    assert FORMAT_RUNS * sum(map(len, FORMAT_FILES.values())) == 1500
+    assert Path(__file__).read_text().count("def test_") == 7

@@ -278,6 +278,30 @@ def test_recommend_batch_equals_single_calls(trained):
         assert scores.scores[1, column[movie_id]].item() == pytest.approx(score, abs=1e-5)
 
 
+def test_recommend_batch_excludes_each_sequences_own_movies(trained):
+    """With explicit item_sequences, filter_seen excludes each row's own sequence (not a known user's stored history,
+    nor another row's); filter_seen=False lists them like any movie."""
+    data, engine = trained.data, trained.engine
+    everything = data.num_items
+    user_ids = [None, int(data.user_ids[3]), None]
+    sequences = [data.item_movie_ids[[10, 11, 12]].tolist(), data.item_movie_ids[[40, 41]].tolist(),
+                 data.item_movie_ids[[5, 5, 70]].tolist()]
+    demographics = [{"gender": "F"}, None, None]
+    kept = engine.recommend_batch(user_ids, sequences, k=everything, demographics=demographics)
+    full = engine.recommend_batch(user_ids, sequences, k=everything, demographics=demographics, filter_seen=False)
+    for sequence, filtered, unfiltered in zip(sequences, kept, full, strict=True):
+        listed = [r["movie_id"] for r in filtered]
+        assert not set(sequence) & set(listed) and len(listed) == len(set(listed)) == everything - len(set(sequence))
+        assert len(unfiltered) == everything and set(sequence) <= {r["movie_id"] for r in unfiltered}
+    stored = set(history(data, 3)[0].tolist()) - set(sequences[1])
+    assert stored <= {r["movie_id"] for r in kept[1]}  # the known user's other movies stay: the sequence replaces it
+    scores = engine.score_batch(user_ids, sequences, demographics=demographics)
+    for row, sequence in enumerate(sequences):
+        columns = np.searchsorted(scores.movie_ids, sequence)
+        assert torch.isneginf(scores.scores[row, columns]).all()
+        assert int(torch.isneginf(scores.scores[row]).sum()) == len(set(sequence))
+
+
 def test_batch_rows_follow_each_users_strategy(trained):
     data, engine = trained.data, trained.engine
     assert engine.user_ids == data.user_ids[1:].tolist()
@@ -582,6 +606,40 @@ def test_sentence_from_hand_made_numbers():
     )
 
 
+def test_a_new_users_explanation_measures_the_model_with_the_sign_up_prior_held_fixed(trained):
+    """A new user's score is the model's log-probability plus w(n) x log prior(n, gender, age). Deleting a history
+    movie changes n, so measured on that sum every movie would seem to matter about equally (the prior's change);
+    held fixed, each drop is the model's own log-probability difference, recomputed here without the engine."""
+    data, engine, model = trained.data, trained.engine, trained.model
+    items = [20, 21, 22, 23, 24]
+    sequence = data.item_movie_ids[items].tolist()
+    recommended = engine.get_recommendations(item_sequence=sequence, gender="M", age=45, k=1)[0]
+    explanation = engine.explain_recommendation(None, sequence, recommended["movie_id"], gender="M", age=45)
+    item = int(np.searchsorted(data.item_movie_ids[1:-1], recommended["movie_id"])) + 1
+    tokens = (0, 2, 5, 0)  # a new user: no identity; men, aged 45-49
+
+    def model_log_probability(kept: list[int], user=tokens) -> float:
+        return reference_scores(model, kept, [DAY] * len(kept), user).log_softmax(dim=-1)[item].item()
+
+    base = model_log_probability(items)
+    expected = {data.item_movie_ids[i]: base - model_log_probability([j for j in items if j != i]) for i in items}
+    drops = {d["movie_id"]: d["score_drop"] for d in explanation["drivers"]}
+    assert drops == pytest.approx(expected, abs=1e-4)
+    assert max(drops.values()) - min(drops.values()) > 0.1  # the movies differ, as the model reads them
+    hidden_gender = model_log_probability(items, (0, 0, 5, 0))
+    assert explanation["user_tokens"]["gender"]["score_drop"] == pytest.approx(base - hidden_gender, abs=1e-4)
+    prior = explanation["signup_prior"]
+    weight = engine.new_user_prior_weight / (1 + (5 / engine.new_user_prior_fade) ** engine.new_user_prior_steepness)
+    assert prior["held_fixed"] and prior["weight"] == pytest.approx(weight)
+    assert prior["score_term"] == pytest.approx(weight * reference_signup_log_prior(data, 5, 2, 5)[item].item(),
+                                                abs=1e-4)
+    assert explanation["recommended"]["score"] == pytest.approx(base + prior["score_term"], abs=1e-4)
+    assert explanation["recommended"]["score"] == pytest.approx(recommended["score"], abs=1e-5)
+    assert "score changes measured on the model's scores, the sign-up prior held fixed" in explanation["sentence"]
+    known = engine.explain_recommendation(int(data.user_ids[3]), None, recommended["movie_id"])
+    assert known["signup_prior"] is None and "sign-up prior" not in known["sentence"]
+
+
 def test_explanation_for_a_demographics_only_user(trained):
     engine = trained.engine
     recommended = engine.get_recommendations(gender="M", age=45, k=1)[0]
@@ -780,8 +838,9 @@ def test_cli_options_in_process(trained, capsys):
         assert main([*paths, "--k", "3", "--gender", "F", "--age", "30", "--new_user_prior_weight", weight]) == 0
         assert f"strategy: demographics; score: {label})" in capsys.readouterr().out
 
-    assert main([*paths, "--profile"]) == 1
-    assert capsys.readouterr().err == "error: --profile needs --user_id\n"
+    with pytest.raises(SystemExit) as stopped:  # flags that cannot go together: a usage error, exit status 2
+        main([*paths, "--profile"])
+    assert stopped.value.code == 2 and capsys.readouterr().err == "error: --profile needs --user_id (see --help)\n"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -906,7 +965,7 @@ def test_cli_all_users_export(trained, tmp_path):
     assert f"wrote {2 * trained.data.num_users} recommendations" in done.stdout
     assert len((tmp_path / "recs.jsonl").read_text().splitlines()) == 2 * trained.data.num_users
     lonely = run_cli(*paths, "--all_users")
-    assert lonely.returncode == 1 and lonely.stderr.count("\n") == 1 and "--output" in lonely.stderr
+    assert lonely.returncode == 2 and lonely.stderr.count("\n") == 1 and "--output" in lonely.stderr
 
 
 def test_cli_table_shows_the_predicted_rating_with_one_decimal(trained):

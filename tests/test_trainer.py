@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import TINY
 
+import train_config
 import trainer
 from data_processor import eval_inputs, load_dataset, mask_index, scoring_input, write_synthetic_ml1m
 from enhanced_model import model_from_checkpoint, read_checkpoint
@@ -455,11 +456,19 @@ def test_checked_in_configs_parse_validate_and_set_every_flag(config_file):
     assert parse_args([f"@{config_file}", "--next_item_crop", "0"]).next_item_crop == 0
 
 
-def test_defaults_per_device_and_the_seed_one_flag_away():
+def test_defaults_per_device_and_the_seed_one_flag_away(monkeypatch):
+    monkeypatch.setattr(train_config, "cpu_bf16_flags", lambda: [])  # an AVX2-only CPU
     cpu = parse_args(["--device", "cpu"], use_device_defaults=True)
     assert cpu == parse_args([f"@{REPO / 'configs' / 'cpu_small.txt'}", "--max_minutes", "90", "--device", "cpu"])
     assert (cpu.hidden_size, cpu.lr_schedule, cpu.max_minutes, cpu.next_item_weight) == (64, "wsd", 90.0, 0.1)
     assert cpu.causal
+    assert cpu.defaults.startswith("configs/cpu_small.txt --max_minutes 90, the best measured configuration for a CPU "
+                                   "without bf16 instructions")
+    monkeypatch.setattr(train_config, "cpu_bf16_flags", lambda: ["amx_bf16"])  # a CPU with AMX
+    bf16_cpu = parse_args(["--device", "cpu"], use_device_defaults=True)
+    assert bf16_cpu == parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--device", "cpu"])
+    assert "configs/best.txt, the best measured configuration for a CPU that multiplies bf16 in hardware (amx_bf16)" \
+        in bf16_cpu.defaults
     gpu = parse_args(["--device", "cuda"], use_device_defaults=True)  # parsing only: no GPU needed
     assert gpu == parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--device", "cuda"])
     assert (gpu.hidden_size, gpu.causal, gpu.next_item_crop, gpu.amp, gpu.max_epochs) == (256, True, 0.5, "bf16", 12)
@@ -467,7 +476,30 @@ def test_defaults_per_device_and_the_seed_one_flag_away():
     assert parse_args(["--device", "cpu", "--hidden_size", "32"], use_device_defaults=True).hidden_size == 32
     # an @config file replaces the device's defaults; configs/seed.txt is the seed's configuration exactly
     assert parse_args(["@configs/seed.txt"], use_device_defaults=True) == TrainConfig()
+    assert parse_args(["@configs/seed.txt"], use_device_defaults=True).defaults == ""  # nothing was chosen
     assert parse_args([], use_device_defaults=False) == TrainConfig()
+
+
+def test_the_cpu_probe_reads_the_bf16_flags_of_proc_cpuinfo():
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\nbogomips\t: 4890.85\n"
+    avx512_bf16 = avx2.replace("avx2 fma", "avx2 avx512f avx512_bf16 fma")
+    amx = avx2.replace("avx2 fma", "avx2 avx512f avx512_bf16 amx_bf16 amx_tile")
+    assert train_config.cpu_bf16_flags(avx2) == []
+    assert train_config.cpu_bf16_flags(avx512_bf16) == ["avx512_bf16"]
+    assert train_config.cpu_bf16_flags(amx) == ["avx512_bf16", "amx_bf16"]
+    assert train_config.cpu_bf16_flags("no flags line here") == []
+
+
+def test_the_cli_says_what_it_chose_on_its_first_line_and_records_it(synthetic_ml1m_dir, tmp_path, monkeypatch,
+                                                                      capsys):
+    monkeypatch.setattr(train_config, "cpu_bf16_flags", lambda: [])
+    out = tmp_path / "run"
+    assert trainer_main([*TINY, "--data_dir", str(synthetic_ml1m_dir), "--checkpoint_dir", str(out),
+                         "--max_epochs", "1", "--device", "cpu"]) == 0
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert first_line.startswith("defaults: configs/cpu_small.txt --max_minutes 90, the best measured configuration")
+    recorded = json.loads((out / "results.json").read_text())["train_config"]
+    assert recorded["defaults"] == first_line.removeprefix("defaults: ") and recorded["causal"]
 
 
 def test_one_run_per_checkpoint_dir(synthetic_ml1m_dir, tmp_path):
