@@ -165,3 +165,20 @@ def encode(feature: Feature, column: pd.Series) -> np.ndarray:
         index = 2 + np.searchsorted(np.asarray(feature.edges, np.float64), values, side="right")
         return np.where(np.isnan(values), 1, index).astype(np.int64)
     raise ValueError(f"feature {feature.name!r}: display features are not encoded")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building table columns from arrays (for readers of files that store a feature otherwise)
+
+
+def multi_text(flags: np.ndarray, vocabulary: list[str] | tuple[str, ...], separator: str = "|") -> np.ndarray:
+    """A multi feature's text from a multi-hot (rows, vocabulary): each row's flagged values joined by `separator`,
+    in vocabulary order (the inverse of encode)."""
+    labels = np.array([value + separator for value in vocabulary], dtype=object)
+    texts = (flags != 0).astype(np.int64) @ labels if len(flags) else []  # 1 * "Drama|" + 0 * "War|" + ...
+    return np.array([text[: -len(separator)] for text in texts], dtype=object)
+
+
+def optional_integers(values: np.ndarray) -> pd.Series:
+    """Integers where a negative value means missing (a title without a year) as a nullable Int64 column."""
+    return pd.Series(values, dtype="Int64").where(values >= 0, pd.NA)

@@ -35,7 +35,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
@@ -44,6 +44,7 @@ import pandas as pd
 import requests
 from tqdm import tqdm
 
+from data_model import Feature, RawTables, encode, multi_text, optional_integers, resolved, vocabulary_size
 from model_config import PAD_INDEX, SEQ_LENGTH, mask_index
 
 log = logging.getLogger("data_processor")
@@ -307,11 +308,25 @@ def download_ml1m(
     dest_dir = Path(dest_dir).resolve()
     if all((dest_dir / name).is_file() for name in SOURCE_FILES):
         return dest_dir
+    return download_zip(dest_dir, url, md5, sha256, retries, backoff_s, timeout_s)
+
+
+def download_zip(
+    dest_dir: Path,
+    url: str,
+    md5: str | None,
+    sha256: str | None,
+    retries: int = 4,
+    backoff_s: float = 1.0,
+    timeout_s: float = 30.0,
+    markers: tuple[str, ...] = ("ratings.dat",),
+) -> Path:
+    """Download a dataset's zip as <dest_dir>.zip (reused when it is there and its checksums match; None: not
+    checked) and extract the folder of the zip holding one of `markers` into `dest_dir`. Returns `dest_dir`."""
     zip_path = dest_dir.with_name(dest_dir.name + ".zip")
     if not (zip_path.is_file() and _digest_mismatch(md5, sha256, *_file_digests(zip_path)) is None):
         _download_with_retries(url, zip_path, md5, sha256, retries, backoff_s, timeout_s)
-    extract_ml1m_zip(zip_path, dest_dir)
-    return dest_dir
+    return extract_dataset_zip(zip_path, dest_dir, markers)
 
 
 def _download_with_retries(
@@ -330,13 +345,13 @@ def _download_with_retries(
         except _RETRYABLE as exc:
             if attempt == retries:
                 raise DownloadError(f"could not download {url} ({retries + 1} attempts): {exc}; offline? pass "
-                                    "--data_dir path/to/ml-1m (a folder or ml-1m.zip you already have)") from exc
+                                    "--data_dir with the dataset's folder or zip, if you already have it") from exc
             delay = backoff_s * 2**attempt
             log.warning("download of %s failed (%s); retrying in %.1f s", url, exc, delay)
             time.sleep(delay)
         except requests.RequestException as exc:
-            raise DownloadError(f"could not download {url}: {exc}; offline? pass --data_dir path/to/ml-1m "
-                                "(a folder or ml-1m.zip you already have)") from exc
+            raise DownloadError(f"could not download {url}: {exc}; offline? pass --data_dir with the dataset's "
+                                "folder or zip, if you already have it") from exc
 
 
 def _download_verified(url: str, target: Path, md5: str | None, sha256: str | None, timeout_s: float) -> None:
@@ -367,12 +382,15 @@ def _is_unsafe_member(name: str) -> bool:
     return name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) is not None or ".." in parts
 
 
-def _data_members(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, str]:
-    """File name -> member for the files beside ratings.dat (GroupLens' zip keeps them in ml-1m/)."""
-    ratings = [name for name in archive.namelist() if posixpath.basename(name) == "ratings.dat"]
-    if not ratings:
-        raise DataError(f"{zip_path}: no ratings.dat in the archive; is it MovieLens 1M?")
-    folder = posixpath.dirname(ratings[0])
+def data_members(
+    archive: zipfile.ZipFile, zip_path: Path, markers: tuple[str, ...] = ("ratings.dat",)
+) -> dict[str, str]:
+    """File name -> member for the files beside the first of `markers` (GroupLens' zips keep a dataset in one
+    folder: ml-1m/, ml-100k/, ml-10M100K/)."""
+    found = [name for name in archive.namelist() if posixpath.basename(name) in markers]
+    if not found:
+        raise DataError(f"{zip_path}: no {' or '.join(markers)} in the archive; is it a MovieLens dataset?")
+    folder = posixpath.dirname(found[0])
     return {
         posixpath.basename(name): name
         for name in archive.namelist()
@@ -380,8 +398,11 @@ def _data_members(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, str]:
     }
 
 
-def extract_ml1m_zip(zip_path: str | Path, dest_dir: str | Path) -> Path:
-    """Extract the ML-1M files of `zip_path` into `dest_dir`, refusing archives with unsafe member names.
+def extract_dataset_zip(
+    zip_path: str | Path, dest_dir: str | Path, markers: tuple[str, ...] = ("ratings.dat",)
+) -> Path:
+    """Extract the dataset files of `zip_path` (data_members) into `dest_dir`, refusing archives with unsafe
+    member names.
 
     Every member is checked before anything is written; each file is written atomically. Returns `dest_dir`.
     """
@@ -391,9 +412,9 @@ def extract_ml1m_zip(zip_path: str | Path, dest_dir: str | Path) -> Path:
         if unsafe:
             raise UnsafeArchiveError(
                 f"{zip_path}: refusing to extract member {unsafe[0]!r} (absolute path or '..'); "
-                "the archive is not a genuine ML-1M zip"
+                "the archive is not a genuine dataset zip"
             )
-        for file_name, member in _data_members(archive, zip_path).items():
+        for file_name, member in data_members(archive, zip_path, markers).items():
             with archive.open(member) as source, atomic_file(dest_dir / file_name) as target:
                 while block := source.read(1 << 20):
                     target.write(block)
@@ -427,7 +448,7 @@ def read_source_files(data_dir: str | Path | None) -> dict[str, SourceFile]:
         return {name: SourceFile(str(path / name), (path / name).read_bytes()) for name in SOURCE_FILES}
     if path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            members = _data_members(archive, path)
+            members = data_members(archive, path)
             missing = [name for name in SOURCE_FILES if name not in members]
             if missing:
                 raise DataError(f"{path}: no {', '.join(missing)} beside ratings.dat in the archive")
@@ -718,18 +739,19 @@ def window_ends(
 
 
 def _timelines(
-    ratings: pd.DataFrame, users: UserTable, rated_movie_ids: np.ndarray
+    interactions: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """CSR offsets and per-event arrays, each user's events stably sorted by timestamp (ties: file order)."""
-    user_index = np.searchsorted(users.user_ids, ratings["user_id"].to_numpy()) + 1
-    timestamps = ratings["timestamp"].to_numpy()
+    """CSR offsets and per-event arrays over users `user_ids` and items `item_ids` (both sorted), each user's
+    events stably sorted by timestamp (ties: file order)."""
+    user_index = np.searchsorted(user_ids, interactions["user_id"].to_numpy()) + 1
+    timestamps = interactions["timestamp"].to_numpy()
     order = np.argsort(timestamps, kind="stable")
     order = order[np.argsort(user_index[order], kind="stable")]
-    counts = np.bincount(user_index, minlength=len(users.user_ids) + 1)
+    counts = np.bincount(user_index, minlength=len(user_ids) + 1)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     events = {
-        "seq_items": np.searchsorted(rated_movie_ids, ratings["movie_id"].to_numpy()[order]) + 1,
-        "seq_ratings": ratings["rating"].to_numpy()[order],
+        "seq_items": np.searchsorted(item_ids, interactions["item_id"].to_numpy()[order]) + 1,
+        "seq_ratings": interactions["rating"].to_numpy()[order],
         "seq_days": day_of_year(timestamps[order]),
         "seq_timestamps": timestamps[order],
     }
@@ -755,76 +777,124 @@ def _genre_profiles(seq_offsets: np.ndarray, seq_items: np.ndarray, item_genres:
     return (profiles / profiles.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def remove_held_out(ratings: pd.DataFrame, users: UserTable, holdout: str) -> tuple[pd.DataFrame, UserTable]:
-    """The ratings and users left after the cold-start hold-outs: "users" drops the held-out users entirely
-    (table rows and ratings), "items" drops every rating of a held-out movie (the movie stays in movies.dat's
-    tables as a never-rated movie). Users left with fewer than MIN_RATINGS_PER_USER ratings are dropped too."""
-    keep = np.ones(len(ratings), dtype=bool)
+def remove_held_out(
+    interactions: pd.DataFrame, users: pd.DataFrame, holdout: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The interactions and users left after the cold-start hold-outs: "users" drops the held-out users entirely
+    (table rows and ratings), "items" drops every rating of a held-out movie (the movie stays in the item table as
+    a never-rated movie). Users left with fewer than MIN_RATINGS_PER_USER ratings are dropped too."""
+    keep = np.ones(len(interactions), dtype=bool)
     if "items" in holdout.split(","):
-        keep &= ~held_out_movies(ratings["movie_id"].to_numpy())
+        keep &= ~held_out_movies(interactions["item_id"].to_numpy())
     if "users" in holdout.split(","):
-        keep &= ~held_out_users(ratings["user_id"].to_numpy())
-    ratings = ratings[keep].reset_index(drop=True)
-    enough = np.isin(users.user_ids, ratings["user_id"].to_numpy())
-    counts = ratings["user_id"].value_counts()
-    enough &= counts.reindex(users.user_ids, fill_value=0).to_numpy() >= MIN_RATINGS_PER_USER
-    ratings = ratings[np.isin(ratings["user_id"].to_numpy(), users.user_ids[enough])].reset_index(drop=True)
-    return ratings, UserTable(*(column[enough] for column in users))
+        keep &= ~held_out_users(interactions["user_id"].to_numpy())
+    interactions = interactions[keep].reset_index(drop=True)
+    user_ids = users["user_id"].to_numpy()
+    counts = interactions["user_id"].value_counts()
+    enough = counts.reindex(user_ids, fill_value=0).to_numpy() >= MIN_RATINGS_PER_USER
+    interactions = interactions[np.isin(interactions["user_id"].to_numpy(), user_ids[enough])].reset_index(drop=True)
+    return interactions, users[enough].reset_index(drop=True)
+
+
+# ML-1M's features, declared once: the arrays below are encoded from these declarations (data_model.encode)
+ML1M_ITEM_FEATURES = [
+    Feature("title", "display"), Feature("genres", "multi", list(GENRES)), Feature("year", "bucketed")
+]
+ML1M_USER_FEATURES = [
+    Feature("gender", "categorical", list(GENDERS)),
+    Feature("age", "categorical", list(AGE_GROUPS)),
+    Feature("occupation", "categorical", list(range(len(OCCUPATIONS)))),
+]
+
+
+def read_ml1m(sources: dict[str, SourceFile], source_md5: dict[str, str] | None = None) -> RawTables:
+    """ML-1M's three files as the data model (validated by parse_movies, parse_users and parse_ratings): items with
+    title, genres ('|', README order) and the release year of the title; users with gender, age code and
+    occupation code; ratings in file order. source_md5: the files' md5 when already computed."""
+    movies = parse_movies(sources["movies.dat"])
+    users = parse_users(sources["users.dat"])
+    ratings = parse_ratings(sources["ratings.dat"], movies.movie_ids, users.user_ids)
+    items = pd.DataFrame({"item_id": movies.movie_ids, "title": movies.titles,
+                          "genres": multi_text(movies.genres, GENRES), "year": optional_integers(movies.years)})
+    user_table = pd.DataFrame({
+        "user_id": users.user_ids,
+        "gender": np.array(GENDERS)[users.gender - 1],
+        "age": np.array(list(AGE_GROUPS))[users.age - 1],
+        "occupation": users.occupation - 1,
+    })
+    interactions = pd.DataFrame({"user_id": ratings["user_id"].to_numpy(), "item_id": ratings["movie_id"].to_numpy(),
+                                 "timestamp": ratings["timestamp"].to_numpy(), "rating": ratings["rating"].to_numpy()})
+    return RawTables(name="ml-1m", interactions=interactions, items=items, users=user_table,
+                     item_features=ML1M_ITEM_FEATURES, user_features=ML1M_USER_FEATURES,
+                     source_md5=source_md5 or {name: hashlib.md5(source.raw).hexdigest()
+                                               for name, source in sources.items()})
 
 
 def process_ml1m(
     sources: dict[str, SourceFile], source_md5: dict[str, str], seq_length: int, window_stride: int,
     holdout: str = "",
 ) -> ML1MData:
-    """Parse, validate and featurise the three source files (no cache), without the held-out users/movies."""
-    movies = parse_movies(sources["movies.dat"])
-    users = parse_users(sources["users.dat"])
-    ratings = parse_ratings(sources["ratings.dat"], movies.movie_ids, users.user_ids)
+    """Read the three source files into the data model (read_ml1m) and featurise them (no cache), without the
+    held-out users/movies."""
+    tables = read_ml1m(sources, source_md5)
     if holdout:
-        ratings, users = remove_held_out(ratings, users, holdout)
+        interactions, users = remove_held_out(tables.interactions, tables.users, holdout)
+        tables = replace(tables, interactions=interactions, users=users)
+    counts = tables.interactions["user_id"].value_counts().reindex(tables.users["user_id"], fill_value=0)
+    too_few = tables.users["user_id"].to_numpy()[counts.to_numpy() < MIN_RATINGS_PER_USER]
+    if too_few.size:
+        parsed = parse_users(sources["users.dat"])  # only for the line numbers of the error
+        raise row_error(sources["users.dat"], int(parsed.rows[np.searchsorted(parsed.user_ids, too_few)].min()),
+                        f"user has fewer than {MIN_RATINGS_PER_USER} ratings (leave-one-out needs them)")
+    return featurise(tables, seq_length, window_stride, holdout)
 
-    rated_movie_ids = np.unique(ratings["movie_id"].to_numpy())
-    seq_offsets, events = _timelines(ratings, users, rated_movie_ids)
-    too_few = np.diff(seq_offsets)[1:] < MIN_RATINGS_PER_USER
-    if too_few.any():
-        raise row_error(
-            sources["users.dat"],
-            int(users.rows[too_few].min()),
-            f"user has fewer than {MIN_RATINGS_PER_USER} ratings (leave-one-out needs them)",
-        )
 
-    known_years = movies.years[movies.years >= 0]
-    min_year, max_year = (int(known_years.min()), int(known_years.max())) if known_years.size else (0, -1)
-    movie_year_index = np.where(movies.years >= 0, movies.years - min_year + 2, 1)
-    movie_rows = np.searchsorted(movies.movie_ids, rated_movie_ids)
-    item_genres = np.zeros((len(rated_movie_ids) + 2, len(GENRES)), np.float32)  # pad and mask rows stay 0
-    item_genres[1:-1] = movies.genres[movie_rows]
-    item_years = np.zeros(len(rated_movie_ids) + 2, np.int64)
-    item_years[1:-1] = movie_year_index[movie_rows]
+def featurise(tables: RawTables, seq_length: int, window_stride: int, holdout: str) -> ML1MData:
+    """The arrays of ML1MData from the data model (hold-outs already removed): items are the rated ones (by id),
+    each feature encoded as its declaration says; timelines, the leave-one-out split and the training windows from
+    the interactions. Every user needs MIN_RATINGS_PER_USER interactions."""
+    items, users, interactions = tables.items, tables.users, tables.interactions
+    item_features = {feature.name: resolved(feature, items[feature.name]) for feature in tables.item_features}
+    user_features = {feature.name: resolved(feature, users[feature.name]) for feature in tables.user_features}
+    rated_ids = np.unique(interactions["item_id"].to_numpy())
+    user_ids = users["user_id"].to_numpy()
+    seq_offsets, events = _timelines(interactions, user_ids, rated_ids)
+
+    movie_genres = encode(item_features["genres"], items["genres"])
+    movie_years = encode(item_features["year"], items["year"])
+    known_years = items["year"].dropna()
+    min_year, max_year = (int(known_years.min()), int(known_years.max())) if len(known_years) else (0, -1)
+    movie_rows = np.searchsorted(items["item_id"].to_numpy(), rated_ids)
+    item_genres = np.zeros((len(rated_ids) + 2, movie_genres.shape[1]), np.float32)  # pad and mask rows stay 0
+    item_genres[1:-1] = movie_genres[movie_rows]
+    item_years = np.zeros(len(rated_ids) + 2, np.int64)
+    item_years[1:-1] = movie_years[movie_rows]
     pad = np.zeros(1, dtype=np.int64)
+    user_columns = {name: np.concatenate([pad, encode(feature, users[name])])
+                    for name, feature in user_features.items()}
 
     starts = seq_offsets[1:-1]
     train_lengths = np.diff(seq_offsets)[1:] - EVAL_EVENTS
     user_rows, ends = window_ends(train_lengths, seq_length, window_stride)
     window_starts, window_stops = starts[user_rows], starts[user_rows] + ends
     return ML1MData(
-        num_items=len(rated_movie_ids),
-        num_users=len(users.user_ids),
-        num_genres=len(GENRES),
+        num_items=len(rated_ids),
+        num_users=len(user_ids),
+        num_genres=vocabulary_size(item_features["genres"]),
         num_years=max_year - min_year + 3,
-        num_genders=len(GENDERS) + 1,
-        num_ages=len(AGE_GROUPS) + 1,
-        num_occupations=len(OCCUPATIONS) + 1,
+        num_genders=vocabulary_size(user_features["gender"]),
+        num_ages=vocabulary_size(user_features["age"]),
+        num_occupations=vocabulary_size(user_features["occupation"]),
         min_year=min_year,
         seq_length=seq_length,
         window_stride=window_stride,
-        item_movie_ids=np.concatenate([[-1], rated_movie_ids, [-1]]),
+        item_movie_ids=np.concatenate([[-1], rated_ids, [-1]]),
         item_genres=item_genres,
         item_years=item_years,
-        user_ids=np.concatenate([[-1], users.user_ids]),
-        user_gender=np.concatenate([pad, users.gender]),
-        user_age=np.concatenate([pad, users.age]),
-        user_occupation=np.concatenate([pad, users.occupation]),
+        user_ids=np.concatenate([[-1], user_ids]),
+        user_gender=user_columns["gender"],
+        user_age=user_columns["age"],
+        user_occupation=user_columns["occupation"],
         seq_offsets=seq_offsets,
         **events,
         user_genre_profile=_genre_profiles(seq_offsets, events["seq_items"], item_genres),
@@ -832,11 +902,11 @@ def process_ml1m(
         window_ratings=left_padded(events["seq_ratings"], window_stops, window_starts, seq_length),
         window_days=left_padded(events["seq_days"], window_stops, window_starts, seq_length),
         window_users=user_rows + 1,
-        movie_ids=movies.movie_ids,
-        movie_titles=movies.titles,
-        movie_genres=movies.genres,
-        movie_years=movie_year_index,
-        source_md5=source_md5,
+        movie_ids=items["item_id"].to_numpy(),
+        movie_titles=items["title"].to_numpy(str),
+        movie_genres=movie_genres,
+        movie_years=movie_years,
+        source_md5=tables.source_md5,
         holdout=holdout,
     )
 

@@ -34,7 +34,13 @@ with it (id maps, movies, users with their histories), never the raw files. The 
   get_cold_item_recommendations ranks them among themselves by 0.8 * cosine(genre multi-hot, the history's
   mean genre multi-hot) + 0.2 * exp(-|year - the history's median year| / 10), a similarity in [0, 1] that is
   not on the model's scale: they are never mixed into the model's ranking (profiles.py).
-- Ranks in explanations are metrics.target_ranks + 1: ties count against the movie, as in evaluation.
+- Ranks in explanations are metrics.target_ranks + 1: ties count against the movie, as in evaluation. A new user's
+  explanation holds the sign-up prior at the user's own (n, gender, age) in every deletion and hiding, so that a
+  score drop is the model's own (explanations.py).
+- Arguments (inference_inputs.py): ids are positive integers (numpy's too, never bools); a history is a list, tuple
+  or 1-D array (a set, dict, string or generator is refused, never guessed at); k beyond the catalogue lists every
+  movie once. Files written (exports, plots) are never a folder, the checkpoint or the metadata (resolved paths).
+  A checkpoint with NaN or inf weights, or whose probe batch scores are not finite, is refused when loaded.
 """
 
 from __future__ import annotations

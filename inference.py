@@ -10,8 +10,10 @@
 
 The engine and its rules (ids, histories, days, scores, strategies, new users, never-rated movies) are engine.py's;
 beside it catalog.py (metadata.json as arrays, ids -> model indices), scoring.py (the model's scores and the top k),
-explanations.py, profiles.py (user profiles and never-rated movies), signup_prior.py (new users' prior) and
-inference_inputs.py (the errors a caller can cause and the checks that raise them).
+explanations.py, profiles.py (user profiles and never-rated movies), signup_prior.py (new users' prior), exports.py
+(many users' top k to CSV or JSON Lines) and inference_inputs.py (the errors a caller can cause and the checks that
+raise them). Flags that cannot be honoured together are refused by name before the model is loaded (flag_problem,
+exit status 2); a bad request or file is exit status 1; Ctrl-C is one line and exit status 130.
 """
 
 from __future__ import annotations

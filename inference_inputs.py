@@ -189,8 +189,10 @@ def as_path(value: Any, name: str) -> Path:
         text = os.fspath(value) if isinstance(value, os.PathLike) else value
     except TypeError:
         text = None
-    if not isinstance(text, str) or not text or "\0" in text:
+    if not isinstance(text, str) or not text:
         raise InferenceError(f"{name} must be a path (a non-empty str or pathlib.Path), got {shown(value)}")
+    if len(text.splitlines()) > 1 or any(ord(character) < 32 for character in text):  # messages stay one line
+        raise InferenceError(f"{name} must be a path without line breaks or control characters, got {shown(text)}")
     return Path(text)
 
 

@@ -1,7 +1,7 @@
 """Readers: a dataset's files (a folder or a zip) -> data_model.RawTables, one function per format.
 
     MovieLens 100K   u.data (tab: user item rating timestamp), u.item ('|', 19 genre flags), u.user ('|'); latin-1
-    MovieLens 1M     ratings.dat, movies.dat, users.dat ('::'), read by data_processor's parsers
+    MovieLens 1M     ratings.dat, movies.dat, users.dat ('::'): data_processor.read_ml1m
     MovieLens 10M    ratings.dat (half-star ratings), movies.dat ('::'); no users file
     MovieLens 20M/25M/32M/latest-small   ratings.csv, movies.csv (quoted titles, '(no genres listed)')
     generic          interactions.csv or .parquet (user_id, item_id, timestamp[, rating]), optional items.csv and
@@ -17,11 +17,11 @@ UTF-8 are told apart as in data_processor.source_encoding. tags files are not re
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
-import posixpath
 import re
 import time
 import zipfile
@@ -34,8 +34,8 @@ import pandas as pd
 import requests
 
 import data_processor as dp
-from data_model import Feature, RawTables, feature_from_json, schema
-from data_processor import DataError, SourceFile, check_rows, read_table, row_error
+from data_model import Feature, RawTables, feature_from_json, multi_text, optional_integers, schema
+from data_processor import DataError, SourceFile, check_rows, read_ml1m, read_table, row_error
 
 # ----------------------------------------------------------------------------------------------------------
 # Published facts about each format
@@ -49,6 +49,8 @@ NO_GENRES = "(no genres listed)"  # ML-10M and later write this for a movie with
 GENRE_LIST = r"[^|\s](?:[^|]*[^|\s])?(?:\|[^|\s](?:[^|]*[^|\s])?)*"  # names, no blank one, no spaces around
 HALF_STARS = "rating must be 0.5..5 in half stars"
 GENERIC_FILES = ("interactions.csv", "interactions.parquet", "items.csv", "users.csv", "schema.json")
+# one file of each format: a zip's dataset is the folder holding one (GroupLens: ml-100k/, ml-10M100K/, ml-25m/)
+_MARKERS = ("u.data", "ratings.dat", "ratings.csv", "interactions.csv", "interactions.parquet")
 
 
 class Download(NamedTuple):
@@ -122,18 +124,6 @@ def _read_csv(source: SourceFile, dataset: str) -> tuple[pd.DataFrame, np.ndarra
     return pd.DataFrame(rows[1:], columns=rows[0], dtype=object), np.array(lines[1:], dtype=np.int64)
 
 
-def _joined(flags: np.ndarray, names: tuple[str, ...] | list[str], separator: str = "|") -> np.ndarray:
-    """Each row's flagged names joined by `separator` (a multi feature's text), in `names` order."""
-    labels = np.array([name + separator for name in names], dtype=object)
-    texts = (flags != 0).astype(np.int64) @ labels if len(flags) else []  # 1 * "Drama|" + 0 * "War|" + ...
-    return np.array([text[: -len(separator)] for text in texts], dtype=object)
-
-
-def _year_column(years: np.ndarray) -> pd.Series:
-    """Release years (-1: none) as a nullable Int64 column."""
-    return pd.Series(years, dtype="Int64").where(years >= 0, pd.NA)
-
-
 def _known(source: SourceFile, ids: pd.Series, known_ids: np.ndarray, what: str, lines: np.ndarray) -> None:
     _check_lines(source, ~np.isin(ids.to_numpy(), known_ids), what, lines)
 
@@ -174,11 +164,14 @@ def _movies_table(ids: np.ndarray, titles: np.ndarray, genres: pd.Series) -> pd.
     """The item table of ML-10M and later: title, genres ('|', NO_GENRES = empty), year from the title."""
     items = pd.DataFrame({"item_id": ids, "title": titles.astype(str),
                           "genres": genres.where(genres != NO_GENRES, "").to_numpy(object)})
-    items["year"] = _year_column(dp.release_years(items["title"]))
+    items["year"] = optional_integers(dp.release_years(items["title"]))
     return _sorted_by(items, "item_id")
 
 
-MOVIE_FEATURES = [Feature("title", "display"), Feature("genres", "multi", separator="|"), Feature("year", "bucketed")]
+def _movie_features() -> list[Feature]:
+    """ML-10M and later: the genre vocabulary is the names the file uses (10M and 20M write "Children", not 1M's
+    "Children's"; later releases add "IMAX")."""
+    return [Feature("title", "display"), Feature("genres", "multi", separator="|"), Feature("year", "bucketed")]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -200,13 +193,12 @@ def read_ml100k(files: dict[str, SourceFile]) -> RawTables:
     year = pd.to_numeric(movies["release_date"].str[-4:], errors="coerce").fillna(-1).to_numpy(np.int64)
     items = pd.DataFrame({
         "item_id": movies["item_id"].to_numpy(), "title": movies["title"].to_numpy(object),
-        "genres": _joined(flags, ML100K_GENRES), "year": _year_column(year),
+        "genres": multi_text(flags, ML100K_GENRES), "year": optional_integers(year),
         "release_date": movies["release_date"].to_numpy(object), "imdb_url": movies["imdb_url"].to_numpy(object),
     })
 
     users = read_table(user_source, ("user_id", "age", "gender", "occupation", "zip_code"), ("user_id", "age"),
                        separator=b"|", dataset="ML-100K")
-    lines = np.arange(len(users))
     check_rows(user_source, ~users["user_id"].between(1, dp.MAX_ID), f"user id must be 1..{dp.MAX_ID:,}")
     check_rows(user_source, users["user_id"].duplicated(), "duplicate user id")
     check_rows(user_source, ~users["age"].between(1, 120), "age must be 1..120 years")
@@ -227,34 +219,6 @@ def read_ml100k(files: dict[str, SourceFile]) -> RawTables:
                        Feature("year", "bucketed"), Feature("release_date", "display"), Feature("imdb_url", "display")],
         user_features=[Feature("age", "bucketed", edges=ML100K_AGE_EDGES), Feature("gender", "categorical",
                        list(dp.GENDERS)), Feature("occupation", "categorical")],
-        source_md5=_md5(files),
-    )
-
-
-def read_ml1m(files: dict[str, SourceFile]) -> RawTables:
-    """MovieLens 1M through data_processor's parsers (their checks and file-and-line errors)."""
-    movies = dp.parse_movies(files["movies.dat"])
-    users = dp.parse_users(files["users.dat"])
-    ratings = dp.parse_ratings(files["ratings.dat"], movies.movie_ids, users.user_ids)
-    items = pd.DataFrame({"item_id": movies.movie_ids, "title": movies.titles.astype(str),
-                          "genres": _joined(movies.genres, dp.GENRES), "year": _year_column(movies.years)})
-    user_table = pd.DataFrame({
-        "user_id": users.user_ids,
-        "gender": np.array(dp.GENDERS, dtype=object)[users.gender - 1],
-        "age": np.array(list(dp.AGE_GROUPS))[users.age - 1],
-        "occupation": users.occupation - 1,
-    })
-    interactions = ratings.rename(columns={"movie_id": "item_id"})[["user_id", "item_id", "timestamp", "rating"]]
-    return RawTables(
-        name="ml-1m",
-        interactions=interactions,
-        items=items,
-        users=user_table,
-        item_features=[Feature("title", "display"), Feature("genres", "multi", list(dp.GENRES)),
-                       Feature("year", "bucketed")],
-        user_features=[Feature("gender", "categorical", list(dp.GENDERS)),
-                       Feature("age", "categorical", list(dp.AGE_GROUPS)),
-                       Feature("occupation", "categorical", list(range(len(dp.OCCUPATIONS))))],
         source_md5=_md5(files),
     )
 
@@ -281,7 +245,7 @@ def read_ml10m(files: dict[str, SourceFile]) -> RawTables:
     interactions = _movielens_ratings(rating_source, ratings, np.arange(len(ratings)), items["item_id"].to_numpy(),
                                       half_stars=True)
     return RawTables(name="ml-10m", interactions=interactions, items=items, users=_users_of(interactions),
-                     item_features=MOVIE_FEATURES, source_md5=_md5(files))
+                     item_features=_movie_features(), source_md5=_md5(files))
 
 
 def read_ml_csv(files: dict[str, SourceFile]) -> RawTables:
@@ -303,8 +267,8 @@ def read_ml_csv(files: dict[str, SourceFile]) -> RawTables:
                          header="userId,movieId,rating,timestamp", dataset="MovieLens")
     interactions = _movielens_ratings(rating_source, ratings, np.arange(len(ratings)) + 1,
                                       items["item_id"].to_numpy(), half_stars=True)
-    return RawTables(name="movielens", interactions=interactions, items=items, users=_users_of(interactions),
-                     item_features=MOVIE_FEATURES, source_md5=_md5(files))
+    return RawTables(name="ml-csv", interactions=interactions, items=items, users=_users_of(interactions),
+                     item_features=_movie_features(), source_md5=_md5(files))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -344,6 +308,8 @@ def _read_schema(files: dict[str, SourceFile]) -> dict:
             raise ValueError('expected an object with "items", "users" and, optionally, "name"')
         features = {table: [feature_from_json(name, kind) for name, kind in spec.get(table, {}).items()]
                     for table in ("items", "users")}
+        if {"item_id", "user_id"} & {feature.name for table in features.values() for feature in table}:
+            raise ValueError("item_id and user_id are the tables' keys, not features")
     except (ValueError, AttributeError) as error:
         raise DataError(f"{source.label}: {error}; see readers.py for the schema's form") from None
     return {"name": str(spec.get("name", "generic"))} | features
@@ -478,31 +444,22 @@ def read_dataset(path: str | Path) -> RawTables:
     path = Path(path)
     if path.is_dir():
         names = {child.name for child in path.iterdir() if child.is_file()}
-        fmt = detect_format(names, str(path))
-        wanted = [name for name in (*FORMAT_FILES[fmt][0], *FORMAT_FILES[fmt][1]) if name in names]
-        return READERS[fmt]({name: SourceFile(str(path / name), (path / name).read_bytes()) for name in wanted})
+        return _read_format(names, str(path), lambda name: SourceFile(str(path / name), (path / name).read_bytes()))
     if path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            members = _zip_members(archive)
-            fmt = detect_format(set(members), str(path))
-            wanted = [name for name in (*FORMAT_FILES[fmt][0], *FORMAT_FILES[fmt][1]) if name in members]
-            return READERS[fmt]({name: SourceFile(f"{path}:{members[name]}", archive.read(members[name]))
-                                 for name in wanted})
+            members = dp.data_members(archive, path, _MARKERS)
+            return _read_format(set(members), str(path),
+                                lambda name: SourceFile(f"{path}:{members[name]}", archive.read(members[name])))
     if path.exists():
         raise DataError(f"{path}: neither a dataset folder nor a zip file")
     raise FileNotFoundError(f"{path}: no such file or folder")
 
 
-_MARKERS = ("u.data", "ratings.dat", "ratings.csv", "interactions.csv", "interactions.parquet")
-
-
-def _zip_members(archive: zipfile.ZipFile) -> dict[str, str]:
-    """File name -> member, for the files in the folder of the archive's first data file (GroupLens' zips keep
-    them in one folder: ml-100k/, ml-10M100K/, ml-25m/)."""
-    marked = [name for name in archive.namelist() if posixpath.basename(name) in _MARKERS]
-    folder = posixpath.dirname(marked[0]) if marked else ""
-    return {posixpath.basename(name): name for name in archive.namelist()
-            if posixpath.dirname(name) == folder and not name.endswith("/")}
+def _read_format(names: set[str], where: str, load: Callable[[str], SourceFile]) -> RawTables:
+    """Detect the format from the file names, load the files its reader takes (load(name)) and read them."""
+    fmt = detect_format(names, where)
+    needed, optional = FORMAT_FILES[fmt]
+    return READERS[fmt]({name: load(name) for name in (*needed, *optional) if name in names})
 
 
 def _published_md5(url: str, timeout_s: float) -> str:
@@ -529,27 +486,13 @@ def download_dataset(name: str, dest_dir: str | Path | None = None, retries: int
     source = DATASETS[name]
     dest_dir = Path(dest_dir or name).resolve()
     if dest_dir.is_dir():
-        try:
+        with contextlib.suppress(DataError):  # no dataset there yet
             detect_format({child.name for child in dest_dir.iterdir()})
             return dest_dir
-        except DataError:
-            pass
     md5 = source.md5 or (_published_md5(source.md5_url, timeout_s) if source.md5_url else None)
     if md5 is None and source.sha256 is None:
         dp.log.warning("%s: GroupLens publishes no checksum for this zip; it is used unverified", source.url)
-    zip_path = dest_dir.with_name(dest_dir.name + ".zip")
-    if not (zip_path.is_file() and dp._digest_mismatch(md5, source.sha256, *dp._file_digests(zip_path)) is None):
-        dp._download_with_retries(source.url, zip_path, md5, source.sha256, retries, backoff_s, timeout_s)
-    with zipfile.ZipFile(zip_path) as archive:
-        unsafe = [member for member in archive.namelist() if dp._is_unsafe_member(member)]
-        if unsafe:
-            raise dp.UnsafeArchiveError(f"{zip_path}: refusing to extract member {unsafe[0]!r} (absolute path or "
-                                        "'..'); the archive is not a genuine MovieLens zip")
-        for file_name, member in _zip_members(archive).items():
-            with archive.open(member) as packed, dp.atomic_file(dest_dir / file_name) as target:
-                while block := packed.read(1 << 20):
-                    target.write(block)
-    return dest_dir
+    return dp.download_zip(dest_dir, source.url, md5, source.sha256, retries, backoff_s, timeout_s, _MARKERS)
 
 
 def tables_differ(a: RawTables, b: RawTables) -> str | None:

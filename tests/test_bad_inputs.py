@@ -915,12 +915,17 @@ CATEGORY_COUNTS = {
     "data_processor.py data and flags": 3,
     "inference.py requests and files": 14 + 1,
     "engine API arguments and files": len(API_CASES) + 3,
+    # API arguments; numpy values and k beyond the catalogue (7), numpy prior settings (5), a repeated movie (2);
+    # CLI combinations and requests; export paths (8), formula cells (2), the CLI export (5), Ctrl-C (1 + 2); broken
+    # checkpoints
+    "inference requests, combinations and exports": len(API_ARGUMENT_CASES) + 7 + 5 + 2 + len(CLI_COMBINATIONS)
+    + len(INFERENCE_REQUESTS) + 8 + 2 + 5 + 1 + 2 + len(BROKEN_WEIGHTS),
     "faults (full disk, kills, leftovers, corrupt cache, failed export)": 4,  # the kill test kills four times
 }
 
 
-def test_the_matrix_has_at_least_40_cases():
-    assert sum(CATEGORY_COUNTS.values()) >= 40
+def test_the_matrix_has_at_least_110_cases():
+    assert sum(CATEGORY_COUNTS.values()) >= 110
 
 
 @pytest.mark.parametrize("program", ["trainer", "inference", "data_processor"])

@@ -33,13 +33,17 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory):
-    """A tiny model trained one epoch on synthetic data: (engine, folder for exports)."""
+    """A tiny model trained one epoch on synthetic data: (engine, folder for exports). One torch thread: a tiny
+    model's matrices gain nothing from two, and on a shared 2-core machine they wait for each other (40x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("fuzz_api")
     data_dir = write_synthetic_ml1m(root / "ml-1m")
     trainer.train(trainer.parse_args([*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(root / "run"),
                                       "--max_epochs", "1"]))
     (root / "exports").mkdir()
-    return RecommendationEngine(root / "run" / "best_model.pt", device="cpu"), root / "exports"
+    yield RecommendationEngine(root / "run" / "best_model.pt", device="cpu"), root / "exports"
+    torch.set_num_threads(threads)
 
 
 def wild_values(rng: random.Random, engine: RecommendationEngine) -> Any:

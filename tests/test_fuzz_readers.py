@@ -64,7 +64,8 @@ def mutate_dat(raw: bytes, name: str, rng: random.Random, separator: bytes = b":
                structured: tuple[int, ...] | None = None, header: bool = False,
                numbers: list[bytes] = NUMBERS) -> tuple[str, bytes]:
     """One seeded mutation of a line-based file: fields split by `separator`, only the `structured` ones (the
-    fields a reader interprets) flipped or replaced by `numbers`; a header line is left alone."""
+    fields a reader interprets) flipped or replaced by `numbers`. A CSV (`header`: its first line is left alone) may
+    quote a title holding commas, so there fields are joined or inserted only at the first and last separator."""
     structured = STRUCTURED_FIELDS[name] if structured is None else structured
     lines = raw.split(b"\n")[:-1]
     row = rng.randrange(1 if header else 0, len(lines))
@@ -80,7 +81,7 @@ def mutate_dat(raw: bytes, name: str, rng: random.Random, separator: bytes = b":
             value[rng.randrange(len(value))] = rng.choice(NON_DIGITS)[0]
         fields[field] = bytes(value)
     elif kind == "separator":
-        position = rng.randrange(len(fields) - 1)
+        position = rng.choice([0, len(fields) - 2]) if header else rng.randrange(len(fields) - 1)
         joint = rng.choice([other for other in SEPARATORS if other != separator])
         fields[position:position + 2] = [fields[position] + joint + fields[position + 1]]
     elif kind == "number":
@@ -94,7 +95,8 @@ def mutate_dat(raw: bytes, name: str, rng: random.Random, separator: bytes = b":
         lines.insert(row, rng.choice([b"", b" ", b"\t"]))
         return kind, b"\n".join(lines) + b"\n"
     elif kind == "extra_field":
-        fields.insert(rng.randrange(len(fields) + 1), rng.choice([b"1", b"x", b""]))
+        fields.insert(rng.choice([0, len(fields)]) if header else rng.randrange(len(fields) + 1),
+                      rng.choice([b"1", b"x", b""]))
     lines[row] = separator.join(fields)
     return kind, b"\n".join(lines) + b"\n"
 
@@ -136,7 +138,7 @@ FORMAT_FILES = {
     "ml-10m": {"ratings.dat": (b"::", (0, 1, 2, 3), False, ()), "movies.dat": (b"::", (0,), False, ("extra_field",))},
     "ml-csv": {"ratings.csv": (b",", (0, 1, 2, 3), True, ()), "movies.csv": (b",", (0,), True, ())},
     "generic": {"interactions.csv": (b",", (0, 1, 2, 3), True, GENERIC_VALUES),
-                "items.csv": (b",", (0, 3), True, GENERIC_VALUES),
+                "items.csv": (b",", (0, -1), True, GENERIC_VALUES),
                 "users.csv": (b",", (0, 1, 2, 3), True, GENERIC_VALUES)},
 }
 FORMAT_RUNS = 150  # per file
