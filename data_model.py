@@ -30,7 +30,7 @@ FEATURE_KINDS = ("categorical", "multi", "bucketed", "display")
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")  # then "rating" when the dataset has ratings
 
 
-@dataclass
+@dataclass(frozen=True)
 class Feature:
     """One column of the item or user table and how to encode it (kinds in the module docstring)."""
 
@@ -48,12 +48,18 @@ class Feature:
             )
         if self.kind == "multi" and not (isinstance(self.separator, str) and self.separator):
             raise ValueError(f"feature {self.name!r}: a multi feature needs a non-empty separator")
-        if self.edges is not None and list(self.edges) != sorted(set(self.edges)):
+        if self.edges is not None and not (
+            all(map(_is_number, self.edges)) and list(self.edges) == sorted(set(self.edges))
+        ):
             raise ValueError(f"feature {self.name!r}: edges must be strictly increasing numbers")
-        if not (isinstance(self.width, int | float) and self.width > 0):
+        if not (_is_number(self.width) and self.width > 0):
             raise ValueError(f"feature {self.name!r}: width must be a positive number")
-        if self.vocabulary is not None and len(set(self.vocabulary)) != len(self.vocabulary):
-            raise ValueError(f"feature {self.name!r}: the vocabulary repeats a value")
+        if self.vocabulary is not None and not (
+            isinstance(self.vocabulary, list | tuple)
+            and all(isinstance(value, str | int) and not isinstance(value, bool) for value in self.vocabulary)
+            and len(set(self.vocabulary)) == len(self.vocabulary)
+        ):
+            raise ValueError(f"feature {self.name!r}: the vocabulary must list distinct texts or integers")
 
     def to_json(self) -> dict[str, Any]:
         """The declaration as JSON: the kind and only the settings that kind reads."""
@@ -65,6 +71,10 @@ class Feature:
         if self.kind == "bucketed":
             spec |= {"edges": list(self.edges)} if self.edges is not None else {"width": self.width}
         return spec
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # not NaN
 
 
 def feature_from_json(name: str, spec: str | dict[str, Any]) -> Feature:

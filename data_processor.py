@@ -1,7 +1,8 @@
 """MovieLens 1M: raw files -> validated tables -> features -> sequences + metadata.json.
 
 The first stage of the pipeline. `load_dataset` turns ML-1M's three files (a folder, a zip, or a fresh
-download) into an `ML1MData` of numpy arrays:
+download) into the data model (data_model.RawTables: interactions, item and user tables with declared features;
+`read_ml1m`), then into an `ML1MData` of numpy arrays encoded from those declarations (`featurise`):
 
 - items: contiguous indices 1..num_items over the rated movies by MovieID (0 = padding, num_items + 1 =
   [MASK]), with genre multi-hot and release-year tables looked up by index;
@@ -542,8 +543,8 @@ def checked_text(source: SourceFile, dataset: str = "ML-1M") -> tuple[bytes, str
     foreign = re.search(rb"\x00" if encoding == "utf-8" else rb"[\x00\x80-\x9f]", raw)
     if foreign:
         raise row_error(source, raw.count(b"\n", 0, foreign.start()),
-                         f"byte 0x{raw[foreign.start()]:02x} cannot be in {dataset}'s latin-1 text: the file was saved "
-                         f"in another encoding (UTF-16? cp437?); re-download {dataset} or save it as latin-1 or UTF-8")
+                        f"byte 0x{raw[foreign.start()]:02x} cannot be in {dataset}'s latin-1 text: the file was saved "
+                        f"in another encoding (UTF-16? cp437?); re-download {dataset} or save it as latin-1 or UTF-8")
     if not raw.strip():
         raise DataFormatError(f"{source.label}: the file is empty; re-download {dataset}")
     if not raw.endswith(b"\n"):
@@ -825,7 +826,7 @@ def read_ml1m(sources: dict[str, SourceFile], source_md5: dict[str, str] | None 
     interactions = pd.DataFrame({"user_id": ratings["user_id"].to_numpy(), "item_id": ratings["movie_id"].to_numpy(),
                                  "timestamp": ratings["timestamp"].to_numpy(), "rating": ratings["rating"].to_numpy()})
     return RawTables(name="ml-1m", interactions=interactions, items=items, users=user_table,
-                     item_features=ML1M_ITEM_FEATURES, user_features=ML1M_USER_FEATURES,
+                     item_features=list(ML1M_ITEM_FEATURES), user_features=list(ML1M_USER_FEATURES),
                      source_md5=source_md5 or {name: hashlib.md5(source.raw).hexdigest()
                                                for name, source in sources.items()})
 
@@ -852,7 +853,9 @@ def process_ml1m(
 def featurise(tables: RawTables, seq_length: int, window_stride: int, holdout: str) -> ML1MData:
     """The arrays of ML1MData from the data model (hold-outs already removed): items are the rated ones (by id),
     each feature encoded as its declaration says; timelines, the leave-one-out split and the training windows from
-    the interactions. Every user needs MIN_RATINGS_PER_USER interactions."""
+    the interactions. Every user needs MIN_RATINGS_PER_USER interactions. ML1MData holds the features the model
+    reads today, so `tables` must declare ML-1M's: genres (multi) and year (bucketed); gender, age and occupation
+    (categorical)."""
     items, users, interactions = tables.items, tables.users, tables.interactions
     item_features = {feature.name: resolved(feature, items[feature.name]) for feature in tables.item_features}
     user_features = {feature.name: resolved(feature, users[feature.name]) for feature in tables.user_features}
@@ -1298,7 +1301,7 @@ def export_ml1m_generic(data_dir: str | None, folder: Path, strict: bool) -> int
         sources = read_source_files(data_dir)
         source_md5 = {name: hashlib.md5(source.raw).hexdigest() for name, source in sources.items()}
         _verify_sources(sources, source_md5, strict)
-        tables = readers.read_ml1m(sources)
+        tables = read_ml1m(sources, source_md5)
         readers.export_generic(tables, folder)
         difference = readers.tables_differ(readers.read_dataset(folder), tables)
     except (DataError, OSError) as exc:
@@ -1334,14 +1337,14 @@ def main(argv: list[str] | None = None) -> int:
                         "interactions.csv, items.csv, users.csv, schema.json) into DIR, check that reading it back "
                         "gives the same tables, and stop")
     args = parser.parse_args(argv)
-    if args.export_generic:
-        return export_ml1m_generic(args.data_dir, Path(args.export_generic), args.strict)
     try:
         window_stride = _window_stride(args.seq_length, args.window_stride)
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+    if args.export_generic:
+        return export_ml1m_generic(args.data_dir, Path(args.export_generic), args.strict)
     output_dir = Path(args.output_dir)
     try:
         data = load_dataset(

@@ -34,7 +34,7 @@ import pandas as pd
 import requests
 
 import data_processor as dp
-from data_model import Feature, RawTables, feature_from_json, multi_text, optional_integers, schema
+from data_model import INTERACTION_COLUMNS, Feature, RawTables, feature_from_json, multi_text, optional_integers, schema
 from data_processor import DataError, SourceFile, check_rows, read_ml1m, read_table, row_error
 
 # ----------------------------------------------------------------------------------------------------------
@@ -344,7 +344,7 @@ def _generic_interactions(files: dict[str, SourceFile]) -> tuple[pd.DataFrame, S
         source = files["interactions.parquet"]
         table = _parquet_as_text(source)
         lines = np.arange(len(table)) + 1
-    missing = [name for name in ("user_id", "item_id", "timestamp") if name not in table.columns]
+    missing = [name for name in INTERACTION_COLUMNS if name not in table.columns]
     if missing:
         raise DataError(f"{source.label}: no column {missing[0]!r}; interactions need user_id, item_id, timestamp "
                         "and, optionally, rating")

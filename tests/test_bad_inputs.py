@@ -3,8 +3,8 @@ driven the way a careless user or an adversarial tester would.
 
 A refused input asserts its exit status (or the project's own exception), exactly one line on stderr, no
 traceback, and that nothing was written. A fault (full disk, a kill at any moment, a crash's leftovers, a corrupt
-file) asserts that the previous good state is intact and that the run can go on. README's "Bad inputs" lists the
-categories and counts (CATEGORY_COUNTS below adds them up).
+file) asserts that the previous good state is intact and that the run can go on. README's "Bad input and faults"
+sums up the categories; CATEGORY_COUNTS below counts them.
 """
 
 import json

@@ -8,6 +8,7 @@ import json
 import threading
 import zipfile
 from collections.abc import Iterator
+from dataclasses import fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -17,7 +18,16 @@ import pytest
 
 import readers
 from data_model import Feature, encode, feature_from_json, resolved, schema, vocabulary_size
-from data_processor import GENRES, ChecksumMismatchError, DataError, DataFormatError
+from data_processor import (
+    GENRES,
+    ChecksumMismatchError,
+    DataError,
+    DataFormatError,
+    DownloadError,
+    ML1MData,
+    featurise,
+    load_dataset,
+)
 from readers import detect_format, export_generic, read_dataset, tables_differ
 
 # ML-100K, written as the real files are: u.item and u.user '|'-separated, latin-1; movie 267 is the real
@@ -93,6 +103,19 @@ def ml_csv_dir(tmp_path: Path) -> Path:
 # The data model
 
 
+BAD_DECLARATIONS = [
+    ("colour", "kind must be one of"),
+    ({"kind": "multi", "separator": ""}, "separator"),
+    ({"kind": "bucketed", "edges": [5, 1]}, "increasing"),
+    ({"kind": "bucketed", "edges": ["a", "b"]}, "numbers"),
+    ({"kind": "bucketed", "width": 0}, "positive"),
+    ({"kind": "multi", "vocabulary": ["a", "a"]}, "distinct"),
+    ({"kind": "categorical", "vocabulary": [[1]]}, "texts or integers"),
+    ({"vocab": []}, "kind"),
+    ({"kind": "categorical", "size": 3}, "unknown setting 'size'"),
+]
+
+
 def test_feature_declarations_round_trip_through_json():
     declared = {"genres": {"kind": "multi", "separator": ";"}, "gender": "categorical", "title": "display",
                 "year": {"kind": "bucketed", "width": 10}, "age": {"kind": "bucketed", "edges": [18, 25]}}
@@ -100,9 +123,7 @@ def test_feature_declarations_round_trip_through_json():
     assert [feature.to_json() for feature in features] == [
         {"kind": "multi", "separator": ";"}, {"kind": "categorical"}, {"kind": "display"},
         {"kind": "bucketed", "width": 10}, {"kind": "bucketed", "edges": [18, 25]}]
-    for bad, problem in [("colour", "kind must be one of"), ({"kind": "multi", "separator": ""}, "separator"),
-                         ({"kind": "bucketed", "edges": [5, 1]}, "increasing"), ({"vocab": []}, "kind"),
-                         ({"kind": "categorical", "size": 3}, "unknown setting 'size'")]:
+    for bad, problem in BAD_DECLARATIONS:
         with pytest.raises(ValueError, match=problem):
             feature_from_json("x", bad)
 
@@ -363,6 +384,9 @@ def test_generic_schema_errors_name_the_file(generic_dir):
     (generic_dir / "schema.json").write_text(json.dumps({"items": {"weight": "bucketed"}}))
     with pytest.raises(DataError, match=r"items.csv: no column 'weight'"):
         read_dataset(generic_dir)
+    (generic_dir / "schema.json").write_text(json.dumps({"items": {"item_id": "categorical"}}))
+    with pytest.raises(DataError, match=r"schema.json: item_id and user_id are the tables' keys, not features"):
+        read_dataset(generic_dir)
     (generic_dir / "schema.json").write_text(json.dumps({"users": {"age": "bucketed"}}))
     with pytest.raises(DataError, match=r"declares users features but there is no users.csv"):
         read_dataset(generic_dir)
@@ -433,10 +457,30 @@ def test_cli_export_generic(synthetic_ml1m_dir, tmp_path, capsys):
     assert tables_differ(read_dataset(tmp_path / "out"), read_dataset(synthetic_ml1m_dir)) is None
 
 
+def assert_same_arrays(data: ML1MData, expected: ML1MData) -> None:
+    """Every field equal, dtype and shape included; the source checksums aside (other files, same content)."""
+    for field in fields(ML1MData):
+        value, wanted = getattr(data, field.name), getattr(expected, field.name)
+        if field.name == "source_md5":
+            continue
+        if isinstance(wanted, np.ndarray):
+            assert value.dtype == wanted.dtype and np.array_equal(value, wanted), field.name
+        else:
+            assert value == wanted, field.name
+
+
+def test_generic_ml1m_gives_the_same_arrays(synthetic_ml1m_dir, tmp_path):
+    """ML-1M through the generic format featurises to exactly the arrays load_dataset makes from the .dat files."""
+    back = read_dataset(export_generic(read_dataset(synthetic_ml1m_dir), tmp_path / "generic"))
+    assert_same_arrays(featurise(back, 12, 6, ""), load_dataset(synthetic_ml1m_dir, seq_length=12, verify=False))
+
+
 def test_real_ml1m_generic_round_trip(real_ml1m_dir, tmp_path):
     tables = read_dataset(real_ml1m_dir)
     assert (len(tables.interactions), len(tables.items), len(tables.users)) == (1_000_209, 3883, 6040)
-    assert tables_differ(read_dataset(export_generic(tables, tmp_path / "generic")), tables) is None
+    back = read_dataset(export_generic(tables, tmp_path / "generic"))
+    assert tables_differ(back, tables) is None
+    assert_same_arrays(featurise(back, 50, 25, ""), load_dataset(real_ml1m_dir, strict=True))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -501,6 +545,19 @@ def test_download_with_a_wrong_checksum_keeps_nothing(server, ml100k_dir, tmp_pa
     with pytest.raises(ChecksumMismatchError, match="md5"):
         readers.download_dataset("ml-100k", tmp_path / "download" / "ml-100k", retries=0)
     assert not (tmp_path / "download").exists() or not any((tmp_path / "download").iterdir())
+
+
+def test_download_refuses_without_the_published_md5(server, tmp_path, monkeypatch):
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    server.files = {"/ml-32m.zip.md5": b"<html>not found</html>"}
+    monkeypatch.setitem(readers.DATASETS, "ml-32m", readers.Download(f"{base}/ml-32m.zip",
+                                                                     md5_url=f"{base}/ml-32m.zip.md5"))
+    with pytest.raises(DownloadError, match=r"ml-32m.zip.md5: not an md5 file"):
+        readers.download_dataset("ml-32m", tmp_path / "ml-32m", retries=0)
+    server.files = {}
+    with pytest.raises(DownloadError, match=r"could not fetch the published checksum .*ml-32m.zip.md5"):
+        readers.download_dataset("ml-32m", tmp_path / "ml-32m", retries=0)
+    assert not any(tmp_path.iterdir())
 
 
 def test_download_unknown_name():
