@@ -275,12 +275,25 @@ class ItemHead(nn.Module):
         real = slice(1, item_table.size(0) - 1)  # rows 0 (pad) and num_items + 1 (MASK) left out
         return self._scores(hidden_rows, item_table[real], self.bias[real])
 
+    def sampled_scores(self, hidden_rows: Tensor, target_rows: Tensor, target_bias: Tensor, negative_rows: Tensor,
+                       negative_bias: Tensor) -> tuple[Tensor, Tensor]:
+        """forward()'s scores of each row's own target, (R,), and of N negatives shared by all rows, (R, N), from
+        those items' output rows and biases alone: the sampled item loss never scores the rest of the catalogue."""
+        query = self._query(hidden_rows)
+        # a batched matmul, not a product and sum, so that autocast computes both in the same precision
+        target_scores = (query.unsqueeze(1) @ self._keys(target_rows).unsqueeze(2)).flatten() + target_bias
+        return target_scores, F.linear(query, self._keys(negative_rows), negative_bias)
+
     def _scores(self, hidden_rows: Tensor, item_table: Tensor, bias: Tensor) -> Tensor:
+        return F.linear(self._query(hidden_rows), self._keys(item_table), bias)
+
+    def _query(self, hidden_rows: Tensor) -> Tensor:
         query = self.transform(hidden_rows)
-        if self.cosine_temperature > 0:  # the pad row is all zeros: normalize's eps keeps it at 0, not NaN
-            query = F.normalize(query, dim=-1) / self.cosine_temperature
-            item_table = F.normalize(item_table, dim=-1)
-        return F.linear(query, item_table, bias)
+        return F.normalize(query, dim=-1) / self.cosine_temperature if self.cosine_temperature > 0 else query
+
+    def _keys(self, item_rows: Tensor) -> Tensor:
+        # the pad row is all zeros: normalize's eps keeps it at 0, not NaN
+        return F.normalize(item_rows, dim=-1) if self.cosine_temperature > 0 else item_rows
 
 
 class RatingHead(nn.Module):
@@ -447,6 +460,21 @@ class EnhancedBERT4Rec(nn.Module):
             return self.item_embedding.weight
         every_item = torch.arange(self.config.item_vocab_size, device=self.item_embedding.weight.device)
         return self.item_embedding.weight + self.movie_meta(every_item[None])[0]
+
+    def output_item_rows(self, items: Tensor) -> Tensor:
+        """output_item_table()'s rows of these items (any shape; rows along a new last dimension), computed for
+        them alone."""
+        rows = self.item_embedding(items)
+        if self.config.item_side_output:
+            rows = rows + self.movie_meta(items)
+        return rows
+
+    def sampled_item_logits(self, hidden_rows: Tensor, targets: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
+        """item_logits' columns of each row's own target, (N,) for targets (N,), and of shared negatives, (N, S) for
+        negatives (S,): the sampled item loss's scores, without the (N, num_items) matrix."""
+        head = self.item_head
+        return head.sampled_scores(hidden_rows, self.output_item_rows(targets), head.bias[targets],
+                                   self.output_item_rows(negatives), head.bias[negatives])
 
     def item_logits(self, hidden_rows: Tensor) -> Tensor:
         """Scores (N, num_items+2) of every item for N hidden rows (gather the positions first: never call

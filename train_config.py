@@ -19,6 +19,7 @@ from pathlib import Path
 from model_config import AMP_MODES, ModelFlags, device_problem, flag
 
 TASKS = ("item_prediction", "next_item", "rating_prediction", "user_preference")
+ITEM_LOSSES = ("full", "sampled")  # --item_loss: the full softmax, or the sampled one (trainer.sampled_softmax_nll)
 CONFIGS = Path(__file__).resolve().parent / "configs"
 # What `python trainer.py` trains when no @config file is given, by what the machine can do (docs/RESULTS.md has
 # the measurements): where bf16 matrix products run in hardware (a GPU, or a CPU with AVX-512 BF16 or AMX) the best
@@ -103,6 +104,12 @@ class TrainConfig(ModelFlags):
                                      "carry no loss), so the logits come in a few sizes and the allocator reuses "
                                      "their memory (their count varies with window lengths and --next_item_crop; 0: "
                                      "no padding)")
+    item_loss: str = task_flag("full", "the item losses' softmax: full (every item at every loss row) or sampled "
+                               "(each row's target against --num_negatives negatives shared by the step, drawn half "
+                               "from the step's targets and half uniformly, logQ-corrected: for large catalogues; "
+                               "evaluation always ranks every item)", choices=ITEM_LOSSES)
+    num_negatives: int = task_flag(1024, "--item_loss sampled: negatives drawn per step (with replacement), fewer than "
+                                   "the catalogue's items")
     batch_size: int = optimisation_flag(64, "training batch size (per process)")
     learning_rate: float = optimisation_flag(1e-4, "peak learning rate (AdamW)")
     weight_decay: float = optimisation_flag(0.01, "AdamW weight decay (not on biases, norms, embeddings)")
@@ -312,6 +319,9 @@ def validate_config(config: TrainConfig) -> None:
         (lambda: 0 <= config.user_dropout <= 1, "--user_dropout must be in [0, 1]"),
         (lambda: 0 <= config.next_item_crop <= 1, "--next_item_crop must be in [0, 1]"),
         (lambda: config.loss_row_bucket >= 0, "--loss_row_bucket must be >= 0 (0: no padding)"),
+        (lambda: config.item_loss in ITEM_LOSSES,
+         f"--item_loss must be one of {', '.join(ITEM_LOSSES)}, not {config.item_loss!r}"),
+        (lambda: config.num_negatives > 0, "--num_negatives must be positive"),
         (lambda: 0 <= config.new_user_prob <= 1, "--new_user_prob must be in [0, 1]"),
         (lambda: 0 <= config.demographics_dropout <= 1, "--demographics_dropout must be in [0, 1]"),
         (lambda: all(w >= 0 for w in config.task_weights.values()), "task weights must be >= 0"),

@@ -207,11 +207,14 @@ class MultiTaskObjective(nn.Module):
     A task with weight 0 is skipped entirely: no forward pass, no head.
     """
 
-    def __init__(self, model: EnhancedBERT4Rec, task_weights: dict[str, float], row_bucket: int = 0) -> None:
+    def __init__(self, model: EnhancedBERT4Rec, task_weights: dict[str, float], row_bucket: int = 0,
+                 num_negatives: int = 0, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.model = model
         self.task_weights = task_weights
         self.row_bucket = row_bucket
+        self.num_negatives = num_negatives  # 0: the full softmax; > 0: the sampled one, negatives from generator
+        self.generator = generator
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One encoder pass over the masked windows; every task reads its rows from it.
@@ -239,7 +242,7 @@ class MultiTaskObjective(nn.Module):
         rows = hidden.flatten(0, 1)[index]
         targets = batch["targets"].flatten()[index]
         next_rows = is_next.flatten()[index] & real
-        nll = F.cross_entropy(self.model.real_item_logits(rows).float(), targets - 1, reduction="none")
+        nll = self.item_nll(rows, targets, real)
         if weights["item_prediction"] > 0:
             losses["item_prediction"] = masked_mean(nll, real & ~next_rows)
         if weights["next_item"] > 0:
@@ -254,6 +257,63 @@ class MultiTaskObjective(nn.Module):
             losses["user_preference"] = preference_loss(logits.float(), batch["genre_profile"])
         losses["total"] = sum(weights[task] * loss for task, loss in losses.items())
         return losses
+
+
+    def item_nll(self, rows: torch.Tensor, targets: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """The item losses' cross-entropy of each row against its target: over every item, or with num_negatives >
+        0 over the target and the step's shared negatives (draw_negatives, sampled_softmax_nll). Computed in fp32
+        whatever the autocast."""
+        if self.num_negatives == 0:
+            return F.cross_entropy(self.model.real_item_logits(rows).float(), targets - 1, reduction="none")
+        negatives, log_q = draw_negatives(targets[real], self.model.config.num_items, self.num_negatives,
+                                          self.generator)
+        target_logits, negative_logits = self.model.sampled_item_logits(rows, targets, negatives)
+        return sampled_softmax_nll(target_logits.float(), negative_logits.float(), log_q(targets), log_q(negatives),
+                                   negatives.unsqueeze(0) == targets.unsqueeze(1))
+
+
+def draw_negatives(real_targets: torch.Tensor, num_items: int, num_negatives: int,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """A step's shared negatives for the sampled item loss, and log q(item), the probability that one draw is that
+    item (any tensor of items 1..num_items).
+
+    The proposal q is a fixed mixture: half of the draws are the targets of random loss rows of the step (items
+    as often as they are targets: popular, hard negatives, each with probability count / rows), the other half
+    uniform over the catalogue (so that every item, the long tail included, is drawn sometimes: q > 0 everywhere),
+    all with replacement; q(item) = 1/2 count(item) / rows + 1/2 / num_items. Without target rows all draws are
+    uniform. A batch's targets are counted by binary search in their sorted copy: no (num_items,) tensor, and
+    deterministic on a GPU (bincount is not).
+    """
+    device = real_targets.device
+    from_batch = num_negatives // 2 if real_targets.numel() else 0
+    picked_rows = torch.randint(max(1, real_targets.numel()), (from_batch,), generator=generator, device=device)
+    uniform = torch.randint(1, num_items + 1, (num_negatives - from_batch,), generator=generator, device=device)
+    negatives = torch.cat([real_targets[picked_rows], uniform])
+    sorted_targets = real_targets.sort().values
+    batch_share = from_batch / num_negatives
+
+    def log_q(items: torch.Tensor) -> torch.Tensor:
+        count = (torch.searchsorted(sorted_targets, items, right=True) - torch.searchsorted(sorted_targets, items))
+        in_batch = count.float() / max(1, real_targets.numel())
+        return torch.log(batch_share * in_batch + (1 - batch_share) / num_items)
+
+    return negatives, log_q
+
+
+def sampled_softmax_nll(target_logits: torch.Tensor, negative_logits: torch.Tensor, target_log_q: torch.Tensor,
+                        negative_log_q: torch.Tensor, accidental_hits: torch.Tensor) -> torch.Tensor:
+    """The sampled softmax's cross-entropy of each row's target, (R,), against N negatives drawn from q.
+
+    Each candidate's logit is corrected by its log sampling probability, s - log q (the logQ correction: Jean et
+    al. 2015; Yi et al. 2019): the softmax over the target and the corrected negatives then estimates the full
+    softmax, whose partition function sum_j exp(s_j) the negatives' sum of exp(s_j) / q_j estimates, up to the
+    constant N, which cancels. A negative that is the row's own target (an accidental hit, accidental_hits (R, N))
+    is left out (-inf). With every item once among the negatives and a uniform q, this is the full softmax's
+    cross-entropy exactly.
+    """
+    corrected_negatives = (negative_logits - negative_log_q).masked_fill(accidental_hits, float("-inf"))
+    logits = torch.cat([(target_logits - target_log_q).unsqueeze(1), corrected_negatives], dim=1)
+    return torch.logsumexp(logits, dim=1) - logits[:, 0]
 
 
 def target_index(is_target: torch.Tensor, row_bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -727,7 +787,16 @@ def start_run(config: TrainConfig, runtime: Runtime) -> Run:
     model.to(runtime.device)
     if config.compile:
         model.encoder.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
-    objective: nn.Module = MultiTaskObjective(model, config.task_weights, config.loss_row_bucket)
+    if config.item_loss == "sampled" and config.num_negatives >= data.num_items:
+        raise ConfigError(f"--num_negatives {config.num_negatives} is not fewer than the {data.num_items} items: the "
+                          "sampled loss would score more candidates than the full softmax; use --item_loss full, or "
+                          "fewer negatives")
+    # The shuffle is shared by all ranks (each takes its own slice); masks and sampled negatives differ per rank.
+    generators = (torch.Generator().manual_seed(config.seed),
+                  torch.Generator(runtime.device).manual_seed(config.seed + 1 + runtime.rank))
+    objective: nn.Module = MultiTaskObjective(model, config.task_weights, config.loss_row_bucket,
+                                              config.num_negatives if config.item_loss == "sampled" else 0,
+                                              generators[1])
     if runtime.world_size > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
     optimizer = make_optimizer(model, config)
@@ -736,9 +805,6 @@ def start_run(config: TrainConfig, runtime: Runtime) -> Run:
     budget = {"used": 0.0}
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(
         step, config.warmup_steps, total_steps, config.lr_schedule, budget["used"], config.lr_decay_fraction))
-    # The shuffle is shared by all ranks (each takes its own slice); masks differ per rank.
-    generators = (torch.Generator().manual_seed(config.seed),
-                  torch.Generator(runtime.device).manual_seed(config.seed + 1 + runtime.rank))
     state = {"epoch": 0, "step": 0, "best_metric": -1.0, "best_epoch": 0, "evals_without_improvement": 0,
              "history": [], "train_seconds": 0.0, "run_id": uuid.uuid4().hex,  # run_id: kept across resumes
              "budget_seconds_used": 0.0}  # the --max_minutes clock, data loading included

@@ -1,0 +1,166 @@
+"""The sampled item loss (--item_loss sampled): the logQ-corrected sampled softmax against hand-computed answers,
+its proposal, its scores under both item heads, and a tiny training run; the full softmax unchanged."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY
+
+from enhanced_model import EnhancedBERT4Rec, ModelConfig
+from trainer import MultiTaskObjective, draw_negatives, make_batch, parse_args, sampled_softmax_nll, train
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def tiny_model(**overrides) -> EnhancedBERT4Rec:
+    config = ModelConfig(**{**dict(num_items=40, num_users=10, num_years=7, hidden_size=16, num_heads=2,
+                                   num_layers=1, seq_length=6, side_dim=4), **overrides})
+    torch.manual_seed(0)
+    return EnhancedBERT4Rec(config).train()
+
+
+def test_the_logq_correction_by_hand():
+    # two rows, three negatives: items 5, 7 and 5 again (drawn with replacement); row 1's target is 7
+    target_logits = torch.tensor([2.0, 0.5])
+    negative_logits = torch.tensor([[1.0, 3.0, 1.0], [0.0, -1.0, 0.0]])
+    q = {3: 0.1, 5: 0.25, 7: 0.5}
+    target_log_q = torch.log(torch.tensor([q[3], q[7]]))
+    negative_log_q = torch.log(torch.tensor([q[5], q[7], q[5]]))
+    hits = torch.tensor([[False, False, False], [False, True, False]])
+    nll = sampled_softmax_nll(target_logits, negative_logits, target_log_q, negative_log_q, hits)
+    # row 0: target 3; every logit minus log q
+    row0 = [2.0 - math.log(0.1), 1.0 - math.log(0.25), 3.0 - math.log(0.5), 1.0 - math.log(0.25)]
+    expected0 = math.log(sum(math.exp(v) for v in row0)) - row0[0]
+    # row 1: target 7; the negative that is item 7 is an accidental hit, left out
+    row1 = [0.5 - math.log(0.5), 0.0 - math.log(0.25), 0.0 - math.log(0.25)]
+    expected1 = math.log(sum(math.exp(v) for v in row1)) - row1[0]
+    assert nll.tolist() == pytest.approx([expected0, expected1], rel=1e-6)
+
+
+def test_accidental_hits_are_masked_whatever_their_logit():
+    target_logits = torch.tensor([1.0])
+    negative_logits = torch.tensor([[0.0, 50.0, 0.0]])  # the middle negative is the target itself, scored high
+    log_q = torch.zeros(3)
+    masked = sampled_softmax_nll(target_logits, negative_logits, torch.zeros(1), log_q,
+                                 torch.tensor([[False, True, False]]))
+    assert masked.item() == pytest.approx(math.log(math.exp(1) + 2) - 1, rel=1e-6)
+    unmasked = sampled_softmax_nll(target_logits, negative_logits, torch.zeros(1), log_q, torch.zeros(1, 3).bool())
+    assert unmasked.item() > 48
+
+
+@pytest.mark.parametrize("cosine_temperature,side_output", [(0.0, False), (0.05, False), (0.0, True)])
+def test_every_item_once_with_a_uniform_q_is_the_full_softmax(cosine_temperature, side_output):
+    model = tiny_model(cosine_temperature=cosine_temperature, item_side_output=side_output)
+    num_items = model.config.num_items
+    rows = torch.randn(6, 16, requires_grad=True)
+    targets = torch.tensor([1, 7, 40, 3, 3, 22])
+    every_item = torch.arange(1, num_items + 1)
+    target_logits, negative_logits = model.sampled_item_logits(rows, targets, every_item)
+    uniform = torch.full((num_items,), -math.log(num_items))
+    sampled = sampled_softmax_nll(target_logits, negative_logits, uniform[targets - 1], uniform,
+                                  every_item.unsqueeze(0) == targets.unsqueeze(1))
+    full = F.cross_entropy(model.real_item_logits(rows), targets - 1, reduction="none")
+    torch.testing.assert_close(sampled, full, rtol=1e-5, atol=1e-6)
+    grads = [torch.autograd.grad(loss.mean(), [rows, model.item_embedding.weight]) for loss in (sampled, full)]
+    for sampled_grad, full_grad in zip(*grads, strict=True):
+        torch.testing.assert_close(sampled_grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_the_proposal_mixes_the_step_s_targets_and_the_uniform_catalogue():
+    targets = torch.tensor([4, 4, 4, 9])  # item 4 is 3 of the 4 rows' target, item 9 one
+    negatives, log_q = draw_negatives(targets, 10, 8, torch.Generator().manual_seed(0))
+    assert negatives.shape == (8,) and set(negatives[:4].tolist()) <= {4, 9}
+    assert negatives.min() >= 1 and negatives.max() <= 10
+    expected = {4: 0.5 * 3 / 4 + 0.5 / 10, 9: 0.5 * 1 / 4 + 0.5 / 10, 1: 0.5 / 10}
+    assert log_q(torch.tensor([4, 9, 1])).exp().tolist() == pytest.approx(list(expected.values()))
+    assert log_q(torch.arange(1, 11)).exp().sum().item() == pytest.approx(1.0)  # a distribution over the items
+    uniform_only, log_q = draw_negatives(torch.tensor([], dtype=torch.long), 10, 8, torch.Generator().manual_seed(0))
+    assert uniform_only.shape == (8,) and log_q(torch.tensor([4])).exp().item() == pytest.approx(0.1)
+
+
+def test_the_proposal_s_frequencies_are_its_q():
+    targets = torch.tensor([2, 2, 5, 7, 7, 7])
+    negatives, log_q = draw_negatives(targets, 8, 200_000, torch.Generator().manual_seed(1))
+    frequency = torch.bincount(negatives, minlength=9)[1:] / negatives.numel()
+    torch.testing.assert_close(frequency, log_q(torch.arange(1, 9)).exp(), atol=3e-3, rtol=0)
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+@pytest.mark.parametrize("cosine_temperature", [0.0, 0.05])
+def test_the_objective_trains_with_sampled_negatives(cosine_temperature, amp):
+    model = tiny_model(cosine_temperature=cosine_temperature, use_item_side_info=False, use_preference_head=False,
+                       dropout=0.0)
+    windows = {
+        "window_items": torch.tensor([[0, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6]]),
+        "window_ratings": torch.tensor([[0, 5, 4, 3, 4, 4], [1, 2, 3, 4, 5, 5]]),
+        "window_days": torch.tensor([[0, 7, 8, 9, 9, 9], [1, 1, 2, 2, 3, 3]]),
+        "window_users": torch.tensor([2, 1]), "user_gender": torch.tensor([0, 1, 2]),
+        "user_age": torch.tensor([0, 3, 5]), "user_occupation": torch.tensor([0, 11, 21]),
+        "user_genre_profile": torch.eye(3),
+    }
+    weights = {"item_prediction": 1.0, "next_item": 0.5, "rating_prediction": 0.3, "user_preference": 0.0}
+    batch = make_batch(windows, torch.tensor([0, 1]), 41, 0.5, 0.0, 0.0, torch.Generator().manual_seed(1),
+                       mask_last=True, causal=True)
+    objective = MultiTaskObjective(model, weights, 8, num_negatives=16, generator=torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", torch.bfloat16, enabled=amp == "bf16"):
+        losses = objective(batch)
+    assert all(torch.isfinite(loss) and loss.dtype == torch.float32 for loss in losses.values())
+    losses["total"].backward()
+    assert model.item_embedding.weight.grad.abs().sum() > 0 and model.item_head.bias.grad.abs().sum() > 0
+    # the rating loss does not depend on how the item loss is computed
+    full = MultiTaskObjective(model, weights, 8)(batch)
+    if amp == "off":
+        assert full["rating_prediction"].item() == losses["rating_prediction"].item()
+
+
+def tiny_config(data_dir: Path, out: Path, *extra: str):
+    return parse_args([*TINY, "--data_dir", str(data_dir), "--checkpoint_dir", str(out / "checkpoints"),
+                       "--metadata_path", str(out / "metadata.json"), "--cache_dir", str(out / "cache"), *extra])
+
+
+def test_a_sampled_run_trains_and_the_full_softmax_is_unchanged(synthetic_ml1m_dir, tmp_path):
+    flags = ("--max_epochs", "3", "--deterministic", "--seed", "5")
+    _, sampled = train(tiny_config(synthetic_ml1m_dir, tmp_path / "sampled", *flags, "--item_loss", "sampled",
+                                   "--num_negatives", "32"))
+    assert (sampled["train_config"]["item_loss"], sampled["train_config"]["num_negatives"]) == ("sampled", 32)
+    item_losses = [record["item_prediction"] for record in sampled["history"]]
+    assert all(math.isfinite(loss) for loss in item_losses) and item_losses[-1] < item_losses[0]
+    assert 0 <= sampled["test"]["NDCG@10"] <= 1  # evaluated by the full ranking, as every run
+    _, plain = train(tiny_config(synthetic_ml1m_dir, tmp_path / "plain", *flags))
+    _, full = train(tiny_config(synthetic_ml1m_dir, tmp_path / "full", *flags, "--item_loss", "full"))
+    assert plain["train_config"]["item_loss"] == "full"
+    def losses_and_metrics(results: dict) -> list[dict]:
+        return [{key: value for key, value in record.items() if key != "train_seconds"}
+                for record in results["history"]]
+
+    assert losses_and_metrics(full) == losses_and_metrics(plain) and full["test"] == plain["test"]  # bit-identical
+    assert losses_and_metrics(full) != losses_and_metrics(sampled)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "trainer.py"), *args], capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--num_negatives", "0"], "--num_negatives must be positive"),
+    (["--item_loss", "approximate"], "invalid choice: 'approximate'"),
+])
+def test_bad_values_are_refused_by_the_preflight_in_one_line(flags, message, tmp_path):
+    refused = run_cli(*flags, "--data_dir", str(tmp_path / "nowhere"), "--checkpoint_dir", str(tmp_path / "c"))
+    assert refused.returncode == 2 and message in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0 and "Traceback" not in refused.stderr
+
+
+def test_as_many_negatives_as_items_is_refused_naming_the_catalogue(synthetic_ml1m_dir, tmp_path):
+    refused = run_cli(*TINY, "--item_loss", "sampled", "--num_negatives", "120", "--data_dir",
+                      str(synthetic_ml1m_dir), "--checkpoint_dir", str(tmp_path / "c"), "--cache_dir",
+                      str(tmp_path / "cache"))
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
+    assert "--num_negatives 120 is not fewer than the 120 items" in refused.stderr
+    assert not (tmp_path / "c" / "last.pt").exists()
