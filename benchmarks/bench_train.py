@@ -24,17 +24,12 @@ docs/RESULTS.md#benchmarks-speed-and-memory.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import resource
 import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from itertools import cycle
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -42,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.fresh_process import in_fresh_process, peak_rss_mb  # noqa: E402
 from data_processor import eval_inputs  # noqa: E402
 from train_config import CONFIGS, parse_args, validate_config  # noqa: E402
 from trainer import (  # noqa: E402
@@ -65,21 +61,12 @@ BENCH_CONFIGS = {  # --configs key: (table name, trainer.py flags)
     "cpu_small_compile": ("CPU default, --compile (inductor)", [CPU_SMALL, "--compile"]),
     "best": ("best model (configs/best.txt: hidden 256, 4 layers, T 50, batch 128, causal, crop 0.5, bf16)", [BEST]),
     "best_fp32": ("best model, --amp off", [BEST, "--amp", "off"]),
+    "best_fp32_sampled": ("best model, --amp off, --item_loss sampled (1,024 negatives)",
+                          [BEST, "--amp", "off", "--item_loss", "sampled"]),
     "best_compile": ("best model, --compile (inductor)", [BEST, "--compile"]),
     # the loss rows unpadded: their logits come in a new size every step, the peak RSS the padding saves
     "best_unpadded": ("best model, --loss_row_bucket 0", [BEST, "--loss_row_bucket", "0"]),
 }
-
-
-def in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
-    """function(*args) in a new interpreter (spawned, not forked): its threads and allocator are its own. Linux
-    starts a child's peak RSS at its parent's (about 260 MB here: the imports), below any configuration's peak."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: int) -> dict:
