@@ -23,12 +23,10 @@ batches) does not depend on the number of items. Results: docs/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import resource
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -36,6 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.fresh_process import in_fresh_process, peak_rss_mb  # noqa: E402
 from enhanced_model import EnhancedBERT4Rec, ModelConfig  # noqa: E402
 from train_config import CONFIGS, TrainConfig, parse_args  # noqa: E402
 from trainer import MultiTaskObjective  # noqa: E402
@@ -76,14 +75,9 @@ def measure(num_items: int, num_negatives: int, rows: int, repeats: int, threads
         optimizer.zero_grad(set_to_none=True)
         hidden_rows.grad = None
         adam_times.append(time.perf_counter() - started)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_rss_mb()
     return {"loss_s": statistics.median(loss_times[1:]), "adam_s": statistics.median(adam_times[1:]),
             "peak_rss_mb": peak, "loss_rss_mb": peak - setup_rss}
-
-
-def in_fresh_process(function, *args):
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
 
 
 def loss_table(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
