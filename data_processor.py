@@ -2,7 +2,7 @@
 
 The first stage of the pipeline. `load_dataset` turns ML-1M's three files (a folder, a zip, or a fresh
 download) into the data model (data_model.RawTables: interactions, item and user tables with declared features;
-`read_ml1m`), then into an `ML1MData` of numpy arrays encoded from those declarations (`featurise`):
+`read_ml1m`), then into an `SequenceData` of numpy arrays encoded from those declarations (`featurise`):
 
 - items: contiguous indices 1..num_items over the rated movies by MovieID (0 = padding, num_items + 1 =
   [MASK]), with genre multi-hot and release-year tables looked up by index;
@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import posixpath
 import re
@@ -77,9 +78,11 @@ MIN_RATINGS_PER_USER = EVAL_EVENTS + 1  # and at least one training event
 HOLDOUT_USER_MODULUS = 10  # UserID % 10 == 0: 604 new users
 HOLDOUT_MOVIE_MODULUS = 20  # MovieID % 20 == 0: new movies
 HOLDOUTS = ("users", "items")
+DAY_OF_YEAR_ENCODING = "1..366 (UTC) from the timestamp, 0 = padding"
 
 # Bump when the arrays or metadata.json change meaning: stale caches are then rebuilt (2: content_sha256)
 FORMAT_VERSION = 2
+CACHE_VERSION = 3  # the processed arrays' layout (3: features declared per dataset)
 
 SOURCE_FILES = ("ratings.dat", "movies.dat", "users.dat")
 GROUPLENS_MD5 = {
@@ -130,53 +133,55 @@ class SourceChecksumWarning(UserWarning):
 
 
 @dataclass
-class ML1MData:
-    """MovieLens 1M as numpy arrays; index conventions at the top of this module.
+class SequenceData:
+    """A dataset processed for the model, as numpy arrays; index conventions at the top of this module.
 
-    Items (rated movies): item_movie_ids, item_genres (multi-hot over GENRES), item_years (year index:
-    0 = padding, 1 = unknown, 2 + year - min_year), each of length num_items + 2 (pad and mask rows are -1/0).
-    Users: user_ids, user_gender, user_age, user_occupation, of length num_users + 1 (row 0 = unknown user).
-    Timelines (CSR): user u's events are [seq_offsets[u], seq_offsets[u + 1]) of seq_items, seq_ratings,
-    seq_days (day of year, UTC) and seq_timestamps, stably sorted by timestamp; the last event is the test
-    target, the second-to-last the validation target, the rest the training part.
-    user_genre_profile: the genre distribution of each user's training part (row 0: of all training events).
-    Training windows (N, seq_length), left-padded with 0: window_items, window_ratings, window_days;
-    window_users. All movies of movies.dat, rated or not (for cold start): movie_ids, movie_titles,
-    movie_genres, movie_years.
+    Items (the interacted-with ones, by id): item_ids (length num_items + 2; pad and mask rows are -1) and, per item
+    feature, item_values[name]: indices (num_items + 2,) or a multi-hot (num_items + 2, size), pad and mask rows 0.
+    Users: user_ids and user_values[name], of length num_users + 1 (row 0 = unknown user).
+    item_features / user_features: the features' resolved declarations, in the order the model reads them, each
+    data_model.Feature.to_json() plus "name" and "size" (data_model.vocabulary_size) and, for a bucketed one, the
+    "range" [lowest, highest] of its known values. preference_feature: the multi item feature whose distribution
+    the preference head learns ("" when the items have none); user_preference_profile: that distribution over
+    each user's training part (row 0: over all training events; a user whose items have no value: zeros).
+    Timelines (CSR): user u's events are [seq_offsets[u], seq_offsets[u + 1]) of seq_items, seq_ratings (0 when
+    has_ratings is False), seq_days (day of year, UTC) and seq_timestamps, stably sorted by timestamp; the last
+    event is the test target, the second-to-last the validation target, the rest the training part.
+    Training windows (N, seq_length), left-padded with 0: window_items, window_ratings, window_days; window_users.
+    The whole item table, interacted with or not (for cold start): catalog_ids, catalog_titles (the "title" display
+    field, else the id as text), catalog_values[name] (encoded as item_values) and catalog_numbers[name] (a
+    bucketed feature's raw values, NaN when missing); user_numbers likewise for the users.
     source_md5: md5 of each source file, the fingerprint recorded in metadata.json and the cache key.
     """
 
+    name: str
     num_items: int
     num_users: int
-    num_genres: int
-    num_years: int
-    num_genders: int
-    num_ages: int
-    num_occupations: int
-    min_year: int
     seq_length: int
     window_stride: int
-    item_movie_ids: np.ndarray
-    item_genres: np.ndarray
-    item_years: np.ndarray
+    has_ratings: bool
+    item_features: list[dict[str, Any]]
+    user_features: list[dict[str, Any]]
+    preference_feature: str
+    item_ids: np.ndarray
+    item_values: dict[str, np.ndarray]
     user_ids: np.ndarray
-    user_gender: np.ndarray
-    user_age: np.ndarray
-    user_occupation: np.ndarray
+    user_values: dict[str, np.ndarray]
+    user_numbers: dict[str, np.ndarray]
     seq_offsets: np.ndarray
     seq_items: np.ndarray
     seq_ratings: np.ndarray
     seq_days: np.ndarray
     seq_timestamps: np.ndarray
-    user_genre_profile: np.ndarray
+    user_preference_profile: np.ndarray
     window_items: np.ndarray
     window_ratings: np.ndarray
     window_days: np.ndarray
     window_users: np.ndarray
-    movie_ids: np.ndarray
-    movie_titles: np.ndarray
-    movie_genres: np.ndarray
-    movie_years: np.ndarray
+    catalog_ids: np.ndarray
+    catalog_titles: np.ndarray
+    catalog_values: dict[str, np.ndarray]
+    catalog_numbers: dict[str, np.ndarray]
     source_md5: dict[str, str]
     holdout: str = ""  # "", "users", "items" or "users,items": cold-start hold-outs removed (remove_held_out)
 
@@ -185,17 +190,27 @@ class ML1MData:
         """One string identifying the source files and the hold-outs (see source_fingerprint)."""
         return source_fingerprint(self.source_md5, self.holdout)
 
+    def feature(self, side: Literal["item", "user"], name: str) -> dict[str, Any] | None:
+        """The declaration of item or user feature `name`, or None when the dataset has no such feature."""
+        features = self.item_features if side == "item" else self.user_features
+        return next((feature for feature in features if feature["name"] == name), None)
+
+    def item_tables(self) -> list[np.ndarray]:
+        """item_values in item_features order: what EnhancedBERT4Rec.set_item_side_info takes."""
+        return [self.item_values[feature["name"]] for feature in self.item_features]
+
 
 def source_fingerprint(source_md5: dict[str, str], holdout: str = "") -> str:
-    """sha256 over the md5 of ratings.dat, movies.dat and users.dat (and the hold-outs, when any): equal
-    fingerprints, equal data."""
-    text = ",".join(f"{name}:{source_md5[name]}" for name in SOURCE_FILES)
+    """sha256 over the md5 of the source files (ML-1M: ratings.dat, movies.dat and users.dat, in that order; any
+    other dataset's by name) and the hold-outs, when any: equal fingerprints, equal data."""
+    names = SOURCE_FILES if set(source_md5) == set(SOURCE_FILES) else sorted(source_md5)
+    text = ",".join(f"{name}:{source_md5[name]}" for name in names)
     text += f";holdout:{holdout}" if holdout else ""
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def holdout_spec(holdout_users: bool, holdout_items: bool) -> str:
-    """The ML1MData.holdout string of these switches."""
+    """The SequenceData.holdout string of these switches."""
     return ",".join(name for name, on in zip(HOLDOUTS, (holdout_users, holdout_items), strict=True) if on)
 
 
@@ -769,13 +784,15 @@ def training_part(offsets: np.ndarray) -> np.ndarray:
     return position < lengths[users] - EVAL_EVENTS
 
 
-def _genre_profiles(seq_offsets: np.ndarray, seq_items: np.ndarray, item_genres: np.ndarray) -> np.ndarray:
-    """Genre distribution of each user's training part; row 0 over all training events."""
+def _preference_profiles(seq_offsets: np.ndarray, seq_items: np.ndarray, item_hot: np.ndarray) -> np.ndarray:
+    """Distribution of each user's training part over a multi feature's values (item_hot: the item multi-hot);
+    row 0 over all training events. A row without any value is all zeros."""
     train_lengths = np.diff(seq_offsets)[1:] - EVAL_EVENTS
-    train_genres = item_genres[seq_items[training_part(seq_offsets)]]
-    per_user = np.add.reduceat(train_genres, np.cumsum(train_lengths) - train_lengths, axis=0)
+    train_values = item_hot[seq_items[training_part(seq_offsets)]]
+    per_user = np.add.reduceat(train_values, np.cumsum(train_lengths) - train_lengths, axis=0)
     profiles = np.vstack([per_user.sum(axis=0, keepdims=True), per_user])
-    return (profiles / profiles.sum(axis=1, keepdims=True)).astype(np.float32)
+    totals = profiles.sum(axis=1, keepdims=True)
+    return np.divide(profiles, totals, out=np.zeros_like(profiles), where=totals > 0).astype(np.float32)
 
 
 def remove_held_out(
@@ -831,84 +848,112 @@ def read_ml1m(sources: dict[str, SourceFile], source_md5: dict[str, str] | None 
                                                for name, source in sources.items()})
 
 
-def process_ml1m(
-    sources: dict[str, SourceFile], source_md5: dict[str, str], seq_length: int, window_stride: int,
-    holdout: str = "",
-) -> ML1MData:
-    """Read the three source files into the data model (read_ml1m) and featurise them (no cache), without the
-    held-out users/movies."""
-    tables = read_ml1m(sources, source_md5)
+def process_sources(fmt: str, sources: dict[str, SourceFile], source_md5: dict[str, str], seq_length: int,
+                    window_stride: int, holdout: str = "") -> SequenceData:
+    """Read the source files into the data model (the format's reader; ML-1M: read_ml1m) and featurise them (no
+    cache), without the held-out users/items. ML-1M refuses a user with too few ratings (its files have none); any
+    other dataset leaves such users out and says how many."""
+    import readers  # readers builds on this module: imported here, not at the top
+
+    tables = read_ml1m(sources, source_md5) if fmt == "ml-1m" else readers.READERS[fmt](sources)
     if holdout:
         interactions, users = remove_held_out(tables.interactions, tables.users, holdout)
         tables = replace(tables, interactions=interactions, users=users)
     counts = tables.interactions["user_id"].value_counts().reindex(tables.users["user_id"], fill_value=0)
     too_few = tables.users["user_id"].to_numpy()[counts.to_numpy() < MIN_RATINGS_PER_USER]
-    if too_few.size:
+    if too_few.size and fmt == "ml-1m":
         parsed = parse_users(sources["users.dat"])  # only for the line numbers of the error
         raise row_error(sources["users.dat"], int(parsed.rows[np.searchsorted(parsed.user_ids, too_few)].min()),
                         f"user has fewer than {MIN_RATINGS_PER_USER} ratings (leave-one-out needs them)")
+    if too_few.size:
+        log.warning("left out %d of %d users with fewer than %d interactions (leave-one-out needs them)",
+                    too_few.size, len(tables.users), MIN_RATINGS_PER_USER)
+        keep = ~tables.users["user_id"].isin(too_few)
+        tables = replace(tables, users=tables.users[keep.to_numpy()].reset_index(drop=True),
+                         interactions=tables.interactions[~tables.interactions["user_id"].isin(too_few)
+                                                          ].reset_index(drop=True))
+    if tables.users.empty:
+        raise DataError(f"{tables.name}: no user has {MIN_RATINGS_PER_USER} or more interactions: nothing to train")
     return featurise(tables, seq_length, window_stride, holdout)
 
 
-def featurise(tables: RawTables, seq_length: int, window_stride: int, holdout: str) -> ML1MData:
-    """The arrays of ML1MData from the data model (hold-outs already removed): items are the rated ones (by id),
-    each feature encoded as its declaration says; timelines, the leave-one-out split and the training windows from
-    the interactions. Every user needs MIN_RATINGS_PER_USER interactions. ML1MData holds the features the model
-    reads today, so `tables` must declare ML-1M's: genres (multi) and year (bucketed); gender, age and occupation
-    (categorical)."""
+def _declaration(feature: Feature, column: pd.Series) -> dict[str, Any]:
+    """A resolved feature as plain data: its JSON declaration, name, size and (bucketed) the range of known values."""
+    declared = {"name": feature.name, **feature.to_json(), "size": vocabulary_size(feature)}
+    if feature.kind == "bucketed":
+        known = pd.to_numeric(column).dropna()
+        declared["range"] = [_plain_number(known.min()), _plain_number(known.max())] if len(known) else None
+    return declared
+
+
+def _plain_number(value: Any) -> int | float:
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
+def _numbers(column: pd.Series) -> np.ndarray:
+    return pd.to_numeric(column).to_numpy(np.float64, na_value=np.nan)
+
+
+def featurise(tables: RawTables, seq_length: int, window_stride: int, holdout: str) -> SequenceData:
+    """The arrays of SequenceData from the data model (hold-outs already removed): items are the interacted-with
+    ones (by id), each feature encoded as its declaration says; timelines, the leave-one-out split and the training
+    windows from the interactions. Every user needs MIN_RATINGS_PER_USER interactions. Display features other than
+    the title are not carried."""
     items, users, interactions = tables.items, tables.users, tables.interactions
-    item_features = {feature.name: resolved(feature, items[feature.name]) for feature in tables.item_features}
-    user_features = {feature.name: resolved(feature, users[feature.name]) for feature in tables.user_features}
+    item_features = [resolved(f, items[f.name]) for f in tables.item_features if f.kind != "display"]
+    user_features = [resolved(f, users[f.name]) for f in tables.user_features if f.kind != "display"]
     rated_ids = np.unique(interactions["item_id"].to_numpy())
     user_ids = users["user_id"].to_numpy()
+    if not tables.has_ratings:
+        interactions = interactions.assign(rating=np.zeros(len(interactions), np.int64))
     seq_offsets, events = _timelines(interactions, user_ids, rated_ids)
 
-    movie_genres = encode(item_features["genres"], items["genres"])
-    movie_years = encode(item_features["year"], items["year"])
-    known_years = items["year"].dropna()
-    min_year, max_year = (int(known_years.min()), int(known_years.max())) if len(known_years) else (0, -1)
-    movie_rows = np.searchsorted(items["item_id"].to_numpy(), rated_ids)
-    item_genres = np.zeros((len(rated_ids) + 2, movie_genres.shape[1]), np.float32)  # pad and mask rows stay 0
-    item_genres[1:-1] = movie_genres[movie_rows]
-    item_years = np.zeros(len(rated_ids) + 2, np.int64)
-    item_years[1:-1] = movie_years[movie_rows]
-    pad = np.zeros(1, dtype=np.int64)
-    user_columns = {name: np.concatenate([pad, encode(feature, users[name])])
-                    for name, feature in user_features.items()}
+    catalog_values = {f.name: encode(f, items[f.name]) for f in item_features}
+    item_rows = np.searchsorted(items["item_id"].to_numpy(), rated_ids)
+    item_values = {}
+    for name, values in catalog_values.items():
+        rows = np.zeros((len(rated_ids) + 2, *values.shape[1:]), values.dtype)  # pad and mask rows stay 0
+        rows[1:-1] = values[item_rows]
+        item_values[name] = rows
+    user_values = {f.name: np.concatenate([np.zeros((1, *v.shape[1:]), v.dtype), v])
+                   for f in user_features for v in [encode(f, users[f.name])]}
+    preference = next((f.name for f in item_features if f.kind == "multi"), "")
+    profile = (_preference_profiles(seq_offsets, events["seq_items"], item_values[preference]) if preference else
+               np.zeros((len(user_ids) + 1, 0), np.float32))
+    titles = items["title"] if "title" in items.columns else items["item_id"].astype(str)
 
     starts = seq_offsets[1:-1]
     train_lengths = np.diff(seq_offsets)[1:] - EVAL_EVENTS
     user_rows, ends = window_ends(train_lengths, seq_length, window_stride)
     window_starts, window_stops = starts[user_rows], starts[user_rows] + ends
-    return ML1MData(
+    return SequenceData(
+        name=tables.name,
         num_items=len(rated_ids),
         num_users=len(user_ids),
-        num_genres=vocabulary_size(item_features["genres"]),
-        num_years=max_year - min_year + 3,
-        num_genders=vocabulary_size(user_features["gender"]),
-        num_ages=vocabulary_size(user_features["age"]),
-        num_occupations=vocabulary_size(user_features["occupation"]),
-        min_year=min_year,
         seq_length=seq_length,
         window_stride=window_stride,
-        item_movie_ids=np.concatenate([[-1], rated_ids, [-1]]),
-        item_genres=item_genres,
-        item_years=item_years,
+        has_ratings=tables.has_ratings,
+        item_features=[_declaration(f, items[f.name]) for f in item_features],
+        user_features=[_declaration(f, users[f.name]) for f in user_features],
+        preference_feature=preference,
+        item_ids=np.concatenate([[-1], rated_ids, [-1]]),
+        item_values=item_values,
         user_ids=np.concatenate([[-1], user_ids]),
-        user_gender=user_columns["gender"],
-        user_age=user_columns["age"],
-        user_occupation=user_columns["occupation"],
+        user_values=user_values,
+        user_numbers={f.name: np.concatenate([[np.nan], _numbers(users[f.name])])
+                      for f in user_features if f.kind == "bucketed"},
         seq_offsets=seq_offsets,
         **events,
-        user_genre_profile=_genre_profiles(seq_offsets, events["seq_items"], item_genres),
+        user_preference_profile=profile,
         window_items=left_padded(events["seq_items"], window_stops, window_starts, seq_length),
         window_ratings=left_padded(events["seq_ratings"], window_stops, window_starts, seq_length),
         window_days=left_padded(events["seq_days"], window_stops, window_starts, seq_length),
         window_users=user_rows + 1,
-        movie_ids=items["item_id"].to_numpy(),
-        movie_titles=items["title"].to_numpy(str),
-        movie_genres=movie_genres,
-        movie_years=movie_years,
+        catalog_ids=items["item_id"].to_numpy(),
+        catalog_titles=titles.to_numpy(str),
+        catalog_values=catalog_values,
+        catalog_numbers={f.name: _numbers(items[f.name]) for f in item_features if f.kind == "bucketed"},
         source_md5=tables.source_md5,
         holdout=holdout,
     )
@@ -929,7 +974,7 @@ def scoring_input(items: np.ndarray, days: np.ndarray, starts: np.ndarray, ends:
             np.column_stack([left_padded(days, ends, starts, width), newest_day]))
 
 
-def eval_inputs(data: ML1MData, split: Literal["val", "test"], seq_length: int) -> EvalInputs:
+def eval_inputs(data: SequenceData, split: Literal["val", "test"], seq_length: int) -> EvalInputs:
     """Inputs and targets for scoring every user's validation ("val") or test ("test") item.
 
     The input is the training part for "val" and the training part + validation item for "test".
@@ -961,6 +1006,7 @@ def eval_inputs(data: ML1MData, split: Literal["val", "test"], seq_length: int) 
 def _cache_key(source_md5: dict[str, str], seq_length: int, window_stride: int, holdout: str) -> str:
     spec = {
         "format_version": FORMAT_VERSION,
+        "cache_version": CACHE_VERSION,
         "source_fingerprint": source_fingerprint(source_md5, holdout),
         "seq_length": seq_length,
         "window_stride": window_stride,
@@ -968,7 +1014,7 @@ def _cache_key(source_md5: dict[str, str], seq_length: int, window_stride: int, 
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def _read_cache(path: Path, key: str) -> ML1MData | None:
+def _read_cache(path: Path, key: str) -> SequenceData | None:
     """The cached dataset, or None when the cache is missing, stale (other key) or unreadable."""
     if not path.is_file():
         return None
@@ -978,17 +1024,27 @@ def _read_cache(path: Path, key: str) -> ML1MData | None:
             if scalars.pop("cache_key") != key:
                 log.info("cache %s is stale (source files, parameters or format changed): rebuilding", path)
                 return None
-            arrays = {name: archive[name] for name in archive.files if name != "scalars"}
-        return ML1MData(**scalars, **arrays)
+            grouped = scalars.pop("array_groups")
+            arrays = {name: archive[name] for name in archive.files if name != "scalars" and "." not in name}
+            groups = {group: {name: archive[f"{group}.{i}"] for i, name in enumerate(names)}
+                      for group, names in grouped.items()}
+        return SequenceData(**scalars, **arrays, **groups)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         log.warning("cache %s is unreadable (%s): rebuilding", path, exc)
         return None
 
 
-def _write_cache(path: Path, key: str, data: ML1MData) -> None:
+def _write_cache(path: Path, key: str, data: SequenceData) -> None:
+    """One npz (no pickle): arrays by field name, a dict of arrays (item_values...) as "<field>.<i>", the rest as
+    JSON in "scalars"."""
     values = {field.name: getattr(data, field.name) for field in fields(data)}
     arrays = {name: value for name, value in values.items() if isinstance(value, np.ndarray)}
-    scalars = {name: value for name, value in values.items() if name not in arrays} | {"cache_key": key}
+    groups = {name: value for name, value in values.items()
+              if isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values())}
+    for group, members in groups.items():
+        arrays |= {f"{group}.{i}": value for i, value in enumerate(members.values())}
+    scalars = {name: value for name, value in values.items() if name not in arrays and name not in groups}
+    scalars |= {"cache_key": key, "array_groups": {group: list(members) for group, members in groups.items()}}
     with atomic_file(path) as handle:
         np.savez(handle, scalars=np.array(json.dumps(scalars)), **arrays)
 
@@ -1002,33 +1058,40 @@ def load_dataset(
     strict: bool = False,
     holdout_users: bool = False,
     holdout_items: bool = False,
-) -> ML1MData:
-    """Load MovieLens 1M as an ML1MData.
+    dataset: str | None = None,
+) -> SequenceData:
+    """Load a dataset (ML-1M, any MovieLens release, or the generic format: readers.py) as a SequenceData.
 
-    data_dir: an ml-1m folder or ml-1m.zip; None downloads ML-1M into ./ml-1m (skipped when already there).
+    data_dir: a dataset folder or zip; None downloads `dataset` (default ML-1M) into ./<name> (skipped when
+        already there). dataset: the format by name (readers.DATASET_FORMATS); None detects it from the files.
     cache_dir: where processed arrays are cached (None: no cache). The cache is keyed by the md5 of the source
         files, seq_length, window_stride and FORMAT_VERSION; a stale or unreadable cache is rebuilt.
     window_stride: stride of the training windows (default seq_length // 2).
-    verify: compare the source files' md5 with the GroupLens originals; a difference is a
+    verify: compare ML-1M's source files' md5 with the GroupLens originals; a difference is a
         SourceChecksumWarning, or a ChecksumMismatchError when `strict`.
     holdout_users / holdout_items: leave out the cold-start hold-outs of EVALUATION.md (remove_held_out).
     Raises DataError (DataFormatError for a malformed file, naming file, line and content) or
     FileNotFoundError for a bad data_dir.
     """
+    import readers  # readers builds on this module: imported here, not at the top
+
     window_stride = _window_stride(seq_length, window_stride)
-    sources = read_source_files(data_dir)
+    if data_dir is None:
+        data_dir = download_ml1m() if dataset in (None, "ml-1m") else readers.download_dataset(dataset)
+    fmt, sources = readers.dataset_sources(data_dir, dataset)
     source_md5 = {name: hashlib.md5(source.raw).hexdigest() for name, source in sources.items()}
-    if verify:
+    if verify and fmt == "ml-1m":
         _verify_sources(sources, source_md5, strict)
     holdout = holdout_spec(holdout_users, holdout_items)
     if cache_dir is None:
-        return process_ml1m(sources, source_md5, seq_length, window_stride, holdout)
+        return process_sources(fmt, sources, source_md5, seq_length, window_stride, holdout)
     suffix = f"_holdout-{holdout.replace(',', '-')}" if holdout else ""
-    cache_path = Path(cache_dir) / f"ml1m_T{seq_length}_S{window_stride}{suffix}.npz"
+    prefix = "ml1m" if fmt == "ml-1m" else f"data-{source_fingerprint(source_md5)[:12]}"
+    cache_path = Path(cache_dir) / f"{prefix}_T{seq_length}_S{window_stride}{suffix}.npz"
     key = _cache_key(source_md5, seq_length, window_stride, holdout)
     data = _read_cache(cache_path, key)
     if data is None:
-        data = process_ml1m(sources, source_md5, seq_length, window_stride, holdout)
+        data = process_sources(fmt, sources, source_md5, seq_length, window_stride, holdout)
         _write_cache(cache_path, key, data)
         log.info("cached the processed arrays in %s", cache_path)
     return data
@@ -1038,8 +1101,10 @@ def load_dataset(
 # Statistics and metadata.json
 
 
-def dataset_statistics(data: ML1MData) -> dict[str, Any]:
-    """Counts and ranges of the processed dataset (printed by the CLI, stored in metadata.json)."""
+def dataset_statistics(data: SequenceData) -> dict[str, Any]:
+    """Counts and ranges of the processed dataset (printed by the CLI, stored in metadata.json). MovieLens
+    datasets count ratings and movies, any other interactions and items; each item feature gets a line (ML-1M's
+    with the names it always had: genres, release_years, movies_without_year)."""
     counts = np.diff(data.seq_offsets)[1:]
     event_users = np.repeat(np.arange(1, data.num_users + 1), counts)
     timestamps = data.seq_timestamps
@@ -1050,22 +1115,35 @@ def dataset_statistics(data: ML1MData) -> dict[str, Any]:
     first, last = (
         str(np.datetime64(int(t), "s").astype("datetime64[D]")) for t in (timestamps.min(), timestamps.max())
     )
+    events, items = ("ratings", "movies") if data.name.startswith("ml-") else ("interactions", "items")
+    features: dict[str, Any] = {}
+    for feature in data.item_features:
+        name, legacy = feature["name"], data.name == "ml-1m"
+        if feature["kind"] in ("multi", "categorical"):
+            features["genres" if legacy and name == "genres" else f"{name}_values"] = feature["size"] - (
+                feature["kind"] == "categorical")
+        else:
+            low, high = feature["range"] or (None, None)
+            missing = int((data.catalog_values[name] == 1).sum())
+            if legacy and name == "year":
+                features |= {"release_years": f"{low}-{high}", "movies_without_year": missing}
+            else:
+                features |= {f"{name}_range": f"{low}-{high}", f"{items}_without_{name}": missing}
     return {
-        "ratings": len(data.seq_items),
+        events: len(data.seq_items),
         "users": data.num_users,
-        "movies": len(data.movie_ids),
-        "rated_movies": data.num_items,
-        "never_rated_movies": len(data.movie_ids) - data.num_items,
-        "genres": data.num_genres,
-        "release_years": f"{data.min_year}-{data.min_year + data.num_years - 3}",
-        "movies_without_year": int((data.movie_years == 1).sum()),
-        "rating_dates_utc": f"{first} .. {last}",
-        "mean_rating": round(float(data.seq_ratings.mean()), 4),
+        items: len(data.catalog_ids),
+        f"rated_{items}" if events == "ratings" else f"interacted_{items}": data.num_items,
+        f"never_rated_{items}" if events == "ratings" else f"never_interacted_{items}":
+            len(data.catalog_ids) - data.num_items,
+        **features,
+        f"{events[:-1]}_dates_utc": f"{first} .. {last}",
+        "mean_rating": round(float(data.seq_ratings.mean()), 4) if data.has_ratings else None,
         "density": round(len(data.seq_items) / (data.num_users * data.num_items), 6),
-        "ratings_per_user_min": int(counts.min()),
-        "ratings_per_user_median": float(np.median(counts)),
-        "ratings_per_user_max": int(counts.max()),
-        "ratings_sharing_user_and_timestamp": int(in_tie.sum()),
+        f"{events}_per_user_min": int(counts.min()),
+        f"{events}_per_user_median": float(np.median(counts)),
+        f"{events}_per_user_max": int(counts.max()),
+        f"{events}_sharing_user_and_timestamp": int(in_tie.sum()),
         "training_events": int(training_part(data.seq_offsets).sum()),
         "validation_targets": data.num_users,
         "test_targets": data.num_users,
@@ -1075,94 +1153,117 @@ def dataset_statistics(data: ML1MData) -> dict[str, Any]:
     }
 
 
-def build_metadata(data: ML1MData) -> dict[str, Any]:
+def _feature_value(feature: dict[str, Any], index: Any, number: float = math.nan) -> Any:
+    """A feature's value as the dataset writes it, from its encoded index (multi: its multi-hot row; bucketed: the
+    raw number beside it): a vocabulary entry (None when unknown), a list of entries, or a number (None)."""
+    if feature["kind"] == "multi":
+        return [feature["vocabulary"][i] for i in np.flatnonzero(index)]
+    if feature["kind"] == "categorical":
+        return feature["vocabulary"][index - 1] if index > 0 else None
+    return None if math.isnan(number) else _plain_number(number)
+
+
+def _encoded_fields(features: list[dict[str, Any]], values: dict[str, np.ndarray], numbers: dict[str, np.ndarray],
+                    row: int) -> dict[str, Any]:
+    """One item's or user's features for metadata.json: each feature's value by its name and, for one-index
+    features, the index beside it as "<name>_index" (ML-1M: "genres", "year", "year_index")."""
+    fields_ = {}
+    for feature in features:
+        name = feature["name"]
+        index = values[name][row]
+        fields_[name] = _feature_value(feature, index, numbers[name][row] if name in numbers else math.nan)
+        if feature["kind"] != "multi":
+            fields_[f"{name}_index"] = int(index)
+    return fields_
+
+
+def _ml1m_user_labels(user: dict[str, Any]) -> dict[str, Any]:
+    """ML-1M's user fields beside the codes: the age group's label, the occupation's name (its code moved to
+    occupation_code)."""
+    return {"age_group": AGE_GROUPS[user["age"]], "occupation_code": user["occupation"],
+            "occupation": OCCUPATIONS[user["occupation"]]}
+
+
+def _ml1m_vocabularies(data: SequenceData) -> dict[str, Any]:
+    low, high = data.feature("item", "year")["range"]
+    return {
+        "genres": list(GENRES),
+        "genders": [UNKNOWN, *GENDERS],
+        "age_groups": [{"age": None, "label": UNKNOWN}]
+        + [{"age": age, "label": label} for age, label in AGE_GROUPS.items()],
+        "occupations": [{"code": None, "name": UNKNOWN}]
+        + [{"code": code, "name": name} for code, name in enumerate(OCCUPATIONS)],
+        "years": {
+            "min_year": low,
+            "max_year": high,
+            "encoding": "0 = padding, 1 = unknown year, 2 + (year - min_year)",
+        },
+        "day_of_year": DAY_OF_YEAR_ENCODING,
+    }
+
+
+def _vocabularies(data: SequenceData) -> dict[str, Any]:
+    """Each feature's values by name: a vocabulary (index = position + 1; multi: the multi-hot column = position),
+    or a bucketed feature's edges (index 2 + the number of edges <= value, 1 = missing)."""
+    vocabularies: dict[str, Any] = {}
+    for feature in (*data.item_features, *data.user_features):
+        if feature["kind"] == "bucketed":
+            vocabularies[feature["name"]] = {"edges": feature["edges"], "range": feature["range"],
+                                             "encoding": "0 = padding, 1 = missing, 2 + number of edges <= value"}
+        else:
+            vocabularies[feature["name"]] = feature["vocabulary"]
+    return vocabularies | {"day_of_year": DAY_OF_YEAR_ENCODING}
+
+
+def build_metadata(data: SequenceData) -> dict[str, Any]:
     """Everything inference needs except the weights, as plain JSON-able values.
 
-    Dicts keyed by MovieID/UserID have int keys here (strings in the JSON file; load_metadata converts back).
-    "movies" covers all of movies.dat, including never-rated movies (no item index) for cold start; "users"
-    holds each user's profile and full chronological history as item indices, days and ratings.
+    Dicts keyed by item/user id have int keys here (strings in the JSON file; load_metadata converts back).
+    "movies" is the whole item table (ML-1M: movies.dat, including never-rated movies, which have no item index,
+    for cold start), each item's title and features; "users" holds each user's features and full chronological
+    history as item indices, days and ratings. "schema" declares the features (SequenceData.item_features ...).
+    ML-1M's metadata keeps its own vocabularies, sizes and user labels (age group, occupation name).
     """
-    max_year = data.min_year + data.num_years - 3
-    item_movie_ids = data.item_movie_ids.tolist()
+    ml1m = data.name == "ml-1m"
+    item_ids = data.item_ids.tolist()
     user_ids = data.user_ids.tolist()
     offsets = data.seq_offsets.tolist()
     items, days, ratings = data.seq_items.tolist(), data.seq_days.tolist(), data.seq_ratings.tolist()
-    age_codes = list(AGE_GROUPS)
     movies = {
-        movie_id: {
-            "title": title,
-            "genres": [GENRES[g] for g in np.flatnonzero(genres)],
-            "year": None if year_index == 1 else data.min_year + year_index - 2,
-            "year_index": year_index,
-        }
-        for movie_id, title, genres, year_index in zip(
-            data.movie_ids.tolist(),
-            data.movie_titles.tolist(),
-            data.movie_genres,
-            data.movie_years.tolist(),
-            strict=True,
-        )
+        item_id: {"title": title,
+                  **_encoded_fields(data.item_features, data.catalog_values, data.catalog_numbers, row)}
+        for row, (item_id, title) in enumerate(zip(data.catalog_ids.tolist(), data.catalog_titles.tolist(),
+                                                   strict=True))
     }
-    users = {
-        user_ids[u]: {
-            "gender": GENDERS[gender - 1],
-            "age": age_codes[age - 1],
-            "age_group": AGE_GROUPS[age_codes[age - 1]],
-            "occupation_code": occupation - 1,
-            "occupation": OCCUPATIONS[occupation - 1],
-            "gender_index": gender,
-            "age_index": age,
-            "occupation_index": occupation,
-            "history": {
-                "items": items[offsets[u] : offsets[u + 1]],
-                "days": days[offsets[u] : offsets[u + 1]],
-                "ratings": ratings[offsets[u] : offsets[u + 1]],
-            },
+    users = {}
+    for u in range(1, data.num_users + 1):
+        user = _encoded_fields(data.user_features, data.user_values, data.user_numbers, u)
+        if ml1m:
+            user |= _ml1m_user_labels(user)
+        user["history"] = {
+            "items": items[offsets[u] : offsets[u + 1]],
+            "days": days[offsets[u] : offsets[u + 1]],
+            "ratings": ratings[offsets[u] : offsets[u + 1]],
         }
-        for u, gender, age, occupation in zip(
-            range(1, data.num_users + 1),
-            data.user_gender[1:].tolist(),
-            data.user_age[1:].tolist(),
-            data.user_occupation[1:].tolist(),
-            strict=True,
-        )
-    }
+        users[user_ids[u]] = user
+    sizes = {"pad_index": PAD_INDEX, "mask_index": mask_index(data.num_items), "num_items": data.num_items,
+             "vocab_size": data.num_items + 2, "num_users": data.num_users}
+    if ml1m:
+        sizes |= {f"num_{name}": data.feature(side, feature)["size"] for name, side, feature in (
+            ("genres", "item", "genres"), ("years", "item", "year"), ("genders", "user", "gender"),
+            ("ages", "user", "age"), ("occupations", "user", "occupation"))}
     return {
         "format_version": FORMAT_VERSION,
         "fingerprint": data.fingerprint,
         "source_md5": dict(data.source_md5),
         "matches_grouplens_original": data.source_md5 == GROUPLENS_MD5,
         "params": {"seq_length": data.seq_length, "window_stride": data.window_stride, "holdout": data.holdout},
-        "sizes": {
-            "pad_index": PAD_INDEX,
-            "mask_index": mask_index(data.num_items),
-            "num_items": data.num_items,
-            "vocab_size": data.num_items + 2,
-            "num_users": data.num_users,
-            "num_genres": data.num_genres,
-            "num_years": data.num_years,
-            "num_genders": data.num_genders,
-            "num_ages": data.num_ages,
-            "num_occupations": data.num_occupations,
-        },
-        "vocabularies": {
-            "genres": list(GENRES),
-            "genders": [UNKNOWN, *GENDERS],
-            "age_groups": [{"age": None, "label": UNKNOWN}]
-            + [{"age": age, "label": label} for age, label in AGE_GROUPS.items()],
-            "occupations": [{"code": None, "name": UNKNOWN}]
-            + [{"code": code, "name": name} for code, name in enumerate(OCCUPATIONS)],
-            "years": {
-                "min_year": data.min_year,
-                "max_year": max_year,
-                "encoding": "0 = padding, 1 = unknown year, 2 + (year - min_year)",
-            },
-            "day_of_year": "1..366 (UTC) from the timestamp, 0 = padding",
-        },
-        "item_index_by_movie_id": {
-            movie_id: index for index, movie_id in enumerate(item_movie_ids) if movie_id >= 0
-        },
-        "movie_id_by_item_index": [None if movie_id < 0 else movie_id for movie_id in item_movie_ids],
+        "schema": {"name": data.name, "items": data.item_features, "users": data.user_features,
+                   "preference_feature": data.preference_feature, "has_ratings": data.has_ratings},
+        "sizes": sizes,
+        "vocabularies": _ml1m_vocabularies(data) if ml1m else _vocabularies(data),
+        "item_index_by_movie_id": {item_id: index for index, item_id in enumerate(item_ids) if item_id >= 0},
+        "movie_id_by_item_index": [None if item_id < 0 else item_id for item_id in item_ids],
         "user_index_by_user_id": {user_id: index for index, user_id in enumerate(user_ids) if user_id >= 0},
         "user_id_by_user_index": [None if user_id < 0 else user_id for user_id in user_ids],
         "movies": movies,
@@ -1177,7 +1278,7 @@ _ID_KEYED = ("item_index_by_movie_id", "user_index_by_user_id", "movies", "users
 _CHECKSUM_HEAD = re.compile(rb'\{"content_sha256":"([0-9a-f]{64})",')
 
 
-def save_metadata(data: ML1MData, path: str | Path) -> Path:
+def save_metadata(data: SequenceData, path: str | Path) -> Path:
     """Write build_metadata(data) as JSON, atomically (temporary file + os.replace). Returns the path.
 
     The file opens with "content_sha256", the sha256 of the bytes after it, so load_metadata finds any change

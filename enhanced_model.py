@@ -1,8 +1,8 @@
-"""Enhanced BERT4Rec: a bidirectional transformer over a user's item sequence, with movie metadata,
-user tokens read through cross-attention, day-of-year embeddings and three heads.
+"""Enhanced BERT4Rec: a bidirectional transformer over a user's item sequence, with the items' declared features
+(ML-1M: genres and release year), user tokens read through cross-attention, day-of-year embeddings and three heads.
 
     sequence_embeds = item_embeds + position_embeds + day_embeds
-    query           = LayerNorm(sequence_embeds + movie_meta_embeds)
+    query           = LayerNorm(sequence_embeds + item_meta_embeds)
     enhanced        = LayerNorm(query + CrossAttention(query, user_tokens))
     hidden          = TransformerEncoder(enhanced)          # bidirectional, padding masked
     heads           : item_logits(rows), predict_rating(rows, item), predict_preference(hidden, item_seq)
@@ -29,15 +29,20 @@ from torch.utils.checkpoint import checkpoint
 from model_config import PAD_INDEX, ModelConfig, device_problem
 
 NUM_DAY_SLOTS = 367  # day of year 1..366, 0 = padding
-USER_TOKENS = ("identity", "gender", "age", "occupation")  # order of the cross-attention columns
 INIT_STD = 0.02  # BERT's initializer_range
+
+
+def user_token_names(config: ModelConfig) -> tuple[str, ...]:
+    """The user tokens in cross-attention column order: identity, then the user features (ML-1M: gender, age,
+    occupation)."""
+    return ("identity", *(feature["name"] for feature in config.user_features))
 
 
 @dataclass
 class EncoderOutput:
     """hidden: (B, T, H) final states. With return_attention=True, self_attention holds one (B, heads, T, T)
-    tensor per layer and cross_attention is (B, T, len(USER_TOKENS)), averaged over heads (None when user
-    tokens are off); both are None otherwise."""
+    tensor per layer and cross_attention is (B, T, 1 + user features), averaged over heads, in user_token_names
+    order (None when user tokens are off); both are None otherwise."""
 
     hidden: Tensor
     self_attention: list[Tensor] | None = None
@@ -171,34 +176,62 @@ class Encoder(nn.Module):
         return self.final_norm(x), (all_weights if need_weights else None)
 
 
-class MovieMetaEncoder(nn.Module):
-    """Genre + release year of each item in the sequence, projected to hidden_size.
+class FeatureEmbedding(nn.Module):
+    """One declared feature ({"name", "kind", "size"}) embedded at side_dim: an index looked up (categorical,
+    bucketed; 0 = padding/unknown embeds to zero), or a multi-hot row pooled as the mean of its values' embeddings
+    (an empty set embeds to zero)."""
 
-    The side tables are buffers indexed by item, so a checkpoint carries them. Padding and MASK positions
-    get exactly zero: a MASK must not reveal the genres of the item it hides.
+    def __init__(self, feature: dict[str, Any], side_dim: int) -> None:
+        super().__init__()
+        self.multi = feature["kind"] == "multi"
+        self.embedding = nn.Embedding(feature["size"], side_dim, padding_idx=None if self.multi else PAD_INDEX)
+
+    def forward(self, values: Tensor) -> Tensor:
+        if not self.multi:
+            return self.embedding(values)
+        count = values.sum(dim=-1, keepdim=True).clamp(min=1.0)
+        return (values @ self.embedding.weight) / count
+
+    def known(self, values: Tensor) -> Tensor:
+        """True where the value is known: an index other than 0, a multi-hot row with a value."""
+        return values.sum(dim=-1) > 0 if self.multi else values != PAD_INDEX
+
+
+class ItemMetaEncoder(nn.Module):
+    """The item features (config.item_features: ML-1M's genres and release year) of each item in the sequence,
+    each embedded (FeatureEmbedding), concatenated and projected to hidden_size.
+
+    The feature values are buffers indexed by item (values_<i>: (num_items + 2,) indices, or a multi-hot), so a
+    checkpoint carries them. Padding and MASK positions get exactly zero: a MASK must not reveal the genres of the
+    item it hides.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.mask_index = config.mask_index
-        self.genre_embedding = nn.Embedding(config.num_genres, config.side_dim)  # a table for the multi-hot
-        self.year_embedding = nn.Embedding(config.num_years, config.side_dim, padding_idx=PAD_INDEX)
-        self.projection = nn.Linear(2 * config.side_dim, config.hidden_size)
-        self.register_buffer("item_genres", torch.zeros(config.item_vocab_size, config.num_genres))
-        self.register_buffer("item_years", torch.zeros(config.item_vocab_size, dtype=torch.long))
+        self.features = config.item_features
+        self.embeddings = nn.ModuleList(FeatureEmbedding(feature, config.side_dim) for feature in self.features)
+        self.projection = nn.Linear(len(self.features) * config.side_dim, config.hidden_size)
+        for i, feature in enumerate(self.features):
+            if feature["kind"] == "multi":
+                self.register_buffer(f"values_{i}", torch.zeros(config.item_vocab_size, feature["size"]))
+            else:
+                self.register_buffer(f"values_{i}", torch.zeros(config.item_vocab_size, dtype=torch.long))
+
+    def tables(self) -> list[Tensor]:
+        """The per-item value buffers, in feature order."""
+        return [getattr(self, f"values_{i}") for i in range(len(self.features))]
 
     def forward(self, item_seq: Tensor) -> Tensor:
-        genre_multi_hot = self.item_genres[item_seq]  # (B, T, G)
-        genre_count = genre_multi_hot.sum(dim=-1, keepdim=True).clamp(min=1.0)
-        genre_embeds = (genre_multi_hot @ self.genre_embedding.weight) / genre_count  # mean over the genres
-        year_embeds = self.year_embedding(self.item_years[item_seq])
-        movie_meta_embeds = self.projection(torch.cat([genre_embeds, year_embeds], dim=-1))
-        is_movie = (item_seq != PAD_INDEX) & (item_seq != self.mask_index)
-        return movie_meta_embeds * is_movie.unsqueeze(-1)
+        embeds = [embedding(table[item_seq]) for embedding, table in zip(self.embeddings, self.tables(), strict=True)]
+        meta_embeds = self.projection(torch.cat(embeds, dim=-1))
+        is_item = (item_seq != PAD_INDEX) & (item_seq != self.mask_index)
+        return meta_embeds * is_item.unsqueeze(-1)
 
 
 class UserMetaEncoder(nn.Module):
-    """One token per user feature (USER_TOKENS order), each embedded at side_dim and projected to hidden.
+    """One token for the user's identity and one per user feature (config.user_features: ML-1M's gender, age group
+    and occupation), each embedded at side_dim (FeatureEmbedding) and projected to hidden.
 
     Index 0 means unknown for every feature; its token is masked out of cross-attention rather than given
     an "unknown" embedding, which would never be trained (every training user has an index and all four
@@ -207,26 +240,18 @@ class UserMetaEncoder(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        sizes = {
-            "identity": config.num_users + 1,
-            "gender": config.num_genders,
-            "age": config.num_ages,
-            "occupation": config.num_occupations,
-        }
-        self.embeddings = nn.ModuleDict(
-            {name: nn.Embedding(size, config.side_dim, padding_idx=PAD_INDEX) for name, size in sizes.items()}
-        )
-        self.projections = nn.ModuleDict(
-            {name: nn.Linear(config.side_dim, config.hidden_size) for name in sizes}
-        )
+        tokens = [{"name": "identity", "kind": "categorical", "size": config.num_users + 1}, *config.user_features]
+        self.embeddings = nn.ModuleList(FeatureEmbedding(feature, config.side_dim) for feature in tokens)
+        self.projections = nn.ModuleList(nn.Linear(config.side_dim, config.hidden_size) for _ in tokens)
 
-    def forward(self, user_features: Tensor) -> tuple[Tensor, Tensor]:
-        """user_features (B, 4) in USER_TOKENS order -> tokens (B, 4, H), known (B, 4) bool."""
-        tokens = [
-            self.projections[name](self.embeddings[name](user_features[:, i]))
-            for i, name in enumerate(USER_TOKENS)
-        ]
-        return torch.stack(tokens, dim=1), user_features != PAD_INDEX
+    def forward(self, user_idx: Tensor, user_features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """user_idx (B,) and each user feature's values ((B,) indices or (B, size) multi-hot) -> tokens
+        (B, 1 + features, H), known (B, 1 + features) bool."""
+        values = [user_idx, *user_features]
+        tokens = [projection(embedding(value))
+                  for embedding, projection, value in zip(self.embeddings, self.projections, values, strict=True)]
+        known = [embedding.known(value) for embedding, value in zip(self.embeddings, values, strict=True)]
+        return torch.stack(tokens, dim=1), torch.stack(known, dim=1)
 
 
 class UserCrossAttention(nn.Module):
@@ -324,14 +349,15 @@ class RatingHead(nn.Module):
 
 
 class PreferenceHead(nn.Module):
-    """Genre logits of the user's long-term taste from the mean of the sequence's non-padding states."""
+    """Logits over the preference feature's values (ML-1M: genres), the user's long-term taste, from the mean of
+    the sequence's non-padding states."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(config.hidden_size, config.hidden_size),
             nn.GELU(),
-            nn.Linear(config.hidden_size, config.num_genres),
+            nn.Linear(config.hidden_size, config.preference_size),
         )
 
     def forward(self, hidden: Tensor, item_seq: Tensor) -> Tensor:
@@ -341,19 +367,18 @@ class PreferenceHead(nn.Module):
 
 
 class EnhancedBERT4Rec(nn.Module):
-    """BERT4Rec with movie metadata, user tokens via cross-attention, day-of-year embeddings and
-    item / rating / genre-preference heads. Parts switched off in the config create no parameters.
+    """BERT4Rec with item features, user tokens via cross-attention, day-of-year embeddings and
+    item / rating / preference heads. Parts switched off in the config create no parameters.
 
     Parameter-name prefixes per part: item_embedding, position_embedding, input_norm, encoder, item_head
-    (always); day_embedding (use_temporal); movie_meta (use_item_side_info); user_meta and
+    (always); day_embedding (use_temporal); item_meta (use_item_side_info); user_meta and
     cross_attention (use_user_tokens); rating_head (use_rating_head); preference_head (use_preference_head).
     """
 
     def __init__(
         self,
         config: ModelConfig,
-        item_genres: Tensor | np.ndarray | None = None,
-        item_years: Tensor | np.ndarray | None = None,
+        *item_values: Tensor | np.ndarray,
     ) -> None:
         super().__init__()
         self.config = config
@@ -366,7 +391,7 @@ class EnhancedBERT4Rec(nn.Module):
         self.day_embedding = (
             nn.Embedding(NUM_DAY_SLOTS, H, padding_idx=PAD_INDEX) if config.use_temporal else None
         )
-        self.movie_meta = MovieMetaEncoder(config) if config.use_item_side_info else None
+        self.item_meta = ItemMetaEncoder(config) if config.use_item_side_info else None
         self.user_meta = UserMetaEncoder(config) if config.use_user_tokens else None
         self.cross_attention = UserCrossAttention(config) if config.use_user_tokens else None
         self.input_norm = nn.LayerNorm(H)  # BERT's embedding LayerNorm: the summed embeddings differ in scale
@@ -376,49 +401,47 @@ class EnhancedBERT4Rec(nn.Module):
         self.rating_head = RatingHead(config) if config.use_rating_head else None
         self.preference_head = PreferenceHead(config) if config.use_preference_head else None
         self.apply(_init_bert_weights)
-        if (item_genres is None) != (item_years is None):
-            raise ValueError("pass both item_genres and item_years, or neither")
-        if item_genres is not None:
-            self.set_item_side_info(item_genres, item_years)
+        if item_values:
+            self.set_item_side_info(*item_values)
 
-    def set_item_side_info(self, item_genres: Tensor | np.ndarray, item_years: Tensor | np.ndarray) -> None:
-        """Fill the genre multi-hot (num_items+2, num_genres) and year index (num_items+2,) tables, as
-        ML1MData.item_genres / item_years. They are buffers, so they are saved with the state_dict.
-        Does nothing when use_item_side_info is off."""
-        if self.movie_meta is None:
+    def set_item_side_info(self, *item_values: Tensor | np.ndarray) -> None:
+        """Fill each item feature's table (config.item_features order; ML-1M: the genre multi-hot (num_items+2, 18)
+        and the year index (num_items+2,), as SequenceData.item_values). They are buffers, so they are saved with
+        the state_dict. Does nothing when use_item_side_info is off."""
+        if self.item_meta is None:
             return
-        genres = torch.as_tensor(item_genres, dtype=torch.float32)
-        years = torch.as_tensor(item_years, dtype=torch.long)
-        expected = tuple(self.movie_meta.item_genres.shape)
-        if tuple(genres.shape) != expected or tuple(years.shape) != expected[:1]:
-            raise ValueError(
-                f"item side info must be item_genres {expected} and item_years {expected[:1]}, got "
-                f"{tuple(genres.shape)} and {tuple(years.shape)}: built for another dataset or num_items?"
-            )
-        if years.numel() and not 0 <= int(years.min()) <= int(years.max()) < self.config.num_years:
-            raise ValueError(f"item_years must lie in [0, num_years={self.config.num_years})")
-        self.movie_meta.item_genres.copy_(genres)
-        self.movie_meta.item_years.copy_(years)
+        features, tables = self.config.item_features, self.item_meta.tables()
+        if len(item_values) != len(features):
+            raise ValueError(f"item side info needs one table per item feature "
+                             f"({', '.join(f['name'] for f in features)}), got {len(item_values)}")
+        for feature, table, values in zip(features, tables, item_values, strict=True):
+            values = torch.as_tensor(values, dtype=table.dtype)
+            if values.shape != table.shape:
+                raise ValueError(f"item side info {feature['name']!r} must be {tuple(table.shape)}, got "
+                                 f"{tuple(values.shape)}: built for another dataset or num_items?")
+            if feature["kind"] != "multi" and values.numel() and not 0 <= int(values.min()) <= int(values.max()) < \
+                    feature["size"]:
+                raise ValueError(f"item side info {feature['name']!r} must lie in [0, {feature['size']})")
+            table.copy_(values)
 
     def forward(
         self,
         item_seq: Tensor,
         day_of_year: Tensor | None = None,
         user_idx: Tensor | None = None,
-        gender: Tensor | None = None,
-        age: Tensor | None = None,
-        occupation: Tensor | None = None,
         return_attention: bool = False,
+        **user_features: Tensor,
     ) -> EncoderOutput:
-        """Encode left-padded item sequences (B, T <= seq_length); day_of_year (B, T) and the user features
-        (B,) are required only when their part is switched on. The newest position is always at
+        """Encode left-padded item sequences (B, T <= seq_length); day_of_year (B, T), user_idx (B,) and each user
+        feature by its name (config.user_features: (B,) indices, or (B, size) multi-hot; ML-1M: gender=, age=,
+        occupation=) are required only when their part is switched on. The newest position is always at
         seq_length - 1, so a shorter T equals the same sequence with more left padding."""
-        self._check_inputs(item_seq, day_of_year, user_idx, gender, age, occupation)
+        self._check_inputs(item_seq, day_of_year, user_idx, user_features)
         x = self.input_dropout(self.input_norm(self._embed_sequence(item_seq, day_of_year)))
         cross_weights = None
         if self.user_meta is not None:
-            user_features = torch.stack([user_idx, gender, age, occupation], dim=1)
-            user_tokens, token_known = self.user_meta(user_features)
+            values = [user_features[feature["name"]] for feature in self.config.user_features]
+            user_tokens, token_known = self.user_meta(user_idx, values)
             x, cross_weights = self.cross_attention(x, user_tokens, token_known, return_attention)
         hidden, self_weights = self.encoder(x, item_seq != PAD_INDEX, return_attention)
         if cross_weights is not None:
@@ -426,19 +449,18 @@ class EnhancedBERT4Rec(nn.Module):
         return EncoderOutput(hidden=hidden, self_attention=self_weights, cross_attention=cross_weights)
 
     def _embed_sequence(self, item_seq: Tensor, day_of_year: Tensor | None) -> Tensor:
-        """item + position (+ day of year) (+ movie metadata): the query of the cross-attention."""
+        """item + position (+ day of year) (+ item features): the query of the cross-attention."""
         T = item_seq.size(1)
         positions = torch.arange(self.config.seq_length - T, self.config.seq_length, device=item_seq.device)
         embeds = self.item_embedding(item_seq) + self.position_embedding(positions)
         if self.day_embedding is not None:
             embeds = embeds + self.day_embedding(day_of_year)
-        if self.movie_meta is not None:
-            embeds = embeds + self.movie_meta(item_seq)
+        if self.item_meta is not None:
+            embeds = embeds + self.item_meta(item_seq)
         return embeds
 
-    def _check_inputs(
-        self, item_seq: Tensor, day_of_year: Tensor | None, *user_inputs: Tensor | None
-    ) -> None:
+    def _check_inputs(self, item_seq: Tensor, day_of_year: Tensor | None, user_idx: Tensor | None,
+                      user_features: dict[str, Tensor]) -> None:
         if item_seq.dim() != 2 or item_seq.size(1) > self.config.seq_length:
             raise ValueError(
                 f"item_seq must be (batch, T <= seq_length={self.config.seq_length}), "
@@ -446,27 +468,40 @@ class EnhancedBERT4Rec(nn.Module):
             )
         if self.day_embedding is not None and (day_of_year is None or day_of_year.shape != item_seq.shape):
             raise ValueError("use_temporal is on: pass day_of_year with the shape of item_seq")
-        if self.user_meta is not None and any(
-            u is None or u.shape != item_seq.shape[:1] for u in user_inputs
-        ):
-            raise ValueError("use_user_tokens is on: pass user_idx, gender, age, occupation, each (batch,)")
+        if self.user_meta is None:
+            return
+        names = [feature["name"] for feature in self.config.user_features]
+        unknown = sorted(set(user_features) - set(names))
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a user feature of this model (its features: "
+                             f"{', '.join(names) or 'none'})")
+        batch = item_seq.shape[:1]
+        if user_idx is None or user_idx.shape != batch:
+            raise ValueError(f"use_user_tokens is on: pass user_idx (batch,) and each user feature by name "
+                             f"({', '.join(names)})")
+        for feature in self.config.user_features:
+            value = user_features.get(feature["name"])
+            shape = batch + ((feature["size"],) if feature["kind"] == "multi" else ())
+            if value is None or value.shape != shape:
+                raise ValueError(f"use_user_tokens is on: pass user feature {feature['name']!r} as a {tuple(shape)} "
+                                 f"tensor{' (a multi-hot)' if feature['kind'] == 'multi' else ''}")
 
     def output_item_table(self) -> Tensor:
         """The (num_items+2, H) rows the item head scores against: the ID embeddings, plus with
-        item_side_output each movie's genre/year embedding (the input's item representation without position
-        and day), so that items with similar metadata share part of their output vector and the item loss trains
-        the genre and year tables directly (measured: no gain at the CPU default's size, docs/RESULTS.md)."""
+        item_side_output each item's feature embedding (ML-1M: genres and year; the input's item representation
+        without position and day), so that items with similar metadata share part of their output vector and the
+        item loss trains the feature tables directly (measured: no gain at the CPU default's size, docs/RESULTS.md)."""
         if not self.config.item_side_output:
             return self.item_embedding.weight
         every_item = torch.arange(self.config.item_vocab_size, device=self.item_embedding.weight.device)
-        return self.item_embedding.weight + self.movie_meta(every_item[None])[0]
+        return self.item_embedding.weight + self.item_meta(every_item[None])[0]
 
     def output_item_rows(self, items: Tensor) -> Tensor:
         """output_item_table()'s rows of these items (any shape; rows along a new last dimension), computed for
         them alone."""
         rows = self.item_embedding(items)
         if self.config.item_side_output:
-            rows = rows + self.movie_meta(items)
+            rows = rows + self.item_meta(items)
         return rows
 
     def sampled_item_logits(self, hidden_rows: Tensor, targets: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
@@ -511,8 +546,9 @@ class EnhancedBERT4Rec(nn.Module):
         head.mean.fill_(float(mean))
 
     def predict_preference(self, hidden: Tensor, item_seq: Tensor) -> Tensor:
-        """Genre logits (B, num_genres) of the user's long-term genre distribution from the window
-        hidden (B, T, H) of item_seq (B, T); train with preference_loss against user_genre_profile."""
+        """Logits (B, preference_size) of the user's long-term distribution over the preference feature's values
+        (ML-1M: genres) from the window hidden (B, T, H) of item_seq (B, T); train with preference_loss against
+        SequenceData.user_preference_profile."""
         if self.preference_head is None:
             raise RuntimeError("the preference head is switched off (use_preference_head=False)")
         return self.preference_head(hidden, item_seq)
@@ -533,13 +569,14 @@ def _init_bert_weights(module: nn.Module) -> None:
 
 
 def preference_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """KL(target || softmax(logits)), averaged over the batch. target (B, num_genres) rows sum to 1
-    (ML1MData.user_genre_profile[user]); zero entries contribute nothing."""
+    """KL(target || softmax(logits)), averaged over the batch. target (B, preference_size) rows sum to 1
+    (SequenceData.user_preference_profile[user]); zero entries contribute nothing."""
     return F.kl_div(F.log_softmax(logits, dim=-1), target, reduction="batchmean")
 
 
 def preference_top_k_overlap(logits: Tensor, target: Tensor, k: int = 3) -> Tensor:
-    """Mean over users of |top-k genres of logits  &  top-k genres of target| / k (ties: torch.topk order)."""
+    """Mean over users of |top-k values of logits  &  top-k values of target| / k (ML-1M: genres; ties: torch.topk
+    order)."""
     predicted = F.one_hot(logits.topk(k, dim=-1).indices, logits.size(-1)).sum(dim=1)
     actual = F.one_hot(target.topk(k, dim=-1).indices, target.size(-1)).sum(dim=1)
     return (predicted * actual).sum(dim=-1).float().mean() / k
@@ -602,11 +639,29 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+_LEGACY_PARTS = {"movie_meta.genre_embedding.": "item_meta.embeddings.0.embedding.",
+                 "movie_meta.year_embedding.": "item_meta.embeddings.1.embedding.", "movie_meta.projection.":
+                 "item_meta.projection.", "movie_meta.item_genres": "item_meta.values_0",
+                 "movie_meta.item_years": "item_meta.values_1"} | {
+    f"user_meta.{part}.{name}.": f"user_meta.{part}.{i}.{'embedding.' if part == 'embeddings' else ''}"
+    for part in ("embeddings", "projections") for i, name in enumerate(("identity", "gender", "age", "occupation"))}
+
+
+def current_state_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state_dict with the parameter names of this code: checkpoints written before the side information was
+    declared per feature name ML-1M's parts (movie_meta.genre_embedding, user_meta.embeddings.gender, ...)."""
+    renamed = {}
+    for key, value in state.items():
+        old = next((old for old in _LEGACY_PARTS if key.startswith(old)), None)
+        renamed[key if old is None else _LEGACY_PARTS[old] + key[len(old):]] = value
+    return renamed
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> EnhancedBERT4Rec:
     """The network a read_checkpoint() dict describes, with its weights, in eval mode, on the CPU."""
     try:
         model = EnhancedBERT4Rec(ModelConfig.from_dict(checkpoint["model_config"]))
-        model.load_state_dict(checkpoint["model_state"])
+        model.load_state_dict(current_state_names(checkpoint["model_state"]))
     except (ValueError, TypeError, RuntimeError, KeyError, AttributeError, OverflowError, MemoryError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise CheckpointFileError(f"checkpoint {path} does not fit this model code ({first_line})") from None

@@ -16,6 +16,10 @@ PAD_INDEX = 0
 # T, the model's positions: a training window holds T events; a scored input is the newest T - 1 events + [MASK]
 SEQ_LENGTH = 50
 POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
+# --dataset NAME -> the reader of its format (readers.READERS' key); here, not in readers.py, so that the trainer's
+# preflight checks the name without importing pandas
+DATASET_FORMATS = {"ml-100k": "ml-100k", "ml-1m": "ml-1m", "ml-10m": "ml-10m", "ml-20m": "ml-csv", "ml-25m": "ml-csv",
+                   "ml-32m": "ml-csv", "ml-latest-small": "ml-csv", "generic": "generic"}
 AMP_MODES = ("off", "bf16", "fp16")
 
 
@@ -81,23 +85,65 @@ class ModelFlags:
 MODEL_FLAGS = tuple(f.name for f in fields(ModelFlags))
 
 
+# The side information of raw MovieLens-1M, the defaults of ModelConfig: {"name", "kind", "size"} per feature, in the
+# order the model reads them. size: rows of the feature's embedding table with its 0 = padding/unknown row, or the
+# width of a multi feature's multi-hot (data_model.vocabulary_size).
+ML1M_ITEM_FEATURES = ({"name": "genres", "kind": "multi", "size": 18}, {"name": "year", "kind": "bucketed", "size": 84})
+ML1M_USER_FEATURES = ({"name": "gender", "kind": "categorical", "size": 3},
+                      {"name": "age", "kind": "categorical", "size": 8},
+                      {"name": "occupation", "kind": "categorical", "size": 22})
+ENCODED_KINDS = ("categorical", "multi", "bucketed")
+# Arguments of EnhancedBERT4Rec.forward: user features are passed by their names beside them
+RESERVED_NAMES = ("item_seq", "day_of_year", "user_idx", "return_attention", "identity")
+# Keys of checkpoints written before features were declared, and where each size now lives
+_LEGACY_SIZES = {"num_genres": ("item_features", "genres"), "num_years": ("item_features", "year"),
+                 "num_genders": ("user_features", "gender"), "num_ages": ("user_features", "age"),
+                 "num_occupations": ("user_features", "occupation")}
+
+
+def _ml1m_features(side: tuple[dict[str, Any], ...]) -> Any:
+    return field(default_factory=lambda: [dict(feature) for feature in side])
+
+
+def feature_problem(features: Any, side: str) -> str | None:
+    """Why a list of feature declarations ({"name", "kind", "size"}) cannot build the model, or None."""
+    if not isinstance(features, list):
+        return f"{side}_features must be a list of {{name, kind, size}} dicts"
+    names = []
+    for feature in features:
+        if not (isinstance(feature, dict) and set(feature) == {"name", "kind", "size"}):
+            return f"{side}_features: each feature is a dict of name, kind and size, got {feature!r}"
+        name, kind, size = feature["name"], feature["kind"], feature["size"]
+        if not (isinstance(name, str) and name) or name in RESERVED_NAMES or "." in name:
+            return (f"{side}_features: {name!r} cannot name a feature (empty, holds a '.', or one of "
+                    f"{', '.join(RESERVED_NAMES)}): rename the column")
+        if kind not in ENCODED_KINDS:
+            return f"{side}_features: {name!r} has kind {kind!r}; the model encodes {', '.join(ENCODED_KINDS)}"
+        if not (type(size) is int and size > 0):
+            return f"{side}_features: {name!r} needs a positive integer size, got {size!r}"
+        names.append(name)
+    if len(set(names)) != len(names):
+        return f"{side}_features: a name appears twice in {names}"
+    return None
+
+
 @dataclass
 class ModelConfig(ModelFlags):
     """Sizes and switches of EnhancedBERT4Rec: the flags above, plus what the data and the tasks decide.
     Defaults: the seed's, sizes of raw MovieLens-1M.
 
     num_items and num_users count real items / users only (tables get +2 for pad and MASK, +1 for the unknown
-    user); num_years, num_genders, num_ages and num_occupations already include their 0 = padding/unknown slot;
-    num_genres is the width of the genre multi-hot. A head whose task has weight 0 is not built.
+    user). item_features and user_features declare the side information ({"name", "kind", "size"}, kinds of
+    data_model: categorical, multi, bucketed), one embedding table each; preference_feature names the multi item
+    feature whose distribution the preference head predicts (ML-1M: genres). A head whose task has weight 0 is not
+    built.
     """
 
     num_items: int = 3706
     num_users: int = 6040
-    num_genres: int = 18
-    num_years: int = 84
-    num_genders: int = 3
-    num_ages: int = 8
-    num_occupations: int = 22
+    item_features: list[dict[str, Any]] = _ml1m_features(ML1M_ITEM_FEATURES)
+    user_features: list[dict[str, Any]] = _ml1m_features(ML1M_USER_FEATURES)
+    preference_feature: str = "genres"
     side_dim: int = 32
     use_rating_head: bool = True
     use_preference_head: bool = True
@@ -107,8 +153,18 @@ class ModelConfig(ModelFlags):
         if problem is None:
             problem = next((f"--{f.name} must be positive, got {getattr(self, f.name)}" for f in fields(self)
                             if type(getattr(self, f.name)) is int and getattr(self, f.name) <= 0), None)
+        problem = problem or feature_problem(self.item_features, "item") or feature_problem(self.user_features, "user")
+        if problem is None and self.use_preference_head and self.preference_size is None:
+            problem = (f"preference_feature {self.preference_feature!r} is not a multi item feature: name one, or "
+                       "switch the preference head off")
         if problem is not None:
             raise ValueError(re.sub(r"--(?=\w)", "", problem))  # the API names fields, not flags
+
+    @property
+    def preference_size(self) -> int | None:
+        """Width of the preference head's output: the size of the multi item feature it predicts (None: none)."""
+        return next((f["size"] for f in self.item_features
+                     if f["name"] == self.preference_feature and f["kind"] == "multi"), None)
 
     @property
     def mask_index(self) -> int:
@@ -119,12 +175,22 @@ class ModelConfig(ModelFlags):
         return self.num_items + 2  # + pad (0) and MASK (num_items + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of ints, floats, bools and strings (goes into checkpoints and metadata.json)."""
+        """Plain dict of ints, floats, bools, strings and the feature lists (checkpoints, metadata.json)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Inverse of to_dict(); missing keys take their defaults, unknown keys are an error."""
+        """Inverse of to_dict(); missing keys take their defaults, unknown keys are an error. A checkpoint written
+        before features were declared (num_genres ... num_occupations) is read as ML-1M's features at its sizes."""
+        values = dict(values)
+        legacy = {key: values.pop(key) for key in _LEGACY_SIZES if key in values}
+        if legacy:
+            declared = {"item_features": [dict(f) for f in ML1M_ITEM_FEATURES],
+                        "user_features": [dict(f) for f in ML1M_USER_FEATURES]}
+            for key, size in legacy.items():
+                side, name = _LEGACY_SIZES[key]
+                next(f for f in declared[side] if f["name"] == name)["size"] = size
+            values = declared | values
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown ModelConfig keys {sorted(unknown)}: checkpoint from another version?")

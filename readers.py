@@ -22,6 +22,7 @@ import csv
 import hashlib
 import io
 import json
+import posixpath
 import re
 import time
 import zipfile
@@ -36,6 +37,7 @@ import requests
 import data_processor as dp
 from data_model import INTERACTION_COLUMNS, Feature, RawTables, feature_from_json, multi_text, optional_integers, schema
 from data_processor import DataError, SourceFile, check_rows, read_ml1m, read_table, row_error
+from model_config import DATASET_FORMATS
 
 # ----------------------------------------------------------------------------------------------------------
 # Published facts about each format
@@ -437,6 +439,56 @@ def detect_format(names: set[str] | list[str], where: str = "the folder") -> str
     raise DataError(f"{where}: no dataset found; expected MovieLens' u.data + u.item + u.user (100K), ratings.dat + "
                     "movies.dat (+ users.dat: 1M), ratings.csv + movies.csv (20M and later), or interactions.csv / "
                     "interactions.parquet (the generic format)")
+
+
+def dataset_sources(path: str | Path, dataset: str | None = None) -> tuple[str, dict[str, SourceFile]]:
+    """The format of the dataset in a folder or zip (`dataset`'s when named, else detect_format's) and the files
+    its reader takes, read but not parsed (so that their md5 can key a cache first). ML-1M keeps its own reading
+    and messages (data_processor.read_source_files)."""
+    if dataset is not None and dataset not in DATASET_FORMATS:
+        raise DataError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASET_FORMATS)}")
+    path = Path(path)
+    if dataset == "ml-1m" or (dataset is None and _holds_ml1m(path)):
+        return "ml-1m", dp.read_source_files(path)
+    found: dict[str, str] = {}
+
+    def collect(names: set[str], where: str, load: Callable[[str], SourceFile]) -> dict[str, SourceFile]:
+        fmt = DATASET_FORMATS[dataset] if dataset is not None else detect_format(names, where)
+        needed, optional = FORMAT_FILES[fmt]
+        missing = [name for name in needed if name not in names]
+        if missing:
+            raise DataError(f"{where}: missing {', '.join(missing)}, which the {dataset} format needs")
+        found["format"] = fmt
+        return {name: load(name) for name in (*needed, *optional) if name in names}
+
+    if path.is_dir():
+        names = {child.name for child in path.iterdir() if child.is_file()}
+        files = collect(names, str(path), lambda name: SourceFile(str(path / name), (path / name).read_bytes()))
+    elif path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            members = dp.data_members(archive, path, _MARKERS)
+            files = collect(set(members), str(path),
+                            lambda name: SourceFile(f"{path}:{members[name]}", archive.read(members[name])))
+    elif path.exists():
+        raise DataError(f"{path}: neither a dataset folder nor a zip file")
+    else:
+        raise FileNotFoundError(f"{path}: no such file or folder; pass a dataset folder or zip, or omit it to "
+                                "download ML-1M")
+    return found["format"], files
+
+
+def _holds_ml1m(path: Path) -> bool:
+    """Whether `path` is read as ML-1M without --dataset: a folder with users.dat or ratings.dat but none of the
+    other formats' files (so that a folder missing one ML-1M file is told so), or a zip holding users.dat."""
+    if path.is_dir():
+        names = {child.name for child in path.iterdir() if child.is_file()}
+        others = {"u.data", "ratings.csv", "interactions.csv", "interactions.parquet"}
+        return bool({"users.dat", "ratings.dat"} & names) and not names & others and (
+            "users.dat" in names or "movies.dat" not in names)
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(posixpath.basename(name) == "users.dat" for name in archive.namelist())
+    return False
 
 
 def read_dataset(path: str | Path) -> RawTables:

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from model_config import AMP_MODES, ModelFlags, device_problem, flag
+from model_config import AMP_MODES, DATASET_FORMATS, ModelFlags, device_problem, flag
 
 TASKS = ("item_prediction", "next_item", "rating_prediction", "user_preference")
 ITEM_LOSSES = ("full", "sampled")  # --item_loss: the full softmax, or the sampled one (trainer.sampled_softmax_nll)
@@ -71,8 +71,12 @@ class TrainConfig(ModelFlags):
     """Every flag of trainer.py, declared once: the model's (ModelFlags), then data, tasks, optimisation and the
     run. Each field is its own flag; the defaults are the seed's (configs/seed.txt)."""
 
-    data_dir: str | None = data_flag(None, "existing ml-1m folder or ml-1m.zip; omitted: download into ./ml-1m",
-                                     resume_may_change=True)
+    data_dir: str | None = data_flag(None, "a dataset folder or zip (ML-1M, another MovieLens release, or the generic "
+                                     "format: docs/REFERENCE.md); omitted: download --dataset (ML-1M) into "
+                                     "./<name>", resume_may_change=True)
+    dataset: str | None = data_flag(None, "the dataset's format by name (ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, "
+                                    "ml-32m, ml-latest-small, generic); omitted: told from the files",
+                                    choices=tuple(DATASET_FORMATS))
     cache_dir: str | None = data_flag(None, "where processed arrays are cached (None: no cache, ML-1M is processed "
                                       "in a few seconds)", resume_may_change=True)
     metadata_path: str | None = data_flag(None, "where the metadata.json that inference.py needs is written (None: "
@@ -422,8 +426,9 @@ def _check_outputs_are_not_inputs(config: TrainConfig) -> None:
     """No file the run writes is a file it reads: the data, the checkpoint it resumes (except the run's own
     last.pt/best_model.pt, which a continued run rewrites) or one output over another. Paths are compared resolved,
     symlinks followed."""
-    data = Path(config.data_dir) if config.data_dir else Path("ml-1m")
-    inputs = {"--data_dir": [data] if data.suffix == ".zip" else [data / name for name in SOURCE_FILES]}
+    data = Path(config.data_dir) if config.data_dir else Path(config.dataset or "ml-1m")
+    files = [child for child in data.iterdir() if child.is_file()] if data.is_dir() else []
+    inputs = {"--data_dir": [data] if data.is_file() else files or [data / name for name in SOURCE_FILES]}
     if config.resume:
         inputs["--resume"] = [Path(config.resume)]
     folder = Path(config.checkpoint_dir)

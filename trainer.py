@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,7 +47,7 @@ from tqdm import tqdm
 from data_processor import (
     DataError,
     EvalInputs,
-    ML1MData,
+    SequenceData,
     atomic_file,
     eval_inputs,
     load_dataset,
@@ -92,15 +92,41 @@ LOSS_SYNC_STEPS = 20
 # Configuration -> model
 
 
-def build_model_config(config: TrainConfig, data: ML1MData) -> ModelConfig:
-    """The network the flags describe, on this data's vocabularies: the sizes and switches are the model flags
-    TrainConfig inherits (model_config.ModelFlags), the vocabularies the data's num_* counts; heads of tasks with
-    weight 0 are not built at all."""
-    sizes = {f.name: getattr(data, f.name) for f in fields(ModelConfig) if f.name.startswith("num_") and
-             f.name not in MODEL_FLAGS}
-    return ModelConfig(**sizes, **{name: getattr(config, name) for name in MODEL_FLAGS},
+def build_model_config(config: TrainConfig, data: SequenceData) -> ModelConfig:
+    """The network the flags describe, on this data's items, users and declared features: the sizes and switches are
+    the model flags TrainConfig inherits (model_config.ModelFlags); heads of tasks with weight 0 are not built at
+    all. `config` is what fit_to_data left of the flags."""
+    declared = lambda features: [{key: f[key] for key in ("name", "kind", "size")} for f in features]  # noqa: E731
+    return ModelConfig(num_items=data.num_items, num_users=data.num_users, item_features=declared(data.item_features),
+                       user_features=declared(data.user_features), preference_feature=data.preference_feature,
+                       **{name: getattr(config, name) for name in MODEL_FLAGS},
                        use_rating_head=config.rating_prediction_weight > 0,
                        use_preference_head=config.user_preference_weight > 0)
+
+
+def fit_to_data(config: TrainConfig, data: SequenceData) -> tuple[TrainConfig, list[str]]:
+    """The flags with the parts this dataset cannot feed switched off, and one line per part saying what and why:
+    item features without item features, user tokens without user features, the rating task without ratings, the
+    preference task without a multi-valued item feature. ML-1M has everything: nothing changes there."""
+    off: dict[str, Any] = {}
+    notes = []
+    if config.use_item_side_info and not data.item_features:
+        off |= {"use_item_side_info": False, "item_side_output": False}
+        notes.append("the items have no features: the model trains without item side information")
+    if config.use_user_tokens and not data.user_features:
+        off["use_user_tokens"] = False
+        notes.append("the users have no features: the model trains without user tokens and cross-attention")
+    if config.rating_prediction_weight > 0 and not data.has_ratings:
+        off["rating_prediction_weight"] = 0.0
+        notes.append("the interactions carry no ratings: the rating task and head are off")
+    if config.user_preference_weight > 0 and not data.preference_feature:
+        off["user_preference_weight"] = 0.0
+        notes.append("no item feature is multi-valued (like genres): the user-preference task and head are off")
+    if not off:
+        return config, []
+    adjusted = replace(config, **off)
+    adjusted.defaults = config.defaults
+    return adjusted, [f"note: {note}" for note in notes]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -126,7 +152,7 @@ def fit_bias_baseline(users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
     return mu, user_bias, item_bias
 
 
-def training_events(data: ML1MData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_events(data: SequenceData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(user, item, rating) of every training-part event (data_processor.training_part)."""
     lengths = np.diff(data.seq_offsets)
     users = np.repeat(np.arange(len(lengths)), lengths)
@@ -139,8 +165,9 @@ def training_events(data: ML1MData) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def user_features(data_tensors: dict[str, torch.Tensor], users: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"user_idx": users, "gender": data_tensors["user_gender"][users],
-            "age": data_tensors["user_age"][users], "occupation": data_tensors["user_occupation"][users]}
+    """The model's user inputs of these user indices: user_idx and each user feature by its name."""
+    return {"user_idx": users} | {name[len("user:"):]: values[users] for name, values in data_tensors.items()
+                                  if name.startswith("user:")}
 
 
 def mask_random_items(item_seq: torch.Tensor, mask_prob: float, mask_token: int,
@@ -380,13 +407,14 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
     hide_user = (torch.rand(users.shape, generator=generator, device=users.device) < user_dropout) | new_user
     hide_demographics = torch.rand(users.shape, generator=generator, device=users.device) < demographics_dropout
     user["user_idx"] = users.masked_fill(hide_user, 0)
-    for feature in ("gender", "age", "occupation"):
-        user[feature] = user[feature].masked_fill(hide_demographics, 0)
+    for feature in user.keys() - {"user_idx"}:
+        hide = hide_demographics.view(-1, *[1] * (user[feature].dim() - 1))
+        user[feature] = user[feature].masked_fill(hide, 0)
     return {
         "items": items, "ratings": window["ratings"], "days": days, "targets": targets,
         "target_ratings": target_ratings,
         "masked_seq": masked_seq, "masked": masked, "mask_last": mask_last, "user": user,
-        "genre_profile": data_tensors["user_genre_profile"][users],
+        "genre_profile": data_tensors["user_preference_profile"][users],
     }
 
 
@@ -441,7 +469,7 @@ def evaluate(model: EnhancedBERT4Rec, split: EvalTensors, data_tensors: dict[str
             rating_errors.append(predicted - true)
         if model.config.use_preference_head:
             logits = model.predict_preference(hidden, split.items[start:stop]).float()
-            target = data_tensors["user_genre_profile"][users]
+            target = data_tensors["user_preference_profile"][users]
             preference_kl.append(preference_loss(logits, target) * len(users))
             preference_overlap.append(preference_top_k_overlap(logits, target) * len(users))
     metrics = ranking_metrics(torch.cat(ranks))
@@ -454,17 +482,22 @@ def evaluate(model: EnhancedBERT4Rec, split: EvalTensors, data_tensors: dict[str
     return metrics
 
 
-def baseline_metrics(data: ML1MData, split_inputs: EvalInputs) -> dict[str, float]:
-    """Reference points computed from the training part only: bias-model RMSE and global-genre KL."""
-    users, items, ratings = training_events(data)
-    mu, user_bias, item_bias = fit_bias_baseline(users, items, ratings)
-    predicted = np.clip(mu + user_bias[split_inputs.users] + item_bias[split_inputs.targets], 1, 5)
-    rmse = float(np.sqrt(np.mean((predicted - split_inputs.target_ratings) ** 2)))
-    profile = data.user_genre_profile[split_inputs.users].astype(np.float64)
-    global_profile = data.user_genre_profile[0].astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(profile > 0, profile * (np.log(profile) - np.log(global_profile)), 0.0)
-    return {"bias_baseline_rmse": rmse, "global_genre_kl": float(terms.sum(axis=1).mean())}
+def baseline_metrics(data: SequenceData, split_inputs: EvalInputs) -> dict[str, float]:
+    """Reference points computed from the training part only: bias-model RMSE (with ratings) and the KL of the
+    preference profile against the global one (with a preference feature; named after ML-1M's genres)."""
+    baselines = {}
+    if data.has_ratings:
+        users, items, ratings = training_events(data)
+        mu, user_bias, item_bias = fit_bias_baseline(users, items, ratings)
+        predicted = np.clip(mu + user_bias[split_inputs.users] + item_bias[split_inputs.targets], 1, 5)
+        baselines["bias_baseline_rmse"] = float(np.sqrt(np.mean((predicted - split_inputs.target_ratings) ** 2)))
+    if data.preference_feature:
+        profile = data.user_preference_profile[split_inputs.users].astype(np.float64)
+        global_profile = data.user_preference_profile[0].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(profile > 0, profile * (np.log(profile) - np.log(global_profile)), 0.0)
+        baselines["global_genre_kl"] = float(terms.sum(axis=1).mean())
+    return baselines
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -590,10 +623,10 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.98))
 
 
-def data_to_tensors(data: ML1MData, device: torch.device) -> dict[str, torch.Tensor]:
-    names = ("window_items", "window_ratings", "window_days", "window_users", "user_gender", "user_age",
-             "user_occupation", "user_genre_profile")
+def data_to_tensors(data: SequenceData, device: torch.device) -> dict[str, torch.Tensor]:
+    names = ("window_items", "window_ratings", "window_days", "window_users", "user_preference_profile")
     tensors = {name: torch.from_numpy(np.ascontiguousarray(getattr(data, name))).to(device) for name in names}
+    tensors |= {f"user:{name}": torch.from_numpy(values).to(device) for name, values in data.user_values.items()}
     # each user's oldest window (a user's windows are consecutive, oldest first); row 0, the unknown user: 0
     first = np.searchsorted(data.window_users, np.arange(data.num_users + 1)).clip(max=len(data.window_users) - 1)
     tensors["user_first_window"] = torch.from_numpy(first).to(device)
@@ -706,7 +739,7 @@ class Run:
 
     config: TrainConfig
     runtime: Runtime
-    data: ML1MData
+    data: SequenceData
     model: EnhancedBERT4Rec
     objective: nn.Module  # MultiTaskObjective, DDP-wrapped on several processes
     optimizer: torch.optim.Optimizer
@@ -779,9 +812,13 @@ def start_run(config: TrainConfig, runtime: Runtime) -> Run:
         torch.use_deterministic_algorithms(True)
     data = load_dataset(config.data_dir, cache_dir=config.cache_dir, seq_length=config.seq_length,
                         window_stride=config.window_stride, holdout_users=config.holdout_users,
-                        holdout_items=config.holdout_items)
+                        holdout_items=config.holdout_items, dataset=config.dataset)
+    config, notes = fit_to_data(config, data)
+    if runtime.is_main:
+        for note in notes:
+            print(note, flush=True)
     model = EnhancedBERT4Rec(build_model_config(config, data)).to(runtime.device)
-    model.set_item_side_info(torch.from_numpy(data.item_genres), torch.from_numpy(data.item_years))
+    model.set_item_side_info(*map(torch.from_numpy, data.item_tables()))
     if model.rating_head is not None:
         model.set_rating_baseline(*fit_bias_baseline(*training_events(data)))
     model.to(runtime.device)
@@ -1064,7 +1101,7 @@ def machine_description(device: torch.device) -> str:
     return f"{torch.cuda.get_device_name(device)}, {machine}" if device.type == "cuda" else machine
 
 
-def final_results(config: TrainConfig, data: ML1MData, data_tensors: dict[str, torch.Tensor],
+def final_results(config: TrainConfig, data: SequenceData, data_tensors: dict[str, torch.Tensor],
                   checkpoint_dir: Path, state: dict, started: float, runtime: Runtime) -> dict:
     """Test metrics, computed once, from the best-validation checkpoint; written to results.json."""
     best = load_checkpoint(checkpoint_dir / "best_model.pt")

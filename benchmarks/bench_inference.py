@@ -25,7 +25,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from data_processor import ML1MData, load_dataset, save_metadata  # noqa: E402
+from data_processor import SequenceData, load_dataset, save_metadata  # noqa: E402
 from enhanced_model import EnhancedBERT4Rec  # noqa: E402
 from inference import RecommendationEngine  # noqa: E402
 from trainer import TrainConfig, build_model_config, save_model_checkpoint  # noqa: E402
@@ -34,10 +34,10 @@ TARGET_P50_S = 0.010
 TARGET_ALL_USERS_S = 30.0
 
 
-def write_untrained_checkpoint(path: Path, data: ML1MData, config: TrainConfig, seed: int = 0) -> None:
+def write_untrained_checkpoint(path: Path, data: SequenceData, config: TrainConfig, seed: int = 0) -> None:
     """A checkpoint in trainer.py's format holding a freshly initialised model of `config`."""
     torch.manual_seed(seed)
-    model = EnhancedBERT4Rec(build_model_config(config, data), data.item_genres, data.item_years)
+    model = EnhancedBERT4Rec(build_model_config(config, data), data.item_values["genres"], data.item_values["year"])
     save_model_checkpoint(path, model, data.fingerprint, config, epoch=0)
 
 

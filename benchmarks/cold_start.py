@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.ablation import PLAIN  # noqa: E402  (the ablation's plain BERT4Rec, the same flags)
-from data_processor import AGE_GROUPS, EVAL_EVENTS, GENDERS, ML1MData, held_out_movies, load_dataset  # noqa: E402
+from data_processor import AGE_GROUPS, EVAL_EVENTS, GENDERS, SequenceData, held_out_movies, load_dataset  # noqa: E402
 from engine import RecommendationEngine  # noqa: E402
 from metrics import ranking_metrics, target_ranks  # noqa: E402
 from signup_prior import (  # noqa: E402
@@ -116,19 +116,19 @@ def train_one(model: str, seed: int, args: argparse.Namespace) -> Path:
     return out
 
 
-def events(data: ML1MData, u: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def events(data: SequenceData, u: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """User row u's events in time order: MovieIDs, timestamps, item indices."""
     start, stop = data.seq_offsets[u], data.seq_offsets[u + 1]
     items = data.seq_items[start:stop]
-    return data.item_movie_ids[items], data.seq_timestamps[start:stop], items
+    return data.item_ids[items], data.seq_timestamps[start:stop], items
 
 
-def demographics_of(data: ML1MData, u: int) -> dict:
-    return {"gender": GENDERS[data.user_gender[u] - 1], "age": list(AGE_GROUPS.values())[data.user_age[u] - 1],
-            "occupation": int(data.user_occupation[u]) - 1}
+def demographics_of(data: SequenceData, u: int) -> dict:
+    return {"gender": GENDERS[data.user_values["gender"][u] - 1], "age": list(AGE_GROUPS.values())[data.user_values["age"][u] - 1],
+            "occupation": int(data.user_values["occupation"][u]) - 1}
 
 
-def new_user_cases(world: ML1MData, n: int, remainder: int = 0) -> Cases:
+def new_user_cases(world: SequenceData, n: int, remainder: int = 0) -> Cases:
     """The held-out users' first n ratings (world: the data without the held-out movies, all users) -> rating n+1.
 
     remainder: the users with UserID % 10 == remainder; 0 is the held-out users, VALIDATION_REMAINDER known users
@@ -146,12 +146,12 @@ def new_user_cases(world: ML1MData, n: int, remainder: int = 0) -> Cases:
         cases.demographics.append(demographics_of(world, u))
         cases.seen.append(movies[:n])
         targets.append(movies[n])
-        groups.append((world.user_gender[u], world.user_age[u]))
+        groups.append((world.user_values["gender"][u], world.user_values["age"][u]))
     cases.targets, cases.groups = np.array(targets), np.array(groups)
     return cases
 
 
-def short_context_cases(known: ML1MData, n: int) -> Cases:
+def short_context_cases(known: SequenceData, n: int) -> Cases:
     """Known users' standard test target from the newest n events of the standard test input."""
     cases = Cases([], [], [], [], [], np.zeros(0, np.int64), np.zeros((0, 2), np.int64))
     targets, groups = [], []
@@ -163,20 +163,20 @@ def short_context_cases(known: ML1MData, n: int) -> Cases:
         cases.demographics.append(None)
         cases.seen.append(movies[:-1])
         targets.append(movies[-1])
-        groups.append((known.user_gender[u], known.user_age[u]))
+        groups.append((known.user_values["gender"][u], known.user_values["age"][u]))
     cases.targets, cases.groups = np.array(targets), np.array(groups)
     return cases
 
 
-def popularity_scores(known: ML1MData, universe: np.ndarray) -> tuple[np.ndarray, dict]:
+def popularity_scores(known: SequenceData, universe: np.ndarray) -> tuple[np.ndarray, dict]:
     """Training-part counts over `universe` (MovieIDs): overall, and per (gender index, age index) group."""
     users, items, _ = training_events(known)
-    columns = np.searchsorted(universe, known.item_movie_ids[items])
+    columns = np.searchsorted(universe, known.item_ids[items])
     overall = np.bincount(columns, minlength=len(universe)).astype(np.float64)
     by_group = {}
-    for gender in range(1, known.num_genders):
-        for age in range(1, known.num_ages):
-            member = (known.user_gender[users] == gender) & (known.user_age[users] == age)
+    for gender in range(1, known.feature("user", "gender")["size"]):
+        for age in range(1, known.feature("user", "age")["size"]):
+            member = (known.user_values["gender"][users] == gender) & (known.user_values["age"][users] == age)
             by_group[(gender, age)] = np.bincount(columns[member], minlength=len(universe)).astype(np.float64)
     return overall, by_group
 
@@ -209,30 +209,30 @@ def engine_scores(engine: RecommendationEngine, cases: Cases, universe: np.ndarr
     return scores
 
 
-def prior_counts(known: ML1MData, leave_out: int | None = None) -> np.ndarray:
+def prior_counts(known: SequenceData, leave_out: int | None = None) -> np.ndarray:
     """signup_prior.signup_counts over the known users' training parts, as the engine counts them; leave_out: the
     users with UserID % 10 == leave_out are left out (the validation users, when the prior is chosen on them)."""
     lengths = np.diff(known.seq_offsets)
     keep = np.ones(len(lengths), dtype=bool) if leave_out is None else known.user_ids % 10 != leave_out
     offsets = np.concatenate([[0], np.cumsum(np.where(keep, lengths, 0))])
     items = known.seq_items[np.repeat(keep, lengths)]
-    features = np.stack([known.user_gender, known.user_age, known.user_occupation], axis=1)
-    return signup_counts(offsets, items, features, (known.num_genders, known.num_ages, known.num_items + 2))
+    features = np.stack([known.user_values["gender"], known.user_values["age"], known.user_values["occupation"]], axis=1)
+    return signup_counts(offsets, items, features, (known.feature("user", "gender")["size"], known.feature("user", "age")["size"], known.num_items + 2))
 
 
-def log_prior_scores(known: ML1MData, counts: np.ndarray, cases: Cases, universe: np.ndarray,
+def log_prior_scores(known: SequenceData, counts: np.ndarray, cases: Cases, universe: np.ndarray,
                      window: tuple[int, int]) -> torch.Tensor:
     """(cases, universe) log sign-up prior of new-user cases (signup_prior.signup_window_prior over `counts`); movies
     the known users' world does not have get -inf."""
     n = np.array([len(sequence) for sequence in cases.sequences])
     prior = signup_window_prior(counts, n, cases.groups[:, 0], cases.groups[:, 1], window)
     scores = torch.full((len(n), len(universe)), -math.inf, dtype=torch.float64)
-    scores[:, torch.from_numpy(np.searchsorted(universe, known.item_movie_ids[1:-1]))] = torch.from_numpy(
+    scores[:, torch.from_numpy(np.searchsorted(universe, known.item_ids[1:-1]))] = torch.from_numpy(
         np.log(prior[:, 1:-1]))
     return scores
 
 
-def signup_prior_ranks(known: ML1MData, counts: np.ndarray, cases: Cases, universe: np.ndarray,
+def signup_prior_ranks(known: SequenceData, counts: np.ndarray, cases: Cases, universe: np.ndarray,
                        window: tuple[int, int]) -> torch.Tensor:
     """Ranks of the targets by the engine's sign-up prior alone (counts: prior_counts(known), every known user's
     training part, as the engine counts them), for new-user cases; movies the known users never rated rank last."""
@@ -258,7 +258,7 @@ def setting_key(setting: tuple) -> str:
     return f"{w} / {f} / {p} / {before}, {after}"
 
 
-def choose_prior(known: ML1MData, engines: dict, universe: np.ndarray) -> dict:
+def choose_prior(known: SequenceData, engines: dict, universe: np.ndarray) -> dict:
     """new_user_prior_weight, _fade, _steepness and _window chosen on known users (UserID % 10 ==
     VALIDATION_REMAINDER) playing new users: the setting of prior_settings() with the best NDCG@10, mean over n in
     NEW_USER_N, the full models and the seeds. The score is the engine's (the model's
@@ -299,9 +299,9 @@ def baseline_ranks(cases: Cases, universe: np.ndarray, overall: np.ndarray, by_g
             "demographic popularity": ranks_of(by_demographics, universe, cases)}
 
 
-def new_item_rows(full: ML1MData, known: ML1MData, engines: dict) -> dict:
+def new_item_rows(full: SequenceData, known: SequenceData, engines: dict) -> dict:
     """Known users whose full-data test item is a held-out movie rank the held-out movies from their history."""
-    candidates = full.item_movie_ids[1:-1][held_out_movies(full.item_movie_ids[1:-1])]
+    candidates = full.item_ids[1:-1][held_out_movies(full.item_ids[1:-1])]
     known_users = set(known.user_ids[1:].tolist())
     engine = next(iter(engines.values()))[0]  # the cold-item ranking reads only the metadata
     ranks, random_hr, random_ndcg = [], [], []
@@ -323,7 +323,7 @@ def new_item_rows(full: ML1MData, known: ML1MData, engines: dict) -> dict:
             "engine (genre and year similarity)": {"HR@10": metrics["HR@10"], "NDCG@10": metrics["NDCG@10"]}}
 
 
-def rating_rows(known: ML1MData, engine: RecommendationEngine) -> dict:
+def rating_rows(known: SequenceData, engine: RecommendationEngine) -> dict:
     """RMSE of the rating head on the movies of each known user's top 10 (from the training part) that the user
     rated later (validation or test event), beside the bias baseline on the same movies and on all test events."""
     user_ids, sequences, timestamps, later = [], [], [], []
@@ -336,7 +336,7 @@ def rating_rows(known: ML1MData, engine: RecommendationEngine) -> dict:
         later.append(dict(zip(movies[-2:].tolist(), ratings[-2:].tolist(), strict=True)))
     recommended = engine.recommend_batch(user_ids, sequences, timestamps, k=10)
     mu, user_bias, item_bias = fit_bias_baseline(*training_events(known))
-    item_of = {m: i for i, m in enumerate(known.item_movie_ids.tolist()) if m >= 0}
+    item_of = {m: i for i, m in enumerate(known.item_ids.tolist()) if m >= 0}
     predicted, baseline, actual = [], [], []
     for row, records in enumerate(recommended):
         for record in records:
@@ -358,7 +358,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     full = load_dataset(args.data_dir)
     world = load_dataset(args.data_dir, holdout_items=True)
     known = load_dataset(args.data_dir, holdout_users=True, holdout_items=True)
-    universe = full.item_movie_ids[1:-1]
+    universe = full.item_ids[1:-1]
     overall, by_group = popularity_scores(known, universe)
     engines = {key: (RecommendationEngine(path / "best_model.pt", path / "metadata.json", device="cpu"),)
                for key, path in runs.items()}

@@ -38,14 +38,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def assert_nothing_held_out_reaches_training(data):
     """No held-out user or movie in the users, items, timelines, windows or the training counts."""
     assert not held_out_users(data.user_ids[1:]).any()
-    assert not held_out_movies(data.item_movie_ids[1:-1]).any()
-    movies_in_timelines = data.item_movie_ids[data.seq_items]
+    assert not held_out_movies(data.item_ids[1:-1]).any()
+    movies_in_timelines = data.item_ids[data.seq_items]
     assert not held_out_movies(movies_in_timelines).any()
-    window_movies = data.item_movie_ids[data.window_items[data.window_items > 0]]
+    window_movies = data.item_ids[data.window_items[data.window_items > 0]]
     assert not held_out_movies(window_movies).any()
     assert not held_out_users(data.user_ids[data.window_users]).any()
     users, items, _ = training_events(data)
-    assert not held_out_users(data.user_ids[users]).any() and not held_out_movies(data.item_movie_ids[items]).any()
+    assert not held_out_users(data.user_ids[users]).any() and not held_out_movies(data.item_ids[items]).any()
 
 
 def test_holdouts_on_the_real_data(real_ml1m_dir):
@@ -54,9 +54,9 @@ def test_holdouts_on_the_real_data(real_ml1m_dir):
     assert_nothing_held_out_reaches_training(held)
     # 604 users leave (UserID % 10 == 0); every rating of a movie with MovieID % 20 == 0 leaves with them
     assert held.num_users == full.num_users - 604 == 5436
-    assert held_out_movies(full.item_movie_ids[1:-1]).sum() == 182
+    assert held_out_movies(full.item_ids[1:-1]).sum() == 182
     full_users = np.repeat(full.user_ids[1:], np.diff(full.seq_offsets)[1:])
-    full_movies = full.item_movie_ids[full.seq_items]
+    full_movies = full.item_ids[full.seq_items]
     kept = ~held_out_users(full_users) & ~held_out_movies(full_movies)
     assert len(held.seq_items) == kept.sum() == 844_819
     # the movies left are those some kept user rated, so 35 movies rated only by held-out users leave too
@@ -64,8 +64,8 @@ def test_holdouts_on_the_real_data(real_ml1m_dir):
     # a kept user's timeline is their full timeline without the held-out movies, in the same order
     for user_id in (1, 11, 6039):
         u_full, u_held = (np.flatnonzero(d.user_ids == user_id)[0] for d in (full, held))
-        movies = full.item_movie_ids[full.seq_items[full.seq_offsets[u_full]:full.seq_offsets[u_full + 1]]]
-        held_movies = held.item_movie_ids[held.seq_items[held.seq_offsets[u_held]:held.seq_offsets[u_held + 1]]]
+        movies = full.item_ids[full.seq_items[full.seq_offsets[u_full]:full.seq_offsets[u_full + 1]]]
+        held_movies = held.item_ids[held.seq_items[held.seq_offsets[u_held]:held.seq_offsets[u_held + 1]]]
         assert held_movies.tolist() == movies[~held_out_movies(movies)].tolist()
     assert held.fingerprint != full.fingerprint  # a checkpoint of one is refused on the other
     only_users = load_dataset(real_ml1m_dir, holdout_users=True)
@@ -102,7 +102,7 @@ def test_holdout_run_records_its_rules_and_refuses_other_rules_on_resume(synthet
     for u in range(1, known.num_users + 1):
         for item in known.seq_items[known.seq_offsets[u]:known.seq_offsets[u + 1] - 2][:NEW_USER_PRIOR_WINDOW[1]]:
             overall[item] += 1
-            group[item] += known.user_gender[u] == 1 and known.user_age[u] == 3
+            group[item] += known.user_values["gender"][u] == 1 and known.user_values["age"][u] == 3
     expected = np.log(0.5 * group / group.sum() + 0.5 * overall / overall.sum() + 1e-6)[1:-1]
     engine.new_user_prior_weight = 1e6
     scores = engine.score_batch([None], [[]], demographics=[{"gender": "F", "age": 30}]).scores[0].double() / 1e6
@@ -146,12 +146,12 @@ def test_cases_follow_the_protocol(synthetic_ml1m_dir):
                 and world.seq_offsets[u + 1] - world.seq_offsets[u] > n]
         assert len(cases.targets) == len(held) > 0 and all(user is None for user in cases.user_ids)
         for row, u in enumerate(held):
-            movies = world.item_movie_ids[world.seq_items[world.seq_offsets[u]:world.seq_offsets[u + 1]]]
+            movies = world.item_ids[world.seq_items[world.seq_offsets[u]:world.seq_offsets[u + 1]]]
             assert cases.sequences[row] == movies[:n].tolist() and cases.targets[row] == movies[n]
             assert cases.demographics[row]["gender"] in ("F", "M")
     cases = short_context_cases(known, 3)
     u = 5
-    movies = known.item_movie_ids[known.seq_items[known.seq_offsets[u]:known.seq_offsets[u + 1]]]
+    movies = known.item_ids[known.seq_items[known.seq_offsets[u]:known.seq_offsets[u + 1]]]
     assert cases.user_ids[u - 1] == known.user_ids[u]
     assert cases.sequences[u - 1] == movies[-4:-1].tolist() and cases.targets[u - 1] == movies[-1]
     assert cases.seen[u - 1].tolist() == movies[:-1].tolist()
@@ -176,19 +176,19 @@ def test_prior_counts_leave_the_validation_users_out(synthetic_ml1m_dir):
     for u in validation:
         np.add.at(removed, known.seq_items[known.seq_offsets[u]:known.seq_offsets[u + 1] - 2][:40], 1)
     assert (every[-1, 0, 0] - others[-1, 0, 0]).tolist() == removed.tolist()
-    gender, age = known.user_gender[validation[0]], known.user_age[validation[0]]
+    gender, age = known.user_values["gender"][validation[0]], known.user_values["age"][validation[0]]
     assert (every[-1, gender, age] - others[-1, gender, age]).sum() > 0
     assert (others <= every).all()
 
 
 def test_popularity_counts_only_the_training_part(synthetic_ml1m_dir):
     known = load_dataset(synthetic_ml1m_dir, holdout_users=True, holdout_items=True)
-    universe = np.unique(known.item_movie_ids[1:-1])
+    universe = np.unique(known.item_ids[1:-1])
     overall, by_group = popularity_scores(known, universe)
     users, items, _ = training_events(known)
     assert overall.sum() == len(items)
-    movie = known.item_movie_ids[items[0]]
-    assert overall[np.searchsorted(universe, movie)] == (known.item_movie_ids[items] == movie).sum()
+    movie = known.item_ids[items[0]]
+    assert overall[np.searchsorted(universe, movie)] == (known.item_ids[items] == movie).sum()
     assert sum(group.sum() for group in by_group.values()) == len(items)
 
 

@@ -17,7 +17,7 @@ from data_processor import (
     GENRES,
     ChecksumMismatchError,
     DataFormatError,
-    ML1MData,
+    SequenceData,
     SourceChecksumWarning,
     build_metadata,
     eval_inputs,
@@ -75,12 +75,12 @@ def write_ml1m(folder: Path, movies=MOVIES, users=USERS, ratings=RATINGS) -> Pat
     return folder
 
 
-def load_hand_built(folder: Path, **kwargs) -> ML1MData:
+def load_hand_built(folder: Path, **kwargs) -> SequenceData:
     return load_dataset(write_ml1m(folder), verify=False, **kwargs)
 
 
-def assert_same_data(a: ML1MData, b: ML1MData) -> None:
-    for field in fields(ML1MData):
+def assert_same_data(a: SequenceData, b: SequenceData) -> None:
+    for field in fields(SequenceData):
         left, right = getattr(a, field.name), getattr(b, field.name)
         if isinstance(left, np.ndarray):
             assert left.dtype == right.dtype and np.array_equal(left, right), field.name
@@ -94,25 +94,25 @@ def assert_same_data(a: ML1MData, b: ML1MData) -> None:
 
 def test_items_users_and_side_information(tmp_path):
     data = load_hand_built(tmp_path)
-    assert (data.num_items, data.num_users, data.num_genres) == (9, 2, 18)
-    assert (data.num_genders, data.num_ages, data.num_occupations) == (3, 8, 22)
-    assert data.item_movie_ids.tolist() == [-1, 1, 2, 3, 5, 7, 10, 20, 30, 50, -1]
+    assert (data.num_items, data.num_users, data.feature("item", "genres")["size"]) == (9, 2, 18)
+    assert (data.feature("user", "gender")["size"], data.feature("user", "age")["size"], data.feature("user", "occupation")["size"]) == (3, 8, 22)
+    assert data.item_ids.tolist() == [-1, 1, 2, 3, 5, 7, 10, 20, 30, 50, -1]
     assert dp.mask_index(data.num_items) == 10
     # years 1919..2000 -> index 2 + year - 1919; "Fantasia 2000" has no "(YYYY)" -> 1 (unknown)
-    assert (data.min_year, data.num_years) == (1919, 84)
-    assert data.item_years.tolist() == [0, 78, 78, 78, 78, 78, 1, 81, 2, 78, 0]
+    assert (data.feature("item", "year")["range"][0], data.feature("item", "year")["size"]) == (1919, 84)
+    assert data.item_values["year"].tolist() == [0, 78, 78, 78, 78, 78, 1, 81, 2, 78, 0]
     toy_story = [GENRES.index(name) for name in ("Animation", "Children's", "Comedy")]
-    assert np.flatnonzero(data.item_genres[1]).tolist() == toy_story
-    assert data.item_genres.dtype == np.float32 and data.item_genres.shape == (11, 18)
-    assert not data.item_genres[[0, 10]].any()
+    assert np.flatnonzero(data.item_values["genres"][1]).tolist() == toy_story
+    assert data.item_values["genres"].dtype == np.float32 and data.item_values["genres"].shape == (11, 18)
+    assert not data.item_values["genres"][[0, 10]].any()
     assert data.user_ids.tolist() == [-1, 3, 7]
-    assert data.user_gender.tolist() == [0, 1, 2]  # F = 1, M = 2
-    assert data.user_age.tolist() == [0, 1, 3]  # ages 1 and 25 -> groups 1 and 3
-    assert data.user_occupation.tolist() == [0, 11, 13]  # codes 10 and 12, + 1
+    assert data.user_values["gender"].tolist() == [0, 1, 2]  # F = 1, M = 2
+    assert data.user_values["age"].tolist() == [0, 1, 3]  # ages 1 and 25 -> groups 1 and 3
+    assert data.user_values["occupation"].tolist() == [0, 11, 13]  # codes 10 and 12, + 1
     # all of movies.dat, for cold start
-    assert data.movie_ids.tolist() == [1, 2, 3, 5, 7, 10, 20, 30, 40, 50]
-    assert data.movie_titles[3] == "Misérables, Les (1995)"
-    assert data.movie_years.tolist() == [78, 78, 78, 78, 78, 1, 81, 2, 83, 78]
+    assert data.catalog_ids.tolist() == [1, 2, 3, 5, 7, 10, 20, 30, 40, 50]
+    assert data.catalog_titles[3] == "Misérables, Les (1995)"
+    assert data.catalog_values["year"].tolist() == [78, 78, 78, 78, 78, 1, 81, 2, 83, 78]
 
 
 def test_timelines_sorted_stably_with_days(tmp_path):
@@ -132,7 +132,7 @@ def test_stable_tie_order_follows_the_file(tmp_path):
         f"{user}::{movie}::5::{day(k)}" for user, pairs in ((3, user_3), (7, user_7)) for movie, k in pairs
     ]
     data = load_dataset(write_ml1m(tmp_path, ratings=ratings), verify=False)
-    movie_order = data.item_movie_ids[data.seq_items].tolist()
+    movie_order = data.item_ids[data.seq_items].tolist()
     # sorting by (timestamp, MovieID) would give 10 40 20 30 50; an unstable sort may give anything
     assert movie_order == [10, 40, 30, 20, 50, 1, 2, 3]
 
@@ -194,8 +194,8 @@ def test_genre_profile_over_training_part_only(tmp_path):
         distribution(user_3_movies),
         distribution(user_7_movies),
     ]
-    np.testing.assert_allclose(data.user_genre_profile, np.array(expected), rtol=1e-6)
-    assert data.user_genre_profile.dtype == np.float32
+    np.testing.assert_allclose(data.user_preference_profile, np.array(expected), rtol=1e-6)
+    assert data.user_preference_profile.dtype == np.float32
 
 
 def test_eval_inputs_exact(tmp_path):
@@ -282,8 +282,8 @@ def test_a_copy_re_encoded_to_utf8_reads_the_same_text(tmp_path):
         (folder / name).write_bytes(text.encode("utf-8"))
     assert b"Mis\xc3\xa9rables" in (folder / "movies.dat").read_bytes()  # really re-encoded
     again = load_dataset(folder, verify=False)
-    assert again.movie_titles.tolist() == original.movie_titles.tolist()
-    assert "Misérables, Les (1995)" in again.movie_titles.tolist()
+    assert again.catalog_titles.tolist() == original.catalog_titles.tolist()
+    assert "Misérables, Les (1995)" in again.catalog_titles.tolist()
     assert dp.source_encoding("Misérables".encode("latin-1")) == "latin-1"
     assert dp.source_encoding("Misérables".encode()) == "utf-8"
     assert dp.source_encoding(b"plain ascii") == "latin-1"
@@ -490,10 +490,10 @@ def test_synthetic_dataset_has_the_promised_traits(synthetic_ml1m_dir):
     assert "é".encode("latin-1") in movies and b"(Cit" in movies
     data = load_dataset(synthetic_ml1m_dir, verify=False)
     counts = np.diff(data.seq_offsets)[1:]
-    assert data.num_users == 40 and len(data.movie_ids) == 120
+    assert data.num_users == 40 and len(data.catalog_ids) == 120
     assert counts.min() >= 5
-    assert data.num_items < len(data.movie_ids)  # never-rated movies
-    assert (data.movie_years == 1).any()  # movies without year
+    assert data.num_items < len(data.catalog_ids)  # never-rated movies
+    assert (data.catalog_values["year"] == 1).any()  # movies without year
     assert dp.dataset_statistics(data)["ratings_sharing_user_and_timestamp"] >= 2 * data.num_users
     file_timestamps = np.array(
         [int(line.split(b"::")[3]) for line in (synthetic_ml1m_dir / "ratings.dat").read_bytes().splitlines()]
@@ -572,7 +572,7 @@ def test_cli_rejects_bad_parameters(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_data(real_ml1m_dir) -> ML1MData:
+def real_data(real_ml1m_dir) -> SequenceData:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the shared copy is byte-identical to GroupLens': no checksum warning
         return load_dataset(real_ml1m_dir, strict=True)
@@ -582,9 +582,9 @@ def test_real_counts(real_data):
     assert len(real_data.seq_items) == 1_000_209
     assert real_data.num_users == 6_040
     assert real_data.num_items == 3_706
-    assert len(real_data.movie_ids) == 3_883
-    assert real_data.num_genres == 18
-    assert (real_data.min_year, real_data.num_years) == (1919, 84)
+    assert len(real_data.catalog_ids) == 3_883
+    assert real_data.feature("item", "genres")["size"] == 18
+    assert (real_data.feature("item", "year")["range"][0], real_data.feature("item", "year")["size"]) == (1919, 84)
     for split in ("val", "test"):
         inputs = eval_inputs(real_data, split, seq_length=50)
         assert inputs.targets.shape == (6_040,) and inputs.items.shape == (6_040, 50)
@@ -595,22 +595,22 @@ def test_real_counts(real_data):
 
 
 def test_real_movie_and_user_features(real_data):
-    item = int(np.searchsorted(real_data.item_movie_ids[1:-1], 1)) + 1
-    assert real_data.item_movie_ids[item] == 1
-    assert [GENRES[g] for g in np.flatnonzero(real_data.item_genres[item])] == [
+    item = int(np.searchsorted(real_data.item_ids[1:-1], 1)) + 1
+    assert real_data.item_ids[item] == 1
+    assert [GENRES[g] for g in np.flatnonzero(real_data.item_values["genres"][item])] == [
         "Animation",
         "Children's",
         "Comedy",
     ]
-    assert real_data.item_years[item] == 2 + 1995 - 1919
-    titles = dict(zip(real_data.movie_ids.tolist(), real_data.movie_titles.tolist(), strict=True))
+    assert real_data.item_values["year"][item] == 2 + 1995 - 1919
+    titles = dict(zip(real_data.catalog_ids.tolist(), real_data.catalog_titles.tolist(), strict=True))
     assert titles[1] == "Toy Story (1995)"
     assert titles[73] == "Misérables, Les (1995)"
-    movie_30 = int(np.searchsorted(real_data.movie_ids, 30))
+    movie_30 = int(np.searchsorted(real_data.catalog_ids, 30))
     assert titles[30] == "Shanghai Triad (Yao a yao yao dao waipo qiao) (1995)"
-    assert real_data.movie_years[movie_30] == 2 + 1995 - 1919
+    assert real_data.catalog_values["year"][movie_30] == 2 + 1995 - 1919
     assert real_data.user_ids[1] == 1
-    assert (real_data.user_gender[1], real_data.user_age[1], real_data.user_occupation[1]) == (1, 1, 11)
+    assert (real_data.user_values["gender"][1], real_data.user_values["age"][1], real_data.user_values["occupation"][1]) == (1, 1, 11)
 
 
 def test_real_rating_days_checked_by_hand(real_data):
@@ -620,7 +620,7 @@ def test_real_rating_days_checked_by_hand(real_data):
             real_data.seq_offsets[user_id + 1],
         )  # UserIDs are 1..6040
         position = (
-            start + np.flatnonzero(real_data.item_movie_ids[real_data.seq_items[start:stop]] == movie_id)[0]
+            start + np.flatnonzero(real_data.item_ids[real_data.seq_items[start:stop]] == movie_id)[0]
         )
         return (
             int(real_data.seq_ratings[position]),
@@ -636,7 +636,7 @@ def test_real_rating_days_checked_by_hand(real_data):
 def test_real_tie_order(real_data):
     # user 2 rated movies 2194 (line 58), 2268 (line 60) and 1442 (line 117) at the same second, 978299297
     start, stop = real_data.seq_offsets[2], real_data.seq_offsets[3]
-    movies = real_data.item_movie_ids[real_data.seq_items[start:stop]]
+    movies = real_data.item_ids[real_data.seq_items[start:stop]]
     tied = np.flatnonzero(real_data.seq_timestamps[start:stop] == 978299297)
     assert movies[tied].tolist() == [2194, 2268, 1442]
 

@@ -109,7 +109,7 @@ def trained(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Independent references: built from ML1MData and the bare model, never from the engine
+# Independent references: built from SequenceData and the bare model, never from the engine
 
 
 def load_model(path: Path) -> EnhancedBERT4Rec:
@@ -124,7 +124,7 @@ def history(data, user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(MovieIDs, item indices, days) of a user index's whole timeline."""
     start, stop = data.seq_offsets[user], data.seq_offsets[user + 1]
     items = data.seq_items[start:stop]
-    return data.item_movie_ids[items], items, data.seq_days[start:stop]
+    return data.item_ids[items], items, data.seq_days[start:stop]
 
 
 def reference_scores(model, items, days, user=(0, 0, 0, 0), mask_day=DAY) -> torch.Tensor:
@@ -150,7 +150,7 @@ def reference_signup_log_prior(data, n: int, gender: int = 0, age: int = 0,
         items = history(data, user)[1][:-2]
         for position in range(max(n - before, 0), min(n + after, 40, len(items))):
             overall[items[position]] += 1
-            if gender in (0, data.user_gender[user]) and age in (0, data.user_age[user]):
+            if gender in (0, data.user_values["gender"][user]) and age in (0, data.user_values["age"][user]):
                 group[items[position]] += 1
     prior = 0.5 * group / group.sum() + 0.5 * overall / overall.sum() if group.sum() else overall / overall.sum()
     return torch.from_numpy(np.log(prior + 1e-6))
@@ -165,7 +165,7 @@ def model_and_prior(logits: torch.Tensor, prior: torch.Tensor, engine, n: int) -
 
 
 def user_tokens(data, user: int) -> tuple[int, int, int, int]:
-    return user, int(data.user_gender[user]), int(data.user_age[user]), int(data.user_occupation[user])
+    return user, int(data.user_values["gender"][user]), int(data.user_values["age"][user]), int(data.user_values["occupation"][user])
 
 
 def as_scores(records) -> dict[int, float]:
@@ -173,7 +173,7 @@ def as_scores(records) -> dict[int, float]:
 
 
 def cold_movie_ids(data) -> list[int]:
-    return sorted(set(data.movie_ids.tolist()) - set(data.item_movie_ids[1:-1].tolist()))
+    return sorted(set(data.catalog_ids.tolist()) - set(data.item_ids[1:-1].tolist()))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_single_user_scores_match_an_independent_forward_pass(trained):
     assert len(records) == data.num_items
     scores = as_scores(records)
     for item in range(1, data.num_items + 1):
-        assert scores[int(data.item_movie_ids[item])] == pytest.approx(expected[item].item(), abs=1e-5)
+        assert scores[int(data.item_ids[item])] == pytest.approx(expected[item].item(), abs=1e-5)
     assert [r["rank"] for r in records] == list(range(1, data.num_items + 1))
     assert all(a["score"] >= b["score"] for a, b in zip(records, records[1:], strict=False))
 
@@ -215,18 +215,18 @@ def test_records_carry_movie_metadata_and_filter_the_known_history(trained):
     assert len(records) == 10 and [r["rank"] for r in records] == list(range(1, 11))
     assert {r["strategy"] for r in records} == {"personalized"}
     assert not {r["movie_id"] for r in records} & set(history(data, 7)[0].tolist())
-    row = np.searchsorted(data.movie_ids, records[0]["movie_id"])
+    row = np.searchsorted(data.catalog_ids, records[0]["movie_id"])
     first = records[0]
-    assert first["title"] == data.movie_titles[row]
-    assert first["genres"] == [GENRES[g] for g in np.flatnonzero(data.movie_genres[row])]
-    expected_year = None if data.movie_years[row] == 1 else data.min_year + data.movie_years[row] - 2
+    assert first["title"] == data.catalog_titles[row]
+    assert first["genres"] == [GENRES[g] for g in np.flatnonzero(data.catalog_values["genres"][row])]
+    expected_year = None if data.catalog_values["year"][row] == 1 else data.feature("item", "year")["range"][0] + data.catalog_values["year"][row] - 2
     assert first["year"] == expected_year
     assert set(first) == {"rank", "movie_id", "title", "genres", "year", "score", "strategy", "predicted_rating"}
 
 
 def test_ad_hoc_sequence_uses_timestamps_and_filters_only_itself(trained):
     data, engine, model = trained.data, trained.engine, trained.model
-    sequence = data.item_movie_ids[[3, 4, 5]].tolist()
+    sequence = data.item_ids[[3, 4, 5]].tolist()
     timestamps = [978307200, 978393600, 1009843200]  # 2001-01-01, 2001-01-02, 2002-01-01 (UTC)
     records = engine.get_recommendations(user_id=int(data.user_ids[2]), item_sequence=sequence, k=1000,
                                          timestamps=timestamps)
@@ -234,18 +234,18 @@ def test_ad_hoc_sequence_uses_timestamps_and_filters_only_itself(trained):
     expected = reference_scores(model, [3, 4, 5], [1, 2, 1], user_tokens(data, 2))
     assert len(records) == data.num_items - 3 and not {r["movie_id"] for r in records} & set(sequence)
     scores = as_scores(records)
-    assert scores[int(data.item_movie_ids[6])] == pytest.approx(expected[6].item(), abs=1e-5)
+    assert scores[int(data.item_ids[6])] == pytest.approx(expected[6].item(), abs=1e-5)
 
 
 def test_days_without_timestamps_come_from_the_users_ratings_else_the_default(trained):
     data, engine, model = trained.data, trained.engine, trained.model
     movie_ids, items, days = history(data, 4)
     foreign = next(i for i in range(1, data.num_items + 1) if i not in set(items.tolist()))
-    sequence = [*movie_ids[:3].tolist(), int(data.item_movie_ids[foreign])]
+    sequence = [*movie_ids[:3].tolist(), int(data.item_ids[foreign])]
     records = engine.get_recommendations(user_id=int(data.user_ids[4]), item_sequence=sequence, k=1000,
                                          filter_seen=False)
     expected = reference_scores(model, [*items[:3], foreign], [*days[:3], DAY], user_tokens(data, 4))
-    assert as_scores(records)[int(data.item_movie_ids[1])] == pytest.approx(expected[1].item(), abs=1e-5)
+    assert as_scores(records)[int(data.item_ids[1])] == pytest.approx(expected[1].item(), abs=1e-5)
 
 
 def test_long_sequences_keep_the_newest_items_but_filter_all(trained):
@@ -269,7 +269,7 @@ def test_recommend_batch_equals_single_calls(trained):
         single = engine.get_recommendations(user_id=user_id, k=5)
         assert [r["movie_id"] for r in records] == [r["movie_id"] for r in single]
         assert [r["score"] for r in records] == pytest.approx([r["score"] for r in single], abs=1e-5)
-    sequences = [[int(data.item_movie_ids[1])], None, [int(data.item_movie_ids[2])]]
+    sequences = [[int(data.item_ids[1])], None, [int(data.item_ids[2])]]
     scores = engine.score_batch(user_ids, sequences, filter_seen=False, batch_size=2)
     assert scores.scores.shape == (3, data.num_items)
     single = engine.get_recommendations(user_id=user_ids[1], k=1000, filter_seen=False)
@@ -284,8 +284,8 @@ def test_recommend_batch_excludes_each_sequences_own_movies(trained):
     data, engine = trained.data, trained.engine
     everything = data.num_items
     user_ids = [None, int(data.user_ids[3]), None]
-    sequences = [data.item_movie_ids[[10, 11, 12]].tolist(), data.item_movie_ids[[40, 41]].tolist(),
-                 data.item_movie_ids[[5, 5, 70]].tolist()]
+    sequences = [data.item_ids[[10, 11, 12]].tolist(), data.item_ids[[40, 41]].tolist(),
+                 data.item_ids[[5, 5, 70]].tolist()]
     demographics = [{"gender": "F"}, None, None]
     kept = engine.recommend_batch(user_ids, sequences, k=everything, demographics=demographics)
     full = engine.recommend_batch(user_ids, sequences, k=everything, demographics=demographics, filter_seen=False)
@@ -305,12 +305,12 @@ def test_recommend_batch_excludes_each_sequences_own_movies(trained):
 def test_batch_rows_follow_each_users_strategy(trained):
     data, engine = trained.data, trained.engine
     assert engine.user_ids == data.user_ids[1:].tolist()
-    batch = engine.score_batch([None, int(data.user_ids[2]), None], [None, None, data.item_movie_ids[[5]].tolist()])
+    batch = engine.score_batch([None, int(data.user_ids[2]), None], [None, None, data.item_ids[[5]].tolist()])
     assert batch.strategies == ["popularity", "personalized", "sequence"]
     _, items, _ = training_events(data)
     counts = np.bincount(items, minlength=data.num_items + 1)[1:]
     assert batch.scores[0].tolist() == counts.tolist()
-    single = engine.get_recommendations(item_sequence=data.item_movie_ids[[5]].tolist(), k=1)[0]
+    single = engine.get_recommendations(item_sequence=data.item_ids[[5]].tolist(), k=1)[0]
     column = int(np.searchsorted(batch.movie_ids, single["movie_id"]))
     assert batch.scores[2, column].item() == pytest.approx(single["score"], abs=1e-5)
     assert batch.scores[2].argmax().item() == column
@@ -331,7 +331,7 @@ def test_new_user_with_demographics_uses_the_demographic_tokens(trained):
                                reference_signup_log_prior(data, 0, gender, 3), engine, 0)
     assert engine.new_user_prior_weight > 0
     for movie_id, score in as_scores(records).items():
-        item = int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1
+        item = int(np.searchsorted(data.item_ids[1:-1], movie_id)) + 1
         assert score == pytest.approx(expected[item].item(), abs=1e-4)
     same_group = engine.get_recommendations(gender="f", age="25-34", occupation=OCCUPATIONS[7], k=1000)
     assert as_scores(same_group) == as_scores(records)
@@ -341,12 +341,12 @@ def test_new_user_with_demographics_uses_the_demographic_tokens(trained):
 
 def test_new_user_with_only_a_sequence_uses_the_model(trained):
     data, engine, model = trained.data, trained.engine, trained.model
-    records = engine.get_recommendations(item_sequence=data.item_movie_ids[[10, 11]].tolist(), k=3)
+    records = engine.get_recommendations(item_sequence=data.item_ids[[10, 11]].tolist(), k=3)
     assert {r["strategy"] for r in records} == {"sequence"}
     expected = model_and_prior(reference_scores(model, [10, 11], [DAY, DAY]), reference_signup_log_prior(data, 2),
                                engine, 2)  # no demographics: everyone's sign-up prior, n = 2
     expected[[10, 11]] = -torch.inf  # the sequence is excluded
-    assert records[0]["movie_id"] == data.item_movie_ids[int(expected.argmax())]
+    assert records[0]["movie_id"] == data.item_ids[int(expected.argmax())]
     assert records[0]["score"] == pytest.approx(expected.max().item(), abs=1e-4)
 
 
@@ -355,26 +355,26 @@ def test_new_user_prior_weight_zero_is_the_model_alone_and_known_users_never_get
     alone = RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", default_day_of_year=DAY,
                                  new_user_prior_weight=0)
     expected = reference_scores(model, [10, 11, 12], [DAY] * 3, (0, 2, 5, 0))
-    records = alone.get_recommendations(item_sequence=data.item_movie_ids[[10, 11, 12]].tolist(), gender="M",
+    records = alone.get_recommendations(item_sequence=data.item_ids[[10, 11, 12]].tolist(), gender="M",
                                         age=45, k=1000)
     for movie_id, score in as_scores(records).items():
-        assert score == pytest.approx(expected[int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1].item(),
+        assert score == pytest.approx(expected[int(np.searchsorted(data.item_ids[1:-1], movie_id)) + 1].item(),
                                       abs=1e-5)
     # an overwhelming prior: the list then follows it (n = 3, men aged 45-49: gender 2, age group 5)
     alone.new_user_prior_weight = 1e6
-    strong = alone.get_recommendations(item_sequence=data.item_movie_ids[[10, 11, 12]].tolist(), gender="M",
+    strong = alone.get_recommendations(item_sequence=data.item_ids[[10, 11, 12]].tolist(), gender="M",
                                        age=45, k=5)
     prior = reference_signup_log_prior(data, 3, 2, 5)
     prior[[0, -1, 10, 11, 12]] = -torch.inf
-    columns = np.searchsorted(data.item_movie_ids[1:-1], [r["movie_id"] for r in strong]) + 1
+    columns = np.searchsorted(data.item_ids[1:-1], [r["movie_id"] for r in strong]) + 1
     assert prior[columns].tolist() == prior.topk(5).values.tolist()  # the prior's best five (ties in any order)
     def assert_faded_scores() -> None:  # a man (any age) with 3 ratings: the engine's scores at its current settings
-        listed = alone.get_recommendations(item_sequence=data.item_movie_ids[[10, 11, 12]].tolist(), gender="M",
+        listed = alone.get_recommendations(item_sequence=data.item_ids[[10, 11, 12]].tolist(), gender="M",
                                            k=1000)
         expected = model_and_prior(reference_scores(model, [10, 11, 12], [DAY] * 3, (0, 2, 0, 0)),
                                    reference_signup_log_prior(data, 3, 2, 0), alone, 3)
         for movie_id, score in as_scores(listed).items():
-            column = int(np.searchsorted(data.item_movie_ids[1:-1], movie_id)) + 1
+            column = int(np.searchsorted(data.item_ids[1:-1], movie_id)) + 1
             assert score == pytest.approx(expected[column].item(), abs=1e-5)
 
     # the weight fades with the history: 2 x 3 / (3 + 3) = 1 at n = 3 (gender only: men, any age)
@@ -400,7 +400,7 @@ def test_new_user_prior_weight_zero_is_the_model_alone_and_known_users_never_get
     alone.new_user_prior_weight, alone.new_user_prior_fade = 1e6, math.inf
     for window in ((0, 1), (1, 3)):
         alone.new_user_prior_window = window
-        scores = alone.score_batch([None], [data.item_movie_ids[[10, 11, 12]].tolist()], demographics=[{"gender": "M"}],
+        scores = alone.score_batch([None], [data.item_ids[[10, 11, 12]].tolist()], demographics=[{"gender": "M"}],
                                    filter_seen=False).scores[0].double() / 1e6
         assert scores.numpy() == pytest.approx(reference_signup_log_prior(data, 3, 2, 0, window)[1:-1].numpy(),
                                                abs=1e-4)
@@ -446,7 +446,7 @@ def test_nothing_known_falls_back_to_training_popularity(trained):
     assert {r["strategy"] for r in records} == {"popularity"}
     assert [r["score"] for r in records] == sorted(counts, reverse=True)[:5]
     for record in records:
-        item = int(np.searchsorted(data.item_movie_ids[1:-1], record["movie_id"])) + 1
+        item = int(np.searchsorted(data.item_ids[1:-1], record["movie_id"])) + 1
         assert counts[item] == record["score"]
     explanation = engine.explain_recommendation(None, None, records[0]["movie_id"])
     assert explanation["strategy"] == "popularity" and explanation["recommended"]["rank"] == 1
@@ -456,7 +456,7 @@ def test_nothing_known_falls_back_to_training_popularity(trained):
 def test_cold_items_in_a_sequence_are_skipped_with_a_warning(trained):
     data, engine = trained.data, trained.engine
     cold = cold_movie_ids(data)
-    warm = data.item_movie_ids[[20, 21]].tolist()
+    warm = data.item_ids[[20, 21]].tolist()
     with pytest.warns(ColdItemWarning, match=str(cold[0])):
         with_cold = engine.get_recommendations(user_id=int(data.user_ids[3]), item_sequence=[warm[0], cold[0], warm[1]],
                                                k=1000, timestamps=[978307200, 978310000, 978393600])
@@ -470,19 +470,19 @@ def test_cold_items_in_a_sequence_are_skipped_with_a_warning(trained):
 def test_cold_item_recommendations_by_genre_and_year(trained):
     data, engine = trained.data, trained.engine
     cold = cold_movie_ids(data)
-    sequence = [int(data.item_movie_ids[30]), cold[1]]
+    sequence = [int(data.item_ids[30]), cold[1]]
     records = engine.get_cold_item_recommendations(item_sequence=sequence, k=100)
     assert {r["movie_id"] for r in records} == set(cold) - {cold[1]}
     assert {r["strategy"] for r in records} == {"genre_similarity"}
     # hand-computed: history profile = mean genre multi-hot; year term against the median known year
-    rows = np.searchsorted(data.movie_ids, sequence)
-    profile = data.movie_genres[rows].mean(axis=0)
-    years = [data.min_year + y - 2 for y in data.movie_years[rows] if y != 1]
+    rows = np.searchsorted(data.catalog_ids, sequence)
+    profile = data.catalog_values["genres"][rows].mean(axis=0)
+    years = [data.feature("item", "year")["range"][0] + y - 2 for y in data.catalog_values["year"][rows] if y != 1]
     for record in records:
-        row = np.searchsorted(data.movie_ids, record["movie_id"])
-        genres = data.movie_genres[row]
+        row = np.searchsorted(data.catalog_ids, record["movie_id"])
+        genres = data.catalog_values["genres"][row]
         cosine = genres @ profile / (np.linalg.norm(genres) * np.linalg.norm(profile))
-        year = None if data.movie_years[row] == 1 else data.min_year + data.movie_years[row] - 2
+        year = None if data.catalog_values["year"][row] == 1 else data.feature("item", "year")["range"][0] + data.catalog_values["year"][row] - 2
         proximity = 0.0 if year is None or not years else np.exp(-abs(year - np.median(years)) / 10)
         assert record["score"] == pytest.approx(0.8 * cosine + 0.2 * proximity, abs=1e-6)
         assert record["matched_genres"] == [GENRES[g] for g in np.flatnonzero(genres * profile)]
@@ -512,7 +512,7 @@ def test_explanation_is_faithful_to_independently_recomputed_scores(trained):
     assert {d["movie_id"] for d in drivers} == set(movie_ids[-window:].tolist())
     assert [d["score_drop"] for d in drivers] == sorted((d["score_drop"] for d in drivers), reverse=True)
 
-    item = int(np.searchsorted(data.item_movie_ids[1:-1], recommended["movie_id"])) + 1
+    item = int(np.searchsorted(data.item_ids[1:-1], recommended["movie_id"])) + 1
     tokens = user_tokens(data, user)
     base = reference_scores(model, items.tolist(), days.tolist(), tokens)[item].item()
 
@@ -553,13 +553,13 @@ def test_explanation_parts_and_sentence(trained):
     attention = [d["attention"] for d in explanation["drivers"]]
     assert all(0 <= a <= 1 for a in attention) and sum(attention) <= 1 + 1e-6
     window_movies = history(data, user)[0][-(SEQ_LENGTH - 1):]
-    rows = np.searchsorted(data.movie_ids, window_movies)
-    genre_counts = data.movie_genres[rows].sum(axis=0)
+    rows = np.searchsorted(data.catalog_ids, window_movies)
+    genre_counts = data.catalog_values["genres"][rows].sum(axis=0)
     expected_genres = {g: int(genre_counts[GENRES.index(g)]) for g in recommended["genres"]
                        if genre_counts[GENRES.index(g)] > 0}
     assert explanation["shared_genres"] == expected_genres
     year = explanation["release_year"]
-    known_years = [data.min_year + y - 2 for y in data.movie_years[rows] if y != 1]
+    known_years = [data.feature("item", "year")["range"][0] + y - 2 for y in data.catalog_values["year"][rows] if y != 1]
     assert year["history_median_year"] == pytest.approx(float(np.median(known_years)))
     if recommended["year"] is not None:
         assert year["difference"] == pytest.approx(recommended["year"] - np.median(known_years))
@@ -612,17 +612,17 @@ def test_a_new_users_explanation_measures_the_model_with_the_sign_up_prior_held_
     held fixed, each drop is the model's own log-probability difference, recomputed here without the engine."""
     data, engine, model = trained.data, trained.engine, trained.model
     items = [20, 21, 22, 23, 24]
-    sequence = data.item_movie_ids[items].tolist()
+    sequence = data.item_ids[items].tolist()
     recommended = engine.get_recommendations(item_sequence=sequence, gender="M", age=45, k=1)[0]
     explanation = engine.explain_recommendation(None, sequence, recommended["movie_id"], gender="M", age=45)
-    item = int(np.searchsorted(data.item_movie_ids[1:-1], recommended["movie_id"])) + 1
+    item = int(np.searchsorted(data.item_ids[1:-1], recommended["movie_id"])) + 1
     tokens = (0, 2, 5, 0)  # a new user: no identity; men, aged 45-49
 
     def model_log_probability(kept: list[int], user=tokens) -> float:
         return reference_scores(model, kept, [DAY] * len(kept), user).log_softmax(dim=-1)[item].item()
 
     base = model_log_probability(items)
-    expected = {data.item_movie_ids[i]: base - model_log_probability([j for j in items if j != i]) for i in items}
+    expected = {data.item_ids[i]: base - model_log_probability([j for j in items if j != i]) for i in items}
     drops = {d["movie_id"]: d["score_drop"] for d in explanation["drivers"]}
     assert drops == pytest.approx(expected, abs=1e-4)
     assert max(drops.values()) - min(drops.values()) > 0.1  # the movies differ, as the model reads them
@@ -685,7 +685,7 @@ def test_bad_requests_raise_specific_errors(trained):
     with pytest.raises(UnknownUserError):
         engine.get_user_profile(999_999)
     with pytest.raises(UnknownItemError, match="424242"):
-        engine.get_recommendations(user_id=user_id, item_sequence=[int(data.item_movie_ids[1]), 424242])
+        engine.get_recommendations(user_id=user_id, item_sequence=[int(data.item_ids[1]), 424242])
     with pytest.raises(UnknownItemError):
         engine.explain_recommendation(user_id, None, -5)
     for k in (0, -3, 2.5, "10"):
@@ -699,11 +699,11 @@ def test_bad_requests_raise_specific_errors(trained):
     with pytest.raises(InferenceError, match="item_sequence must be a list"):
         engine.get_recommendations(user_id=user_id, item_sequence="1,5")
     with pytest.raises(InferenceError, match="timestamps has 1 values for 2 items"):
-        engine.get_recommendations(item_sequence=data.item_movie_ids[[1, 2]].tolist(), timestamps=[978307200])
+        engine.get_recommendations(item_sequence=data.item_ids[[1, 2]].tolist(), timestamps=[978307200])
     with pytest.raises(InferenceError, match="timestamps describe item_sequence"):
         engine.get_recommendations(user_id=user_id, timestamps=[978307200])
     with pytest.raises(InferenceError, match="item_sequences has 1 rows for 2 user_ids"):
-        engine.score_batch([user_id, user_id], [[int(data.item_movie_ids[1])]])
+        engine.score_batch([user_id, user_id], [[int(data.item_ids[1])]])
     with pytest.raises(InferenceError, match="timestamps need item_sequences"):
         engine.score_batch([user_id], timestamps=[[978307200]])
     with pytest.raises(InferenceError, match="batch_size must be positive"):
@@ -776,23 +776,23 @@ def test_cli(trained):
     assert {r["movie_id"] for r in output["cold_items"]} <= set(cold_movie_ids(data))
 
     new_user = run_cli(*paths, "--gender", "F", "--age", "30", "--occupation", "7", "--k", "2", "--json",
-                       "--item_sequence", ",".join(map(str, data.item_movie_ids[[1, 2]])))
+                       "--item_sequence", ",".join(map(str, data.item_ids[[1, 2]])))
     assert new_user.returncode == 0, new_user.stderr
     assert json.loads(new_user.stdout)["strategy"] == "sequence"
     for weight in (0.0, 2.0):  # the flag reaches the engine: the list equals the API's at that weight
         listed = run_cli(*paths, "--gender", "F", "--age", "30", "--k", "5", "--json", "--new_user_prior_weight",
-                         str(weight), "--item_sequence", ",".join(map(str, data.item_movie_ids[[1, 2]])))
+                         str(weight), "--item_sequence", ",".join(map(str, data.item_ids[[1, 2]])))
         api = RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", new_user_prior_weight=weight)
-        expected_new = api.get_recommendations(item_sequence=data.item_movie_ids[[1, 2]].tolist(), gender="F", age=30,
+        expected_new = api.get_recommendations(item_sequence=data.item_ids[[1, 2]].tolist(), gender="F", age=30,
                                                k=5)
         assert [r["score"] for r in json.loads(listed.stdout)["recommendations"]] == pytest.approx(
             [r["score"] for r in expected_new], abs=1e-5)
     windowed = run_cli(*paths, "--gender", "F", "--age", "30", "--k", "5", "--json", "--new_user_prior_window", "0",
                        "1", "--new_user_prior_steepness", "3", "--new_user_prior_fade", "1",
-                       "--item_sequence", ",".join(map(str, data.item_movie_ids[[1, 2]])))
+                       "--item_sequence", ",".join(map(str, data.item_ids[[1, 2]])))
     api = RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", new_user_prior_window=(0, 1),
                                new_user_prior_steepness=3.0, new_user_prior_fade=1.0)
-    expected_new = api.get_recommendations(item_sequence=data.item_movie_ids[[1, 2]].tolist(), gender="F", age=30, k=5)
+    expected_new = api.get_recommendations(item_sequence=data.item_ids[[1, 2]].tolist(), gender="F", age=30, k=5)
     assert [r["score"] for r in json.loads(windowed.stdout)["recommendations"]] == pytest.approx(
         [r["score"] for r in expected_new], abs=1e-5)
 
@@ -857,7 +857,7 @@ def test_real_data_batch_scores_equal_trainer_evaluate(real_ml1m_dir, tmp_path):
     test_inputs = eval_inputs(data, "test", 50)
     expected = evaluate(model, to_eval_tensors(test_inputs, torch.device("cpu")),
                         data_to_tensors(data, torch.device("cpu")), 512)
-    sequences = np.split(data.item_movie_ids[test_inputs.seen_items], test_inputs.seen_offsets[1:-1])
+    sequences = np.split(data.item_ids[test_inputs.seen_items], test_inputs.seen_offsets[1:-1])
     batch = engine.score_batch(data.user_ids[1:].tolist(), [s.tolist() for s in sequences])
     columns = torch.from_numpy(test_inputs.targets - 1)
     metrics = ranking_metrics(target_ranks(batch.scores, columns))
@@ -876,7 +876,7 @@ def test_real_checkpoint_reproduces_its_results(real_ml1m_dir, real_short_run):
     data = load_dataset(real_ml1m_dir, seq_length=seq_length)
     assert data.fingerprint == results["data_fingerprint"], f"{checkpoint} was not trained on {real_ml1m_dir}"
     test_inputs = eval_inputs(data, "test", seq_length)
-    sequences = np.split(data.item_movie_ids[test_inputs.seen_items], test_inputs.seen_offsets[1:-1])
+    sequences = np.split(data.item_ids[test_inputs.seen_items], test_inputs.seen_offsets[1:-1])
     batch = engine.score_batch(data.user_ids[1:].tolist(), [s.tolist() for s in sequences])
     metrics = ranking_metrics(target_ranks(batch.scores, torch.from_numpy(test_inputs.targets - 1)))
     # exactly on the CPU; from another device (GPU) the scores differ in the last bits, which can flip near-ties
@@ -897,7 +897,7 @@ def reference_rating(model, data, user: int, movie_id: int) -> float:
     padding = [0] * (width - len(items))
     item_seq = torch.tensor([padding + items + [model.config.mask_index]])
     day_seq = torch.tensor([padding + days + [days[-1]]])
-    item = int(np.flatnonzero(data.item_movie_ids == movie_id)[0])
+    item = int(np.flatnonzero(data.item_ids == movie_id)[0])
     with torch.no_grad():
         hidden = model(item_seq, day_seq, *(torch.tensor([v]) for v in user_tokens(data, user))).hidden[:, -1]
         return model.predict_rating(hidden, torch.tensor([item]), torch.tensor([user])).item()
@@ -1060,7 +1060,7 @@ def test_profile_shows_the_preference_heads_genre_mix(trained):
 def test_cli_prints_a_repeated_warning_once(trained):
     paths = ["--model_path", str(trained.checkpoint), "--metadata_path", str(trained.metadata), "--device", "cpu"]
     cold = cold_movie_ids(trained.data)[0]
-    warm = trained.data.item_movie_ids[1:3].tolist()
+    warm = trained.data.item_ids[1:3].tolist()
     answer = run_cli(*paths, "--item_sequence", f"{warm[0]},{cold},{warm[1]}", "--k", "3", "--explain")
     assert answer.returncode == 0, answer.stderr
     assert answer.stderr.splitlines() == [f"warning: never-rated MovieID(s) [{cold}] in the history: the model has "

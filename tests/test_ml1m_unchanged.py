@@ -3,7 +3,10 @@ digests recorded from the code before the data model and readers existed (commit
 dcf94900...). Any change to parsing, the split, windows, hold-outs or metadata.json that alters one byte fails here.
 
 Each value is the first 16 hex digits of a sha256: an array's over its name, dtype, shape and bytes; a scalar's over
-json.dumps({name: value}); the metadata's over json.dumps(build_metadata(data), sort_keys=True).
+json.dumps({name: value}); the metadata's over json.dumps(build_metadata(data), sort_keys=True). The recorded names
+are those of the ML-1M-only dataclass the digests were taken from; `RECORDED_AS` says where each value lives now
+(the features declared per dataset). metadata.json has gained one key since, "schema" (the feature declarations):
+the digest covers everything else, and test_metadata_schema_declares_ml1m checks that key.
 """
 
 import hashlib
@@ -13,7 +16,8 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from data_processor import build_metadata, eval_inputs, load_dataset
+from data_processor import AGE_GROUPS, GENDERS, GENRES, build_metadata, eval_inputs, load_dataset
+from model_config import ML1M_ITEM_FEATURES, ML1M_USER_FEATURES
 
 SEQ_LENGTH = 50
 RECORDED = {
@@ -133,14 +137,40 @@ def value_digest(name: str, value) -> str:
     return hashlib.sha256(json.dumps({name: value}, sort_keys=True).encode()).hexdigest()[:16]
 
 
+RECORDED_AS = {
+    "num_genres": lambda d: d.feature("item", "genres")["size"],
+    "num_years": lambda d: d.feature("item", "year")["size"],
+    "num_genders": lambda d: d.feature("user", "gender")["size"],
+    "num_ages": lambda d: d.feature("user", "age")["size"],
+    "num_occupations": lambda d: d.feature("user", "occupation")["size"],
+    "min_year": lambda d: d.feature("item", "year")["range"][0],
+    "item_movie_ids": lambda d: d.item_ids,
+    "item_genres": lambda d: d.item_values["genres"],
+    "item_years": lambda d: d.item_values["year"],
+    "user_gender": lambda d: d.user_values["gender"],
+    "user_age": lambda d: d.user_values["age"],
+    "user_occupation": lambda d: d.user_values["occupation"],
+    "user_genre_profile": lambda d: d.user_preference_profile,
+    "movie_ids": lambda d: d.catalog_ids,
+    "movie_titles": lambda d: d.catalog_titles,
+    "movie_genres": lambda d: d.catalog_values["genres"],
+    "movie_years": lambda d: d.catalog_values["year"],
+}
+OLD_FIELDS = [name for name in RECORDED["default"] if not name.startswith(("eval_", "metadata"))]
+
+
 def digests(data) -> dict[str, str]:
-    """The digest of every ML1MData field, of both splits' evaluation inputs and of the metadata content."""
-    found = {field.name: value_digest(field.name, getattr(data, field.name)) for field in fields(data)}
+    """The digest of every field the recorded dataclass had, of both splits' evaluation inputs and of the metadata
+    content without its "schema"."""
+    found = {name: value_digest(name, RECORDED_AS[name](data) if name in RECORDED_AS else getattr(data, name))
+             for name in OLD_FIELDS}
     for split in ("val", "test"):
         inputs = eval_inputs(data, split, SEQ_LENGTH)
         found |= {f"eval_{split}.{field.name}": array_digest(field.name, getattr(inputs, field.name))
                   for field in fields(inputs)}
-    found["metadata"] = hashlib.sha256(json.dumps(build_metadata(data), sort_keys=True).encode()).hexdigest()[:16]
+    metadata = build_metadata(data)
+    del metadata["schema"]
+    found["metadata"] = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:16]
     return found
 
 
@@ -148,11 +178,26 @@ def digests(data) -> dict[str, str]:
 def processed(request, real_ml1m_dir):
     """(setting, digests) of one processing of the real ML-1M per setting, without a cache."""
     data = load_dataset(real_ml1m_dir, seq_length=SEQ_LENGTH, strict=True, **SETTINGS[request.param])
-    return request.param, digests(data)
+    return request.param, digests(data), data
 
 
 def test_ml1m_output_unchanged(processed):
-    setting, found = processed
+    setting, found, _ = processed
     recorded = RECORDED[setting]
     changed = [name for name in recorded if found.get(name) != recorded[name]]
     assert not changed, f"{setting}: these outputs differ from the recorded ones: {', '.join(changed)}"
+
+
+def test_metadata_schema_declares_ml1m(processed):
+    """The one key metadata.json gained: ML-1M's features as the model reads them (sizes as ModelConfig's ML-1M
+    defaults, vocabularies as data_processor's constants)."""
+    _, _, data = processed
+    declared = build_metadata(data)["schema"]
+    assert declared["name"] == "ml-1m" and declared["preference_feature"] == "genres" and declared["has_ratings"]
+    assert [(f["name"], f["kind"], f["size"]) for f in declared["items"]] == [
+        (f["name"], f["kind"], f["size"]) for f in ML1M_ITEM_FEATURES]
+    assert [(f["name"], f["kind"], f["size"]) for f in declared["users"]] == [
+        (f["name"], f["kind"], f["size"]) for f in ML1M_USER_FEATURES]
+    assert declared["items"][0]["vocabulary"] == list(GENRES)
+    assert declared["items"][1]["range"] == [1919, 2000]
+    assert [f["vocabulary"] for f in declared["users"]] == [list(GENDERS), list(AGE_GROUPS), list(range(21))]

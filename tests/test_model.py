@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -11,16 +12,17 @@ from torch import Tensor
 
 from enhanced_model import (
     NUM_DAY_SLOTS,
-    USER_TOKENS,
     EncoderOutput,
     EnhancedBERT4Rec,
     ModelConfig,
+    model_from_checkpoint,
     preference_loss,
     preference_top_k_overlap,
+    user_token_names,
 )
 
 SWITCH_PREFIXES = {
-    "use_item_side_info": ("movie_meta.",),
+    "use_item_side_info": ("item_meta.",),
     "use_user_tokens": ("user_meta.", "cross_attention."),
     "use_temporal": ("day_embedding.",),
     "use_rating_head": ("rating_head.",),
@@ -30,18 +32,23 @@ ALL_OFF = {switch: False for switch in SWITCH_PREFIXES}
 
 
 def small_config(**overrides) -> ModelConfig:
-    values = dict(num_items=40, num_users=10, num_years=7, hidden_size=32, num_heads=4, num_layers=2,
-                  seq_length=12, side_dim=8)
+    values = dict(num_items=40, num_users=10, hidden_size=32, num_heads=4, num_layers=2, seq_length=12, side_dim=8,
+                  item_features=[{"name": "genres", "kind": "multi", "size": 18},
+                                 {"name": "year", "kind": "bucketed", "size": 7}])
     return ModelConfig(**{**values, **overrides})
+
+
+def size(config: ModelConfig, name: str) -> int:
+    return next(f["size"] for f in (*config.item_features, *config.user_features) if f["name"] == name)
 
 
 def build(config: ModelConfig, seed: int = 0) -> EnhancedBERT4Rec:
     torch.manual_seed(seed)
     model = EnhancedBERT4Rec(config)
     generator = torch.Generator().manual_seed(seed)
-    genres = (torch.rand(config.item_vocab_size, config.num_genres, generator=generator) < 0.3).float()
+    genres = (torch.rand(config.item_vocab_size, size(config, "genres"), generator=generator) < 0.3).float()
     genres[[0, config.mask_index]] = 0.0
-    years = torch.randint(1, config.num_years, (config.item_vocab_size,), generator=generator)
+    years = torch.randint(1, size(config, "year"), (config.item_vocab_size,), generator=generator)
     years[[0, config.mask_index]] = 0
     model.set_item_side_info(genres, years)
     return model
@@ -59,9 +66,9 @@ def make_inputs(config: ModelConfig, lengths: list[int], seed: int = 0) -> dict[
         "item_seq": item_seq.masked_fill(is_pad, 0),
         "day_of_year": day_of_year.masked_fill(is_pad, 0),
         "user_idx": torch.randint(1, config.num_users + 1, (B,), generator=generator),
-        "gender": torch.randint(1, config.num_genders, (B,), generator=generator),
-        "age": torch.randint(1, config.num_ages, (B,), generator=generator),
-        "occupation": torch.randint(1, config.num_occupations, (B,), generator=generator),
+        "gender": torch.randint(1, size(config, "gender"), (B,), generator=generator),
+        "age": torch.randint(1, size(config, "age"), (B,), generator=generator),
+        "occupation": torch.randint(1, size(config, "occupation"), (B,), generator=generator),
     }
 
 
@@ -85,7 +92,7 @@ def total_loss(model: EnhancedBERT4Rec, inputs: dict[str, Tensor]) -> Tensor:
     if "rating" in outputs:
         loss = loss + F.mse_loss(outputs["rating"], torch.full_like(outputs["rating"], 4.0))
     if "preference" in outputs:
-        target = torch.softmax(torch.arange(model.config.num_genres, dtype=torch.float32), dim=0)
+        target = torch.softmax(torch.arange(model.config.preference_size, dtype=torch.float32), dim=0)
         loss = loss + preference_loss(outputs["preference"], target.expand_as(outputs["preference"]))
     return loss
 
@@ -93,7 +100,7 @@ def total_loss(model: EnhancedBERT4Rec, inputs: dict[str, Tensor]) -> Tensor:
 def test_config_round_trips_through_a_plain_dict():
     config = small_config(positional="learned", use_temporal=False, dropout=0.1)
     values = config.to_dict()
-    assert all(type(v) in (int, float, bool, str) for v in values.values())
+    assert json.loads(json.dumps(values)) == values  # plain data: checkpoints and metadata.json hold it
     assert ModelConfig.from_dict(values) == config
     assert ModelConfig.from_dict({}) == ModelConfig()
     defaults = ModelConfig()
@@ -107,6 +114,68 @@ def test_config_round_trips_through_a_plain_dict():
         ModelConfig(hidden_size=30, num_heads=4)
 
 
+def test_checkpoints_from_before_declared_features_still_load():
+    """A checkpoint written when ML-1M's features were fixed (num_genres ... num_occupations, movie_meta.* and
+    user_meta.embeddings.gender ... parameter names) loads into the declared-feature model unchanged."""
+    config = small_config()
+    model = build(config).eval()
+    legacy_config = {key: value for key, value in config.to_dict().items() if not key.endswith("_features")}
+    legacy_config |= {"num_genres": 18, "num_years": 7, "num_genders": 3, "num_ages": 8, "num_occupations": 22}
+    old_names = {"item_meta.embeddings.0.embedding.": "movie_meta.genre_embedding.",
+                 "item_meta.embeddings.1.embedding.": "movie_meta.year_embedding.",
+                 "item_meta.projection.": "movie_meta.projection.", "item_meta.values_0": "movie_meta.item_genres",
+                 "item_meta.values_1": "movie_meta.item_years"} | {
+        f"user_meta.{part}.{i}.{'embedding.' if part == 'embeddings' else ''}": f"user_meta.{part}.{name}."
+        for part in ("embeddings", "projections") for i, name in enumerate(("identity", "gender", "age", "occupation"))}
+    legacy_state = {}
+    for key, value in model.state_dict().items():
+        new = next((new for new in old_names if key.startswith(new)), None)
+        legacy_state[key if new is None else old_names[new] + key[len(new):]] = value
+    assert "movie_meta.genre_embedding.weight" in legacy_state and "user_meta.embeddings.gender.weight" in legacy_state
+    restored = model_from_checkpoint({"model_config": legacy_config, "model_state": legacy_state}, "old.pt")
+    assert restored.config == config
+    inputs = make_inputs(config, [12, 5])
+    assert torch.equal(restored(**inputs).hidden, model(**inputs).hidden)
+
+
+def test_features_are_declared_per_dataset():
+    """Any declared features build the model: a categorical and a multi user feature, one bucketed item feature and
+    no preference head; bad declarations are refused by name."""
+    config = small_config(item_features=[{"name": "price", "kind": "bucketed", "size": 5}],
+                          user_features=[{"name": "country", "kind": "categorical", "size": 4},
+                                         {"name": "topics", "kind": "multi", "size": 6}],
+                          use_preference_head=False)
+    model = build_plain(config)
+    B = 3
+    topics = torch.zeros(B, 6)
+    topics[0, [1, 4]] = 1.0  # row 1 and 2: no topics (unknown)
+    item_seq = torch.randint(1, config.num_items + 1, (B, 12), generator=torch.Generator().manual_seed(0))
+    inputs = {"item_seq": item_seq, "day_of_year": torch.ones(B, 12, dtype=torch.long),
+              "user_idx": torch.tensor([1, 0, 2]), "country": torch.tensor([2, 1, 0]), "topics": topics}
+    weights = model(**inputs, return_attention=True).cross_attention
+    assert user_token_names(config) == ("identity", "country", "topics")
+    assert weights.shape == (B, 12, 3)
+    unknown = torch.tensor([[False, False, False], [True, False, True], [False, True, True]])
+    assert torch.equal(weights[:, -1][unknown], torch.zeros(int(unknown.sum())))
+    with pytest.raises(ValueError, match="'topics'"):
+        model(**{key: value for key, value in inputs.items() if key != "topics"})
+    with pytest.raises(ValueError, match="'colour' is not a user feature"):
+        model(**inputs, colour=torch.ones(B, dtype=torch.long))
+    for bad, message in ((dict(user_features=[{"name": "user_idx", "kind": "categorical", "size": 3}]), "rename"),
+                         (dict(item_features=[{"name": "a", "kind": "display", "size": 3}]), "kind 'display'"),
+                         (dict(item_features=[{"name": "a", "kind": "multi", "size": 0}]), "positive integer size"),
+                         (dict(preference_feature="year"), "not a multi item feature")):
+        with pytest.raises(ValueError, match=message):
+            small_config(**bad)
+
+
+def build_plain(config: ModelConfig) -> EnhancedBERT4Rec:
+    torch.manual_seed(0)
+    model = EnhancedBERT4Rec(config).eval()
+    model.set_item_side_info(torch.arange(config.item_vocab_size) % 5)
+    return model
+
+
 def test_every_head_has_the_documented_shape():
     config = small_config()
     model = build(config).eval()
@@ -116,11 +185,11 @@ def test_every_head_has_the_documented_shape():
     assert out.hidden.shape == (3, 12, 32)
     assert len(out.self_attention) == config.num_layers
     assert all(w.shape == (3, 4, 12, 12) for w in out.self_attention)
-    assert out.cross_attention.shape == (3, 12, len(USER_TOKENS))
+    assert out.cross_attention.shape == (3, 12, len(user_token_names(config)))
     rows = out.hidden[:, -1]
     assert model.item_logits(rows).shape == (3, config.num_items + 2)
     assert model.predict_rating(rows, torch.tensor([1, 2, 3])).shape == (3,)
-    assert model.predict_preference(out.hidden, inputs["item_seq"]).shape == (3, config.num_genres)
+    assert model.predict_preference(out.hidden, inputs["item_seq"]).shape == (3, config.preference_size)
     plain = model(**inputs)
     assert plain.self_attention is None and plain.cross_attention is None
 
@@ -136,8 +205,8 @@ def test_padding_never_changes_the_outputs_at_real_positions():
     garbage_days = dict(inputs, day_of_year=inputs["day_of_year"].masked_fill(~is_real, 200))
     # garbage side info in the padding row of the item tables
     side_model = build(config).eval()
-    side_model.movie_meta.item_genres[0] = 1.0
-    side_model.movie_meta.item_years[0] = 3
+    side_model.item_meta.values_0[0] = 1.0
+    side_model.item_meta.values_1[0] = 3
     for outputs in (all_heads(model, garbage_days), all_heads(side_model, inputs)):
         assert torch.allclose(outputs["hidden"][is_real], reference["hidden"][is_real], atol=1e-6)
         for head in ("item_logits", "rating", "preference"):
@@ -182,7 +251,7 @@ def test_unknown_user_features_are_masked_out_of_cross_attention():
     inputs["user_idx"][0] = 0
     inputs["occupation"][1] = 0
     weights = model(**inputs, return_attention=True).cross_attention
-    identity, occupation = USER_TOKENS.index("identity"), USER_TOKENS.index("occupation")
+    identity, occupation = user_token_names(config).index("identity"), user_token_names(config).index("occupation")
     assert torch.equal(weights[0, :, identity], torch.zeros(12))
     assert torch.equal(weights[1, :, occupation], torch.zeros(12))
     assert torch.allclose(weights.sum(dim=-1), torch.ones(2, 12))
@@ -209,7 +278,7 @@ def test_a_disabled_part_has_no_parameters(switch):
         if other != switch:
             assert any(name.startswith(prefixes) for name in names), other
     if switch == "use_item_side_info":
-        assert not [name for name in model.state_dict() if name.startswith("movie_meta.")]
+        assert not [name for name in model.state_dict() if name.startswith("item_meta.")]
     inputs = make_inputs(config, [12, 3])
     total_loss(model, inputs).backward()  # the rest still runs and trains
     if switch == "use_rating_head":
@@ -283,10 +352,10 @@ def test_the_mask_token_gets_no_genre_or_year():
     config = small_config()
     model = build(config).eval()
     with torch.no_grad():
-        model.movie_meta.item_genres[config.mask_index] = 1.0  # even a table that wrongly holds a MASK row
-        model.movie_meta.item_years[config.mask_index] = 5
+        model.item_meta.values_0[config.mask_index] = 1.0  # even a table that wrongly holds a MASK row
+        model.item_meta.values_1[config.mask_index] = 5
     item_seq = torch.tensor([[0, 0, 3, config.mask_index, 7, config.mask_index] + [5] * 6])
-    movie_meta_embeds = model.movie_meta(item_seq)
+    movie_meta_embeds = model.item_meta(item_seq)
     is_movie = (item_seq != 0) & (item_seq != config.mask_index)
     assert torch.equal(movie_meta_embeds[~is_movie], torch.zeros(4, config.hidden_size))
     assert (movie_meta_embeds[is_movie].abs().sum(dim=-1) > 0).all()
@@ -299,19 +368,19 @@ def test_the_mask_token_gets_no_genre_or_year():
 def test_item_side_info_is_checked_and_saved_with_the_model():
     config = small_config()
     model = build(config)
-    with pytest.raises(ValueError, match="item_genres"):
+    with pytest.raises(ValueError, match="'genres' must be"):
         model.set_item_side_info(torch.zeros(5, 18), torch.zeros(5, dtype=torch.long))
-    with pytest.raises(ValueError, match="num_years"):
-        model.set_item_side_info(torch.zeros(42, 18), torch.full((42,), config.num_years))
-    with pytest.raises(ValueError, match="both"):
-        EnhancedBERT4Rec(config, item_genres=torch.zeros(42, 18))
+    with pytest.raises(ValueError, match=r"'year' must lie in \[0, 7\)"):
+        model.set_item_side_info(torch.zeros(42, 18), torch.full((42,), size(config, "year")))
+    with pytest.raises(ValueError, match="one table per item feature"):
+        EnhancedBERT4Rec(config, torch.zeros(42, 18))
     restored = EnhancedBERT4Rec(config)
     restored.load_state_dict(model.state_dict())
-    tables = model.movie_meta.item_genres.numpy(), model.movie_meta.item_years.numpy()  # as in ML1MData
+    tables = model.item_meta.values_0.numpy(), model.item_meta.values_1.numpy()  # as SequenceData.item_tables()
     from_numpy = EnhancedBERT4Rec(config, *tables)
-    assert torch.equal(from_numpy.movie_meta.item_years, model.movie_meta.item_years)
-    assert torch.equal(restored.movie_meta.item_genres, model.movie_meta.item_genres)
-    assert torch.equal(restored.movie_meta.item_years, model.movie_meta.item_years)
+    assert torch.equal(from_numpy.item_meta.values_1, model.item_meta.values_1)
+    assert torch.equal(restored.item_meta.values_0, model.item_meta.values_0)
+    assert torch.equal(restored.item_meta.values_1, model.item_meta.values_1)
 
 
 def test_item_logits_rule_out_pad_and_mask():
@@ -355,8 +424,10 @@ def test_missing_inputs_of_an_enabled_part_are_reported():
     inputs = make_inputs(config, [12])
     with pytest.raises(ValueError, match="day_of_year"):
         model(**dict(inputs, day_of_year=None))
-    with pytest.raises(ValueError, match="user_idx"):
+    with pytest.raises(ValueError, match="user feature 'occupation'"):
         model(**dict(inputs, occupation=None))
+    with pytest.raises(ValueError, match="user_idx"):
+        model(**dict(inputs, user_idx=None))
     with pytest.raises(ValueError, match="seq_length"):
         model(torch.ones(1, 13, dtype=torch.long))
 
@@ -419,10 +490,10 @@ def test_side_output_scores_items_by_their_id_plus_their_genres_and_year():
     model = build(config).eval()
     with torch.no_grad():  # items 1, 2, 3 share one ID row; 1 and 2 share genres and year, 3 differs in both
         model.item_embedding.weight[[2, 3]] = model.item_embedding.weight[1].clone()
-        model.movie_meta.item_genres[[1, 2, 3]] = torch.eye(config.num_genres)[[0, 0, 5]]
-        model.movie_meta.item_years[[1, 2, 3]] = torch.tensor([2, 2, 6])
+        model.item_meta.values_0[[1, 2, 3]] = torch.eye(config.preference_size)[[0, 0, 5]]
+        model.item_meta.values_1[[1, 2, 3]] = torch.tensor([2, 2, 6])
     items = torch.arange(config.item_vocab_size)
-    expected = model.item_embedding.weight + model.movie_meta(items[None])[0]
+    expected = model.item_embedding.weight + model.item_meta(items[None])[0]
     assert torch.equal(model.output_item_table(), expected)
     special = [0, config.mask_index]  # no metadata added to the pad and MASK rows (their columns are -inf anyway)
     assert torch.equal(model.output_item_table()[special], model.item_embedding.weight[special])
@@ -437,7 +508,7 @@ def test_side_output_scores_items_by_their_id_plus_their_genres_and_year():
 def test_the_item_loss_trains_the_metadata_tables_only_through_the_side_output(side_output):
     model = build(small_config(item_side_output=side_output)).train()
     F.cross_entropy(model.item_logits(torch.randn(5, 32)), torch.tensor([1, 2, 3, 4, 5])).backward()
-    meta_grads = [p.grad for p in model.movie_meta.parameters()]
+    meta_grads = [p.grad for p in model.item_meta.parameters()]
     if side_output:
         assert all(g is not None and g.abs().sum() > 0 for g in meta_grads)
     else:

@@ -25,7 +25,7 @@ from data_processor import (
     DataError,
     DataFormatError,
     DownloadError,
-    ML1MData,
+    SequenceData,
     featurise,
     load_dataset,
 )
@@ -450,9 +450,9 @@ def test_cli_export_generic(synthetic_ml1m_dir, tmp_path, capsys):
     assert tables_differ(read_dataset(tmp_path / "out"), read_dataset(synthetic_ml1m_dir)) is None
 
 
-def assert_same_arrays(data: ML1MData, expected: ML1MData) -> None:
+def assert_same_arrays(data: SequenceData, expected: SequenceData) -> None:
     """Every field equal, dtype and shape included; the source checksums aside (other files, same content)."""
-    for field in fields(ML1MData):
+    for field in fields(SequenceData):
         value, wanted = getattr(data, field.name), getattr(expected, field.name)
         if field.name == "source_md5":
             continue

@@ -560,7 +560,7 @@ def test_a_causal_run_is_evaluated_at_its_newest_event_and_served_the_same_way(s
         hidden = model(torch.from_numpy(items), torch.from_numpy(days), **{k: v[:1] for k, v in user.items()}).hidden
         scores = model.item_logits(hidden[:, -2])
     scores[0, torch.from_numpy(data.seq_items[start:end])] = -math.inf
-    assert [r["movie_id"] for r in top] == [int(data.item_movie_ids[i]) for i in scores[0].topk(3).indices]
+    assert [r["movie_id"] for r in top] == [int(data.item_ids[i]) for i in scores[0].topk(3).indices]
 
 
 def test_the_best_config_file_is_the_measured_cpu_command():
