@@ -7,6 +7,7 @@ and turns one caller's MovieIDs / UserID / demographics into the model's indices
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from data_processor import GENRES, PAD_INDEX, day_of_year, training_part
+from data_processor import AGE_GROUPS, GENDERS, GENRES, OCCUPATIONS, PAD_INDEX, day_of_year, training_part
 from enhanced_model import ModelConfig
 from inference_inputs import (
     ColdItemError,
@@ -33,6 +34,7 @@ from inference_inputs import (
 )
 from signup_prior import signup_counts
 
+MAX_SIGNUP_GROUPS = 32
 PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
     "personalized", "sequence", "demographics", "popularity", "genre_similarity",
 )  # fmt: skip
@@ -44,17 +46,20 @@ class Catalog:
     model's (0 = padding or never rated); user index 0 is the unknown user; histories are CSR rows in time order."""
 
     vocabularies: dict[str, Any]
+    schema: dict[str, Any]  # metadata.json's feature declarations (data_processor.build_metadata)
+    genre_names: list[str]  # the preference feature's values (ML-1M: the genres), columns of movie_genres
     movies: dict[int, dict[str, Any]]
     movie_ids: np.ndarray  # movie row -> MovieID
     movie_row: np.ndarray  # MovieID -> movie row, -1 for ids not in movies.dat
-    movie_genres: np.ndarray  # (movies, genres) multi-hot
-    movie_years: np.ndarray  # release year per movie row, NaN when unknown
+    movie_genres: np.ndarray  # (movies, genre_names) multi-hot; no columns when the items have no multi feature
+    movie_years: np.ndarray  # release year per movie row (a "year" feature), NaN when unknown or not a feature
     item_movie_ids: np.ndarray  # item index -> MovieID, -1 for padding and [MASK]
     item_of_movie: np.ndarray  # MovieID -> item index, 0 for never-rated (or unknown) movies
     item_movie_rows: np.ndarray  # item index - 1 -> movie row
     users: dict[int, dict[str, Any]]
     user_index: dict[int, int]
-    user_features: np.ndarray  # (users, 3) gender, age, occupation index
+    user_feature_names: list[str]  # the model's user features (ML-1M: gender, age, occupation)
+    user_features: np.ndarray  # (users, user_feature_names) indices, 0 = unknown
     history_offsets: np.ndarray
     history_items: np.ndarray
     history_days: np.ndarray
@@ -65,29 +70,49 @@ class Catalog:
     signup: np.ndarray  # signup_prior.signup_counts
     training_genre_mix: np.ndarray  # mean genre multi-hot of all training ratings
 
+    @property
+    def signup_group_sizes(self) -> tuple[int, int]:
+        return self.signup.shape[1], self.signup.shape[2]
+
 
 @dataclass
 class Request:
     """One user's input in model indices. items/days: the warm history in time order, all of it."""
 
     user_index: int
-    features: tuple[int, int, int]  # gender, age, occupation index, 0 = unknown
+    features: tuple[int, ...]  # Catalog.user_feature_names' indices (ML-1M: gender, age, occupation), 0 = unknown
     items: np.ndarray
     days: np.ndarray
     cold_movie_ids: list[int]
     strategy: str
 
 
+def ml1m_schema() -> dict[str, Any]:
+    """The declarations of ML-1M's features, for a metadata.json written before they were stored in it."""
+    return {"name": "ml-1m", "preference_feature": "genres", "has_ratings": True,
+            "items": [{"name": "genres", "kind": "multi", "vocabulary": list(GENRES), "size": len(GENRES)},
+                      {"name": "year", "kind": "bucketed"}],
+            "users": [{"name": "gender", "kind": "categorical", "vocabulary": list(GENDERS)},
+                      {"name": "age", "kind": "categorical", "vocabulary": list(AGE_GROUPS)},
+                      {"name": "occupation", "kind": "categorical", "vocabulary": list(range(len(OCCUPATIONS)))}]}
+
+
 def index_metadata(metadata: dict[str, Any], config: ModelConfig) -> Catalog:
     """Arrays for vectorised look-ups: movies, items, users, histories (CSR), popularity."""
     vocabularies, movies = metadata["vocabularies"], metadata["movies"]
+    schema = metadata.get("schema") or ml1m_schema()
+    preference = next((f for f in schema["items"] if f["name"] == schema["preference_feature"]), None)
+    genre_names = [str(value) for value in preference["vocabulary"]] if preference else []
     movie_ids = np.array(sorted(movies), dtype=np.int64)
     movie_row = np.full(int(movie_ids.max()) + 1, -1, dtype=np.int64)
     movie_row[movie_ids] = np.arange(len(movie_ids))
-    movie_genres = np.zeros((len(movie_ids), len(GENRES)), dtype=np.float32)
-    for row, movie_id in enumerate(movie_ids.tolist()):
-        movie_genres[row, [GENRES.index(genre) for genre in movies[movie_id]["genres"]]] = 1.0
-    movie_years = np.array([np.nan if movies[m]["year"] is None else movies[m]["year"] for m in movie_ids.tolist()])
+    movie_genres = np.zeros((len(movie_ids), len(genre_names)), dtype=np.float32)
+    if preference:
+        column = {value: i for i, value in enumerate(preference["vocabulary"])}
+        for row, movie_id in enumerate(movie_ids.tolist()):
+            movie_genres[row, [column[value] for value in movies[movie_id][preference["name"]]]] = 1.0
+    movie_years = np.array([np.nan if movies[m].get("year") is None else movies[m]["year"]
+                            for m in movie_ids.tolist()], dtype=np.float64)
     item_movie_ids = np.array([-1 if m is None else m for m in metadata["movie_id_by_item_index"]])
     item_of_movie = np.zeros(len(movie_row), dtype=np.int64)
     item_of_movie[item_movie_ids[1:-1]] = np.arange(1, config.num_items + 1)
@@ -95,11 +120,12 @@ def index_metadata(metadata: dict[str, Any], config: ModelConfig) -> Catalog:
 
     users, user_index = metadata["users"], metadata["user_index_by_user_id"]
     user_ids = metadata["user_id_by_user_index"]
-    user_features = np.zeros((len(user_ids), 3), dtype=np.int64)
+    names = [feature["name"] for feature in config.user_features]
+    user_features = np.zeros((len(user_ids), len(names)), dtype=np.int64)
     histories = [{"items": [], "days": []}] + [users[u]["history"] for u in user_ids[1:]]
     for index, user_id in enumerate(user_ids[1:], start=1):
         user = users[user_id]
-        user_features[index] = (user["gender_index"], user["age_index"], user["occupation_index"])
+        user_features[index] = [user[f"{name}_index"] for name in names]
     lengths = np.array([len(history["items"]) for history in histories])
     history_offsets = np.concatenate([[0], np.cumsum(lengths)])
     history_items = np.array([i for h in histories for i in h["items"]], dtype=np.int64)
@@ -111,20 +137,38 @@ def index_metadata(metadata: dict[str, Any], config: ModelConfig) -> Catalog:
     popularity = np.bincount(history_items[training_part(history_offsets)],
                              minlength=config.item_vocab_size).astype(np.float32)
     popularity[[PAD_INDEX, config.mask_index]] = -np.inf
-    signup = signup_counts(history_offsets, history_items, user_features,
-                           (config.num_genders, config.num_ages, config.item_vocab_size))
+    group_sizes = [feature["size"] if feature["size"] <= MAX_SIGNUP_GROUPS else 1 for feature in config.user_features]
+    group_sizes = (group_sizes + [1, 1])[:2]
+    signup = signup_counts(history_offsets, history_items, _signup_groups(user_features, group_sizes),
+                           (*group_sizes, config.item_vocab_size))
     training_counts = popularity[1:-1]
     return Catalog(
-        vocabularies, movies, movie_ids, movie_row, movie_genres, movie_years, item_movie_ids,
-        item_of_movie, item_movie_rows, users, user_index, user_features, history_offsets,
+        vocabularies, schema, genre_names, movies, movie_ids, movie_row, movie_genres, movie_years, item_movie_ids,
+        item_of_movie, item_movie_rows, users, user_index, names, user_features, history_offsets,
         history_items, history_days, keys[order], history_days[order], config.item_vocab_size, popularity, signup,
         training_counts @ movie_genres[item_movie_rows] / training_counts.sum(),
     )
 
 
+def _signup_groups(features: np.ndarray, group_sizes: list[int] | tuple[int, int]) -> np.ndarray:
+    """(rows, 2) the sign-up prior's group indices: the first two user features (ML-1M: gender and age); an absent
+    one, or one of more than MAX_SIGNUP_GROUPS values (its counts would not fit), is the single group 0."""
+    groups = np.zeros((len(features), 2), dtype=np.int64)
+    for column in range(min(2, features.shape[1])):
+        if group_sizes[column] > 1:
+            groups[:, column] = features[:, column]
+    return groups
+
+
+def signup_groups(catalog: Catalog, features: np.ndarray) -> np.ndarray:
+    """_signup_groups of requests' user feature indices (rows, user_feature_names)."""
+    return _signup_groups(features, catalog.signup_group_sizes)
+
+
 def movie_record(catalog: Catalog, movie_id: int) -> dict[str, Any]:
     movie = catalog.movies[movie_id]
-    return {"movie_id": movie_id, "title": movie["title"], "genres": movie["genres"], "year": movie["year"]}
+    # the title and each item feature's value by its name (ML-1M: genres, year); not the model's indices
+    return {"movie_id": movie_id, **{key: value for key, value in movie.items() if not key.endswith("_index")}}
 
 
 def default_day(day: int | None) -> int:
@@ -141,13 +185,13 @@ def resolve(
     user_id: int | None,
     item_sequence: Sequence[int] | None,
     timestamps: Sequence[int] | None,
-    demographics: tuple[int, int, int],
+    demographics: tuple[int, ...],
     empty_day: int,
     reads_demographics: bool,
 ) -> Request:
-    """One caller's request in model indices (engine module docstring: the rules). demographics: indices from
-    demographic_indices; empty_day: the day of history items without a timestamp or a known rating day;
-    reads_demographics: the model has user tokens (without them a user known by demographics alone is a
+    """One caller's request in model indices (engine module docstring: the rules). demographics: the user
+    features' indices from user_feature_indices; empty_day: the day of history items without a timestamp or a known
+    rating day; reads_demographics: the model has user tokens (without them a user known by demographics alone is a
     "popularity" one)."""
     user_index = user_index_of(catalog, user_id, any(demographics))
     known = catalog.user_features[user_index]
@@ -202,11 +246,12 @@ def resolve_batch(
         raise InferenceError(f"demographics has {len(demographics)} rows for {len(user_ids)} user_ids")
     requests = []
     for row, user_id in enumerate(user_ids):
-        fields = demographic_fields(None if demographics is None else demographics[row], row)
+        fields = demographic_fields(None if demographics is None else demographics[row], row,
+                                    catalog.user_feature_names)
         requests.append(resolve(
             catalog, user_id, None if item_sequences is None else item_sequences[row],
             None if timestamps is None else timestamps[row],
-            demographic_indices(catalog.vocabularies, **fields), empty_day, reads_demographics,
+            user_feature_indices(catalog, fields), empty_day, reads_demographics,
         ))
     return requests
 
@@ -229,16 +274,53 @@ def user_index_of(catalog: Catalog, user_id: int | None, has_demographics: bool)
     if has_demographics:
         return 0  # a new user described by their demographics
     raise UnknownUserError(
-        f"unknown user_id {user_id}: not in the metadata's users; for a new user pass gender/age/occupation "
-        "or an item_sequence without a user_id"
+        f"unknown user_id {user_id}: not in the metadata's users; for a new user pass "
+        f"{'/'.join(catalog.user_feature_names) or 'an item_sequence'}"
+        f"{' or an item_sequence' if catalog.user_feature_names else ''} without a user_id"
     )
+
+
+def user_feature_indices(catalog: Catalog, values: Mapping[str, Any]) -> tuple[int, ...]:
+    """Model indices (0 = not given) of a user's features given by name (a new user's, or overrides of a known
+    user's), in Catalog.user_feature_names order. ML-1M reads gender, age (years or a group label such as
+    "25-34") and occupation (code or name) as demographic_indices does; any other dataset a categorical feature's
+    value as its vocabulary writes it (text compared) and a bucketed feature's number."""
+    values = {name: value for name, value in values.items() if value is not None}
+    unknown = sorted(set(values) - set(catalog.user_feature_names), key=str)
+    if unknown:
+        raise InferenceError(f"{shown(unknown[0])} is not a user feature of this dataset; its user features: "
+                             f"{', '.join(catalog.user_feature_names) or 'none'}")
+    if catalog.schema["name"] == "ml-1m":
+        return demographic_indices(catalog.vocabularies, **values)
+    indices = []
+    for feature in catalog.schema["users"]:
+        if feature["name"] not in catalog.user_feature_names:
+            continue
+        value = values.get(feature["name"])
+        if value is None:
+            indices.append(0)
+        elif feature["kind"] == "categorical":
+            texts = [str(entry) for entry in feature["vocabulary"]]
+            if str(value) not in texts:
+                shown_values = ", ".join(texts[:10]) + (" ..." if len(texts) > 10 else "")
+                raise InferenceError(f"{feature['name']} must be one of {shown_values}; got {shown(value)}")
+            indices.append(texts.index(str(value)) + 1)
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            if isinstance(value, bool) or not math.isfinite(number):
+                raise InferenceError(f"{feature['name']} must be a number; got {shown(value)}")
+            indices.append(2 + int(np.searchsorted(np.asarray(feature["edges"], np.float64), number, side="right")))
+    return tuple(indices)
 
 
 def demographic_indices(
     vocabularies: dict[str, Any], gender: str | None = None, age: int | str | None = None,
     occupation: int | str | None = None,
 ) -> tuple[int, int, int]:
-    """Model indices (0 = not given) of a new user's demographics, via the metadata's vocabularies."""
+    """Model indices (0 = not given) of a new ML-1M user's demographics, via the metadata's vocabularies."""
     genders, age_groups, occupations = (vocabularies[name] for name in ("genders", "age_groups", "occupations"))
     gender_index = age_index = occupation_index = 0
     if gender is not None:

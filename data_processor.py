@@ -901,8 +901,17 @@ def featurise(tables: RawTables, seq_length: int, window_stride: int, holdout: s
     windows from the interactions. Every user needs MIN_RATINGS_PER_USER interactions. Display features other than
     the title are not carried."""
     items, users, interactions = tables.items, tables.users, tables.interactions
+    for side, ids in (("user", users["user_id"]), ("item", items["item_id"])):
+        if ids.dtype == object:
+            raise DataError(f"{tables.name}: {side} ids are text ({ids.iloc[0]!r}); training and serving take integer "
+                            f"ids: number them first, e.g. {side}s.{side}_id = pd.factorize(ids)[0] + 1, keeping the "
+                            "map for your application")
     item_features = [resolved(f, items[f.name]) for f in tables.item_features if f.kind != "display"]
-    user_features = [resolved(f, users[f.name]) for f in tables.user_features if f.kind != "display"]
+    skipped = [f.name for f in tables.user_features if f.kind == "multi"]
+    if skipped:
+        log.warning("note: user feature(s) %s are multi-valued: the engine reads one value per user feature, so "
+                    "they are left out", ", ".join(skipped))
+    user_features = [resolved(f, users[f.name]) for f in tables.user_features if f.kind not in ("display", "multi")]
     rated_ids = np.unique(interactions["item_id"].to_numpy())
     user_ids = users["user_id"].to_numpy()
     if not tables.has_ratings:

@@ -58,12 +58,12 @@ from catalog import (
     Catalog,
     Request,
     default_day,
-    demographic_indices,
     index_metadata,
     known_user_ids,
     movie_record,
     resolve,
     resolve_batch,
+    user_feature_indices,
     warm_item,
     warn_cold,
 )
@@ -106,6 +106,7 @@ from inference_inputs import (
     prior_weight,
     prior_window,
     rating_threshold,
+    shown,
 )
 from plots import plot_influence
 from profiles import cold_item_records, predicted_top_genres, user_profile
@@ -201,6 +202,7 @@ class RecommendationEngine:
         gender: str | None = None,
         age: int | str | None = None,
         occupation: int | str | None = None,
+        user_features: Mapping[str, Any] | None = None,
         min_predicted_rating: float | None = None,
     ) -> list[dict[str, Any]]:
         """The k best movies for one user, best first.
@@ -212,6 +214,8 @@ class RecommendationEngine:
         timestamps: Unix seconds of the sequence's items (for their day of year).
         gender ("F"/"M"), age (years or an ML-1M age group label such as "25-34"), occupation (ML-1M code
             0..20 or its name): a new user's demographics, or overrides of a known user's.
+        user_features: the same for any dataset, by feature name ({"country": "DE"}; ML-1M: {"age": 25}):
+            a categorical feature's value as the dataset writes it, a bucketed feature's number.
         min_predicted_rating: leave out movies whose predicted rating (rating head, 1-5) is below this; the list
             stays k long while enough movies remain (needs a checkpoint with a rating head).
         Returns one dict per movie: rank, movie_id, title, genres, year, score, strategy (module docstring) and,
@@ -219,7 +223,7 @@ class RecommendationEngine:
         """
         k, filter_seen = positive_int(k, "k"), as_bool(filter_seen, "filter_seen")
         threshold = rating_threshold(min_predicted_rating, self.model.rating_head is not None)
-        request = self._resolve(user_id, item_sequence, timestamps, gender, age, occupation)
+        request = self._resolve(user_id, item_sequence, timestamps, gender, age, occupation, user_features)
         warn_cold([request])
         scores, hidden = self._score_and_hidden([request], filter_seen)
         return top_k_records(self.model, self._catalog, scores, hidden, k, [request], threshold)[0]
@@ -297,6 +301,7 @@ class RecommendationEngine:
         gender: str | None = None,
         age: int | str | None = None,
         occupation: int | str | None = None,
+        user_features: Mapping[str, Any] | None = None,
         plot: str | Path | None = None,
         k: int = 10,
     ) -> dict[str, Any]:
@@ -318,7 +323,7 @@ class RecommendationEngine:
         """
         k = positive_int(k, "k")
         plot = None if plot is None else output_file(plot, "plot", (".png",), self._inputs)
-        request = self._resolve(user_id, item_sequence, timestamps, gender, age, occupation)
+        request = self._resolve(user_id, item_sequence, timestamps, gender, age, occupation, user_features)
         warn_cold([request])
         item = warm_item(self._catalog, recommended_item_id)
         if item in request.items:
@@ -328,8 +333,8 @@ class RecommendationEngine:
             movie = movie_record(self._catalog, int(self._catalog.item_movie_ids[item]))
             return popularity_explanation(movie, self._catalog.popularity, item)
         window_size = min(len(request.items), self.config.seq_length - 1)
-        token_names = known_tokens(request, self.config.use_user_tokens)
-        variants = explanation_variants(request, window_size, token_names)
+        token_names = known_tokens(request, self.config)
+        variants = explanation_variants(request, window_size, token_names, self.config)
         scores = self._score_and_hidden(variants, False, prior_of=request)[0]
         exclude_history(scores, [request] * len(scores))
         attention = read_attention(self.model, self._model_inputs([request]), window_size)
@@ -355,7 +360,8 @@ class RecommendationEngine:
             raise UnknownUserError(f"unknown user_id {user_id}: not in the metadata's users")
         predicted = None
         if self.model.preference_head is not None:
-            predicted = predicted_top_genres(self.model, self._model_inputs([self._resolve(user_id, None, None)]))
+            predicted = predicted_top_genres(self.model, self._model_inputs([self._resolve(user_id, None, None)]),
+                                             self._catalog.genre_names)
         return user_profile(self._catalog, user_id, predicted)
 
     def get_cold_item_recommendations(
@@ -383,9 +389,14 @@ class RecommendationEngine:
     # The engine's settings handed to the functions that do the work
 
     def _resolve(self, user_id: int | None, item_sequence: Sequence[int] | None, timestamps: Sequence[int] | None,
-                 gender: str | None = None, age: int | str | None = None,
-                 occupation: int | str | None = None) -> Request:
-        demographics = demographic_indices(self._catalog.vocabularies, gender, age, occupation)
+                 gender: str | None = None, age: int | str | None = None, occupation: int | str | None = None,
+                 user_features: Mapping[str, Any] | None = None) -> Request:
+        if user_features is not None and not isinstance(user_features, Mapping):
+            raise InferenceError(f"user_features must be a dict of feature name -> value, got "
+                                 f"{shown(user_features)}")
+        named = {"gender": gender, "age": age, "occupation": occupation}
+        demographics = user_feature_indices(self._catalog, {key: value for key, value in named.items()
+                                                            if value is not None} | dict(user_features or {}))
         return resolve(self._catalog, user_id, item_sequence, timestamps, demographics,
                        default_day(self.default_day_of_year), self.config.use_user_tokens)
 
@@ -398,8 +409,7 @@ class RecommendationEngine:
         return requests
 
     def _model_inputs(self, requests: list[Request]) -> ModelInputs:
-        return model_inputs(requests, self.config.seq_length, self.config.mask_index,
-                            default_day(self.default_day_of_year), self.device)
+        return model_inputs(requests, self.config, default_day(self.default_day_of_year), self.device)
 
     def _prior(self) -> NewUserPrior:
         return NewUserPrior(self.new_user_prior_weight, self.new_user_prior_fade, self.new_user_prior_steepness,

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from catalog import DEMOGRAPHICS, POPULARITY, SEQUENCE, Catalog, Request, movie_record
-from data_processor import GENRES, PAD_INDEX
-from enhanced_model import USER_TOKENS, EnhancedBERT4Rec
+from data_processor import PAD_INDEX
+from enhanced_model import EnhancedBERT4Rec, ModelConfig, user_token_names
 from metrics import target_ranks
 from scoring import ModelInputs, new_user_log_prior
 from signup_prior import NewUserPrior, faded_weight
@@ -41,18 +41,21 @@ EXPLANATION_MEASURES = {
 # What is measured: the request's variants, their ranks, the attention
 
 
-def known_tokens(request: Request, use_user_tokens: bool) -> list[str]:
-    """The user tokens the model reads for this request (identity, gender, age, occupation), known ones only."""
-    if not use_user_tokens:
+def known_tokens(request: Request, config: ModelConfig) -> list[str]:
+    """The user tokens the model reads for this request (identity, then the user features: ML-1M's gender, age,
+    occupation), known ones only."""
+    if not config.use_user_tokens:
         return []
     known = (request.user_index, *request.features)
-    return [name for name, value in zip(USER_TOKENS, known, strict=True) if value != PAD_INDEX]
+    return [name for name, value in zip(user_token_names(config), known, strict=True) if value != PAD_INDEX]
 
 
-def explanation_variants(request: Request, window_size: int, token_names: list[str]) -> list[Request]:
+def explanation_variants(request: Request, window_size: int, token_names: list[str],
+                         config: ModelConfig) -> list[Request]:
     """The request itself, then once per window item (oldest first) with that item deleted, then once per known
     user token with that token hidden."""
-    return [request, *_deletions(request, window_size), *(_hide_token(request, name) for name in token_names)]
+    return [request, *_deletions(request, window_size),
+            *(_hide_token(request, name, config) for name in token_names)]
 
 
 def _deletions(request: Request, window_size: int) -> list[Request]:
@@ -64,12 +67,12 @@ def _deletions(request: Request, window_size: int) -> list[Request]:
     ]
 
 
-def _hide_token(request: Request, name: str) -> Request:
-    """The request with user token `name` (identity, gender, age or occupation) set to unknown."""
+def _hide_token(request: Request, name: str, config: ModelConfig) -> Request:
+    """The request with user token `name` (identity or a user feature) set to unknown."""
     if name == "identity":
         return dataclasses.replace(request, user_index=0)
     features = list(request.features)
-    features[USER_TOKENS.index(name) - 1] = 0
+    features[user_token_names(config).index(name) - 1] = 0
     return dataclasses.replace(request, features=tuple(features))
 
 
@@ -97,7 +100,7 @@ def read_attention(model: EnhancedBERT4Rec, inputs: ModelInputs,
     self_attention = last_layer[-1 - window_size : -1].tolist() if window_size else []
     cross = {}
     if output.cross_attention is not None:
-        cross = dict(zip(USER_TOKENS, output.cross_attention[0, -1].tolist(), strict=True))
+        cross = dict(zip(user_token_names(model.config), output.cross_attention[0, -1].tolist(), strict=True))
     return self_attention, cross
 
 
@@ -125,7 +128,8 @@ def measured_explanation(
         "strategy": request.strategy,
         "recommended": {**movie_record(catalog, movie_id), "score": target_scores[0].item(), "rank": ranks[0]},
         "drivers": _drivers(window_movies, drops[:window_size], ranks[1 : 1 + window_size], self_attention),
-        "shared_genres": _shared_genres(catalog.movie_genres[row], catalog.movie_genres[window_rows]),
+        "shared_genres": _shared_genres(catalog.movie_genres[row], catalog.movie_genres[window_rows],
+                                        catalog.genre_names),
         "release_year": _year_relation(catalog.movies[movie_id]["year"], catalog.movie_years[window_rows]),
         "user_tokens": _user_tokens(token_names, cross_attention, drops[window_size:], ranks[1 + window_size :]),
         "signup_prior": signup_prior,
@@ -157,11 +161,12 @@ def _user_tokens(
     }
 
 
-def _shared_genres(genre_multi_hot: np.ndarray, history_genre_multi_hot: np.ndarray) -> dict[str, int]:
-    """Genre -> number of history movies (rows of history_genre_multi_hot) that share it with the movie, most
-    shared first; genres no history movie shares are left out."""
+def _shared_genres(genre_multi_hot: np.ndarray, history_genre_multi_hot: np.ndarray,
+                   genre_names: list[str]) -> dict[str, int]:
+    """Genre (the preference feature's value) -> number of history movies (rows of history_genre_multi_hot) that
+    share it with the movie, most shared first; genres no history movie shares are left out."""
     counts = (history_genre_multi_hot * genre_multi_hot).sum(axis=0)
-    return {GENRES[g]: int(counts[g]) for g in np.argsort(-counts, kind="stable") if counts[g] > 0}
+    return {genre_names[g]: int(counts[g]) for g in np.argsort(-counts, kind="stable") if counts[g] > 0}
 
 
 def _year_relation(year: int | None, history_years: np.ndarray) -> dict[str, Any]:

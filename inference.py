@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gender", choices=["F", "M"], help="a new user's gender")
     parser.add_argument("--age", type=int, help="a new user's age in years")
     parser.add_argument("--occupation", type=int, help="a new user's ML-1M occupation code 0..20")
+    parser.add_argument("--user_feature", type=_feature_value, action="append", metavar="NAME=VALUE",
+                        help="a new user's feature of any dataset, by its column name (repeat the flag for several): "
+                        "--user_feature country=DE --user_feature age=25")
     parser.add_argument("--new_user_prior_weight", type=float, default=NEW_USER_PRIOR_WEIGHT,
                         help="weight of the sign-up prior in a new user's scores (0: the model alone)")
     parser.add_argument("--new_user_prior_fade", type=float, default=NEW_USER_PRIOR_FADE,
@@ -157,6 +160,7 @@ NOT_WITH_ALL_USERS = {
     "gender": "each known user's own demographics are read",
     "age": "each known user's own demographics are read",
     "occupation": "each known user's own demographics are read",
+    "user_feature": "each known user's own features are read",
     "explain": "the file holds recommendations only; explain one user without --all_users",
     "profile": "the file holds recommendations only; ask for one user's profile without --all_users",
     "cold_items": "the file holds the model's recommendations only; ask for one user without --all_users",
@@ -204,16 +208,32 @@ def _table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _feature_value(text: str) -> tuple[str, str]:
+    """NAME=VALUE of --user_feature."""
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (a user feature's column name and its value), got "
+                                         f"{text!r}")
+    return name, value
+
+
 def _profile_text(profile: dict[str, Any]) -> str:
     genres = ", ".join(f"{g['genre']} {g['share']:.0%}" for g in profile["top_genres"])
     if "predicted_top_genres" in profile:
         predicted = ", ".join(f"{g['genre']} {g['share']:.0%}" for g in profile["predicted_top_genres"])
         genres += f"\npredicted genre mix (preference head): {predicted}"
     recent = "; ".join(movie["title"] for movie in profile["recent_movies"])
+    if "occupation_code" in profile:  # ML-1M's demographics
+        described = (f"{profile['gender']}, {profile['age_group']}, {profile['occupation']} "
+                     f"(occupation {profile['occupation_code']})")
+    else:
+        fixed = {"user_id", "num_ratings", "mean_rating", "top_genres", "predicted_top_genres", "recent_movies"}
+        described = ", ".join(f"{name} {value}" for name, value in profile.items() if name not in fixed) or \
+            "no user features"
+    mean = "" if profile["mean_rating"] is None else f", mean {profile['mean_rating']:.2f}"
     return (
-        f"user {profile['user_id']}: {profile['gender']}, {profile['age_group']}, {profile['occupation']} "
-        f"(occupation {profile['occupation_code']})\n"
-        f"{profile['num_ratings']} ratings, mean {profile['mean_rating']:.2f}; top genres: {genres}\n"
+        f"user {profile['user_id']}: {described}\n"
+        f"{profile['num_ratings']} ratings{mean}; top genres: {genres}\n"
         f"most recent: {recent}"
     )
 
@@ -223,6 +243,7 @@ def _answer(engine: RecommendationEngine, args: argparse.Namespace) -> dict[str,
     request = {
         "user_id": args.user_id, "item_sequence": args.item_sequence, "timestamps": args.timestamps,
         "gender": args.gender, "age": args.age, "occupation": args.occupation,
+        "user_features": dict(args.user_feature) if args.user_feature else None,
     }  # fmt: skip
     records = engine.get_recommendations(k=args.k, filter_seen=not args.include_seen,
                                          min_predicted_rating=args.min_predicted_rating, **request)

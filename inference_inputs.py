@@ -146,12 +146,14 @@ def batch_rows(values: Any, name: str) -> Sequence[Any]:
     return values
 
 
-def demographic_fields(row: Mapping[str, Any] | None, index: int) -> dict[str, Any]:
-    """One row of a batch's demographics as keyword arguments (gender, age, occupation)."""
+def demographic_fields(row: Mapping[str, Any] | None, index: int,
+                       names: Sequence[str] = ("gender", "age", "occupation")) -> dict[str, Any]:
+    """One row of a batch's demographics: a dict of the dataset's user features by name (ML-1M: gender, age,
+    occupation)."""
     if row is None:
         return {}
-    if not isinstance(row, Mapping) or set(row) - {"gender", "age", "occupation"}:
-        raise InferenceError(f"demographics[{index}] must be None or a dict of gender, age, occupation; got "
+    if not isinstance(row, Mapping) or set(row) - set(names):
+        raise InferenceError(f"demographics[{index}] must be None or a dict of {', '.join(names)}; got "
                              f"{shown(row)}")
     return dict(row)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from catalog import GENRE_SIMILARITY, Catalog, Request, movie_record
-from data_processor import GENRES, PAD_INDEX
+from data_processor import PAD_INDEX
 from enhanced_model import EnhancedBERT4Rec
 from inference_inputs import InferenceError, UnknownItemError, as_id_array
 from scoring import ModelInputs
@@ -26,23 +26,24 @@ COLD_GENRE_WEIGHT, COLD_YEAR_WEIGHT, COLD_YEAR_SCALE = 0.8, 0.2, 10.0
 
 def user_profile(catalog: Catalog, user_id: int,
                  predicted_genres: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """A known user's demographics and history summary (RecommendationEngine.get_user_profile); predicted_genres:
+    """A known user's features (ML-1M: demographics) and history summary (RecommendationEngine.get_user_profile);
+    the "genres" are the preference feature's values (ML-1M: genres); predicted_genres:
     predicted_top_genres' answer, None without a preference head."""
     user = catalog.users[user_id]
     history = user["history"]
     genre_counts = catalog.movie_genres[catalog.item_movie_rows[np.array(history["items"]) - 1]].sum(axis=0)
     shares = genre_counts / max(genre_counts.sum(), 1.0)
     top = [int(g) for g in np.argsort(-shares, kind="stable")[:5] if shares[g] > 0]
+    if catalog.schema["name"] == "ml-1m":
+        described = {name: user[name] for name in ("gender", "age", "age_group", "occupation_code", "occupation")}
+    else:  # each user feature by its name, as the dataset writes it
+        described = {feature["name"]: user[feature["name"]] for feature in catalog.schema["users"]}
     return {
         "user_id": user_id,
-        "gender": user["gender"],
-        "age": user["age"],
-        "age_group": user["age_group"],
-        "occupation_code": user["occupation_code"],
-        "occupation": user["occupation"],
+        **described,
         "num_ratings": len(history["items"]),
-        "mean_rating": round(float(np.mean(history["ratings"])), 3),
-        "top_genres": [{"genre": GENRES[g], "share": round(float(shares[g]), 3)} for g in top],
+        "mean_rating": round(float(np.mean(history["ratings"])), 3) if catalog.schema["has_ratings"] else None,
+        "top_genres": [{"genre": catalog.genre_names[g], "share": round(float(shares[g]), 3)} for g in top],
         **({} if predicted_genres is None else {"predicted_top_genres": predicted_genres}),
         "recent_movies": [
             {"movie_id": movie_id, "title": catalog.movies[movie_id]["title"]}
@@ -52,13 +53,13 @@ def user_profile(catalog: Catalog, user_id: int,
 
 
 @torch.no_grad()
-def predicted_top_genres(model: EnhancedBERT4Rec, inputs: ModelInputs) -> list[dict[str, Any]]:
+def predicted_top_genres(model: EnhancedBERT4Rec, inputs: ModelInputs, genre_names: list[str]) -> list[dict[str, Any]]:
     """The 5 largest shares of the preference head's genre mix for one user's inputs (the newest seq_length - 1
     movies read as at inference); the model must have that head."""
     hidden = model(inputs.item_seq, inputs.days, **inputs.user).hidden
     mix = model.predict_preference(hidden, inputs.item_seq).float().softmax(dim=-1)[0].cpu().numpy()
     top = np.argsort(-mix, kind="stable")[:5]
-    return [{"genre": GENRES[g], "share": round(float(mix[g]), 3)} for g in top]
+    return [{"genre": genre_names[g], "share": round(float(mix[g]), 3)} for g in top]
 
 
 def cold_item_records(catalog: Catalog, request: Request, k: int, filter_seen: bool,
@@ -93,7 +94,7 @@ def cold_item_records(catalog: Catalog, request: Request, k: int, filter_seen: b
             "strategy": GENRE_SIMILARITY,
             "genre_similarity": float(similarity[i]),
             "year_proximity": float(proximity[i]),
-            "matched_genres": [GENRES[g] for g in np.flatnonzero(genres[i] * profile)],
+            "matched_genres": [catalog.genre_names[g] for g in np.flatnonzero(genres[i] * profile)],
         }
         for rank, i in enumerate(order.tolist(), start=1)
     ]

@@ -478,13 +478,14 @@ def dataset_sources(path: str | Path, dataset: str | None = None) -> tuple[str, 
 
 
 def _holds_ml1m(path: Path) -> bool:
-    """Whether `path` is read as ML-1M without --dataset: a folder with users.dat or ratings.dat but none of the
-    other formats' files (so that a folder missing one ML-1M file is told so), or a zip holding users.dat."""
+    """Whether `path` is read as ML-1M without --dataset: a folder with users.dat or ratings.dat, none of the other
+    formats' files, and not ML-10M's tags.dat without users.dat (so that an ML-1M folder missing a file is told so,
+    not read as ML-10M), or a zip holding users.dat."""
     if path.is_dir():
         names = {child.name for child in path.iterdir() if child.is_file()}
         others = {"u.data", "ratings.csv", "interactions.csv", "interactions.parquet"}
         return bool({"users.dat", "ratings.dat"} & names) and not names & others and (
-            "users.dat" in names or "movies.dat" not in names)
+            "users.dat" in names or "tags.dat" not in names)
     if path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             return any(posixpath.basename(name) == "users.dat" for name in archive.namelist())

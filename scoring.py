@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from catalog import DEMOGRAPHICS, POPULARITY, SEQUENCE, Catalog, Request, movie_record
+from catalog import DEMOGRAPHICS, POPULARITY, SEQUENCE, Catalog, Request, movie_record, signup_groups
 from data_processor import scoring_input
-from enhanced_model import EnhancedBERT4Rec, exclude_seen, score_last_position
+from enhanced_model import EnhancedBERT4Rec, ModelConfig, exclude_seen, score_last_position
 from signup_prior import NewUserPrior, signup_log_prior
 
 
@@ -25,9 +25,10 @@ class ModelInputs:
     seen_items: np.ndarray
 
 
-def model_inputs(requests: list[Request], seq_length: int, mask_index: int, empty_day: int,
-                 device: torch.device) -> ModelInputs:
-    """data_processor.scoring_input's layout: the newest seq_length - 1 items + [MASK] with the newest day."""
+def model_inputs(requests: list[Request], config: ModelConfig, empty_day: int, device: torch.device) -> ModelInputs:
+    """data_processor.scoring_input's layout: the newest seq_length - 1 items + [MASK] with the newest day; the user
+    inputs by name (user_idx and config.user_features)."""
+    seq_length, mask_index = config.seq_length, config.mask_index
     lengths = np.array([len(r.items) for r in requests], dtype=np.int64)
     ends = np.cumsum(lengths)
     items = np.concatenate([np.zeros(0, np.int64), *(r.items for r in requests)]).astype(np.int64)
@@ -35,7 +36,8 @@ def model_inputs(requests: list[Request], seq_length: int, mask_index: int, empt
     item_seq, day_seq = scoring_input(items, days, ends - lengths, ends, seq_length, mask_index, empty_day=empty_day)
     features = np.array([(r.user_index, *r.features) for r in requests], dtype=np.int64)
     feature_columns = torch.from_numpy(features).T.to(device)
-    user = dict(zip(("user_idx", "gender", "age", "occupation"), feature_columns, strict=True))
+    names = ("user_idx", *(feature["name"] for feature in config.user_features))
+    user = dict(zip(names, feature_columns, strict=True))
     return ModelInputs(torch.from_numpy(item_seq).to(device), torch.from_numpy(day_seq).to(device), user,
                        np.concatenate([[0], ends]), items)
 
@@ -57,7 +59,7 @@ def score_and_hidden(
             chunks.append(torch.from_numpy(catalog.popularity).expand(len(batch), -1).clone())
             hidden_rows.append(torch.full((len(batch), config.hidden_size), math.nan))
             continue
-        inputs = model_inputs(batch, config.seq_length, config.mask_index, empty_day, device)
+        inputs = model_inputs(batch, config, empty_day, device)
         scores, hidden, _ = score_last_position(model, inputs.item_seq, inputs.days, inputs.user)
         # by strategy, not user_index: a known user whose identity an explanation hides stays "personalized"
         new_users = [row for row, r in enumerate(batch) if r.strategy in (SEQUENCE, DEMOGRAPHICS)]
@@ -79,8 +81,9 @@ def score_and_hidden(
 def new_user_log_prior(catalog: Catalog, requests: list[Request], prior: NewUserPrior) -> torch.Tensor:
     """(len(requests), vocabulary) w(n) * log of the sign-up prior of each new user (signup_prior.py)."""
     n = np.array([len(r.items) for r in requests])
-    gender, age = (np.array([r.features[column] for r in requests]) for column in (0, 1))
-    return torch.from_numpy(signup_log_prior(catalog.signup, n, gender, age, prior))
+    features = np.array([r.features for r in requests], dtype=np.int64).reshape(len(requests), -1)
+    groups = signup_groups(catalog, features)
+    return torch.from_numpy(signup_log_prior(catalog.signup, n, groups[:, 0], groups[:, 1], prior))
 
 
 @torch.no_grad()
@@ -93,9 +96,10 @@ def nonfinite_part(model: EnhancedBERT4Rec) -> str | None:
             return f"weight {name}"
     config, device = model.config, next(model.parameters()).device
     short = np.arange(1, min(3, config.num_items) + 1)
-    probe = [Request(0, (0, 0, 0), short[:0], short[:0], [], POPULARITY),
-             Request(1, (1, 1, 1), short, np.ones_like(short), [], POPULARITY)]
-    inputs = model_inputs(probe, config.seq_length, config.mask_index, 1, device)
+    unknown = (0,) * len(config.user_features)
+    probe = [Request(0, unknown, short[:0], short[:0], [], POPULARITY),
+             Request(1, (1,) * len(unknown), short, np.ones_like(short), [], POPULARITY)]
+    inputs = model_inputs(probe, config, 1, device)
     scores, hidden, _ = score_last_position(model, inputs.item_seq, inputs.days, inputs.user)
     parts = {"scores": scores[:, 1:-1], "hidden rows": hidden}
     if model.rating_head is not None:

@@ -41,7 +41,8 @@ def signup_counts(offsets: np.ndarray, items: np.ndarray, features: np.ndarray,
     """Cumulative counts of training ratings by position in the user's history, for the sign-up prior.
 
     offsets/items: the users' histories (CSR, time order; row u at offsets[u]:offsets[u + 1]); features: (users,
-    3) gender, age, occupation indices; shape: (genders, ages, vocabulary). Returns int32 counts[p, g, a, item]:
+    2) the two grouping features' indices (ML-1M: gender, age); shape: (genders, ages, vocabulary), the sizes of
+    those features. Returns int32 counts[p, g, a, item]:
     ratings of item at positions < p of the training parts of users with gender index g and age index a, where
     0 stands for any (counts[p, 0, 0] is everyone), p = 0..SIGNUP_POSITIONS.
     """

@@ -37,7 +37,7 @@ TARGET_ALL_USERS_S = 30.0
 def write_untrained_checkpoint(path: Path, data: SequenceData, config: TrainConfig, seed: int = 0) -> None:
     """A checkpoint in trainer.py's format holding a freshly initialised model of `config`."""
     torch.manual_seed(seed)
-    model = EnhancedBERT4Rec(build_model_config(config, data), data.item_values["genres"], data.item_values["year"])
+    model = EnhancedBERT4Rec(build_model_config(config, data), *data.item_tables())
     save_model_checkpoint(path, model, data.fingerprint, config, epoch=0)
 
 

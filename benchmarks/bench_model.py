@@ -69,14 +69,13 @@ def make_batch(config: ModelConfig, batch_size: int, generator: torch.Generator)
     is_masked = (torch.rand(batch_size, T, generator=generator) < 0.15) & ~is_pad
     is_masked[:, -1] = True
     targets = item_seq[is_masked]
-    genre_profile = torch.rand(batch_size, config.num_genres, generator=generator)
+    genre_profile = torch.rand(batch_size, config.preference_size, generator=generator)
     return {
         "inputs": item_seq.masked_fill(is_masked, config.mask_index),
         "day_of_year": day_of_year,
         "users": torch.randint(1, config.num_users + 1, (batch_size,), generator=generator),
-        "gender": torch.randint(1, config.num_genders, (batch_size,), generator=generator),
-        "age": torch.randint(1, config.num_ages, (batch_size,), generator=generator),
-        "occupation": torch.randint(1, config.num_occupations, (batch_size,), generator=generator),
+        "user_features": {feature["name"]: torch.randint(1, feature["size"], (batch_size,), generator=generator)
+                          for feature in config.user_features},
         "is_masked": is_masked,
         "targets": targets,
         "ratings": torch.randint(1, 6, targets.shape, generator=generator).float(),
@@ -85,8 +84,7 @@ def make_batch(config: ModelConfig, batch_size: int, generator: torch.Generator)
 
 
 def full_step(model: EnhancedBERT4Rec, batch: dict[str, Tensor]) -> None:
-    out = model(batch["inputs"], batch["day_of_year"], batch["users"], batch["gender"], batch["age"],
-                batch["occupation"])
+    out = model(batch["inputs"], batch["day_of_year"], batch["users"], **batch["user_features"])
     rows = out.hidden[batch["is_masked"]]
     loss = F.cross_entropy(model.item_logits(rows), batch["targets"])
     loss = loss + F.mse_loss(model.predict_rating(rows, batch["targets"]), batch["ratings"])
@@ -126,10 +124,9 @@ def main() -> None:
     plain_config = ModelConfig(use_item_side_info=False, use_user_tokens=False, use_temporal=False,
                                use_rating_head=False, use_preference_head=False)
     full = EnhancedBERT4Rec(config)
-    full.set_item_side_info(
-        (torch.rand(config.item_vocab_size, config.num_genres) < 0.15).float(),
-        torch.randint(1, config.num_years, (config.item_vocab_size,)),
-    )
+    full.set_item_side_info(*(
+        (torch.rand(config.item_vocab_size, f["size"]) < 0.15).float() if f["kind"] == "multi"
+        else torch.randint(1, f["size"], (config.item_vocab_size,)) for f in config.item_features))
     models: dict[str, tuple[nn.Module, Callable[[nn.Module, dict[str, Tensor]], None]]] = {
         "torch.nn.TransformerEncoder": (TorchEncoderBERT4Rec(config), plain_step),
         "  same, no inner FFN dropout": (TorchEncoderBERT4Rec(config, ffn_dropout=False), plain_step),

@@ -124,8 +124,9 @@ def events(data: SequenceData, u: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def demographics_of(data: SequenceData, u: int) -> dict:
-    return {"gender": GENDERS[data.user_values["gender"][u] - 1], "age": list(AGE_GROUPS.values())[data.user_values["age"][u] - 1],
-            "occupation": int(data.user_values["occupation"][u]) - 1}
+    values = data.user_values
+    return {"gender": GENDERS[values["gender"][u] - 1], "age": list(AGE_GROUPS.values())[values["age"][u] - 1],
+            "occupation": int(values["occupation"][u]) - 1}
 
 
 def new_user_cases(world: SequenceData, n: int, remainder: int = 0) -> Cases:
@@ -216,8 +217,9 @@ def prior_counts(known: SequenceData, leave_out: int | None = None) -> np.ndarra
     keep = np.ones(len(lengths), dtype=bool) if leave_out is None else known.user_ids % 10 != leave_out
     offsets = np.concatenate([[0], np.cumsum(np.where(keep, lengths, 0))])
     items = known.seq_items[np.repeat(keep, lengths)]
-    features = np.stack([known.user_values["gender"], known.user_values["age"], known.user_values["occupation"]], axis=1)
-    return signup_counts(offsets, items, features, (known.feature("user", "gender")["size"], known.feature("user", "age")["size"], known.num_items + 2))
+    features = np.stack([known.user_values["gender"], known.user_values["age"]], axis=1)
+    sizes = (known.feature("user", "gender")["size"], known.feature("user", "age")["size"])
+    return signup_counts(offsets, items, features, (*sizes, known.num_items + 2))
 
 
 def log_prior_scores(known: SequenceData, counts: np.ndarray, cases: Cases, universe: np.ndarray,

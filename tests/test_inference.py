@@ -165,7 +165,7 @@ def model_and_prior(logits: torch.Tensor, prior: torch.Tensor, engine, n: int) -
 
 
 def user_tokens(data, user: int) -> tuple[int, int, int, int]:
-    return user, int(data.user_values["gender"][user]), int(data.user_values["age"][user]), int(data.user_values["occupation"][user])
+    return user, *(int(data.user_values[name][user]) for name in ("gender", "age", "occupation"))
 
 
 def as_scores(records) -> dict[int, float]:
@@ -219,7 +219,7 @@ def test_records_carry_movie_metadata_and_filter_the_known_history(trained):
     first = records[0]
     assert first["title"] == data.catalog_titles[row]
     assert first["genres"] == [GENRES[g] for g in np.flatnonzero(data.catalog_values["genres"][row])]
-    expected_year = None if data.catalog_values["year"][row] == 1 else data.feature("item", "year")["range"][0] + data.catalog_values["year"][row] - 2
+    expected_year = None if data.catalog_values["year"][row] == 1 else data.catalog_numbers["year"][row]
     assert first["year"] == expected_year
     assert set(first) == {"rank", "movie_id", "title", "genres", "year", "score", "strategy", "predicted_rating"}
 
@@ -482,7 +482,7 @@ def test_cold_item_recommendations_by_genre_and_year(trained):
         row = np.searchsorted(data.catalog_ids, record["movie_id"])
         genres = data.catalog_values["genres"][row]
         cosine = genres @ profile / (np.linalg.norm(genres) * np.linalg.norm(profile))
-        year = None if data.catalog_values["year"][row] == 1 else data.feature("item", "year")["range"][0] + data.catalog_values["year"][row] - 2
+        year = None if data.catalog_values["year"][row] == 1 else data.catalog_numbers["year"][row]
         proximity = 0.0 if year is None or not years else np.exp(-abs(year - np.median(years)) / 10)
         assert record["score"] == pytest.approx(0.8 * cosine + 0.2 * proximity, abs=1e-6)
         assert record["matched_genres"] == [GENRES[g] for g in np.flatnonzero(genres * profile)]
@@ -559,7 +559,7 @@ def test_explanation_parts_and_sentence(trained):
                        if genre_counts[GENRES.index(g)] > 0}
     assert explanation["shared_genres"] == expected_genres
     year = explanation["release_year"]
-    known_years = [data.feature("item", "year")["range"][0] + y - 2 for y in data.catalog_values["year"][rows] if y != 1]
+    known_years = [y for y in data.catalog_numbers["year"][rows] if not np.isnan(y)]
     assert year["history_median_year"] == pytest.approx(float(np.median(known_years)))
     if recommended["year"] is not None:
         assert year["difference"] == pytest.approx(recommended["year"] - np.median(known_years))
