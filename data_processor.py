@@ -1,14 +1,15 @@
-"""MovieLens 1M: raw files -> validated tables -> features -> sequences + metadata.json.
+"""A dataset's raw files -> validated tables -> features -> sequences + metadata.json (ML-1M by default).
 
-The first stage of the pipeline. `load_dataset` turns ML-1M's three files (a folder, a zip, or a fresh
-download) into the data model (data_model.RawTables: interactions, item and user tables with declared features;
-`read_ml1m`), then into an `SequenceData` of numpy arrays encoded from those declarations (`featurise`):
+The first stage of the pipeline. `load_dataset` turns a dataset (a folder, a zip, or a fresh download; ML-1M's
+three files here, any other format through readers.py) into the data model (data_model.RawTables: interactions,
+item and user tables with declared features; ML-1M: `read_ml1m`), then into a `SequenceData` of numpy arrays
+encoded from those declarations (`featurise`):
 
-- items: contiguous indices 1..num_items over the rated movies by MovieID (0 = padding, num_items + 1 =
-  [MASK]), with genre multi-hot and release-year tables looked up by index;
-- users: indices 1..num_users by UserID (0 = unknown), with gender, age group and occupation;
-- each user's ratings ordered by timestamp with a STABLE sort (ties keep ratings.dat order), split
-  leave-one-out (last = test, second-to-last = validation, the rest = training), as EVALUATION.md prescribes;
+- items: contiguous indices 1..num_items over the interacted-with items by id (0 = padding, num_items + 1 =
+  [MASK]), with each item feature's table (ML-1M: genre multi-hot and release year) looked up by index;
+- users: indices 1..num_users by id (0 = unknown), with each user feature (ML-1M: gender, age group, occupation);
+- each user's events ordered by timestamp with a STABLE sort (ties keep file order), split leave-one-out
+  (last = test, second-to-last = validation, the rest = training), as EVALUATION.md prescribes;
 - sliding training windows cut from the training parts only.
 
 `eval_inputs` builds the validation/test inputs; `save_metadata` writes everything inference needs except the
@@ -47,7 +48,7 @@ import requests
 from tqdm import tqdm
 
 from data_model import Feature, RawTables, encode, multi_text, optional_integers, resolved, vocabulary_size
-from model_config import PAD_INDEX, SEQ_LENGTH, mask_index
+from model_config import DATASET_FORMATS, PAD_INDEX, SEQ_LENGTH, mask_index
 
 log = logging.getLogger("data_processor")
 
@@ -1426,9 +1427,14 @@ def export_ml1m_generic(data_dir: str | None, folder: Path, strict: bool) -> int
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Process ML-1M, write metadata.json and the cache, print the statistics. Returns the exit status."""
-    parser = argparse.ArgumentParser(description="MovieLens 1M -> processed arrays (cached) + metadata.json")
-    parser.add_argument("--data_dir", help="ml-1m folder or ml-1m.zip (default: download into ./ml-1m)")
+    """Process a dataset (ML-1M by default), write metadata.json and the cache, print the statistics. Returns the
+    exit status."""
+    parser = argparse.ArgumentParser(description="a dataset (ML-1M by default) -> processed arrays (cached) + "
+                                     "metadata.json")
+    parser.add_argument("--data_dir", help="a dataset folder or zip: ML-1M, another MovieLens release or the generic "
+                        "format (readers.py) (default: download --dataset into ./<name>)")
+    parser.add_argument("--dataset", choices=tuple(DATASET_FORMATS), help="the format by name (default: told from "
+                        "the files; ML-1M when downloading)")
     parser.add_argument("--output_dir", default="data", help="where metadata.json is written (default: data)")
     parser.add_argument("--cache_dir", help="where the processed arrays are cached (default: --output_dir)")
     parser.add_argument("--seq_length", type=int, default=SEQ_LENGTH,
@@ -1459,6 +1465,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = load_dataset(
             args.data_dir,
+            dataset=args.dataset,
             cache_dir=args.cache_dir or output_dir,
             seq_length=args.seq_length,
             window_stride=window_stride,

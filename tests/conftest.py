@@ -18,6 +18,11 @@ TINY = ["--hidden_size", "16", "--num_heads", "2", "--num_layers", "1", "--seq_l
         "--learning_rate", "3e-3", "--warmup_steps", "5", "--no-progress"]
 
 
+def ml1m_items(year_size: int) -> list[dict]:
+    """ModelConfig's ML-1M item features (18 genres, a year) with `year_size` year buckets, for tiny test models."""
+    return [{"name": "genres", "kind": "multi", "size": 18}, {"name": "year", "kind": "bucketed", "size": year_size}]
+
+
 @pytest.fixture
 def synthetic_ml1m_dir(tmp_path: Path) -> Path:
     """A fresh synthetic ML-1M folder (40 users, 120 movies) in a temporary directory."""

@@ -233,7 +233,7 @@ def test_benchmark_end_to_end_on_synthetic_data(synthetic_ml1m_dir, tmp_path):
     # the engine's own does, at any weight, fade and window, when the prior counts the same users
     engine = RecommendationEngine(out / "full_seed0" / "best_model.pt", device="cpu")
     known = load_dataset(synthetic_ml1m_dir, holdout_users=True, holdout_items=True)
-    universe = load_dataset(synthetic_ml1m_dir).item_movie_ids[1:-1]
+    universe = load_dataset(synthetic_ml1m_dir).item_ids[1:-1]
     cases = new_user_cases(known, 1, VALIDATION_REMAINDER)
     assert len(cases.targets) > 0 and all(user is None for user in cases.user_ids)
     engine.new_user_prior_weight = 0.0

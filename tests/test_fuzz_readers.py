@@ -47,11 +47,17 @@ def fingerprint_free(data) -> dict:
 def same_dataset(a, b) -> bool:
     for name, value in fingerprint_free(a).items():
         other = getattr(b, name)
-        if isinstance(value, np.ndarray):
-            if value.shape != other.shape or not np.array_equal(value, other):
-                return False
-        elif value != other:
+        if isinstance(value, dict) and any(isinstance(v, np.ndarray) for v in value.values()):
+            pairs = [(value[key], other.get(key)) for key in value] if list(value) == list(other) else None
+        else:
+            pairs = [(value, other)] if isinstance(value, np.ndarray) else []
+        if pairs is None:
             return False
+        if not pairs and value != other:
+            return False
+        for x, y in pairs:
+            if x.shape != y.shape or not np.array_equal(x, y, equal_nan=x.dtype.kind == "f"):
+                return False
     return True
 
 
@@ -293,8 +299,10 @@ def test_checkpoint_plain_fields(tiny_run, tmp_path):
             pytest.fail(f"run {run}: {place}[{key!r}] changed the model without an error")
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                        clean_model.state_dict().values(), strict=True))
-        hidden = model(probe, torch.ones_like(probe), *(torch.ones(2, dtype=torch.long),) * 4).hidden
-        clean_hidden = clean_model(probe, torch.ones_like(probe), *(torch.ones(2, dtype=torch.long),) * 4).hidden
+        ones = torch.ones(2, dtype=torch.long)
+        user = {feature["name"]: ones for feature in clean_model.config.user_features}
+        hidden = model(probe, torch.ones_like(probe), ones, **user).hidden
+        clean_hidden = clean_model(probe, torch.ones_like(probe), ones, **user).hidden
         assert torch.equal(hidden, clean_hidden)
     assert refused > CHECKPOINT_RUNS // 3
 

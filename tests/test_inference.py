@@ -30,7 +30,7 @@ from data_processor import (
     save_metadata,
     write_synthetic_ml1m,
 )
-from enhanced_model import USER_TOKENS, EnhancedBERT4Rec, ModelConfig
+from enhanced_model import EnhancedBERT4Rec, ModelConfig, user_token_names
 from explanations import explanation_sentence
 from inference import (
     NEW_USER_PRIOR_WINDOW,
@@ -127,6 +127,12 @@ def history(data, user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return data.item_ids[items], items, data.seq_days[start:stop]
 
 
+def token_inputs(tokens) -> dict[str, torch.Tensor]:
+    """The model's user inputs of one row: (identity, gender, age, occupation) indices by name."""
+    names = ("user_idx", "gender", "age", "occupation")
+    return {name: torch.tensor([value]) for name, value in zip(names, tokens, strict=True)}
+
+
 def reference_scores(model, items, days, user=(0, 0, 0, 0), mask_day=DAY) -> torch.Tensor:
     """Item-head scores (vocabulary,) of one hand-built input: newest T - 1 items left-padded, then MASK."""
     width = model.config.seq_length - 1
@@ -135,7 +141,7 @@ def reference_scores(model, items, days, user=(0, 0, 0, 0), mask_day=DAY) -> tor
     item_seq = torch.tensor([padding + items + [model.config.mask_index]])
     day_seq = torch.tensor([padding + days + [days[-1] if days else mask_day]])
     with torch.no_grad():
-        hidden = model(item_seq, day_seq, *(torch.tensor([value]) for value in user)).hidden
+        hidden = model(item_seq, day_seq, **token_inputs(user)).hidden
         return model.item_logits(hidden[:, -1])[0]
 
 
@@ -533,7 +539,7 @@ def test_explanation_is_faithful_to_independently_recomputed_scores(trained):
     keep = movie_ids != drivers[0]["movie_id"]
     assert drivers[0]["rank_without"] == rank(reference_scores(model, items[keep].tolist(), days[keep].tolist(),
                                                                tokens))
-    for j, name in enumerate(USER_TOKENS):  # each user token hidden (set to unknown), recomputed on its own
+    for j, name in enumerate(user_token_names(model.config)):  # each user token hidden (unknown), recomputed alone
         hidden = tuple(0 if i == j else value for i, value in enumerate(tokens))
         scores = reference_scores(model, items.tolist(), days.tolist(), hidden)
         assert explanation["user_tokens"][name]["score_drop"] == pytest.approx(base - scores[item].item(), abs=1e-4)
@@ -547,7 +553,7 @@ def test_explanation_parts_and_sentence(trained):
     user = 11
     recommended = engine.get_recommendations(user_id=int(data.user_ids[user]), k=1)[0]
     explanation = engine.explain_recommendation(int(data.user_ids[user]), None, recommended["movie_id"])
-    assert set(explanation["user_tokens"]) == set(USER_TOKENS)
+    assert set(explanation["user_tokens"]) == {"identity", "gender", "age", "occupation"}
     weights = [token["cross_attention"] for token in explanation["user_tokens"].values()]
     assert sum(weights) == pytest.approx(1.0, abs=1e-5) and all(0 <= w <= 1 for w in weights)
     attention = [d["attention"] for d in explanation["drivers"]]
@@ -899,7 +905,7 @@ def reference_rating(model, data, user: int, movie_id: int) -> float:
     day_seq = torch.tensor([padding + days + [days[-1]]])
     item = int(np.flatnonzero(data.item_ids == movie_id)[0])
     with torch.no_grad():
-        hidden = model(item_seq, day_seq, *(torch.tensor([v]) for v in user_tokens(data, user))).hidden[:, -1]
+        hidden = model(item_seq, day_seq, **token_inputs(user_tokens(data, user))).hidden[:, -1]
         return model.predict_rating(hidden, torch.tensor([item]), torch.tensor([user])).item()
 
 
@@ -1048,7 +1054,7 @@ def test_profile_shows_the_preference_heads_genre_mix(trained):
     item_seq = torch.tensor([[*items[-width:].tolist(), model.config.mask_index]])
     day_seq = torch.tensor([[*days[-width:].tolist(), int(days[-1])]])
     with torch.no_grad():
-        hidden = model(item_seq, day_seq, *(torch.tensor([v]) for v in user_tokens(data, user))).hidden
+        hidden = model(item_seq, day_seq, **token_inputs(user_tokens(data, user))).hidden
         mix = model.predict_preference(hidden, item_seq).softmax(dim=-1)[0]
     top = torch.argsort(mix, descending=True, stable=True)[:5].tolist()
     profile = engine.get_user_profile(int(data.user_ids[user]))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY
+from conftest import TINY, ml1m_items
 
 from enhanced_model import EnhancedBERT4Rec, ModelConfig
 from trainer import MultiTaskObjective, draw_negatives, make_batch, parse_args, sampled_softmax_nll, train
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def tiny_model(**overrides) -> EnhancedBERT4Rec:
-    config = ModelConfig(**{**dict(num_items=40, num_users=10, num_years=7, hidden_size=16, num_heads=2,
+    config = ModelConfig(**{**dict(num_items=40, num_users=10, item_features=ml1m_items(7), hidden_size=16, num_heads=2,
                                    num_layers=1, seq_length=6, side_dim=4), **overrides})
     torch.manual_seed(0)
     return EnhancedBERT4Rec(config).train()
@@ -101,9 +101,9 @@ def test_the_objective_trains_with_sampled_negatives(cosine_temperature, amp):
         "window_items": torch.tensor([[0, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6]]),
         "window_ratings": torch.tensor([[0, 5, 4, 3, 4, 4], [1, 2, 3, 4, 5, 5]]),
         "window_days": torch.tensor([[0, 7, 8, 9, 9, 9], [1, 1, 2, 2, 3, 3]]),
-        "window_users": torch.tensor([2, 1]), "user_gender": torch.tensor([0, 1, 2]),
-        "user_age": torch.tensor([0, 3, 5]), "user_occupation": torch.tensor([0, 11, 21]),
-        "user_genre_profile": torch.eye(3),
+        "window_users": torch.tensor([2, 1]), "user:gender": torch.tensor([0, 1, 2]),
+        "user:age": torch.tensor([0, 3, 5]), "user:occupation": torch.tensor([0, 11, 21]),
+        "user_preference_profile": torch.eye(3),
     }
     weights = {"item_prediction": 1.0, "next_item": 0.5, "rating_prediction": 0.3, "user_preference": 0.0}
     batch = make_batch(windows, torch.tensor([0, 1]), 41, 0.5, 0.0, 0.0, torch.Generator().manual_seed(1),

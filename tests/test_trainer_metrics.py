@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ml1m_items
 
 from data_processor import scoring_input
 from enhanced_model import EnhancedBERT4Rec, ModelConfig
@@ -136,22 +137,28 @@ def test_train_config_and_model_config_describe_the_same_network():
     for name in MODEL_FLAGS:
         assert getattr(TrainConfig(), name) == getattr(ModelConfig(), name), name
 
-    class Sizes:  # a data set's vocabularies, all different from ModelConfig's defaults
-        num_items, num_users, num_genres, num_years, num_genders, num_ages, num_occupations = 11, 12, 13, 14, 5, 6, 7
+    class Sizes:  # a data set's items, users and features, all different from ModelConfig's defaults
+        num_items, num_users, preference_feature = 11, 12, "tags"
+        item_features = [{"name": "tags", "kind": "multi", "size": 13, "vocabulary": list("abcdefghijklm"),
+                          "separator": ";"}, {"name": "price", "kind": "bucketed", "size": 14, "edges": [1.0]}]
+        user_features = [{"name": "country", "kind": "categorical", "size": 5, "vocabulary": list("abcd")}]
 
     config = TrainConfig(hidden_size=24, num_heads=3, num_layers=1, seq_length=9, dropout=0.3, positional="learned",
                          use_item_side_info=False, use_user_tokens=False, use_temporal=False,
                          gradient_checkpointing=True, rating_prediction_weight=0.0, user_preference_weight=0.5)
     built = build_model_config(config, Sizes())
     assert {name: getattr(built, name) for name in MODEL_FLAGS} == {name: getattr(config, name) for name in MODEL_FLAGS}
-    assert (built.num_items, built.num_users, built.num_genres, built.num_years) == (11, 12, 13, 14)
-    assert (built.num_genders, built.num_ages, built.num_occupations) == (5, 6, 7)
+    assert (built.num_items, built.num_users, built.preference_feature, built.preference_size) == (11, 12, "tags", 13)
+    assert built.item_features == [{"name": "tags", "kind": "multi", "size": 13},
+                                   {"name": "price", "kind": "bucketed", "size": 14}]  # what the network needs only
+    assert built.user_features == [{"name": "country", "kind": "categorical", "size": 5}]
     assert (built.use_rating_head, built.use_preference_head) == (False, True)
     assert built.side_dim == ModelConfig().side_dim
 
 
 def test_objective_refuses_batches_laid_out_for_the_other_task_setting():
-    config = ModelConfig(num_items=8, num_users=2, num_years=3, hidden_size=16, num_heads=2, num_layers=1,
+    config = ModelConfig(num_items=8, num_users=2, item_features=ml1m_items(3), hidden_size=16, num_heads=2,
+                         num_layers=1,
                          seq_length=4, side_dim=4, use_rating_head=False, use_preference_head=False)
     model = EnhancedBERT4Rec(config)
     weights = {"item_prediction": 1.0, "next_item": 1.0, "rating_prediction": 0.0, "user_preference": 0.0}
@@ -231,10 +238,10 @@ def _window_tensors() -> dict[str, torch.Tensor]:
         "window_ratings": torch.tensor([[0, 5, 4, 3], [1, 2, 3, 4]]),
         "window_days": torch.tensor([[0, 7, 8, 9], [1, 1, 2, 2]]),
         "window_users": torch.tensor([2, 1]),
-        "user_gender": torch.tensor([0, 1, 2]),
-        "user_age": torch.tensor([0, 3, 5]),
-        "user_occupation": torch.tensor([0, 11, 21]),
-        "user_genre_profile": torch.eye(3),
+        "user:gender": torch.tensor([0, 1, 2]),
+        "user:age": torch.tensor([0, 3, 5]),
+        "user:occupation": torch.tensor([0, 11, 21]),
+        "user_preference_profile": torch.eye(3),
     }
 
 
@@ -330,7 +337,8 @@ def test_new_user_rows_are_a_user_s_first_events_with_the_id_hidden(synthetic_ml
 
 
 def test_objective_trains_cloze_and_next_item_rows_from_one_pass():
-    config = ModelConfig(num_items=8, num_users=2, num_years=3, hidden_size=16, num_heads=2, num_layers=1,
+    config = ModelConfig(num_items=8, num_users=2, item_features=ml1m_items(3), hidden_size=16, num_heads=2,
+                         num_layers=1,
                          seq_length=4, side_dim=4, use_item_side_info=False, use_preference_head=False)
     torch.manual_seed(0)
     model = EnhancedBERT4Rec(config).eval()
@@ -370,7 +378,8 @@ def test_causal_batches_predict_each_position_s_successor_without_cloze_masks():
 
 @pytest.mark.parametrize("row_bucket", [0, 4, 16])
 def test_the_causal_objective_is_the_successor_cross_entropy(row_bucket):
-    config = ModelConfig(num_items=8, num_users=2, num_years=3, hidden_size=16, num_heads=2, num_layers=1,
+    config = ModelConfig(num_items=8, num_users=2, item_features=ml1m_items(3), hidden_size=16, num_heads=2,
+                         num_layers=1,
                          seq_length=4, side_dim=4, use_item_side_info=False, use_preference_head=False, causal=True)
     torch.manual_seed(0)
     model = EnhancedBERT4Rec(config).eval()
@@ -407,7 +416,8 @@ def test_target_index_pads_the_rows_to_the_bucket_with_repeats_of_the_first():
 
 
 def test_padded_target_rows_change_neither_the_losses_nor_the_gradients():
-    config = ModelConfig(num_items=8, num_users=2, num_years=3, hidden_size=16, num_heads=2, num_layers=1,
+    config = ModelConfig(num_items=8, num_users=2, item_features=ml1m_items(3), hidden_size=16, num_heads=2,
+                         num_layers=1,
                          seq_length=4, side_dim=4, use_item_side_info=False, use_preference_head=False, causal=True)
     weights = {"item_prediction": 1.0, "next_item": 0.5, "rating_prediction": 0.3, "user_preference": 0.0}
     batch = make_batch(_window_tensors(), torch.tensor([1, 0]), 9, 0.5, 0.0, 0.0, torch.Generator().manual_seed(1),
