@@ -6,90 +6,18 @@ with a note, new users are described by the dataset's own features, and explanat
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from conftest import TINY
 
 import inference
 import readers
+from benchmarks.own_data import WRITERS, write_ml100k
 from data_model import RawTables
 from train_config import parse_args
 from trainer import train
 
-
-def write_lines(path: Path, lines: list[str], encoding: str = "utf-8") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes("".join(f"{line}\n" for line in lines).encode(encoding))
-    return path
-
-
-def events(tables: RawTables) -> list[tuple[int, int, int, int]]:
-    """(user, item, rating, timestamp) of every interaction, in file order."""
-    columns = tables.interactions[["user_id", "item_id", "rating", "timestamp"]]
-    return list(columns.itertuples(index=False, name=None))
-
-
-def year_of(tables: RawTables, row: int) -> str:
-    year = tables.items["year"].iloc[row]
-    return "" if pd.isna(year) else str(int(year))
-
-
-def write_ml100k(tables: RawTables, folder: Path) -> Path:
-    """u.item (id|title|release date|video date|URL|19 genre flags), u.user (id|age|gender|occupation|zip), u.data
-    (tab-separated), latin-1, as GroupLens writes them."""
-    items = tables.items
-    u_item = []
-    for row, (item_id, title, genres) in enumerate(zip(items["item_id"], items["title"], items["genres"],
-                                                       strict=True)):
-        flags = ["1" if genre in genres.split("|") else "0" for genre in readers.ML100K_GENRES]
-        year = year_of(tables, row)
-        date = f"01-Jan-{year}" if year else ""
-        u_item.append("|".join([str(item_id), title.replace("|", "/"), date, "", "http://example.org/x", *flags]))
-    write_lines(folder / "u.item", u_item, "latin-1")
-    users = tables.users
-    u_user = [f"{u}|{age}|{gender}|job{'abcdefghijklmnopqrstu'[occupation]}|00000"
-              for u, age, gender, occupation in zip(users["user_id"], users["age"], users["gender"],
-                                                    users["occupation"], strict=True)]
-    write_lines(folder / "u.user", u_user, "latin-1")
-    write_lines(folder / "u.data", [f"{u}\t{i}\t{r}\t{t}" for u, i, r, t in events(tables)])
-    return folder
-
-
-def write_ml10m(tables: RawTables, folder: Path) -> Path:
-    """movies.dat (MovieID::Title::Genres), ratings.dat (half stars written as 4.5), tags.dat; no users file."""
-    items = tables.items
-    write_lines(folder / "movies.dat", [f"{i}::{title}::{genres or '(no genres listed)'}" for i, title, genres
-                                        in zip(items["item_id"], items["title"], items["genres"], strict=True)])
-    write_lines(folder / "ratings.dat", [f"{u}::{i}::{r - 0.5 if r > 3 else r}::{t}"
-                                         for u, i, r, t in events(tables)])
-    write_lines(folder / "tags.dat", ["1::1::fun::1000000000"])
-    return folder
-
-
-def write_ml_csv(tables: RawTables, folder: Path) -> Path:
-    """movies.csv with quoted titles, ratings.csv with '4.0'-style ratings, both with their headers."""
-    items = tables.items
-    quoted = ['"' + title.replace('"', '""') + '"' if "," in title or '"' in title else title
-              for title in items["title"]]
-    write_lines(folder / "movies.csv", ["movieId,title,genres", *(
-        f"{i},{title},{genres or '(no genres listed)'}"
-        for i, title, genres in zip(items["item_id"], quoted, items["genres"], strict=True))])
-    write_lines(folder / "ratings.csv", ["userId,movieId,rating,timestamp", *(
-        f"{u},{i},{float(r)},{t}" for u, i, r, t in events(tables))])
-    return folder
-
-
-def write_log(tables: RawTables, folder: Path) -> Path:
-    """The generic format at its barest: interactions.csv alone, no ratings, no item or user table."""
-    write_lines(folder / "interactions.csv", ["user_id,item_id,timestamp", *(
-        f"{u},{i},{t}" for u, i, _, t in events(tables))])
-    return folder
-
-
-WRITERS = {"ml-100k": write_ml100k, "ml-10m": write_ml10m, "ml-csv": write_ml_csv, "generic": write_log}
 # what each format's data lacks, and so the note the trainer prints
 NOTES = {
     "ml-100k": [],
