@@ -96,12 +96,17 @@ def build_model_config(config: TrainConfig, data: SequenceData) -> ModelConfig:
     """The network the flags describe, on this data's items, users and declared features: the sizes and switches are
     the model flags TrainConfig inherits (model_config.ModelFlags); heads of tasks with weight 0 are not built at
     all. `config` is what fit_to_data left of the flags."""
-    declared = lambda features: [{key: f[key] for key in ("name", "kind", "size")} for f in features]  # noqa: E731
-    return ModelConfig(num_items=data.num_items, num_users=data.num_users, item_features=declared(data.item_features),
-                       user_features=declared(data.user_features), preference_feature=data.preference_feature,
+    return ModelConfig(num_items=data.num_items, num_users=data.num_users,
+                       item_features=_network_features(data.item_features),
+                       user_features=_network_features(data.user_features), preference_feature=data.preference_feature,
                        **{name: getattr(config, name) for name in MODEL_FLAGS},
                        use_rating_head=config.rating_prediction_weight > 0,
                        use_preference_head=config.user_preference_weight > 0)
+
+
+def _network_features(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the network needs of each feature declaration: its name, kind and size (not its vocabulary)."""
+    return [{key: feature[key] for key in ("name", "kind", "size")} for feature in features]
 
 
 def fit_to_data(config: TrainConfig, data: SequenceData) -> tuple[TrainConfig, list[str]]:

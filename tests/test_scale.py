@@ -61,7 +61,9 @@ def test_scale_writes_a_table_of_each_stage_at_each_size(tmp_path):
     assert shape(32_000_204, None) == (200_948, 87_585)  # ML-32M's own shape
     assert scale_main(["--sizes", "1K", "2K", "--items", "400", "--work", str(tmp_path)]) == 0
     rows = (tmp_path / "scale.md").read_text().splitlines()[2:]
+    stages = ["write", "read", "process", "reload", "metadata"]
     assert [row.split(" | ")[:4] for row in rows] == [
-        ["| 1,000", "6", "400", "write"], ["| 1,000", "6", "400", "read"],
-        ["| 2,000", "13", "400", "write"], ["| 2,000", "13", "400", "read"]]
+        *(["| 1,000", "6", "400", stage] for stage in stages), *(["| 2,000", "13", "400", stage] for stage in stages)]
     assert all(float(row.split(" | ")[4]) > 0 for row in rows)
+    assert (tmp_path / "events_2000_items_400" / "cache" / "metadata.json").is_file()
+    assert len(list((tmp_path / "events_2000_items_400" / "cache").glob("*.npz"))) == 1  # the processed arrays
