@@ -154,6 +154,8 @@ class ModelConfig(ModelFlags):
             problem = next((f"--{f.name} must be positive, got {getattr(self, f.name)}" for f in fields(self)
                             if type(getattr(self, f.name)) is int and getattr(self, f.name) <= 0), None)
         problem = problem or feature_problem(self.item_features, "item") or feature_problem(self.user_features, "user")
+        if problem is None and self.use_item_side_info and not self.item_features:
+            problem = "use_item_side_info needs at least one item feature: declare one, or switch it off"
         if problem is None and self.use_preference_head and self.preference_size is None:
             problem = (f"preference_feature {self.preference_feature!r} is not a multi item feature: name one, or "
                        "switch the preference head off")

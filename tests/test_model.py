@@ -164,7 +164,8 @@ def test_features_are_declared_per_dataset():
     for bad, message in ((dict(user_features=[{"name": "user_idx", "kind": "categorical", "size": 3}]), "rename"),
                          (dict(item_features=[{"name": "a", "kind": "display", "size": 3}]), "kind 'display'"),
                          (dict(item_features=[{"name": "a", "kind": "multi", "size": 0}]), "positive integer size"),
-                         (dict(preference_feature="year"), "not a multi item feature")):
+                         (dict(preference_feature="year"), "not a multi item feature"),
+                         (dict(item_features=[], use_preference_head=False), "at least one item feature")):
         with pytest.raises(ValueError, match=message):
             small_config(**bad)
 
