@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from data_processor import AGE_GROUPS, GENDERS, GENRES, OCCUPATIONS, PAD_INDEX, day_of_year, training_part
+from data_model import bucket_index
+from data_processor import ML1M_ITEM_FEATURES, ML1M_USER_FEATURES, PAD_INDEX, day_of_year, training_part
 from enhanced_model import ModelConfig
 from inference_inputs import (
     ColdItemError,
@@ -88,13 +89,11 @@ class Request:
 
 
 def ml1m_schema() -> dict[str, Any]:
-    """The declarations of ML-1M's features, for a metadata.json written before they were stored in it."""
-    return {"name": "ml-1m", "preference_feature": "genres", "has_ratings": True,
-            "items": [{"name": "genres", "kind": "multi", "vocabulary": list(GENRES), "size": len(GENRES)},
-                      {"name": "year", "kind": "bucketed"}],
-            "users": [{"name": "gender", "kind": "categorical", "vocabulary": list(GENDERS)},
-                      {"name": "age", "kind": "categorical", "vocabulary": list(AGE_GROUPS)},
-                      {"name": "occupation", "kind": "categorical", "vocabulary": list(range(len(OCCUPATIONS)))}]}
+    """The declarations of ML-1M's features (data_processor's), for a metadata.json written before they were stored
+    in it."""
+    declared = {side: [{"name": f.name, **f.to_json()} for f in features if f.kind != "display"]
+                for side, features in (("items", ML1M_ITEM_FEATURES), ("users", ML1M_USER_FEATURES))}
+    return {"name": "ml-1m", "preference_feature": "genres", "has_ratings": True, **declared}
 
 
 def index_metadata(metadata: dict[str, Any], config: ModelConfig) -> Catalog:
@@ -312,7 +311,7 @@ def user_feature_indices(catalog: Catalog, values: Mapping[str, Any]) -> tuple[i
                 number = math.nan
             if isinstance(value, bool) or not math.isfinite(number):
                 raise InferenceError(f"{feature['name']} must be a number; got {shown(value)}")
-            indices.append(2 + int(np.searchsorted(np.asarray(feature["edges"], np.float64), number, side="right")))
+            indices.append(int(bucket_index(feature["edges"], number)))
     return tuple(indices)
 
 

@@ -172,9 +172,13 @@ def encode(feature: Feature, column: pd.Series) -> np.ndarray:
         return hot.to_numpy(np.float32)
     if feature.kind == "bucketed":
         values = pd.to_numeric(column).to_numpy(np.float64, na_value=np.nan)
-        index = 2 + np.searchsorted(np.asarray(feature.edges, np.float64), values, side="right")
-        return np.where(np.isnan(values), 1, index).astype(np.int64)
+        return np.where(np.isnan(values), 1, bucket_index(feature.edges, values)).astype(np.int64)
     raise ValueError(f"feature {feature.name!r}: display features are not encoded")
+
+
+def bucket_index(edges: list[float], values: np.ndarray | float) -> np.ndarray:
+    """A bucketed feature's index of known numbers: 2 + the number of edges <= value (np.digitize's buckets)."""
+    return 2 + np.searchsorted(np.asarray(edges, np.float64), values, side="right")
 
 
 # ----------------------------------------------------------------------------------------------------------
