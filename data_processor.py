@@ -13,8 +13,9 @@ encoded from those declarations (`featurise`):
 - sliding training windows cut from the training parts only.
 
 `eval_inputs` builds the validation/test inputs; `save_metadata` writes everything inference needs except the
-weights. Processed arrays are cached (npz, no pickle) under a key made of the source files' md5, the
-processing parameters and FORMAT_VERSION.
+weights. Processed arrays are cached (a folder of .npy files, no pickle, memory-mapped when read back) under a
+key made of the source files' md5, the processing parameters and FORMAT_VERSION; a cache remembers its sources'
+sizes and modification times, so that reloading it reads no source file unless one changed.
 
     python data_processor.py --data_dir ml-1m --output_dir data
 """
@@ -33,11 +34,12 @@ import os
 import posixpath
 import re
 import secrets
+import shutil
 import sys
 import time
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
@@ -83,7 +85,7 @@ DAY_OF_YEAR_ENCODING = "1..366 (UTC) from the timestamp, 0 = padding"
 
 # Bump when the arrays or metadata.json change meaning: stale caches are then rebuilt (2: content_sha256)
 FORMAT_VERSION = 2
-CACHE_VERSION = 3  # the processed arrays' layout (3: features declared per dataset)
+CACHE_VERSION = 4  # the processed arrays' layout (3: features declared per dataset; 4: a folder of .npy files)
 
 SOURCE_FILES = ("ratings.dat", "movies.dat", "users.dat")
 GROUPLENS_MD5 = {
@@ -439,15 +441,42 @@ def extract_dataset_zip(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Reading the source files (folder or zip, kept in memory: 25 MB)
+# Reading the source files (folder or zip, read whole on first use: ML-1M's are 25 MB)
 
 
-@dataclass(frozen=True)
 class SourceFile:
-    """The bytes of one ML-1M file and where they came from (for error messages)."""
+    """One source file: where it came from (label, for error messages), its bytes (raw, read on first use) and a
+    stamp that changes whenever the file does without reading it (size and modification time; for a zip member,
+    the zip's and the member's CRC), so that a cache can be matched to its sources at the cost of a stat."""
 
-    label: str
-    raw: bytes
+    def __init__(self, label: str, raw: bytes | None = None, *, read: Callable[[], bytes] | None = None,
+                 stamp: list[Any] | None = None) -> None:
+        self.label, self._raw, self._read, self.stamp = label, raw, read, stamp
+
+    @property
+    def raw(self) -> bytes:
+        if self._raw is None:
+            assert self._read is not None, "SourceFile needs raw bytes or a read function"
+            self._raw = self._read()
+        return self._raw
+
+    @classmethod
+    def file(cls, path: Path) -> SourceFile:
+        """A file in a folder, read when its bytes are first needed."""
+        status = path.stat()
+        return cls(str(path), read=path.read_bytes, stamp=[status.st_size, status.st_mtime_ns])
+
+    @classmethod
+    def member(cls, zip_path: Path, archive: zipfile.ZipFile, member: str) -> SourceFile:
+        """A member of an open zip archive, read (by opening the zip again) when its bytes are first needed."""
+        status, info = zip_path.stat(), archive.getinfo(member)
+
+        def read() -> bytes:
+            with zipfile.ZipFile(zip_path) as again:
+                return again.read(member)
+
+        return cls(f"{zip_path}:{member}", read=read,
+                   stamp=[status.st_size, status.st_mtime_ns, member, info.CRC, info.file_size])
 
 
 def read_source_files(data_dir: str | Path | None) -> dict[str, SourceFile]:
@@ -462,17 +491,14 @@ def read_source_files(data_dir: str | Path | None) -> dict[str, SourceFile]:
             raise FileNotFoundError(
                 f"{path}: missing {', '.join(missing)}; expected ML-1M's {', '.join(SOURCE_FILES)}"
             )
-        return {name: SourceFile(str(path / name), (path / name).read_bytes()) for name in SOURCE_FILES}
+        return {name: SourceFile.file(path / name) for name in SOURCE_FILES}
     if path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             members = data_members(archive, path)
             missing = [name for name in SOURCE_FILES if name not in members]
             if missing:
                 raise DataError(f"{path}: no {', '.join(missing)} beside ratings.dat in the archive")
-            return {
-                name: SourceFile(f"{path}:{members[name]}", archive.read(members[name]))
-                for name in SOURCE_FILES
-            }
+            return {name: SourceFile.member(path, archive, members[name]) for name in SOURCE_FILES}
     if path.exists():
         raise DataError(f"{path}: neither an ml-1m folder nor a zip file")
     raise FileNotFoundError(
@@ -1024,39 +1050,97 @@ def _cache_key(source_md5: dict[str, str], seq_length: int, window_stride: int, 
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def _read_cache(path: Path, key: str) -> SequenceData | None:
-    """The cached dataset, or None when the cache is missing, stale (other key) or unreadable."""
-    if not path.is_file():
+# A source file's stamp (size, modification time) stands for its md5 only when the file was last changed this long
+# before the cache was written: a file rewritten within the file system's timestamp granularity of an earlier
+# version, with the same size, could otherwise keep its stamp (the "racy" case); such files are hashed instead.
+_STAMP_MARGIN_NS = 2_000_000_000
+_CACHE_INDEX = "cache.json"
+
+
+class _Cache(NamedTuple):
+    """A cache folder's index: its key, the md5 its sources had, their stamps and when it was written."""
+
+    path: Path
+    index: dict[str, Any]
+
+    def md5_by_stamp(self, sources: dict[str, SourceFile]) -> dict[str, str] | None:
+        """The sources' md5 as recorded, when every source still has the stamp it had, changed long enough
+        before the cache was written; None when any source must be read and hashed."""
+        stamps, written = self.index.get("source_stamps"), self.index.get("written_ns", 0)
+        if stamps != {name: source.stamp for name, source in sources.items()} or any(
+                stamp is None or stamp[1] > written - _STAMP_MARGIN_NS for stamp in stamps.values()):
+            return None
+        return self.index["source_md5"]
+
+    def load(self) -> SequenceData:
+        """The arrays, memory-mapped copy-on-write (read from disk as they are used; writes stay private)."""
+        arrays = {name: _load_array(self.path / f"{name}.npy") for name in self.index["arrays"]}
+        groups = {group: {name: arrays.pop(f"{group}.{i}") for i, name in enumerate(names)}
+                  for group, names in self.index["array_groups"].items()}
+        return SequenceData(**self.index["scalars"], **arrays, **groups)
+
+
+def _load_array(path: Path) -> np.ndarray:
+    array = np.load(path, mmap_mode="c", allow_pickle=False)
+    return np.array(array) if array.size == 0 else array  # an empty map is of no use and cannot be made on some OSes
+
+
+def _read_cache(path: Path) -> _Cache | None:
+    """The cache folder's index, or None when there is no cache or its index is unreadable."""
+    index_path = path / _CACHE_INDEX
+    if not index_path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            scalars = json.loads(str(archive["scalars"]))
-            if scalars.pop("cache_key") != key:
-                log.info("cache %s is stale (source files, parameters or format changed): rebuilding", path)
-                return None
-            grouped = scalars.pop("array_groups")
-            arrays = {name: archive[name] for name in archive.files if name != "scalars" and "." not in name}
-            groups = {group: {name: archive[f"{group}.{i}"] for i, name in enumerate(names)}
-                      for group, names in grouped.items()}
-        return SequenceData(**scalars, **arrays, **groups)
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        index = json.loads(index_path.read_text())
+        if index.get("cache_version") != CACHE_VERSION:
+            return None
+        return _Cache(path, index)
+    except (OSError, ValueError) as exc:
         log.warning("cache %s is unreadable (%s): rebuilding", path, exc)
         return None
 
 
-def _write_cache(path: Path, key: str, data: SequenceData) -> None:
-    """One npz (no pickle): arrays by field name, a dict of arrays (item_values...) as "<field>.<i>", the rest as
-    JSON in "scalars"."""
+def _write_cache(path: Path, key: str, data: SequenceData, sources: dict[str, SourceFile]) -> None:
+    """A folder of .npy files (no pickle: arrays by field name, a dict of arrays such as item_values as
+    "<field>.<i>") and cache.json (the key, the sources' md5 and stamps, the other fields). Written beside the
+    old one and renamed into place, so that a reader sees either cache whole; an .npz cache of the same name
+    (the earlier layout) is removed."""
     values = {field.name: getattr(data, field.name) for field in fields(data)}
     arrays = {name: value for name, value in values.items() if isinstance(value, np.ndarray)}
     groups = {name: value for name, value in values.items()
               if isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values())}
     for group, members in groups.items():
         arrays |= {f"{group}.{i}": value for i, value in enumerate(members.values())}
-    scalars = {name: value for name, value in values.items() if name not in arrays and name not in groups}
-    scalars |= {"cache_key": key, "array_groups": {group: list(members) for group, members in groups.items()}}
-    with atomic_file(path) as handle:
-        np.savez(handle, scalars=np.array(json.dumps(scalars)), **arrays)
+    scalars = {name: value for name, value in values.items()
+               if name not in arrays and name not in groups}
+    index = {"cache_version": CACHE_VERSION, "cache_key": key, "source_md5": data.source_md5,
+             "source_stamps": {name: source.stamp for name, source in sources.items()}, "written_ns": time.time_ns(),
+             "arrays": list(arrays), "array_groups": {group: list(members) for group, members in groups.items()},
+             "scalars": scalars}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    old = path.with_name(f".{path.name}.{secrets.token_hex(6)}.old")
+    try:
+        temp.mkdir()
+        for name, array in arrays.items():
+            np.save(temp / f"{name}.npy", array, allow_pickle=False)
+        (temp / _CACHE_INDEX).write_text(json.dumps(index))
+        if path.exists():
+            os.replace(path, old)
+        os.replace(temp, path)
+    finally:
+        for leftover in (temp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+    path.with_suffix(".npz").unlink(missing_ok=True)
+
+
+def _restamp(cache: _Cache, sources: dict[str, SourceFile]) -> None:
+    """Record the sources' current stamps in a cache their md5 matched, so that the next load need not hash them
+    (the sources were copied or touched, not changed)."""
+    index = cache.index | {"source_stamps": {name: source.stamp for name, source in sources.items()},
+                           "written_ns": time.time_ns()}
+    with atomic_file(cache.path / _CACHE_INDEX) as handle:
+        handle.write(json.dumps(index).encode())
 
 
 def load_dataset(
@@ -1075,7 +1159,8 @@ def load_dataset(
     data_dir: a dataset folder or zip; None downloads `dataset` (default ML-1M) into ./<name> (skipped when
         already there). dataset: the format by name (readers.DATASET_FORMATS); None detects it from the files.
     cache_dir: where processed arrays are cached (None: no cache). The cache is keyed by the md5 of the source
-        files, seq_length, window_stride and FORMAT_VERSION; a stale or unreadable cache is rebuilt.
+        files, seq_length, window_stride and FORMAT_VERSION; a stale or unreadable cache is rebuilt. Sources whose
+        size and modification time are those the cache recorded are not read again (their recorded md5 is used).
     window_stride: stride of the training windows (default seq_length // 2).
     verify: compare ML-1M's source files' md5 with the GroupLens originals; a difference is a
         SourceChecksumWarning, or a ChecksumMismatchError when `strict`.
@@ -1089,21 +1174,34 @@ def load_dataset(
     if data_dir is None:
         data_dir = download_ml1m() if dataset in (None, "ml-1m") else readers.download_dataset(dataset)
     fmt, sources = readers.dataset_sources(data_dir, dataset)
-    source_md5 = {name: hashlib.md5(source.raw).hexdigest() for name, source in sources.items()}
+    holdout = holdout_spec(holdout_users, holdout_items)
+    cache = None
+    if cache_dir is not None:
+        suffix = f"_holdout-{holdout.replace(',', '-')}" if holdout else ""
+        where = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
+        prefix = "ml1m" if fmt == "ml-1m" else f"{fmt}-{where}"
+        cache_path = Path(cache_dir) / f"{prefix}_T{seq_length}_S{window_stride}{suffix}"
+        cache = _read_cache(cache_path)
+    by_stamp = cache.md5_by_stamp(sources) if cache is not None else None
+    source_md5 = by_stamp or {name: hashlib.md5(source.raw).hexdigest() for name, source in sources.items()}
     if verify and fmt == "ml-1m":
         _verify_sources(sources, source_md5, strict)
-    holdout = holdout_spec(holdout_users, holdout_items)
     if cache_dir is None:
         return process_sources(fmt, sources, source_md5, seq_length, window_stride, holdout)
-    suffix = f"_holdout-{holdout.replace(',', '-')}" if holdout else ""
-    prefix = "ml1m" if fmt == "ml-1m" else f"data-{source_fingerprint(source_md5)[:12]}"
-    cache_path = Path(cache_dir) / f"{prefix}_T{seq_length}_S{window_stride}{suffix}.npz"
     key = _cache_key(source_md5, seq_length, window_stride, holdout)
-    data = _read_cache(cache_path, key)
-    if data is None:
-        data = process_sources(fmt, sources, source_md5, seq_length, window_stride, holdout)
-        _write_cache(cache_path, key, data)
-        log.info("cached the processed arrays in %s", cache_path)
+    if cache is not None and cache.index["cache_key"] == key:
+        try:
+            data = cache.load()
+            if by_stamp is None:
+                _restamp(cache, sources)
+            return data
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cache %s is unreadable (%s): rebuilding", cache_path, exc)
+    elif cache is not None:
+        log.info("cache %s is stale (source files, parameters or format changed): rebuilding", cache_path)
+    data = process_sources(fmt, sources, source_md5, seq_length, window_stride, holdout)
+    _write_cache(cache_path, key, data, sources)
+    log.info("cached the processed arrays in %s", cache_path)
     return data
 
 

@@ -463,12 +463,12 @@ def dataset_sources(path: str | Path, dataset: str | None = None) -> tuple[str, 
 
     if path.is_dir():
         names = {child.name for child in path.iterdir() if child.is_file()}
-        files = collect(names, str(path), lambda name: SourceFile(str(path / name), (path / name).read_bytes()))
+        files = collect(names, str(path), lambda name: SourceFile.file(path / name))
     elif path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             members = dp.data_members(archive, path, _MARKERS)
             files = collect(set(members), str(path),
-                            lambda name: SourceFile(f"{path}:{members[name]}", archive.read(members[name])))
+                            lambda name: SourceFile.member(path, archive, members[name]))
     elif path.exists():
         raise DataError(f"{path}: neither a dataset folder nor a zip file")
     else:
@@ -497,12 +497,12 @@ def read_dataset(path: str | Path) -> RawTables:
     path = Path(path)
     if path.is_dir():
         names = {child.name for child in path.iterdir() if child.is_file()}
-        return _read_format(names, str(path), lambda name: SourceFile(str(path / name), (path / name).read_bytes()))
+        return _read_format(names, str(path), lambda name: SourceFile.file(path / name))
     if path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             members = dp.data_members(archive, path, _MARKERS)
             return _read_format(set(members), str(path),
-                                lambda name: SourceFile(f"{path}:{members[name]}", archive.read(members[name])))
+                                lambda name: SourceFile.member(path, archive, members[name]))
     if path.exists():
         raise DataError(f"{path}: neither a dataset folder nor a zip file")
     raise FileNotFoundError(f"{path}: no such file or folder")

@@ -1,9 +1,11 @@
 """data_processor: parsing, features, the stable split, windows, eval inputs, errors, cache, metadata, CLI."""
 
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 import warnings
 import zipfile
 from dataclasses import fields
@@ -394,7 +396,48 @@ def test_cache_hit_skips_parsing(tmp_path, parse_counter):
     assert len(parse_counter) == 1
     assert_same_data(first, second)
     assert_same_data(second, load_dataset(folder, seq_length=4, verify=False))
-    assert [path.name for path in cache.iterdir()] == ["ml1m_T4_S2.npz"]  # no temporary file left
+    assert [path.name for path in cache.iterdir()] == ["ml1m_T4_S2"]  # no temporary folder left
+    assert isinstance(second.seq_items, np.memmap)  # read back memory-mapped
+
+
+def test_a_cache_reload_reads_no_source_whose_stamp_is_unchanged(tmp_path, parse_counter):
+    folder = write_ml1m(tmp_path / "ml-1m")
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    for source in folder.iterdir():
+        os.utime(source, ns=(an_hour_ago, an_hour_ago))
+    cache = tmp_path / "cache"
+    original = load_dataset(folder, cache_dir=cache, verify=False)
+    # the same size and modification time: the cache's recorded md5 stands for the file, which is not read again
+    ratings = folder / "ratings.dat"
+    ratings.write_bytes(ratings.read_bytes().replace(b"::2::", b"::5::", 1))
+    os.utime(ratings, ns=(an_hour_ago, an_hour_ago))
+    assert_same_data(original, load_dataset(folder, cache_dir=cache, verify=False))
+    assert len(parse_counter) == 1
+    # touched: the file is read and hashed, its md5 no longer matches, the cache is rebuilt from the new content
+    os.utime(ratings)
+    changed = load_dataset(folder, cache_dir=cache, verify=False)
+    assert len(parse_counter) == 2 and changed.fingerprint != original.fingerprint
+
+
+def test_a_copied_source_is_hashed_once_then_matched_by_stamp(tmp_path, parse_counter, monkeypatch):
+    folder = write_ml1m(tmp_path / "ml-1m")
+    cache = tmp_path / "cache"
+    load_dataset(folder, cache_dir=cache, verify=False)
+    index = json.loads((cache / "ml1m_T50_S25" / "cache.json").read_text())
+    assert set(index["source_stamps"]) == {"ratings.dat", "movies.dat", "users.dat"}
+    hashed = []
+    real_md5 = dp.hashlib.md5
+    monkeypatch.setattr(dp.hashlib, "md5", lambda data=b"": hashed.append(len(data)) or real_md5(data))
+    # just written, so within the timestamp margin: every load hashes the sources and matches by md5
+    load_dataset(folder, cache_dir=cache, verify=False)
+    assert len(hashed) == 3 and len(parse_counter) == 1
+    # the margin passed (the cache recorded as written later than the files by more than it): no source is read
+    index = json.loads((cache / "ml1m_T50_S25" / "cache.json").read_text())
+    index["written_ns"] += 10 * dp._STAMP_MARGIN_NS
+    (cache / "ml1m_T50_S25" / "cache.json").write_text(json.dumps(index))
+    hashed.clear()
+    load_dataset(folder, cache_dir=cache, verify=False)
+    assert hashed == [] and len(parse_counter) == 1
 
 
 def test_stale_cache_is_rebuilt(tmp_path, parse_counter, monkeypatch):
@@ -416,25 +459,31 @@ def test_stale_cache_is_rebuilt(tmp_path, parse_counter, monkeypatch):
 
     load_dataset(folder, cache_dir=cache, seq_length=8, verify=False)  # other parameters: another file
     assert len(parse_counter) == 4
-    assert sorted(path.name for path in cache.iterdir()) == ["ml1m_T50_S25.npz", "ml1m_T8_S4.npz"]
+    assert sorted(path.name for path in cache.iterdir()) == ["ml1m_T50_S25", "ml1m_T8_S4"]
 
 
 def test_unreadable_cache_is_rebuilt(tmp_path, parse_counter):
     folder = write_ml1m(tmp_path / "ml-1m")
     cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "ml1m_T50_S25.npz").write_bytes(b"not a zip file")
+    (cache / "ml1m_T50_S25").mkdir(parents=True)
+    (cache / "ml1m_T50_S25" / "cache.json").write_text("not json")
+    (cache / "ml1m_T50_S25.npz").write_bytes(b"a cache of the earlier layout")
     data = load_dataset(folder, cache_dir=cache, verify=False)
     assert len(parse_counter) == 1
     assert_same_data(data, load_dataset(folder, cache_dir=cache, verify=False))
     assert len(parse_counter) == 1
+    assert sorted(path.name for path in cache.iterdir()) == ["ml1m_T50_S25"]  # the .npz is gone
+    items = cache / "ml1m_T50_S25" / "seq_items.npy"
+    items.write_bytes(items.read_bytes()[:-8])  # an array cut short
+    assert_same_data(data, load_dataset(folder, cache_dir=cache, verify=False))
+    assert len(parse_counter) == 2
 
 
 def test_cache_holds_no_pickles(tmp_path):
     folder = write_ml1m(tmp_path / "ml-1m")
     load_dataset(folder, cache_dir=tmp_path, verify=False)
-    with np.load(tmp_path / "ml1m_T50_S25.npz", allow_pickle=False) as archive:
-        assert all(archive[name].dtype != object for name in archive.files)
+    arrays = list((tmp_path / "ml1m_T50_S25").glob("*.npy"))
+    assert len(arrays) > 10 and all(np.load(path, allow_pickle=False).dtype != object for path in arrays)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -544,7 +593,7 @@ def test_cli_prints_statistics_and_writes_outputs(tmp_path):
         "window_stride": 2,
         "holdout": "",
     }
-    assert (tmp_path / "out" / "ml1m_T4_S2.npz").is_file()
+    assert (tmp_path / "out" / "ml1m_T4_S2" / "cache.json").is_file()
 
 
 def test_cli_bad_path_is_one_line(tmp_path):

@@ -66,4 +66,4 @@ def test_scale_writes_a_table_of_each_stage_at_each_size(tmp_path):
         *(["| 1,000", "6", "400", stage] for stage in stages), *(["| 2,000", "13", "400", stage] for stage in stages)]
     assert all(float(row.split(" | ")[4]) > 0 for row in rows)
     assert (tmp_path / "events_2000_items_400" / "cache" / "metadata.json").is_file()
-    assert len(list((tmp_path / "events_2000_items_400" / "cache").glob("*.npz"))) == 1  # the processed arrays
+    assert len(list((tmp_path / "events_2000_items_400" / "cache").glob("*/cache.json"))) == 1  # the processed arrays
