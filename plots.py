@@ -6,6 +6,7 @@ returns None. Install it with `pip install matplotlib` (requirements-extra.txt).
     plot_training_curves(history, path)      validation NDCG@10 and each task's loss per epoch and per minute
     plot_time_to_quality(runs, path)         validation NDCG@10 against training minutes, several configurations
     plot_influence(explanation, path)        each history movie's measured influence on one recommendation
+    plot_scale(records, path)                each stage's cost against the events and the catalogue (log-log)
 """
 
 from __future__ import annotations
@@ -114,4 +115,32 @@ def plot_influence(explanation: dict[str, Any], path: str | Path) -> Path | None
     axis.set_xlabel("score drop when the movie is removed from the history (> 0: it pushed the recommendation up)")
     recommended = explanation["recommended"]
     axis.set_title(f"why {recommended['title']} (rank {recommended['rank']})", fontsize=10)
+    return _save(figure, pyplot, path)
+
+
+def plot_scale(records: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Log-log: each data stage's seconds against the events (left) and the training step's seconds against the
+    catalogue, per model (right); records as benchmarks/scale.py writes them."""
+    pyplot = _pyplot(path)
+    if pyplot is None:
+        return None
+    figure, axes = pyplot.subplots(1, 2, figsize=(11, 4.5))
+    stages = dict.fromkeys(r["stage"] for r in records if r["stage"] != "train")
+    for colour, stage in enumerate(stages):
+        points = sorted((r["events"], r["seconds"]) for r in records if r["stage"] == stage)
+        axes[0].plot(*zip(*points, strict=True), marker="o", color=f"C{colour}", label=stage)
+    models = dict.fromkeys(r["model"] for r in records if r["stage"] == "train")
+    for colour, model in enumerate(models):
+        points = sorted({r["items"]: r["seconds"] for r in records
+                         if r["stage"] == "train" and r["model"] == model}.items())
+        axes[1].plot(*zip(*points, strict=True), marker="o", color=f"C{colour}", label=f"{model} model, sampled loss")
+    for axis, label in ((axes[0], "events"), (axes[1], "items in the catalogue")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3, which="both")
+        if axis.lines:
+            axis.legend(fontsize=8)
+    axes[0].set_ylabel("seconds per stage")
+    axes[1].set_ylabel("seconds per training step")
     return _save(figure, pyplot, path)

@@ -69,10 +69,12 @@ BENCH_CONFIGS = {  # --configs key: (table name, trainer.py flags)
 }
 
 
-def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: int) -> dict:
-    """Set one configuration's run up as trainer.py does and time its training steps and a validation pass."""
+def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: int, cache_dir: str | None = None,
+            validate: bool = True) -> dict:
+    """Set one configuration's run up as trainer.py does and time its training steps and (validate) a full-ranking
+    validation pass of every user (eval_s; 0 without it). cache_dir: the processed arrays' cache (runs/cache)."""
     torch.set_num_threads(threads)
-    config = parse_args(["--data_dir", data_dir, "--cache_dir", str(REPO / "runs" / "cache"), *flags,
+    config = parse_args(["--data_dir", data_dir, "--cache_dir", cache_dir or str(REPO / "runs" / "cache"), *flags,
                          "--device", "cpu"])
     validate_config(config)
     run = start_run(config, setup_runtime(config))
@@ -95,12 +97,15 @@ def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: i
         step()
         times.append(time.perf_counter() - started)
     train_rss_mb = peak_rss_mb()
-    val_split = to_eval_tensors(eval_inputs(run.data, "val", config.seq_length), run.runtime.device)
-    started = time.perf_counter()
-    evaluate(run.model, val_split, run.data_tensors, config.eval_batch_size)
+    eval_s = 0.0
+    if validate:
+        val_split = to_eval_tensors(eval_inputs(run.data, "val", config.seq_length), run.runtime.device)
+        started = time.perf_counter()
+        evaluate(run.model, val_split, run.data_tensors, config.eval_batch_size)
+        eval_s = time.perf_counter() - started
     return {"step_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times),
             "batch_size": config.batch_size, "steps_per_epoch": -(-num_windows // config.batch_size),
-            "windows": num_windows, "eval_s": time.perf_counter() - started,
+            "windows": num_windows, "eval_s": eval_s, "users": run.data.num_users, "items": run.data.num_items,
             "step_flops": counter.get_total_flops(), "parameters": sum(p.numel() for p in run.model.parameters()),
             "train_rss_mb": train_rss_mb, "peak_rss_mb": peak_rss_mb()}
 

@@ -1,19 +1,31 @@
 """What each stage costs as the data grows: time and peak RSS per stage, on synthetic ML-32M-shaped files
 (benchmarks/synthetic_movielens.py) of several sizes, each stage in a fresh process.
 
-    python benchmarks/scale.py --sizes 1M 5M 20M 32M --work runs/scale        # writes runs/scale/scale.md
+    python benchmarks/scale.py --sizes 1M 5M 20M 32M --work runs/scale        # every stage at each size
+    python benchmarks/scale.py --sizes 1M --items 3706 27000 --stages write process train   # the step vs the catalogue
 
 Sizes name the events; users and items scale from ML-32M's shape (200,948 users, 87,585 movies for 32,000,204
-ratings) unless --items fixes the catalogue. Stages: "write" (the synthetic files themselves), "read" (ratings.csv
-and movies.csv -> the data model's tables, readers.read_dataset: parsing, validation with file-and-line errors,
-ids), "process" (raw files -> the training arrays with the cache written: data_processor.load_dataset), "reload"
-(the same from the cache) and "metadata" (metadata.json, which training writes and inference reads). Training
-steps, full-ranking evaluation and the all-users export are not measured here yet.
+ratings) unless --items fixes the catalogue (one point per value). Stages:
+- "write": the synthetic files themselves;
+- "read": ratings.csv and movies.csv -> the data model's tables (readers.read_dataset: parsing, validation with
+  file-and-line errors, ids);
+- "process": raw files -> the training arrays with the cache written (data_processor.load_dataset);
+- "reload": the same from the cache;
+- "metadata": metadata.json (which training writes and inference reads);
+- "train": the median training step of each --models configuration with the sampled item loss, set up and run by
+  the trainer's own code (benchmarks/bench_train.measure: batch, forward, backward, clipping, AdamW);
+- "evaluate": one full-ranking validation pass over every user (trainer.evaluate), the CPU default's shape;
+- "export": the all-users top-10 through the engine (RecommendationEngine.export_recommendations, streamed CSV),
+  from a checkpoint of the CPU default's shape (freshly initialised: the cost does not depend on the weights).
+Each measurement is appended to <work>/scale.json (a later call adds to it or replaces the same point), from which
+<work>/scale.md (the table) and <work>/scale.png (the log-log picture) are written again. Seconds are those of the
+stage's own work in its process (interpreter start and imports excluded); peak RSS is the process's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,10 +35,15 @@ import data_processor  # noqa: E402
 import readers  # noqa: E402
 from benchmarks.fresh_process import in_fresh_process, peak_rss_mb  # noqa: E402
 from benchmarks.synthetic_movielens import write_synthetic_movielens  # noqa: E402
+from train_config import CONFIGS  # noqa: E402
 
 ML32M_USERS, ML32M_ITEMS, ML32M_EVENTS = 200_948, 87_585, 32_000_204
-STAGES = ("write", "read", "process", "reload", "metadata")
+STAGES = ("write", "read", "process", "reload", "metadata", "train", "evaluate", "export")
 SUFFIXES = {"K": 1_000, "M": 1_000_000}
+MODELS = {  # --models key: (name, trainer.py flags); both with the sampled item loss, fp32
+    "cpu": ("CPU default (hidden 64, 2 layers)", [f"@{CONFIGS / 'cpu_small.txt'}"]),
+    "best": ("best model's shape (hidden 256, 4 layers), fp32", [f"@{CONFIGS / 'best.txt'}", "--amp", "off"]),
+}
 
 
 def parse_size(text: str) -> int:
@@ -41,71 +58,152 @@ def shape(events: int, items: int | None) -> tuple[int, int]:
     return users, items or max(100, round(ML32M_ITEMS * (events / ML32M_EVENTS) ** 0.5))
 
 
-def write_stage(folder: str, users: int, items: int, events: int) -> float:
-    write_synthetic_movielens(folder, users, items, events)
-    return peak_rss_mb()
+def _stopwatch(function, *args) -> dict:
+    started = time.perf_counter()
+    function(*args)
+    return {"seconds": time.perf_counter() - started, "peak_mb": peak_rss_mb()}
 
 
-def read_stage(folder: str) -> float:
+def write_stage(folder: str, users: int, items: int, events: int) -> dict:
+    return _stopwatch(write_synthetic_movielens, folder, users, items, events)
+
+
+def read_stage(folder: str) -> dict:
     """Raw ratings.csv and movies.csv -> the data model's tables (parsing, validation, ids)."""
-    readers.read_dataset(folder)
-    return peak_rss_mb()
+    return _stopwatch(readers.read_dataset, folder)
 
 
-def process_stage(folder: str, cache_dir: str) -> float:
+def process_stage(folder: str, cache_dir: str) -> dict:
     """Raw files -> the training arrays (data_processor.load_dataset: read, split, windows, features), writing the
     cache; a cache left by an earlier run is removed first, so that the whole path is measured."""
-    for stale in Path(cache_dir).glob("*.npz"):
-        stale.unlink()
-    data_processor.load_dataset(folder, cache_dir=cache_dir)
-    return peak_rss_mb()
+    import shutil
+
+    for stale in Path(cache_dir).glob("*_T*"):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    return _stopwatch(data_processor.load_dataset, folder, cache_dir)
 
 
-def reload_stage(folder: str, cache_dir: str) -> float:
-    """The same arrays from the cache (the source files' md5 is still computed: it is the cache key)."""
-    data_processor.load_dataset(folder, cache_dir=cache_dir)
-    return peak_rss_mb()
+def reload_stage(folder: str, cache_dir: str) -> dict:
+    """The same arrays from the cache (memory-mapped; the sources are matched by size and modification time)."""
+    return _stopwatch(data_processor.load_dataset, folder, cache_dir)
 
 
-def metadata_stage(folder: str, cache_dir: str) -> float:
+def metadata_stage(folder: str, cache_dir: str) -> dict:
     """metadata.json (what inference needs: id maps, item table, every user's history), from the cached arrays."""
     data = data_processor.load_dataset(folder, cache_dir=cache_dir)
-    data_processor.save_metadata(data, Path(cache_dir) / "metadata.json")
-    return peak_rss_mb()
+    return _stopwatch(data_processor.save_metadata, data, Path(cache_dir) / "metadata.json")
 
 
-def timed(function, *args) -> tuple[float, float]:
-    """Wall seconds and the peak RSS (GB) of function(*args) in a fresh process."""
-    started = time.perf_counter()
-    peak_mb = in_fresh_process(function, *args)
-    return time.perf_counter() - started, peak_mb / 1024
+def model_flags(model: str, num_negatives: int) -> list[str]:
+    return [*MODELS[model][1], "--item_loss", "sampled", "--num_negatives", str(num_negatives)]
+
+
+def train_stage(folder: str, cache_dir: str, model: str, num_negatives: int, steps: int, threads: int) -> dict:
+    """The median of `steps` training steps (after 2 warm-up steps) of one --models configuration."""
+    from benchmarks.bench_train import measure
+
+    measured = measure(model_flags(model, num_negatives), folder, steps, 2, threads, cache_dir, validate=False)
+    return {"seconds": measured["step_s"], "peak_mb": measured["train_rss_mb"],
+            "note": f"{MODELS[model][0]}: {measured['batch_size'] / measured['step_s']:.0f} sequences/s"}
+
+
+def evaluate_stage(folder: str, cache_dir: str, num_negatives: int, threads: int) -> dict:
+    """One full-ranking validation pass of every user (trainer.evaluate, batches of --eval_batch_size users),
+    the CPU default's shape after one training step."""
+    from benchmarks.bench_train import measure
+
+    measured = measure(model_flags("cpu", num_negatives), folder, 1, 0, threads, cache_dir, validate=True)
+    return {"seconds": measured["eval_s"], "peak_mb": measured["peak_rss_mb"],
+            "note": f"{measured['users']:,} users x {measured['items']:,} items"}
+
+
+def write_model(folder: str, cache_dir: str, out: str, num_negatives: int) -> None:
+    """A checkpoint of the CPU default's shape (as initialised) and metadata.json, for the export stage."""
+    from train_config import parse_args
+    from trainer import save_model_checkpoint, setup_runtime, start_run
+
+    config = parse_args(["--data_dir", folder, "--cache_dir", cache_dir, *model_flags("cpu", num_negatives),
+                         "--device", "cpu"])
+    run = start_run(config, setup_runtime(config))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_model_checkpoint(Path(out) / "model.pt", run.model, run.data.fingerprint, run.config)
+    data_processor.save_metadata(run.data, Path(out) / "metadata.json")
+
+
+def export_stage(out: str, threads: int) -> dict:
+    """Load the engine and write every known user's top 10 to a CSV (streamed, chunks of 512 users)."""
+    import torch
+
+    from engine import RecommendationEngine
+
+    torch.set_num_threads(threads)
+
+    def export() -> None:
+        engine = RecommendationEngine(Path(out) / "model.pt", Path(out) / "metadata.json", device="cpu")
+        engine.export_recommendations(Path(out) / "top10.csv", k=10, progress=False)
+
+    return _stopwatch(export) | {"note": "engine load + export, CPU default's shape"}
+
+
+def render(records: list[dict], work: Path) -> None:
+    """scale.md (the table, by size then stage) and scale.png (log-log: seconds against events per stage, and the
+    training step against the catalogue) from every record so far."""
+    records.sort(key=lambda r: (r["events"], r["items"], STAGES.index(r["stage"]), r.get("model", "")))
+    rows = ["| events | users | items | stage | seconds | peak RSS (GB) | note |", "|---|---|---|---|---|---|---|"]
+    rows += [f"| {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['stage']} | {r['seconds']:.2f} "
+             f"| {r['peak_mb'] / 1024:.2f} | {r.get('note', '')} |" for r in records]
+    (work / "scale.md").write_text("\n".join(rows) + "\n")
+    from plots import plot_scale
+
+    plot_scale(records, work / "scale.png")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["1M", "5M", "20M", "32M"], help="events per point")
-    parser.add_argument("--items", type=int, help="fix the catalogue (default: grows with the events)")
+    parser.add_argument("--items", type=int, nargs="+", help="fix the catalogue, one point per value (default: "
+                        "grows with the events)")
     parser.add_argument("--work", default="runs/scale", help="where the synthetic files and the table go")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages to measure")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                        help="configurations whose training step is measured")
+    parser.add_argument("--num_negatives", type=int, default=1024, help="the sampled item loss's negatives")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per configuration")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
-    rows = ["| events | users | items | stage | seconds | peak RSS (GB) |", "|---|---|---|---|---|---|"]
+    work.mkdir(parents=True, exist_ok=True)
+    results = work / "scale.json"
+    records = json.loads(results.read_text()) if results.is_file() else []
     for events in sorted(parse_size(size) for size in args.sizes):
-        users, items = shape(events, args.items)
-        folder = work / f"events_{events}_items_{items}"
-        cache = str(folder / "cache")
-        stages = {"write": (write_stage, str(folder), users, items, events), "read": (read_stage, str(folder)),
-                  "process": (process_stage, str(folder), cache), "reload": (reload_stage, str(folder), cache),
-                  "metadata": (metadata_stage, str(folder), cache)}
-        stages = {name: stage for name, stage in stages.items() if name in args.stages}
-        for stage, (function, *stage_args) in stages.items():
-            if stage == "write" and (folder / "ratings.csv").exists():
-                continue
-            seconds, peak_gb = timed(function, *stage_args)
-            rows.append(f"| {events:,} | {users:,} | {items:,} | {stage} | {seconds:.1f} | {peak_gb:.2f} |")
-            print(rows[-1], flush=True)
-    (work / "scale.md").write_text("\n".join(rows) + "\n")
-    print(f"wrote {work / 'scale.md'}")
+        for fixed in args.items or [None]:
+            users, items = shape(events, fixed)
+            folder = work / f"events_{events}_items_{items}"
+            cache, model_dir = str(folder / "cache"), str(folder / "model")
+            stages = {"write": [(write_stage, str(folder), users, items, events)], "read": [(read_stage, str(folder))],
+                      "process": [(process_stage, str(folder), cache)], "reload": [(reload_stage, str(folder), cache)],
+                      "metadata": [(metadata_stage, str(folder), cache)],
+                      "train": [(train_stage, str(folder), cache, model, args.num_negatives, args.steps, args.threads)
+                                for model in args.models],
+                      "evaluate": [(evaluate_stage, str(folder), cache, args.num_negatives, args.threads)],
+                      "export": [(export_stage, model_dir, args.threads)]}
+            for stage in (stage for stage in STAGES if stage in args.stages):
+                if stage == "write" and (folder / "ratings.csv").exists():
+                    continue
+                if stage == "export":
+                    in_fresh_process(write_model, str(folder), cache, model_dir, args.num_negatives)
+                for function, *stage_args in stages[stage]:
+                    measured = in_fresh_process(function, *stage_args)
+                    model = stage_args[2] if stage == "train" else ""
+                    record = {"events": events, "users": users, "items": items, "stage": stage, "model": model,
+                              **measured}
+                    records = [r for r in records if (r["events"], r["items"], r["stage"], r.get("model", "")) !=
+                               (events, items, stage, model)] + [record]
+                    results.write_text(json.dumps(records, indent=1))
+                    print(f"{events:,} events, {items:,} items, {stage} {model}: {measured['seconds']:.2f} s, "
+                          f"peak RSS {measured['peak_mb'] / 1024:.2f} GB {measured.get('note', '')}", flush=True)
+    render(records, work)
+    print(f"wrote {work / 'scale.md'} and {work / 'scale.png'}")
     return 0
 
 

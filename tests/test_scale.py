@@ -1,6 +1,8 @@
 """benchmarks/synthetic_movielens.py (ML-32M-format files of a chosen size, read by the real reader) and
 benchmarks/scale.py (each stage's cost at several sizes)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -59,11 +61,28 @@ def test_impossible_sizes_are_refused_in_one_line(tmp_path, capsys):
 def test_scale_writes_a_table_of_each_stage_at_each_size(tmp_path):
     assert (parse_size("5M"), parse_size("250K"), parse_size("1200")) == (5_000_000, 250_000, 1200)
     assert shape(32_000_204, None) == (200_948, 87_585)  # ML-32M's own shape
-    assert scale_main(["--sizes", "1K", "2K", "--items", "400", "--work", str(tmp_path)]) == 0
-    rows = (tmp_path / "scale.md").read_text().splitlines()[2:]
     stages = ["write", "read", "process", "reload", "metadata"]
+    assert scale_main(["--sizes", "1K", "2K", "--items", "400", "--work", str(tmp_path), "--stages", *stages]) == 0
+    rows = (tmp_path / "scale.md").read_text().splitlines()[2:]
     assert [row.split(" | ")[:4] for row in rows] == [
         *(["| 1,000", "6", "400", stage] for stage in stages), *(["| 2,000", "13", "400", stage] for stage in stages)]
     assert all(float(row.split(" | ")[4]) > 0 for row in rows)
     assert (tmp_path / "events_2000_items_400" / "cache" / "metadata.json").is_file()
     assert len(list((tmp_path / "events_2000_items_400" / "cache").glob("*/cache.json"))) == 1  # the processed arrays
+
+
+def test_scale_times_training_evaluation_and_the_export_and_adds_to_its_records(tmp_path):
+    common = ["--sizes", "2K", "--work", str(tmp_path), "--models", "cpu", "--num_negatives", "50", "--steps", "1"]
+    assert scale_main([*common, "--items", "500", "--stages", "write", "train"]) == 0
+    assert scale_main([*common, "--items", "400", "--stages", "write", "train", "evaluate", "export"]) == 0
+    records = json.loads((tmp_path / "scale.json").read_text())
+    records = sorted((r for r in records if r["stage"] != "write"), key=lambda r: (r["items"], r["stage"]))
+    assert [(r["items"], r["stage"], r["model"]) for r in records] == [
+        (400, "evaluate", ""), (400, "export", ""), (400, "train", "cpu"), (500, "train", "cpu")]
+    assert all(r["seconds"] > 0 and r["peak_mb"] > 100 for r in records)
+    exported = (tmp_path / "events_2000_items_400" / "model" / "top10.csv").read_text().splitlines()
+    assert exported[0].startswith("user_id,rank,movie_id") and len(exported) == 1 + 13 * 10  # every user's top 10
+    assert "13 users x" in records[0]["note"]
+    assert (tmp_path / "scale.png").read_bytes()[:4] == b"\x89PNG"
+    assert scale_main([*common, "--items", "500", "--stages", "train"]) == 0  # the same point again: replaced
+    assert len(json.loads((tmp_path / "scale.json").read_text())) == 6  # with the two writes
