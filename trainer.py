@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -423,13 +423,36 @@ def make_batch(data_tensors: dict[str, torch.Tensor], rows: torch.Tensor, mask_t
     }
 
 
-def epoch_batches(num_windows: int, batch_size: int, generator: torch.Generator, rank: int,
-                  world_size: int) -> Iterator[torch.Tensor]:
-    """This process's share of a fresh shuffle; every rank gets the same number of batches."""
-    order = torch.randperm(num_windows, generator=generator)
-    per_rank = num_windows // world_size
-    mine = order[rank * per_rank:(rank + 1) * per_rank]
-    yield from mine.split(batch_size)
+class WindowShard(NamedTuple):
+    """A process's training windows: [start, stop) of the window arrays, and how many of them it trains per epoch
+    (every rank the same number, so that all take the same steps)."""
+
+    start: int
+    stop: int
+    per_epoch: int
+
+
+def window_shard(window_users: np.ndarray, rank: int, world_size: int) -> WindowShard:
+    """This rank's block of windows: contiguous and of whole users (a user's windows are consecutive, so a user's
+    first window, which --new_user_prob reads, is in the same block), the blocks' boundaries moved back from equal
+    shares to the start of the user they fall in. One process: every window."""
+    num_windows = len(window_users)
+    if world_size == 1:
+        return WindowShard(0, num_windows, num_windows)
+    shares = np.arange(1, world_size) * num_windows // world_size
+    bounds = np.concatenate([[0], np.searchsorted(window_users, window_users[shares]), [num_windows]])
+    per_epoch = int(np.diff(bounds).min())
+    if per_epoch == 0:
+        raise ValueError(f"{num_windows} training windows cannot be shared by {world_size} processes as blocks of "
+                         "whole users; use fewer processes")
+    return WindowShard(int(bounds[rank]), int(bounds[rank + 1]), per_epoch)
+
+
+def epoch_batches(shard: WindowShard, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """A fresh shuffle of this process's windows, per_epoch of them, as indices into its block (data_to_tensors
+    with the same shard); with one process, a shuffle of every window."""
+    order = torch.randperm(shard.stop - shard.start, generator=generator)
+    yield from order[:shard.per_epoch].split(batch_size)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -628,12 +651,20 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.98))
 
 
-def data_to_tensors(data: SequenceData, device: torch.device) -> dict[str, torch.Tensor]:
-    names = ("window_items", "window_ratings", "window_days", "window_users", "user_preference_profile")
-    tensors = {name: torch.from_numpy(np.ascontiguousarray(getattr(data, name))).to(device) for name in names}
+def data_to_tensors(data: SequenceData, device: torch.device,
+                    shard: WindowShard | None = None) -> dict[str, torch.Tensor]:
+    """The training tensors on the device: the windows of `shard` only (default: all; the cache's arrays are
+    memory-mapped, so a process reads no other window from disk) and every user's features."""
+    start, stop = (shard.start, shard.stop) if shard is not None else (0, len(data.window_users))
+    windows = {name: getattr(data, name)[start:stop] for name in ("window_items", "window_ratings", "window_days",
+                                                                   "window_users")}
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(values)).to(device) for name, values in
+               (*windows.items(), ("user_preference_profile", data.user_preference_profile))}
     tensors |= {f"user:{name}": torch.from_numpy(values).to(device) for name, values in data.user_values.items()}
-    # each user's oldest window (a user's windows are consecutive, oldest first); row 0, the unknown user: 0
-    first = np.searchsorted(data.window_users, np.arange(data.num_users + 1)).clip(max=len(data.window_users) - 1)
+    # each user's oldest window in the block (a user's windows are consecutive, oldest first; users outside the
+    # block are never asked for); row 0, the unknown user: 0
+    users = windows["window_users"]
+    first = np.searchsorted(users, np.arange(data.num_users + 1)).clip(max=max(len(users) - 1, 0))
     tensors["user_first_window"] = torch.from_numpy(first).to(device)
     return tensors
 
@@ -750,13 +781,14 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None
-    generators: tuple[torch.Generator, torch.Generator]  # shuffle (shared by all ranks), masks (per rank)
+    generators: tuple[torch.Generator, torch.Generator]  # shuffle (of this rank's windows), masks (per rank)
     state: dict  # progress saved in every checkpoint and restored by --resume
     budget: dict  # {"used": share of --max_minutes spent}, read by the learning-rate schedule
     started: float  # time.monotonic() when this process began
     budget_clock_start: float  # time.monotonic() - this = the --max_minutes time spent, earlier processes included
     data_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    val_split: EvalTensors | None = None
+    val_split: EvalTensors | None = None  # rank 0's
+    shard: WindowShard = WindowShard(0, 0, 0)  # this rank's training windows (window_shard)
     wandb_run: Any = None
 
     @property
@@ -833,7 +865,7 @@ def start_run(config: TrainConfig, runtime: Runtime) -> Run:
         raise ConfigError(f"--num_negatives {config.num_negatives} is not fewer than the {data.num_items} items: the "
                           "sampled loss would score more candidates than the full softmax; use --item_loss full, or "
                           "fewer negatives")
-    # The shuffle is shared by all ranks (each takes its own slice); masks and sampled negatives differ per rank.
+    # Each rank shuffles its own block of windows (window_shard); masks and sampled negatives differ per rank.
     generators = (torch.Generator().manual_seed(config.seed),
                   torch.Generator(runtime.device).manual_seed(config.seed + 1 + runtime.rank))
     objective: nn.Module = MultiTaskObjective(model, config.task_weights, config.loss_row_bucket,
@@ -842,7 +874,8 @@ def start_run(config: TrainConfig, runtime: Runtime) -> Run:
     if runtime.world_size > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
     optimizer = make_optimizer(model, config)
-    steps_per_epoch = math.ceil(len(data.window_users) // runtime.world_size / config.batch_size)
+    shard = window_shard(data.window_users, runtime.rank, runtime.world_size)
+    steps_per_epoch = math.ceil(shard.per_epoch / config.batch_size)
     total_steps = max(1, steps_per_epoch // config.grad_accum_steps * config.max_epochs)
     budget = {"used": 0.0}
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(
@@ -852,7 +885,7 @@ def start_run(config: TrainConfig, runtime: Runtime) -> Run:
              "budget_seconds_used": 0.0}  # the --max_minutes clock, data loading included
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
     return Run(config, runtime, data, model, objective, optimizer, scheduler, scaler, generators, state, budget,
-               started, budget_clock_start=started)
+               started, budget_clock_start=started, shard=shard)
 
 
 def finished_because(run: Run) -> str:
@@ -919,8 +952,9 @@ def open_outputs(run: Run) -> None:
             import wandb
             run.wandb_run = wandb.init(project=config.wandb_project, name=config.wandb_run_name,
                                        config=asdict(config))
-    run.data_tensors = data_to_tensors(data, runtime.device)
-    run.val_split = to_eval_tensors(eval_inputs(data, "val", config.seq_length), runtime.device)
+    run.data_tensors = data_to_tensors(data, runtime.device, run.shard)
+    if runtime.is_main:  # rank 0 validates; the others take its figure
+        run.val_split = to_eval_tensors(eval_inputs(data, "val", config.seq_length), runtime.device)
     num_parameters = sum(p.numel() for p in run.model.parameters())
     run.log(f"{len(data.window_users)} training windows, {data.num_users} users, {data.num_items} items, "
             f"{num_parameters / 1e6:.2f}M parameters, device {runtime.device}, {runtime.world_size} process(es)")
@@ -934,8 +968,7 @@ def train_epoch(run: Run) -> tuple[dict, bool]:
     budget_seconds = config.max_minutes * 60 if config.max_minutes else math.inf
     sums = {task: torch.zeros((), device=runtime.device) for task in ("total", *TASKS)}
     micro_steps, out_of_time = 0, False
-    batches = list(epoch_batches(len(run.data.window_users), config.batch_size, run.generators[0], runtime.rank,
-                                 runtime.world_size))
+    batches = list(epoch_batches(run.shard, config.batch_size, run.generators[0]))
     run.objective.train()
     run.optimizer.zero_grad(set_to_none=True)
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not (config.progress and runtime.is_main), leave=False,

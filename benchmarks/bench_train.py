@@ -49,6 +49,7 @@ from trainer import (  # noqa: E402
     setup_runtime,
     start_run,
     to_eval_tensors,
+    window_shard,
 )
 
 RSS_TARGET_MB = 3072  # peak RSS target of the seed's configuration
@@ -80,7 +81,7 @@ def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: i
     run = start_run(config, setup_runtime(config))
     run.data_tensors = data_to_tensors(run.data, run.runtime.device)
     num_windows = len(run.data.window_users)
-    batches = cycle(epoch_batches(num_windows, config.batch_size, run.generators[0], 0, 1))
+    batches = cycle(epoch_batches(window_shard(run.data.window_users, 0, 1), config.batch_size, run.generators[0]))
     run.objective.train()
 
     def step() -> None:

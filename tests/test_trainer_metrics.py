@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import ml1m_items
 
-from data_processor import scoring_input
+from data_processor import load_dataset, scoring_input
 from enhanced_model import EnhancedBERT4Rec, ModelConfig
 from model_config import MODEL_FLAGS
 from train_config import TrainConfig
@@ -31,6 +31,7 @@ from trainer import (
     ranking_metrics,
     target_index,
     target_ranks,
+    window_shard,
 )
 
 
@@ -437,11 +438,39 @@ def test_padded_target_rows_change_neither_the_losses_nor_the_gradients():
         torch.testing.assert_close(padded_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_ranks_get_disjoint_slices_that_cover_the_shared_shuffle():
-    num_windows, batch_size = 103, 8
-    reference = torch.randperm(num_windows, generator=torch.Generator().manual_seed(5))
-    slices = [torch.cat(list(epoch_batches(num_windows, batch_size, torch.Generator().manual_seed(5), rank, 2)))
-              for rank in (0, 1)]
-    assert len(slices[0]) == len(slices[1]) == num_windows // 2  # the same number of steps on every rank
-    assert not set(slices[0].tolist()) & set(slices[1].tolist())
-    assert torch.equal(torch.cat(slices), reference[:2 * (num_windows // 2)])  # together: the epoch's shuffle
+def test_one_process_shuffles_every_window_as_before():
+    shard = window_shard(np.repeat(np.arange(1, 8), 15), 0, 1)
+    assert shard == (0, 105, 105)
+    batches = list(epoch_batches(shard, 8, torch.Generator().manual_seed(5)))
+    assert torch.equal(torch.cat(batches), torch.randperm(105, generator=torch.Generator().manual_seed(5)))
+    assert [len(b) for b in batches] == [8] * 13 + [1]
+
+
+def test_ranks_get_blocks_of_whole_users_and_train_as_many_windows_each():
+    # users 1..6 with 5, 9, 2, 7, 4 and 6 windows (33 in all); equal shares would cut at window 16
+    window_users = np.repeat(np.arange(1, 7), [5, 9, 2, 7, 4, 6])
+    shards = [window_shard(window_users, rank, 2) for rank in (0, 1)]
+    assert shards == [(0, 16, 16), (16, 33, 16)]  # window 16 is user 4's first: no user is cut
+    three = [window_shard(window_users, rank, 3) for rank in (0, 1, 2)]
+    # shares at 11 and 22 fall inside users 2 (windows 5-13) and 4 (16-22): moved back to their first windows
+    assert three == [(0, 5, 5), (5, 16, 5), (16, 33, 5)]
+    for shard in three:
+        assert len(set(window_users[shard.start:shard.stop]) & set(window_users[:shard.start])) == 0
+        rows = torch.cat(list(epoch_batches(shard, 2, torch.Generator().manual_seed(0))))
+        assert len(rows) == 5 and len(set(rows.tolist())) == 5 and rows.max() < shard.stop - shard.start
+    with pytest.raises(ValueError, match="33 training windows cannot be shared by 7 processes"):
+        window_shard(window_users, 0, 7)
+
+
+def test_a_rank_s_tensors_hold_its_windows_only(synthetic_ml1m_dir):
+    data = load_dataset(synthetic_ml1m_dir, seq_length=8, verify=False)
+    shard = window_shard(data.window_users, 1, 2)
+    tensors = data_to_tensors(data, torch.device("cpu"), shard)
+    assert len(tensors["window_items"]) == shard.stop - shard.start
+    assert np.array_equal(tensors["window_items"].numpy(), data.window_items[shard.start:shard.stop])
+    for user in np.unique(data.window_users[shard.start:shard.stop]):  # each user's first window, in the block
+        first = int(tensors["user_first_window"][user])
+        assert data.window_users[shard.start + first] == user
+        assert first == 0 or data.window_users[shard.start + first - 1] != user
+
+
