@@ -7,6 +7,7 @@ dependencies to explain, and its test metrics are far from trivial.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -1083,3 +1084,40 @@ def test_cli_output_into_a_closed_pipe_is_quiet(trained):
     reader.stdin.close()
     reader.wait()
     assert writer.returncode == 0 and "Traceback" not in writer.stderr and writer.stderr == ""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Chunked scoring: bounded memory, the same rankings
+
+
+def test_evaluation_in_chunks_of_any_size_gives_the_same_metrics(trained):
+    """trainer.evaluate scores eval_batch_size users at a time (never a users x items matrix): the metrics are
+    exactly those of one chunk holding every user."""
+    data = trained.data
+    split = to_eval_tensors(eval_inputs(data, "test", SEQ_LENGTH), torch.device("cpu"))
+    tensors = data_to_tensors(data, torch.device("cpu"))
+    whole = evaluate(trained.model, split, tensors, data.num_users)
+    ranking = [name for name in whole if "@" in name]
+    assert len(ranking) == 8
+    for batch_size in (1, 7, 64):
+        chunked = evaluate(trained.model, split, tensors, batch_size)
+        assert {name: chunked[name] for name in ranking} == {name: whole[name] for name in ranking}  # exactly
+        assert chunked == pytest.approx(whole, rel=1e-5)  # the auxiliary heads' means: summed in another order
+
+
+def test_the_export_in_chunks_of_any_size_writes_the_same_rankings(trained, tmp_path):
+    """export_recommendations streams chunks of batch_size users: the file is the same whatever the chunk (the
+    scores to float precision: a chunk's matrix products may round differently)."""
+    def rows(batch_size: int) -> list[list[str]]:
+        path = tmp_path / f"top_{batch_size}.csv"
+        trained.engine.export_recommendations(path, k=10, batch_size=batch_size, progress=False)
+        return list(csv.reader(path.read_text().splitlines()))
+
+    whole = rows(10_000)
+    assert len(whole) == 1 + 10 * len(trained.engine.user_ids)
+    score = whole[0].index("score")
+    for batch_size in (1, 7):
+        chunked = rows(batch_size)
+        assert [row[:score] for row in chunked] == [row[:score] for row in whole]
+        assert np.allclose([float(row[score]) for row in chunked[1:]], [float(row[score]) for row in whole[1:]],
+                           rtol=1e-5, atol=1e-6)
