@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from data_processor import SequenceData, load_dataset, save_metadata  # noqa: E402
 from enhanced_model import EnhancedBERT4Rec  # noqa: E402
 from inference import RecommendationEngine  # noqa: E402
+from train_config import parse_args  # noqa: E402
 from trainer import TrainConfig, build_model_config, save_model_checkpoint  # noqa: E402
 
 TARGET_P50_S = 0.010
@@ -56,6 +57,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "ml-1m"), help="real ML-1M")
     parser.add_argument("--model_path", help="a trained checkpoint (default: untrained, the seed's configuration)")
+    parser.add_argument("--config", help="without --model_path: the untrained model's trainer.py @config file "
+                        "(e.g. configs/best.txt; default: configs/seed.txt's defaults)")
     parser.add_argument("--metadata_path", help="its metadata.json (default: the one beside --model_path)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
@@ -73,9 +76,10 @@ def main() -> int:
         if args.model_path is None:
             data = load_dataset(args.data_dir, seq_length=TrainConfig().seq_length)
             model_path, metadata_path = Path(scratch) / "untrained.pt", Path(scratch) / "metadata.json"
-            write_untrained_checkpoint(model_path, data, TrainConfig())
+            config = parse_args([f"@{args.config}"]) if args.config else TrainConfig()
+            write_untrained_checkpoint(model_path, data, config)
             save_metadata(data, metadata_path)
-            source = "untrained checkpoint of the seed's configuration, created by this script"
+            source = f"untrained checkpoint of {args.config or 'the seed configuration'}, created by this script"
         else:
             model_path = Path(args.model_path)
             metadata_path = Path(args.metadata_path) if args.metadata_path else model_path.parent / "metadata.json"
