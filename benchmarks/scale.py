@@ -103,8 +103,11 @@ def train_stage(folder: str, cache_dir: str, model: str, num_negatives: int, ste
     from benchmarks.bench_train import measure
 
     measured = measure(model_flags(model, num_negatives), folder, steps, 2, threads, cache_dir, validate=False)
-    return {"seconds": measured["step_s"], "peak_mb": measured["train_rss_mb"],
-            "note": f"{MODELS[model][0]}: {measured['batch_size'] / measured['step_s']:.0f} sequences/s"}
+    return {"seconds": measured["step_s"], "peak_mb": measured["train_rss_mb"], "step_gflop":
+            measured["step_flops"] / 1e9, "steps_per_epoch": measured["steps_per_epoch"],
+            "note": f"{MODELS[model][0]}: {measured['batch_size'] / measured['step_s']:.0f} sequences/s, "
+                    f"{measured['step_flops'] / 1e9:.1f} GFLOP per step, {measured['steps_per_epoch']:,} steps "
+                    "per epoch"}
 
 
 def evaluate_stage(folder: str, cache_dir: str, num_negatives: int, threads: int) -> dict:
