@@ -44,7 +44,8 @@ PERSONALIZED, SEQUENCE, DEMOGRAPHICS, POPULARITY, GENRE_SIMILARITY = (
 @dataclass
 class Catalog:
     """The metadata's movies, items and users as arrays. Movie rows follow ascending MovieIDs; item indices are the
-    model's (0 = padding or never rated); user index 0 is the unknown user; histories are CSR rows in time order."""
+    model's (0 = padding or never rated); user index 0 is the unknown user; histories are CSR rows in time order
+    (row = user index, history_offsets; metadata.json's "histories")."""
 
     vocabularies: dict[str, Any]
     schema: dict[str, Any]  # metadata.json's feature declarations (data_processor.build_metadata)
@@ -64,12 +65,17 @@ class Catalog:
     history_offsets: np.ndarray
     history_items: np.ndarray
     history_days: np.ndarray
+    history_ratings: np.ndarray  # as the data has them (0 when it has no ratings)
     event_keys: np.ndarray  # sorted user * vocabulary + item of every rating, for the day it was rated
     event_days: np.ndarray
     item_vocab_size: int
     popularity: np.ndarray  # training-part ratings per item; -inf for padding and [MASK]
     signup: np.ndarray  # signup_prior.signup_counts
     training_genre_mix: np.ndarray  # mean genre multi-hot of all training ratings
+
+    def history(self, user_index: int) -> slice:
+        """Where a user's events are in history_items, history_days and history_ratings."""
+        return slice(self.history_offsets[user_index], self.history_offsets[user_index + 1])
 
     @property
     def signup_group_sizes(self) -> tuple[int, int]:
@@ -121,14 +127,14 @@ def index_metadata(metadata: dict[str, Any], config: ModelConfig) -> Catalog:
     user_ids = metadata["user_id_by_user_index"]
     names = [feature["name"] for feature in config.user_features]
     user_features = np.zeros((len(user_ids), len(names)), dtype=np.int64)
-    histories = [{"items": [], "days": []}] + [users[u]["history"] for u in user_ids[1:]]
     for index, user_id in enumerate(user_ids[1:], start=1):
         user = users[user_id]
         user_features[index] = [user[f"{name}_index"] for name in names]
-    lengths = np.array([len(history["items"]) for history in histories])
-    history_offsets = np.concatenate([[0], np.cumsum(lengths)])
-    history_items = np.array([i for h in histories for i in h["items"]], dtype=np.int64)
-    history_days = np.array([d for h in histories for d in h["days"]], dtype=np.int64)
+    histories = metadata["histories"]
+    history_offsets = histories["offsets"].astype(np.int64)
+    lengths = np.diff(history_offsets)
+    history_items = histories["items"].astype(np.int64)
+    history_days = histories["days"].astype(np.int64)
     # (user, item) -> day of that rating, by binary search over user * vocabulary + item
     keys = np.repeat(np.arange(len(lengths)), lengths) * config.item_vocab_size + history_items
     order = np.argsort(keys, kind="stable")
@@ -144,7 +150,8 @@ def index_metadata(metadata: dict[str, Any], config: ModelConfig) -> Catalog:
     return Catalog(
         vocabularies, schema, genre_names, movies, movie_ids, movie_row, movie_genres, movie_years, item_movie_ids,
         item_of_movie, item_movie_rows, users, user_index, names, user_features, history_offsets,
-        history_items, history_days, keys[order], history_days[order], config.item_vocab_size, popularity, signup,
+        history_items, history_days, histories["ratings"], keys[order], history_days[order], config.item_vocab_size,
+        popularity, signup,
         training_counts @ movie_genres[item_movie_rows] / training_counts.sum(),
     )
 
@@ -199,8 +206,8 @@ def resolve(
     if item_sequence is None:
         if timestamps is not None:
             raise InferenceError("timestamps describe item_sequence: pass both, or neither")
-        start, stop = catalog.history_offsets[user_index], catalog.history_offsets[user_index + 1]
-        items, days = catalog.history_items[start:stop], catalog.history_days[start:stop]
+        events = catalog.history(user_index)
+        items, days = catalog.history_items[events], catalog.history_days[events]
     else:
         movie_ids = as_id_array(item_sequence, "item_sequence")
         items = items_of(catalog, movie_ids)

@@ -23,6 +23,7 @@ sizes and modification times, so that reloading it reads no source file unless o
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import csv
 import hashlib
@@ -83,8 +84,10 @@ HOLDOUT_MOVIE_MODULUS = 20  # MovieID % 20 == 0: new movies
 HOLDOUTS = ("users", "items")
 DAY_OF_YEAR_ENCODING = "1..366 (UTC) from the timestamp, 0 = padding"
 
-# Bump when the arrays or metadata.json change meaning: stale caches are then rebuilt (2: content_sha256)
+# Bump when the arrays change meaning: stale caches are then rebuilt (2: content_sha256)
 FORMAT_VERSION = 2
+# metadata.json's layout (3: the histories as base64 arrays; 2, histories as JSON lists per user, is still read)
+METADATA_FORMAT = 3
 CACHE_VERSION = 4  # the processed arrays' layout (3: features declared per dataset; 4: a folder of .npy files)
 
 SOURCE_FILES = ("ratings.dat", "movies.dat", "users.dat")
@@ -1328,15 +1331,16 @@ def build_metadata(data: SequenceData) -> dict[str, Any]:
 
     Dicts keyed by item/user id have int keys here (strings in the JSON file; load_metadata converts back).
     "movies" is the whole item table (ML-1M: movies.dat, including never-rated movies, which have no item index,
-    for cold start), each item's title and features; "users" holds each user's features and full chronological
-    history as item indices, days and ratings. "schema" declares the features (SequenceData.item_features ...).
+    for cold start), each item's title and features; "users" holds each user's features; "histories" every
+    user's chronological history as item indices, days and ratings: one array each over all users (CSR rows by user
+    index, "offsets"), stored as base64 of the little-endian bytes with dtype and length (encode_array), so that
+    histories of tens of millions of events load as a few strings, not as Python numbers. "schema" declares the
+    features (SequenceData.item_features ...).
     ML-1M's metadata keeps its own vocabularies, sizes and user labels (age group, occupation name).
     """
     ml1m = data.name == "ml-1m"
     item_ids = data.item_ids.tolist()
     user_ids = data.user_ids.tolist()
-    offsets = data.seq_offsets.tolist()
-    items, days, ratings = data.seq_items.tolist(), data.seq_days.tolist(), data.seq_ratings.tolist()
     movies = {
         item_id: {"title": title,
                   **_encoded_fields(data.item_features, data.catalog_values, data.catalog_numbers, row)}
@@ -1348,11 +1352,6 @@ def build_metadata(data: SequenceData) -> dict[str, Any]:
         user = _encoded_fields(data.user_features, data.user_values, data.user_numbers, u)
         if ml1m:
             user |= _ml1m_user_labels(user)
-        user["history"] = {
-            "items": items[offsets[u] : offsets[u + 1]],
-            "days": days[offsets[u] : offsets[u + 1]],
-            "ratings": ratings[offsets[u] : offsets[u + 1]],
-        }
         users[user_ids[u]] = user
     sizes = {"pad_index": PAD_INDEX, "mask_index": mask_index(data.num_items), "num_items": data.num_items,
              "vocab_size": data.num_items + 2, "num_users": data.num_users}
@@ -1360,8 +1359,10 @@ def build_metadata(data: SequenceData) -> dict[str, Any]:
         sizes |= {f"num_{name}": data.feature(side, feature)["size"] for name, side, feature in (
             ("genres", "item", "genres"), ("years", "item", "year"), ("genders", "user", "gender"),
             ("ages", "user", "age"), ("occupations", "user", "occupation"))}
+    histories = {"offsets": data.seq_offsets, "items": data.seq_items, "days": data.seq_days,
+                 "ratings": data.seq_ratings}
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": METADATA_FORMAT,
         "fingerprint": data.fingerprint,
         "source_md5": dict(data.source_md5),
         "matches_grouplens_original": data.source_md5 == GROUPLENS_MD5,
@@ -1376,11 +1377,35 @@ def build_metadata(data: SequenceData) -> dict[str, Any]:
         "user_id_by_user_index": [None if user_id < 0 else user_id for user_id in user_ids],
         "movies": movies,
         "users": users,
+        "histories": {name: encode_array(values) for name, values in histories.items()},
         "statistics": dataset_statistics(data),
     }
 
 
+def encode_array(values: np.ndarray) -> dict[str, Any]:
+    """A 1-D array as JSON: its dtype (little-endian, numpy's notation), length and bytes in base64."""
+    values = np.ascontiguousarray(values, dtype=np.dtype(values.dtype).newbyteorder("<"))
+    return {"dtype": values.dtype.str, "length": len(values), "base64": base64.b64encode(values.data).decode("ascii")}
+
+
+def decode_array(encoded: dict[str, Any]) -> np.ndarray:
+    """encode_array's array back (read-only: a view of the decoded bytes)."""
+    values = np.frombuffer(base64.b64decode(encoded["base64"], validate=True), dtype=np.dtype(encoded["dtype"]))
+    if len(values) != encoded["length"]:
+        raise ValueError(f"{len(values)} values where {encoded['length']} were written")
+    return values
+
+
+def _inline_histories(users: dict[int, dict[str, Any]], user_ids: list[int | None]) -> dict[str, np.ndarray]:
+    """Format 2's histories (JSON lists in each user) as format 3's arrays, taken out of the users."""
+    lists = [{"items": [], "days": [], "ratings": []}] + [users[u].pop("history") for u in user_ids[1:]]
+    lengths = [len(history["items"]) for history in lists]
+    flat = {name: np.array([v for history in lists for v in history[name]]) for name in ("items", "days", "ratings")}
+    return {"offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), **flat}
+
+
 _ID_KEYED = ("item_index_by_movie_id", "user_index_by_user_id", "movies", "users")
+READ_METADATA_FORMATS = (2, METADATA_FORMAT)
 
 
 _CHECKSUM_HEAD = re.compile(rb'\{"content_sha256":"([0-9a-f]{64})",')
@@ -1407,22 +1432,29 @@ def load_metadata(path: str | Path) -> dict[str, Any]:
     except OSError as error:
         raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
     head = _CHECKSUM_HEAD.match(raw)
+    readable = " and ".join(map(str, READ_METADATA_FORMATS))
     if head is None or hashlib.sha256(raw[head.end():]).hexdigest() != head.group(1).decode():
         version = re.search(rb'"format_version":(\d+)', raw)
-        if version and int(version.group(1)) != FORMAT_VERSION:
-            raise DataError(f"{path}: metadata format {int(version.group(1))}, this code reads {FORMAT_VERSION}; "
-                            "rerun data_processor.py (or the training) to write it again")
+        if version and int(version.group(1)) not in READ_METADATA_FORMATS:
+            raise DataError(f"{path}: metadata format {int(version.group(1))}, this code reads {readable}; rerun "
+                            "data_processor.py (or the training) to write it again")
         raise DataError(f"{path}: not a metadata.json of this version, or changed since it was written (its "
                         "content_sha256 does not match); rerun data_processor.py (or the training) to write it again")
-    metadata = json.loads(raw.decode("utf-8"))
+    metadata = json.loads(raw)
+    del raw
     del metadata["content_sha256"]
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise DataError(
-            f"{path}: metadata format {metadata.get('format_version')}, this code reads {FORMAT_VERSION}; "
-            "rerun data_processor.py"
-        )
+    if metadata.get("format_version") not in READ_METADATA_FORMATS:
+        raise DataError(f"{path}: metadata format {metadata.get('format_version')}, this code reads {readable}; "
+                        "rerun data_processor.py")
     for name in _ID_KEYED:
         metadata[name] = {int(key): value for key, value in metadata[name].items()}
+    if metadata["format_version"] == 2:
+        metadata["histories"] = _inline_histories(metadata["users"], metadata["user_id_by_user_index"])
+    else:
+        try:
+            metadata["histories"] = {name: decode_array(encoded) for name, encoded in metadata["histories"].items()}
+        except (KeyError, TypeError, ValueError) as error:
+            raise DataError(f"{path}: its histories cannot be decoded ({error}); rerun data_processor.py") from None
     return metadata
 
 

@@ -30,8 +30,9 @@ def user_profile(catalog: Catalog, user_id: int,
     the "genres" are the preference feature's values (ML-1M: genres); predicted_genres:
     predicted_top_genres' answer, None without a preference head."""
     user = catalog.users[user_id]
-    history = user["history"]
-    genre_counts = catalog.movie_genres[catalog.item_movie_rows[np.array(history["items"]) - 1]].sum(axis=0)
+    events = catalog.history(catalog.user_index[user_id])
+    items, ratings = catalog.history_items[events], catalog.history_ratings[events]
+    genre_counts = catalog.movie_genres[catalog.item_movie_rows[items - 1]].sum(axis=0)
     shares = genre_counts / max(genre_counts.sum(), 1.0)
     top = [int(g) for g in np.argsort(-shares, kind="stable")[:5] if shares[g] > 0]
     if catalog.schema["name"] == "ml-1m":
@@ -41,13 +42,13 @@ def user_profile(catalog: Catalog, user_id: int,
     return {
         "user_id": user_id,
         **described,
-        "num_ratings": len(history["items"]),
-        "mean_rating": round(float(np.mean(history["ratings"])), 3) if catalog.schema["has_ratings"] else None,
+        "num_ratings": len(items),
+        "mean_rating": round(float(np.mean(ratings)), 3) if catalog.schema["has_ratings"] else None,
         "top_genres": [{"genre": catalog.genre_names[g], "share": round(float(shares[g]), 3)} for g in top],
         **({} if predicted_genres is None else {"predicted_top_genres": predicted_genres}),
         "recent_movies": [
             {"movie_id": movie_id, "title": catalog.movies[movie_id]["title"]}
-            for movie_id in catalog.item_movie_ids[history["items"][::-1][:5]].tolist()
+            for movie_id in catalog.item_movie_ids[items[::-1][:5]].tolist()
         ],
     }
 

@@ -48,6 +48,12 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
+def known_items(engine, user_id: int):
+    """A known user's history as item indices (the engine's catalog)."""
+    catalog = engine._catalog
+    return catalog.history_items[catalog.history(catalog.user_index[user_id])]
+
+
 def one_error_line(text: str) -> str:
     assert text.count("\n") == 1 and text.startswith("error: ") and "Traceback" not in text, text
     return text
@@ -396,7 +402,7 @@ API_CASES = [
     ("bad demographics row", lambda e: e.score_batch([None], [[]], demographics=["F"]), InferenceError,
      r"demographics\[0\]"),
     ("explain a seen movie", lambda e: e.explain_recommendation(
-        1, None, e._catalog.item_movie_ids[e._catalog.users[1]["history"]["items"][0]]), AlreadySeenError,
+        1, None, e._catalog.item_movie_ids[known_items(e, 1)[0]]), AlreadySeenError,
      "already in this user"),
     ("explain an unknown movie", lambda e: e.explain_recommendation(1, None, 999999), UnknownItemError, "999999"),
     ("profile without a user", lambda e: e.get_user_profile(None), InferenceError, "user_id must be an integer"),
@@ -444,7 +450,7 @@ def cold(e: RecommendationEngine) -> int:
 
 def unseen(e: RecommendationEngine, user_id: int = 1) -> int:
     """A movie the model scores that is not in user_id's history."""
-    seen = set(e._catalog.users[user_id]["history"]["items"])
+    seen = set(known_items(e, user_id))
     return warm(e, next(i for i in range(1, e.config.num_items + 1) if i not in seen))
 
 
@@ -574,7 +580,7 @@ def test_api_accepts_numpy_values_and_clamps_k(engine):
     assert as_numpy == plain and len(plain) == 3
     assert engine.get_recommendations(1, tuple(history), k=3) == engine.get_recommendations(1, history, k=3)
     everything = engine.config.num_items
-    seen = {warm(engine, i) for i in engine._catalog.users[1]["history"]["items"]}
+    seen = {warm(engine, i) for i in known_items(engine, 1)}
     for k in (everything + 1, 10**9, 2**70):  # more than the catalogue: every unseen movie the model scores, once
         listed = engine.get_recommendations(1, k=k)
         assert len(listed) == everything - len(seen) and not seen & {r["movie_id"] for r in listed}

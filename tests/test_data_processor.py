@@ -498,7 +498,9 @@ def test_metadata_round_trip(tmp_path):
     assert plain["movies"]["5"]["title"] == "Misérables, Les (1995)"
 
     metadata = load_metadata(path)
-    assert metadata == build_metadata(data)
+    built = build_metadata(data)
+    assert {key: metadata[key] for key in metadata if key != "histories"} == {
+        key: built[key] for key in built if key != "histories"}
     assert metadata["sizes"]["mask_index"] == 10 and metadata["sizes"]["vocab_size"] == 11
     assert metadata["movie_id_by_item_index"] == [None, 1, 2, 3, 5, 7, 10, 20, 30, 50, None]
     assert metadata["item_index_by_movie_id"] == {1: 1, 2: 2, 3: 3, 5: 4, 7: 5, 10: 6, 20: 7, 30: 8, 50: 9}
@@ -514,9 +516,14 @@ def test_metadata_round_trip(tmp_path):
     assert metadata["users"][3] == {
         "gender": "F", "age": 1, "age_group": "Under 18", "occupation_code": 10, "occupation": "K-12 student",
         "gender_index": 1, "age_index": 1, "occupation_index": 11,
-        "history": {"items": [1, 5, 3, 8, 4, 7, 2, 9, 6], "days": [1, 2, 3, 4, 4, 6, 7, 8, 9],
-                    "ratings": [5, 1, 2, 2, 3, 4, 5, 3, 4]},
     }  # fmt: skip
+    histories = metadata["histories"]  # CSR rows by user index: user 3 is index 1
+    assert histories["offsets"].tolist() == [0, 0, 9, 13]
+    assert histories["items"][:9].tolist() == [1, 5, 3, 8, 4, 7, 2, 9, 6]
+    assert histories["days"][:9].tolist() == [1, 2, 3, 4, 4, 6, 7, 8, 9]
+    assert histories["ratings"][:9].tolist() == [5, 1, 2, 2, 3, 4, 5, 3, 4]
+    assert {name: built["histories"][name]["length"] for name in histories} == {
+        name: len(values) for name, values in histories.items()}
     vocabularies = metadata["vocabularies"]
     assert vocabularies["genders"] == ["unknown", "F", "M"]
     assert vocabularies["age_groups"][3] == {"age": 25, "label": "25-34"}
@@ -531,6 +538,36 @@ def test_metadata_round_trip(tmp_path):
     assert metadata["matches_grouplens_original"] is False
     assert metadata["fingerprint"] == data.fingerprint == dp.source_fingerprint(metadata["source_md5"])
     assert metadata["statistics"]["ratings"] == 13 and metadata["statistics"]["never_rated_movies"] == 1
+
+
+def test_histories_are_arrays_in_base64_of_any_dtype():
+    for values in (np.array([], dtype=np.int64), np.arange(-3, 300, dtype=np.int16), np.array([0.5, 4.5, 5.0]),
+                   np.arange(10, dtype=">i4")):
+        encoded = json.loads(json.dumps(dp.encode_array(values)))
+        assert encoded["dtype"].startswith(("<", "|")) and encoded["length"] == len(values)
+        assert np.array_equal(dp.decode_array(encoded), values)
+    with pytest.raises(ValueError, match="3 values where 4 were written"):
+        dp.decode_array(dp.encode_array(np.arange(3)) | {"length": 4})
+
+
+def test_metadata_of_format_2_histories_in_each_user_still_loads(tmp_path):
+    """metadata.json as the earlier version wrote it (format 2: each user's history as JSON lists) loads with the
+    same histories, as arrays, and without the lists in the users."""
+    data = load_hand_built(tmp_path / "ml-1m")
+    current = load_metadata(save_metadata(data, tmp_path / "metadata.json"))
+    old = build_metadata(data) | {"format_version": 2}
+    histories = {name: dp.decode_array(encoded).tolist() for name, encoded in old.pop("histories").items()}
+    offsets = histories["offsets"]
+    for index, user_id in enumerate(old["user_id_by_user_index"][1:], start=1):
+        old["users"][user_id]["history"] = {name: histories[name][offsets[index]:offsets[index + 1]]
+                                            for name in ("items", "days", "ratings")}
+    body = json.dumps(old, separators=(",", ":")).encode()[1:]
+    path = tmp_path / "format2.json"
+    path.write_bytes(b'{"content_sha256":"' + dp.hashlib.sha256(body).hexdigest().encode() + b'",' + body)
+    loaded = load_metadata(path)
+    assert loaded["users"] == current["users"] and loaded["format_version"] == 2
+    for name, values in current["histories"].items():
+        assert loaded["histories"][name].tolist() == values.tolist(), name
 
 
 def test_metadata_of_another_format_is_refused(tmp_path):

@@ -31,6 +31,12 @@ WILD = 0.12  # share of arguments drawn from wild_values rather than valid ones
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
+def known_items(engine, user_id: int):
+    """A known user's history as item indices (the engine's catalog)."""
+    catalog = engine._catalog
+    return catalog.history_items[catalog.history(catalog.user_index[user_id])]
+
+
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory):
     """A tiny model trained one epoch on synthetic data: (engine, folder for exports). One torch thread: a tiny
@@ -155,7 +161,7 @@ def seen_movies(engine: RecommendationEngine, user_id: Any, sequence: Any) -> se
     if sequence is not None:
         return {int(movie) for movie in sequence}
     if user_id is not None and int(user_id) in engine._catalog.user_index:
-        items = engine._catalog.users[int(user_id)]["history"]["items"]
+        items = known_items(engine, int(user_id))
         return set(engine._catalog.item_movie_ids[items].tolist())
     return set()
 

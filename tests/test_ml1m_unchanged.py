@@ -6,7 +6,8 @@ Each value is the first 16 hex digits of a sha256: an array's over its name, dty
 json.dumps({name: value}); the metadata's over json.dumps(build_metadata(data), sort_keys=True). The recorded names
 are those of the ML-1M-only dataclass the digests were taken from; `RECORDED_AS` says where each value lives now
 (the features declared per dataset). metadata.json has gained one key since, "schema" (the feature declarations):
-the digest covers everything else, and test_metadata_schema_declares_ml1m checks that key.
+the digest covers everything else, and test_metadata_schema_declares_ml1m checks that key; its format 3 keeps the
+histories as arrays, which as_format_2 puts back where format 2 held them before hashing.
 """
 
 import hashlib
@@ -16,7 +17,7 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from data_processor import AGE_GROUPS, GENDERS, GENRES, build_metadata, eval_inputs, load_dataset
+from data_processor import AGE_GROUPS, GENDERS, GENRES, build_metadata, decode_array, eval_inputs, load_dataset
 from model_config import ML1M_ITEM_FEATURES, ML1M_USER_FEATURES
 
 SEQ_LENGTH = 50
@@ -168,10 +169,21 @@ def digests(data) -> dict[str, str]:
         inputs = eval_inputs(data, split, SEQ_LENGTH)
         found |= {f"eval_{split}.{field.name}": array_digest(field.name, getattr(inputs, field.name))
                   for field in fields(inputs)}
-    metadata = build_metadata(data)
+    metadata = as_format_2(build_metadata(data))
     del metadata["schema"]
     found["metadata"] = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:16]
     return found
+
+
+def as_format_2(metadata: dict) -> dict:
+    """metadata.json's content as format 2 held it, when the digests were recorded: each user's history as JSON
+    lists in the user (format 3 keeps them as arrays in "histories"; the values are the same)."""
+    histories = {name: decode_array(encoded).tolist() for name, encoded in metadata.pop("histories").items()}
+    offsets = histories["offsets"]
+    for index, user_id in enumerate(metadata["user_id_by_user_index"][1:], start=1):
+        metadata["users"][user_id]["history"] = {name: histories[name][offsets[index]:offsets[index + 1]]
+                                                 for name in ("items", "days", "ratings")}
+    return metadata | {"format_version": 2}
 
 
 @pytest.fixture(scope="module", params=list(SETTINGS))
