@@ -1359,8 +1359,8 @@ def build_metadata(data: SequenceData) -> dict[str, Any]:
         sizes |= {f"num_{name}": data.feature(side, feature)["size"] for name, side, feature in (
             ("genres", "item", "genres"), ("years", "item", "year"), ("genders", "user", "gender"),
             ("ages", "user", "age"), ("occupations", "user", "occupation"))}
-    histories = {"offsets": data.seq_offsets, "items": data.seq_items, "days": data.seq_days,
-                 "ratings": data.seq_ratings}
+    histories = {"offsets": data.seq_offsets, "items": _smallest_integers(data.seq_items),
+                 "days": _smallest_integers(data.seq_days), "ratings": _smallest_integers(data.seq_ratings)}
     return {
         "format_version": METADATA_FORMAT,
         "fingerprint": data.fingerprint,
@@ -1386,6 +1386,17 @@ def encode_array(values: np.ndarray) -> dict[str, Any]:
     """A 1-D array as JSON: its dtype (little-endian, numpy's notation), length and bytes in base64."""
     values = np.ascontiguousarray(values, dtype=np.dtype(values.dtype).newbyteorder("<"))
     return {"dtype": values.dtype.str, "length": len(values), "base64": base64.b64encode(values.data).decode("ascii")}
+
+
+def _smallest_integers(values: np.ndarray) -> np.ndarray:
+    """The values in the smallest integer type that holds them exactly (int8 ... int64); other numbers as float32
+    when that holds them exactly (half stars), else as they are."""
+    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        return values.astype(np.float32) if np.array_equal(values.astype(np.float32), values) else values
+    low, high = (int(values.min()), int(values.max())) if len(values) else (0, 0)
+    dtype = next(t for t in (np.int8, np.int16, np.int32, np.int64)
+                 if np.iinfo(t).min <= low and high <= np.iinfo(t).max)
+    return values.astype(dtype)
 
 
 def decode_array(encoded: dict[str, Any]) -> np.ndarray:

@@ -546,6 +546,9 @@ def test_histories_are_arrays_in_base64_of_any_dtype():
         encoded = json.loads(json.dumps(dp.encode_array(values)))
         assert encoded["dtype"].startswith(("<", "|")) and encoded["length"] == len(values)
         assert np.array_equal(dp.decode_array(encoded), values)
+    assert [dp._smallest_integers(np.array(values)).dtype for values in (
+        [1, 5], [1, 366], [0, 87_585], [0.5, 5.0], [0.1, 5.0], [1.0, 5.0], [])] == [
+        np.int8, np.int16, np.int32, np.float32, np.float64, np.int8, np.int8]
     with pytest.raises(ValueError, match="3 values where 4 were written"):
         dp.decode_array(dp.encode_array(np.arange(3)) | {"length": 4})
 
