@@ -599,6 +599,30 @@ def checked_text(source: SourceFile, dataset: str = "ML-1M") -> tuple[bytes, str
     return raw, encoding
 
 
+_DIGITS = np.zeros(256, dtype=bool)
+_DIGITS[list(b"0123456789")] = True
+_SCAN_BYTES = 1 << 26
+
+
+def plain_numbers(body: bytes, separator: bytes, points: bool) -> bool:
+    """Whether `body` holds only digits, line ends, the one-byte separator, '-' and, with points, '.' between two
+    digits ("3." and ".5" are not plain): text that pandas' number parsers read as it is written. A numpy scan
+    in 64 MB pieces (a regular expression over a 0.9 GB ratings file took most of its reading time)."""
+    allowed = _DIGITS.copy()
+    allowed[list(b"\n-" + separator + (b"." if points else b""))] = True
+    data = np.frombuffer(body, dtype=np.uint8)
+    for start in range(0, len(data), _SCAN_BYTES):
+        piece = data[start : start + _SCAN_BYTES]
+        if not allowed[piece].all():
+            return False
+        if points:
+            dots = np.flatnonzero(piece == ord(".")) + start
+            if dots.size and (dots[0] == 0 or dots[-1] == len(data) - 1 or not _DIGITS[data[dots - 1]].all()
+                              or not _DIGITS[data[dots + 1]].all()):
+                return False
+    return True
+
+
 def read_table(
     source: SourceFile,
     columns: tuple[str, ...],
@@ -643,10 +667,8 @@ def read_table(
 
     numbers = {**dict.fromkeys(int_columns, np.int64), **dict.fromkeys(float_columns, np.float64)}
     if len(numbers) == len(columns):  # ratings: a fast byte scan, then pandas' number parsers
-        not_a_number = rb"[^0-9\n" + (b"." if float_columns else b"") + re.escape(split) + rb"-]"
         body = table[table.index(b"\n") + 1 :] if skip else table
-        bare_point = float_columns and re.search(rb"(?<![0-9])\.|\.(?![0-9])", body)  # "3." or ".5"
-        if re.search(not_a_number, body) is None and not bare_point:
+        if plain_numbers(body, split, points=bool(float_columns)):
             with contextlib.suppress(ValueError, OverflowError):  # e.g. "1-2": found by the text check below
                 return parse(numbers)
     as_text = parse(dict.fromkeys(columns, str))
