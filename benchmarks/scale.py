@@ -168,7 +168,9 @@ def render(records: list[dict], work: Path) -> None:
     (work / "scale.md").write_text("\n".join(rows) + "\n")
     from plots import plot_scale
 
-    plot_scale(records, work / "scale.png")
+    # against the events: the catalogue growing with them (the --items points are for the training step alone)
+    plot_scale([r for r in records if r["stage"] == "train" or r["items"] == shape(r["events"], None)[1]],
+               work / "scale.png")
 
 
 def main(argv: list[str] | None = None) -> int:
