@@ -443,8 +443,8 @@ def window_shard(window_users: np.ndarray, rank: int, world_size: int) -> Window
     bounds = np.concatenate([[0], np.searchsorted(window_users, window_users[shares]), [num_windows]])
     per_epoch = int(np.diff(bounds).min())
     if per_epoch == 0:
-        raise ValueError(f"{num_windows} training windows cannot be shared by {world_size} processes as blocks of "
-                         "whole users; use fewer processes")
+        raise ConfigError(f"{num_windows} training windows cannot be shared by {world_size} processes as blocks of "
+                          "whole users; use fewer processes (--nproc_per_node)")
     return WindowShard(int(bounds[rank]), int(bounds[rank + 1]), per_epoch)
 
 

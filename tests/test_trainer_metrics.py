@@ -12,7 +12,7 @@ from conftest import ml1m_items
 from data_processor import load_dataset, scoring_input
 from enhanced_model import EnhancedBERT4Rec, ModelConfig
 from model_config import MODEL_FLAGS
-from train_config import TrainConfig
+from train_config import ConfigError, TrainConfig
 from trainer import (
     NEW_USER_MAX_EVENTS,
     MultiTaskObjective,
@@ -458,7 +458,7 @@ def test_ranks_get_blocks_of_whole_users_and_train_as_many_windows_each():
         assert len(set(window_users[shard.start:shard.stop]) & set(window_users[:shard.start])) == 0
         rows = torch.cat(list(epoch_batches(shard, 2, torch.Generator().manual_seed(0))))
         assert len(rows) == 5 and len(set(rows.tolist())) == 5 and rows.max() < shard.stop - shard.start
-    with pytest.raises(ValueError, match="33 training windows cannot be shared by 7 processes"):
+    with pytest.raises(ConfigError, match="33 training windows cannot be shared by 7 processes"):
         window_shard(window_users, 0, 7)
 
 
