@@ -112,7 +112,9 @@ def _network_features(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def fit_to_data(config: TrainConfig, data: SequenceData) -> tuple[TrainConfig, list[str]]:
     """The flags with the parts this dataset cannot feed switched off, and one line per part saying what and why:
     item features without item features, user tokens without user features, the rating task without ratings, the
-    preference task without a multi-valued item feature. ML-1M has everything: nothing changes there."""
+    preference task without a multi-valued item feature; and the sampled item loss where the catalogue has no more
+    items than --num_negatives (the full softmax is then exact and no dearer). ML-1M has everything: nothing changes
+    there."""
     off: dict[str, Any] = {}
     notes = []
     if config.use_item_side_info and not data.item_features:
@@ -127,6 +129,11 @@ def fit_to_data(config: TrainConfig, data: SequenceData) -> tuple[TrainConfig, l
     if config.user_preference_weight > 0 and not data.preference_feature:
         off["user_preference_weight"] = 0.0
         notes.append("no item feature is multi-valued (like genres): the user-preference task and head are off")
+    if config.item_loss == "sampled" and config.num_negatives >= data.num_items:
+        off["item_loss"] = "full"
+        notes.append(f"--num_negatives {config.num_negatives} is not fewer than the {data.num_items} items: the full "
+                     "softmax is exact and no dearer here, so the item loss is the full softmax (--num_negatives "
+                     f"below {data.num_items} keeps the sampled one)")
     if not off:
         return config, []
     adjusted = replace(config, **off)
@@ -861,10 +868,6 @@ def start_run(config: TrainConfig, runtime: Runtime) -> Run:
     model.to(runtime.device)
     if config.compile:
         model.encoder.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
-    if config.item_loss == "sampled" and config.num_negatives >= data.num_items:
-        raise ConfigError(f"--num_negatives {config.num_negatives} is not fewer than the {data.num_items} items: the "
-                          "sampled loss would score more candidates than the full softmax; use --item_loss full, or "
-                          "fewer negatives")
     # Each rank shuffles its own block of windows (window_shard); masks and sampled negatives differ per rank.
     generators = (torch.Generator().manual_seed(config.seed),
                   torch.Generator(runtime.device).manual_seed(config.seed + 1 + runtime.rank))

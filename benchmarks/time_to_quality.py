@@ -6,6 +6,11 @@ one run after another so that each has the machine to itself. Test figures come 
 (validation NDCG@10 against training minutes and epochs) into --out. Finished runs (results.json present) are
 read, not rerun; an interrupted run is resumed from its last.pt, so an interrupted benchmark continues.
 
+Without --config it trains the three configurations `python trainer.py` chooses between (PRESETS): the CPU default
+with the full softmax, the CPU default with the sampled item loss, and the best model (bf16: for machines that
+multiply bf16 in hardware; on other CPUs add `--config best_fp32 "@configs/best.txt --amp off"` instead).
+
+    python benchmarks/time_to_quality.py --data_dir path/to/ml-1m --max_minutes 15 --seeds 0 1 --out runs/ttq15
     python benchmarks/time_to_quality.py --data_dir path/to/ml-1m --max_minutes 15 --seeds 0 1 \
         --config cpu_small "@configs/cpu_small.txt" \
         --config cloze "@configs/cpu_small.txt --no-causal --lr_schedule cosine" --out runs/ttq15
@@ -27,6 +32,11 @@ sys.path.insert(0, str(REPO))
 
 from plots import plot_time_to_quality  # noqa: E402
 
+PRESETS = {  # the configurations compared when no --config is given: name -> trainer.py flags
+    "cpu_full": "@configs/cpu_small.txt",
+    "cpu_sampled": "@configs/cpu_sampled.txt",
+    "best": "@configs/best.txt",
+}
 BUDGET_SHARES = (0.25, 0.5, 1.0)  # the table's "best validation NDCG@10 by this share of the budget" columns
 
 
@@ -88,11 +98,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "runs" / "time_to_quality"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--max_minutes", type=float, default=15.0, help="training budget of every run")
-    parser.add_argument("--config", nargs=2, action="append", metavar=("NAME", "FLAGS"), required=True,
-                        help="a configuration: a name (letters, digits, _) and its trainer.py flags in one string")
+    parser.add_argument("--config", nargs=2, action="append", metavar=("NAME", "FLAGS"),
+                        help="a configuration: a name (letters, digits, _) and its trainer.py flags in one string "
+                             f"(repeatable; none: {', '.join(PRESETS)})")
     parser.add_argument("--table_only", action="store_true", help="only re-read the finished runs")
     args = parser.parse_args()
-    configs = {name: shlex.split(flags) for name, flags in args.config}
+    configs = {name: shlex.split(flags) for name, flags in (args.config or PRESETS.items())}
     bad = [name for name in configs if not name.replace("_", "").isalnum()]
     if bad:
         parser.error(f"configuration names must be letters, digits and _: {bad}")

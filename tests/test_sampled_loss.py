@@ -1,6 +1,7 @@
 """The sampled item loss (--item_loss sampled): the logQ-corrected sampled softmax against hand-computed answers,
 its proposal, its scores under both item heads, and a tiny training run; the full softmax unchanged."""
 
+import json
 import math
 import os
 import subprocess
@@ -159,11 +160,16 @@ def test_bad_values_are_refused_by_the_preflight_in_one_line(flags, message, tmp
     assert refused.stderr.strip().count("\n") == 0 and "Traceback" not in refused.stderr
 
 
-def test_as_many_negatives_as_items_is_refused_naming_the_catalogue(synthetic_ml1m_dir, tmp_path):
-    """The number of items is known once the data is read: refused then, before anything is written."""
-    refused = run_cli(*TINY, "--item_loss", "sampled", "--num_negatives", "108", "--data_dir",
-                      str(synthetic_ml1m_dir), "--checkpoint_dir", str(tmp_path / "c"), "--cache_dir",
-                      str(tmp_path / "cache"))
-    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
-    assert "--num_negatives 108 is not fewer than the 108 items" in refused.stderr  # the synthetic data's 108
-    assert not (tmp_path / "c" / "last.pt").exists() and not (tmp_path / "c" / "metadata.json").exists()
+def test_as_many_negatives_as_items_trains_the_full_softmax_and_says_so(synthetic_ml1m_dir, tmp_path):
+    """The number of items is known once the data is read: with no fewer items than negatives (the synthetic data
+    has 108), the full softmax is exact and no dearer, so the run trains it, says why, and records it; one
+    negative fewer keeps the sampled loss."""
+    common = [*TINY, "--max_epochs", "1", "--item_loss", "sampled", "--data_dir", str(synthetic_ml1m_dir),
+              "--cache_dir", str(tmp_path / "cache")]
+    for negatives, loss in (("108", "full"), ("107", "sampled")):
+        done = run_cli(*common, "--num_negatives", negatives, "--checkpoint_dir", str(tmp_path / negatives))
+        assert done.returncode == 0, done.stderr
+        note = f"note: --num_negatives {negatives} is not fewer than the 108 items: the full softmax is exact"
+        assert (note in done.stdout) is (loss == "full")
+        results = json.loads((tmp_path / negatives / "results.json").read_text())
+        assert results["train_config"]["item_loss"] == loss
