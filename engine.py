@@ -101,6 +101,7 @@ from inference_inputs import (
     input_paths,
     output_file,
     positive_int,
+    precision_setting,
     prior_fade,
     prior_steepness,
     prior_weight,
@@ -144,6 +145,10 @@ class RecommendationEngine:
         which that weight halves; new_user_prior_steepness (> 0) how sharply. new_user_prior_window (before >= 0,
         after >= 1): a user with n ratings gets the known users' ratings at positions n - before .. n + after - 1.
         All four are attributes of the same names; set them to change them later.
+    precision: "fp32" (the default: the same arithmetic as training's evaluation) or "bf16" (the encoder under bf16
+        autocast, item scores still in fp32: much faster where the hardware multiplies bf16, a GPU or a CPU with
+        AVX-512 BF16 or AMX, and about 17x slower where it is emulated, as on AVX2 CPUs; rankings can differ slightly
+        from fp32's: docs/RESULTS.md). An attribute too.
     Raises CheckpointError (also for a checkpoint whose weights or probe scores are not finite), MetadataError,
     MetadataMismatchError or InferenceError (all ValueError), each naming the argument or file.
 
@@ -162,7 +167,9 @@ class RecommendationEngine:
         new_user_prior_fade: float = NEW_USER_PRIOR_FADE,
         new_user_prior_window: tuple[int, int] = NEW_USER_PRIOR_WINDOW,
         new_user_prior_steepness: float = NEW_USER_PRIOR_STEEPNESS,
+        precision: str = "fp32",
     ) -> None:
+        self.precision = precision
         self.new_user_prior_weight = new_user_prior_weight
         self.new_user_prior_fade = new_user_prior_fade
         self.new_user_prior_steepness = new_user_prior_steepness
@@ -183,6 +190,7 @@ class RecommendationEngine:
                                   "(math.inf: never).")
     new_user_prior_steepness = Checked(prior_steepness, "How sharply the sign-up prior's weight falls around "
                                        "new_user_prior_fade ratings (1: fade / (fade + n)).")
+    precision = Checked(precision_setting, "The encoder's arithmetic when scoring: fp32 or bf16.")
     new_user_prior_window = Checked(prior_window, "(before, after): a new user with n ratings gets the known users' "
                                     "ratings at positions n - before .. n + after - 1 in the sign-up prior.")
 
@@ -418,7 +426,8 @@ class RecommendationEngine:
     def _score_and_hidden(self, requests: list[Request], filter_seen: bool, batch_size: int = 512,
                           prior_of: Request | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return score_and_hidden(self.model, self._catalog, requests, filter_seen, batch_size,
-                                default_day(self.default_day_of_year), self._prior(), prior_of)
+                                default_day(self.default_day_of_year), self._prior(), prior_of,
+                                self.precision == "bf16")
 
 
 # ----------------------------------------------------------------------------------------------------------

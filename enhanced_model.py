@@ -681,10 +681,14 @@ def readout_rows(model: EnhancedBERT4Rec, item_seq: Tensor, hidden: Tensor) -> T
 
 @torch.no_grad()
 def score_last_position(model: EnhancedBERT4Rec, item_seq: Tensor, day_of_year: Tensor,
-                        user: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+                        user: dict[str, Tensor], bf16: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Item scores (B, vocabulary) of each row's next item, the hidden rows they were read from (B, H: readout_rows)
-    and all hidden states (B, T, H)."""
-    hidden = model(item_seq, day_of_year, **user).hidden
+    and all hidden states (B, T, H). bf16: the encoder runs under bf16 autocast (where the hardware multiplies bf16,
+    most of the work at a fraction of the time); the hidden states are then cast back, and the item scores are
+    always computed in fp32 (bf16's 8-bit mantissa would tie many of them)."""
+    with torch.autocast(item_seq.device.type, dtype=torch.bfloat16, enabled=bf16):
+        hidden = model(item_seq, day_of_year, **user).hidden
+    hidden = hidden.float()
     rows = readout_rows(model, item_seq, hidden)
     return model.item_logits(rows).float(), rows, hidden
 

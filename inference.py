@@ -41,6 +41,7 @@ from engine import BatchScores, RecommendationEngine
 from explanations import EXPLANATION_MEASURES
 from exports import EXPORT_COLUMNS, EXPORT_FORMATS
 from inference_inputs import (
+    PRECISIONS,
     AlreadySeenError,
     CheckpointError,
     ColdItemError,
@@ -145,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cold_items", action="store_true", help="also list never-rated movies by genre similarity")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="the encoder's arithmetic: bf16 is "
+                        "much faster on a GPU or a CPU with AVX-512 BF16 or AMX (emulated, so slower, elsewhere); "
+                        "item scores stay fp32")
     parser.add_argument("--all_users", action="store_true", help="top k of every known user (from their own "
                         "history; --k, --include_seen and --min_predicted_rating apply), written to --output")
     parser.add_argument("--output", help="file for --all_users: .csv or .jsonl (format by extension); an existing "
@@ -314,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                                           new_user_prior_weight=args.new_user_prior_weight,
                                           new_user_prior_fade=args.new_user_prior_fade,
                                           new_user_prior_window=tuple(args.new_user_prior_window),
-                                          new_user_prior_steepness=args.new_user_prior_steepness)
+                                          new_user_prior_steepness=args.new_user_prior_steepness,
+                                          precision=args.precision)
             if args.all_users:
                 stopped = f"interrupted: nothing was written to {args.output}"  # the temporary file is removed
                 _export(engine, args)

@@ -181,6 +181,16 @@ def day_of_year_setting(day: Any) -> int | None:
     return None if day is None else int(day)
 
 
+PRECISIONS = ("fp32", "bf16")  # the engine's precision: the encoder's arithmetic when scoring
+
+
+def precision_setting(precision: Any) -> str:
+    """The engine's precision, one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise InferenceError(f"precision must be one of {', '.join(PRECISIONS)}, got {shown(precision)}")
+    return precision
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Paths: what the engine reads, and what it writes, which is never one of them
 

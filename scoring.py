@@ -44,12 +44,13 @@ def model_inputs(requests: list[Request], config: ModelConfig, empty_day: int, d
 
 def score_and_hidden(
     model: EnhancedBERT4Rec, catalog: Catalog, requests: list[Request], filter_seen: bool, batch_size: int,
-    empty_day: int, prior: NewUserPrior, prior_of: Request | None = None,
+    empty_day: int, prior: NewUserPrior, prior_of: Request | None = None, bf16: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(len(requests), num_items + 2) scores on the CPU, batch_size requests per forward pass, and the hidden row
     each was read from (B, hidden; readout_rows). Popularity rows get training-part counts and, not being read by
     the model, NaN hidden rows; new users' rows add the sign-up prior to the model's log probabilities: each row's
-    own, or with prior_of every row that of prior_of (an explanation's variants, the prior held fixed)."""
+    own, or with prior_of every row that of prior_of (an explanation's variants, the prior held fixed). bf16: the
+    encoder in bf16 (enhanced_model.score_last_position)."""
     config, device = model.config, next(model.parameters()).device
     chunks, hidden_rows = [], []
     for start in range(0, len(requests), batch_size):
@@ -60,7 +61,7 @@ def score_and_hidden(
             hidden_rows.append(torch.full((len(batch), config.hidden_size), math.nan))
             continue
         inputs = model_inputs(batch, config, empty_day, device)
-        scores, hidden, _ = score_last_position(model, inputs.item_seq, inputs.days, inputs.user)
+        scores, hidden, _ = score_last_position(model, inputs.item_seq, inputs.days, inputs.user, bf16)
         # by strategy, not user_index: a known user whose identity an explanation hides stays "personalized"
         new_users = [row for row, r in enumerate(batch) if r.strategy in (SEQUENCE, DEMOGRAPHICS)]
         if new_users and prior.weight:

@@ -9,6 +9,10 @@ Without --model_path the script builds the model of the seed's configuration (co
 checkpoint in trainer.py's format beside a fresh metadata.json (in a temporary folder), and times that: the cost
 of a forward pass does not depend on the weights. Targets (CPU, 2 threads): get_recommendations p50 <= 10 ms,
 all 6,040 users <= 30 s.
+
+`--precision bf16` times the engine with its encoder in bf16 and also ranks every user in fp32 to count the users
+whose top 10 is the same (list and order, and as a set): meaningful with a trained --model_path (an untrained
+model's scores are too close together to rank alike).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from data_processor import SequenceData, load_dataset, save_metadata  # noqa: E402
 from enhanced_model import EnhancedBERT4Rec  # noqa: E402
 from inference import RecommendationEngine  # noqa: E402
+from inference_inputs import PRECISIONS  # noqa: E402
 from train_config import parse_args  # noqa: E402
 from trainer import TrainConfig, build_model_config, save_model_checkpoint  # noqa: E402
 
@@ -67,6 +72,8 @@ def main() -> int:
     parser.add_argument("--batch_runs", type=int, default=3, help="timed runs over all users (median reported)")
     parser.add_argument("--batch_size", type=int, default=512, help="users per forward pass in batch scoring")
     parser.add_argument("--seed", type=int, default=0, help="which users are sampled")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="the engine's precision (bf16: "
+                        "also the top-10 agreement with fp32 over all users)")
     args = parser.parse_args()
     if args.metadata_path is not None and args.model_path is None:
         parser.error("--metadata_path goes with --model_path")
@@ -87,7 +94,9 @@ def main() -> int:
         load_seconds = [
             timed(lambda: RecommendationEngine(model_path, metadata_path, device=args.device)) for _ in range(3)
         ]
-        engine = RecommendationEngine(model_path, metadata_path, device=args.device)
+        engine = RecommendationEngine(model_path, metadata_path, device=args.device, precision=args.precision)
+        fp32_engine = (engine if args.precision == "fp32" else
+                       RecommendationEngine(model_path, metadata_path, device=args.device))
 
     config = engine.config
     user_ids = engine.user_ids
@@ -136,7 +145,21 @@ def main() -> int:
         print(f"export_recommendations(all {len(user_ids)} users, k=10) to {suffix}, median of {len(seconds)}: "
               f"{median:.1f} s (runs {', '.join(f'{s:.1f}' for s in seconds)}; target <= "
               f"{TARGET_ALL_USERS_S:.0f} s: {'met' if median <= TARGET_ALL_USERS_S else 'MISSED'})")
+    if args.precision != "fp32":
+        same_list, same_set = top10_agreement(engine, fp32_engine, user_ids, args.batch_size)
+        print(f"top 10 in {args.precision} against fp32, all {len(user_ids)} users: the same list for "
+              f"{same_list:.2%}, the same set for {same_set:.2%}")
     return 0
+
+
+def top10_agreement(engine: RecommendationEngine, reference: RecommendationEngine, user_ids: list[int],
+                    batch_size: int) -> tuple[float, float]:
+    """The share of users whose top 10 from engine is reference's, in the same order, and as a set."""
+    ours, theirs = ([[r["movie_id"] for r in top] for top in e.recommend_batch(user_ids, k=10, batch_size=batch_size)]
+                    for e in (engine, reference))
+    same_list = sum(a == b for a, b in zip(ours, theirs, strict=True)) / len(user_ids)
+    same_set = sum(set(a) == set(b) for a, b in zip(ours, theirs, strict=True)) / len(user_ids)
+    return same_list, same_set
 
 
 if __name__ == "__main__":

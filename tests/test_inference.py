@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.bench_inference import write_untrained_checkpoint
+from benchmarks.bench_inference import top10_agreement, write_untrained_checkpoint
 from data_processor import (
     GENDERS,
     GENRES,
@@ -1121,3 +1121,55 @@ def test_the_export_in_chunks_of_any_size_writes_the_same_rankings(trained, tmp_
         assert [row[:score] for row in chunked] == [row[:score] for row in whole]
         assert np.allclose([float(row[score]) for row in chunked[1:]], [float(row[score]) for row in whole[1:]],
                            rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_scoring_ranks_as_fp32_does_and_is_not_a_no_op(trained):
+    """precision="bf16" runs the encoder under bf16 autocast (item scores in fp32): its scores differ from fp32's
+    by bf16 rounding only, so each user's best movie and almost all top 10s are the same; fp32 stays the default
+    and equals the trainer's arithmetic exactly."""
+    users = trained.engine.user_ids
+    fp32 = trained.engine.score_batch(users).scores
+    bf16_engine = RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", default_day_of_year=DAY,
+                                       precision="bf16")
+    bf16 = bf16_engine.score_batch(users).scores
+    assert trained.engine.precision == "fp32" and bf16.dtype == fp32.dtype == torch.float32
+    assert not torch.equal(bf16, fp32)  # the encoder really ran in bf16
+    finite = torch.isfinite(fp32)
+    assert torch.equal(finite, torch.isfinite(bf16))  # the same movies excluded
+    spread = fp32[finite].std()
+    assert float((bf16 - fp32)[finite].abs().max()) < 0.1 * float(spread)
+    assert torch.equal(bf16.argmax(dim=1), fp32.argmax(dim=1))
+    same_top10 = (bf16.topk(10).indices.sort().values == fp32.topk(10).indices.sort().values).all(dim=1)
+    assert float(same_top10.float().mean()) >= 0.9
+    # bench_inference's agreement count: an engine agrees with itself for every user, bf16 with fp32 for most
+    assert top10_agreement(trained.engine, trained.engine, users, 7) == (1.0, 1.0)
+    same_list, same_set = top10_agreement(bf16_engine, trained.engine, users, 512)
+    assert same_list <= same_set and same_set == float(same_top10.float().mean())
+    bf16_engine.precision = "fp32"  # an attribute: the engine then scores exactly as the default one
+    assert torch.equal(bf16_engine.score_batch(users).scores, fp32)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "BF16", None, 16])
+def test_an_unknown_precision_is_refused_naming_it(trained, precision):
+    with pytest.raises(InferenceError, match=r"precision must be one of fp32, bf16, got"):
+        RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", precision=precision)
+    with pytest.raises(InferenceError, match=r"precision must be one of fp32, bf16"):
+        trained.engine.precision = precision
+    assert trained.engine.precision == "fp32"
+
+
+def test_the_cli_scores_in_bf16_on_request(trained):
+    """--precision reaches the engine: the listed scores are the bf16 engine's, not the fp32 one's."""
+    common = ["--model_path", str(trained.checkpoint), "--metadata_path", str(trained.metadata), "--device", "cpu",
+              "--json", "--k", "5", "--user_id", str(trained.engine.user_ids[0])]
+    done = run_cli(*common, "--precision", "bf16")
+    assert done.returncode == 0, done.stderr
+    listed = [(r["movie_id"], r["score"]) for r in json.loads(done.stdout)["recommendations"]]
+    api = RecommendationEngine(trained.checkpoint, trained.metadata, device="cpu", precision="bf16")
+    expected = api.get_recommendations(user_id=trained.engine.user_ids[0], k=5)
+    assert [movie for movie, _ in listed] == [r["movie_id"] for r in expected]
+    assert [score for _, score in listed] == pytest.approx([r["score"] for r in expected], rel=1e-6)
+    fp32 = trained.engine.get_recommendations(user_id=trained.engine.user_ids[0], k=5)
+    assert [score for _, score in listed] != pytest.approx([r["score"] for r in fp32], rel=1e-6)
+    refused = run_cli(*common, "--precision", "fp16")
+    assert refused.returncode == 2 and "--precision: invalid choice: 'fp16'" in refused.stderr
