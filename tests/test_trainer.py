@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -459,11 +460,14 @@ def test_checked_in_configs_parse_validate_and_set_every_flag(config_file):
 def test_defaults_per_device_and_the_seed_one_flag_away(monkeypatch):
     monkeypatch.setattr(train_config, "cpu_bf16_flags", lambda: [])  # an AVX2-only CPU
     cpu = parse_args(["--device", "cpu"], use_device_defaults=True)
-    assert cpu == parse_args([f"@{REPO / 'configs' / 'cpu_small.txt'}", "--max_minutes", "90", "--device", "cpu"])
-    assert (cpu.hidden_size, cpu.lr_schedule, cpu.max_minutes, cpu.next_item_weight) == (64, "wsd", 90.0, 0.1)
-    assert cpu.causal
-    assert cpu.defaults.startswith("configs/cpu_small.txt --max_minutes 90, the best measured configuration for a CPU "
-                                   "without bf16 instructions")
+    assert cpu == parse_args([f"@{REPO / 'configs' / 'cpu_sampled.txt'}", "--max_minutes", "45", "--device", "cpu"])
+    assert (cpu.hidden_size, cpu.lr_schedule, cpu.max_minutes, cpu.next_item_weight) == (64, "wsd", 45.0, 0.1)
+    assert cpu.causal and (cpu.item_loss, cpu.num_negatives) == ("sampled", 1024)
+    # the same model as configs/cpu_small.txt, the full softmax's configuration, but for the item loss
+    small = parse_args([f"@{REPO / 'configs' / 'cpu_small.txt'}", "--max_minutes", "45", "--device", "cpu"])
+    assert replace(cpu, item_loss="full", num_negatives=small.num_negatives) == small
+    assert cpu.defaults.startswith("configs/cpu_sampled.txt --max_minutes 45, the best measured configuration for a "
+                                   "CPU without bf16 instructions")
     monkeypatch.setattr(train_config, "cpu_bf16_flags", lambda: ["amx_bf16"])  # a CPU with AMX
     bf16_cpu = parse_args(["--device", "cpu"], use_device_defaults=True)
     assert bf16_cpu == parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--device", "cpu"])
@@ -497,7 +501,7 @@ def test_the_cli_says_what_it_chose_on_its_first_line_and_records_it(synthetic_m
     assert trainer_main([*TINY, "--data_dir", str(synthetic_ml1m_dir), "--checkpoint_dir", str(out),
                          "--max_epochs", "1", "--device", "cpu"]) == 0
     first_line = capsys.readouterr().out.splitlines()[0]
-    assert first_line.startswith("defaults: configs/cpu_small.txt --max_minutes 90, the best measured configuration")
+    assert first_line.startswith("defaults: configs/cpu_sampled.txt --max_minutes 45, the best measured configuration")
     recorded = json.loads((out / "results.json").read_text())["train_config"]
     assert recorded["defaults"] == first_line.removeprefix("defaults: ") and recorded["causal"]
 
