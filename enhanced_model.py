@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -686,7 +687,7 @@ def score_last_position(model: EnhancedBERT4Rec, item_seq: Tensor, day_of_year: 
     and all hidden states (B, T, H). bf16: the encoder runs under bf16 autocast (where the hardware multiplies bf16,
     most of the work at a fraction of the time); the hidden states are then cast back, and the item scores are
     always computed in fp32 (bf16's 8-bit mantissa would tie many of them)."""
-    with torch.autocast(item_seq.device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(item_seq.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
         hidden = model(item_seq, day_of_year, **user).hidden
     hidden = hidden.float()
     rows = readout_rows(model, item_seq, hidden)
