@@ -347,12 +347,41 @@ def sampled_softmax_nll(target_logits: torch.Tensor, negative_logits: torch.Tens
     al. 2015; Yi et al. 2019): the softmax over the target and the corrected negatives then estimates the full
     softmax, whose partition function sum_j exp(s_j) the negatives' sum of exp(s_j) / q_j estimates, up to the
     constant N, which cancels. A negative that is the row's own target (an accidental hit, accidental_hits (R, N))
-    is left out (-inf). With every item once among the negatives and a uniform q, this is the full softmax's
-    cross-entropy exactly.
+    is left out. With every item once among the negatives and a uniform q, this is the full softmax's
+    cross-entropy exactly. Equal to logsumexp over [target, negatives] minus the target, computed by
+    _SampledSoftmaxNLL in two passes over the (R, N) scores forward and one backward.
     """
-    corrected_negatives = (negative_logits - negative_log_q).masked_fill(accidental_hits, float("-inf"))
-    logits = torch.cat([(target_logits - target_log_q).unsqueeze(1), corrected_negatives], dim=1)
-    return torch.logsumexp(logits, dim=1) - logits[:, 0]
+    return _SampledSoftmaxNLL.apply(target_logits, negative_logits, target_log_q, negative_log_q, accidental_hits)
+
+
+class _SampledSoftmaxNLL(torch.autograd.Function):
+    """sampled_softmax_nll with one (R, N) buffer forward and one backward.
+
+    Written out with autograd's own ops (a subtraction, the masking, a concatenation, logsumexp and the target's
+    column) the loss allocated and swept seven (R, N) tensors a step, more than the negatives' matrix product it
+    follows (docs/RESULTS.md, the sampled step's profile). Here the corrected, masked scores are shifted and
+    exponentiated in place, kept for the backward, and the gradient is one scaled copy of them: d nll / d s_j =
+    p_j for a negative, p_target - 1 for the target (p: the softmax over the target and the unmasked negatives).
+    """
+
+    @staticmethod
+    def forward(ctx, target_logits, negative_logits, target_log_q, negative_log_q, accidental_hits):
+        target = target_logits - target_log_q
+        weights = (negative_logits - negative_log_q).masked_fill_(accidental_hits, float("-inf"))
+        # the largest of the row's candidates; finite, as the target is always one of them
+        shift = torch.maximum(weights.amax(1), target) if weights.size(1) else target
+        weights.sub_(shift.unsqueeze(1)).exp_()  # exp(s_j - shift); 0 for the accidental hits
+        target_weight = (target - shift).exp()
+        total = weights.sum(1) + target_weight
+        ctx.save_for_backward(weights, total, target_weight)
+        return shift + total.log() - target
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        weights, total, target_weight = ctx.saved_tensors
+        scale = grad / total
+        return scale * target_weight - grad, weights * scale.unsqueeze(1), None, None, None
 
 
 def target_index(is_target: torch.Tensor, row_bucket: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,9 @@ read, not rerun; an interrupted run is resumed from its last.pt, so an interrupt
 
 Without --config it trains the three configurations `python trainer.py` chooses between (PRESETS): the CPU default
 with the full softmax, the CPU default with the sampled item loss, and the best model (bf16: for machines that
-multiply bf16 in hardware; on other CPUs add `--config best_fp32 "@configs/best.txt --amp off"` instead).
+multiply bf16 in hardware). Any --config replaces all three, so on a CPU that emulates bf16 list the ones wanted:
+`--config cpu_full "@configs/cpu_small.txt" --config cpu_sampled "@configs/cpu_sampled.txt" --config best_fp32
+"@configs/best.txt --amp off"`.
 
     python benchmarks/time_to_quality.py --data_dir path/to/ml-1m --max_minutes 15 --seeds 0 1 --out runs/ttq15
     python benchmarks/time_to_quality.py --data_dir path/to/ml-1m --max_minutes 15 --seeds 0 1 \

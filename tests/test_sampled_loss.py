@@ -56,6 +56,37 @@ def test_accidental_hits_are_masked_whatever_their_logit():
     assert unmasked.item() > 48
 
 
+def reference_nll(target_logits, negative_logits, target_log_q, negative_log_q, hits):
+    """The sampled softmax written out with autograd's own ops: logsumexp over [target, negatives] - target."""
+    negatives = (negative_logits - negative_log_q).masked_fill(hits, float("-inf"))
+    logits = torch.cat([(target_logits - target_log_q).unsqueeze(1), negatives], dim=1)
+    return torch.logsumexp(logits, dim=1) - logits[:, 0]
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_the_fused_loss_matches_autograd_s_own_ops_in_value_and_gradient(scale):
+    generator = torch.Generator().manual_seed(0)
+    rows, negatives = 9, 7
+    target_logits = (scale * torch.randn(rows, generator=generator, dtype=torch.float64)).requires_grad_()
+    negative_logits = (scale * torch.randn(rows, negatives, generator=generator, dtype=torch.float64)).requires_grad_()
+    target_log_q = torch.rand(rows, generator=generator, dtype=torch.float64).log()
+    negative_log_q = torch.rand(negatives, generator=generator, dtype=torch.float64).log()
+    hits = torch.rand(rows, negatives, generator=generator) < 0.2
+    hits[3] = True  # every negative of a row an accidental hit: the loss is 0, its gradients too
+    upstream = torch.rand(rows, generator=generator, dtype=torch.float64)
+    inputs = (target_logits, negative_logits, target_log_q, negative_log_q, hits)
+    fused, reference = sampled_softmax_nll(*inputs), reference_nll(*inputs)
+    torch.testing.assert_close(fused, reference)
+    assert fused[3].item() == 0.0
+    fused_grads = torch.autograd.grad(fused, [target_logits, negative_logits], upstream)
+    reference_grads = torch.autograd.grad(reference, [target_logits, negative_logits], upstream)
+    for fused_grad, reference_grad in zip(fused_grads, reference_grads, strict=True):
+        torch.testing.assert_close(fused_grad, reference_grad)
+    assert (fused_grads[1][hits] == 0).all()
+    assert torch.autograd.gradcheck(lambda t, n: sampled_softmax_nll(t, n, target_log_q, negative_log_q, hits),
+                                    (target_logits, negative_logits))
+
+
 @pytest.mark.parametrize("cosine_temperature,side_output", [(0.0, False), (0.05, False), (0.0, True)])
 def test_every_item_once_with_a_uniform_q_is_the_full_softmax(cosine_temperature, side_output):
     model = tiny_model(cosine_temperature=cosine_temperature, item_side_output=side_output)
