@@ -41,7 +41,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from data_processor import (
@@ -303,12 +302,46 @@ class MultiTaskObjective(nn.Module):
         0 over the target and the step's shared negatives (draw_negatives, sampled_softmax_nll). Computed in fp32
         whatever the autocast."""
         if self.num_negatives == 0:
-            return F.cross_entropy(self.model.real_item_logits(rows).float(), targets - 1, reduction="none")
+            return softmax_nll(self.model.real_item_logits(rows), targets - 1)
         negatives, log_q = draw_negatives(targets[real], self.model.config.num_items, self.num_negatives,
                                           self.generator)
         target_logits, negative_logits = self.model.sampled_item_logits(rows, targets, negatives)
-        return sampled_softmax_nll(target_logits.float(), negative_logits.float(), log_q(targets), log_q(negatives),
+        return sampled_softmax_nll(target_logits.float(), negative_logits, log_q(targets), log_q(negatives),
                                    negatives.unsqueeze(0) == targets.unsqueeze(1))
+
+
+def softmax_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy of each row of logits (R, C) against its target column, (R,): F.cross_entropy(logits.float(),
+    targets, reduction="none"), computed in fp32 whatever logits' dtype by _SoftmaxNLL."""
+    return _SoftmaxNLL.apply(logits, targets)
+
+
+class _SoftmaxNLL(torch.autograd.Function):
+    """softmax_nll with one (R, C) fp32 buffer forward and one backward.
+
+    F.cross_entropy on fp32 logits writes the log-softmax forward, then a zero-filled (R, C) gradient for the target
+    column and the log-softmax's gradient backward; under bf16 autocast a fp32 copy of the logits comes first. Here
+    the shifted exponentials are written once (from the logits as they are, bf16 included), kept for the backward,
+    and the gradient is one scaled copy of them less 1 at each target: d nll / d s_j = p_j - [j = target].
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        precision = torch.promote_types(logits.dtype, torch.float32)  # bf16 and fp16 logits: fp32
+        shift = logits.amax(1).to(precision)
+        weights = (logits - shift.unsqueeze(1)).exp_()  # in `precision`: a bf16 tensor minus a fp32 one is fp32
+        total = weights.sum(1)
+        ctx.save_for_backward(weights, total, targets)
+        ctx.logits_dtype = logits.dtype
+        return shift + total.log() - logits.gather(1, targets.unsqueeze(1)).squeeze(1).to(precision)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        weights, total, targets = ctx.saved_tensors
+        grad_logits = weights * (grad / total).unsqueeze(1)
+        grad_logits.scatter_add_(1, targets.unsqueeze(1), -grad.unsqueeze(1))
+        return grad_logits.to(ctx.logits_dtype), None
 
 
 def draw_negatives(real_targets: torch.Tensor, num_items: int, num_negatives: int,
@@ -367,6 +400,7 @@ class _SampledSoftmaxNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, target_logits, negative_logits, target_log_q, negative_log_q, accidental_hits):
         target = target_logits - target_log_q
+        # fp32 whatever negative_logits' dtype (a bf16 tensor minus a fp32 one)
         weights = (negative_logits - negative_log_q).masked_fill_(accidental_hits, float("-inf"))
         # the largest of the row's candidates; finite, as the target is always one of them
         shift = torch.maximum(weights.amax(1), target) if weights.size(1) else target
@@ -374,6 +408,7 @@ class _SampledSoftmaxNLL(torch.autograd.Function):
         target_weight = (target - shift).exp()
         total = weights.sum(1) + target_weight
         ctx.save_for_backward(weights, total, target_weight)
+        ctx.negative_dtype = negative_logits.dtype
         return shift + total.log() - target
 
     @staticmethod
@@ -381,7 +416,7 @@ class _SampledSoftmaxNLL(torch.autograd.Function):
     def backward(ctx, grad):
         weights, total, target_weight = ctx.saved_tensors
         scale = grad / total
-        return scale * target_weight - grad, weights * scale.unsqueeze(1), None, None, None
+        return scale * target_weight - grad, (weights * scale.unsqueeze(1)).to(ctx.negative_dtype), None, None, None
 
 
 def target_index(is_target: torch.Tensor, row_bucket: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,15 @@ import torch.nn.functional as F
 from conftest import TINY, ml1m_items
 
 from enhanced_model import EnhancedBERT4Rec, ModelConfig
-from trainer import MultiTaskObjective, draw_negatives, make_batch, parse_args, sampled_softmax_nll, train
+from trainer import (
+    MultiTaskObjective,
+    draw_negatives,
+    make_batch,
+    parse_args,
+    sampled_softmax_nll,
+    softmax_nll,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -85,6 +93,45 @@ def test_the_fused_loss_matches_autograd_s_own_ops_in_value_and_gradient(scale):
     assert (fused_grads[1][hits] == 0).all()
     assert torch.autograd.gradcheck(lambda t, n: sampled_softmax_nll(t, n, target_log_q, negative_log_q, hits),
                                     (target_logits, negative_logits))
+
+
+def test_bf16_negative_scores_give_the_fp32_loss_of_their_values_and_a_bf16_gradient():
+    generator = torch.Generator().manual_seed(1)
+    target_logits = torch.randn(5, generator=generator)
+    negative_logits = (4 * torch.randn(5, 6, generator=generator)).bfloat16().requires_grad_()
+    log_q = torch.rand(6, generator=generator).log()
+    hits = torch.zeros(5, 6, dtype=torch.bool)
+    hits[0, 2] = True
+    fused = sampled_softmax_nll(target_logits, negative_logits, torch.zeros(5), log_q, hits)
+    upcast = negative_logits.detach().float().requires_grad_()
+    reference = reference_nll(target_logits, upcast, torch.zeros(5), log_q, hits)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, reference)
+    (fused_grad,) = torch.autograd.grad(fused.sum(), [negative_logits])
+    (reference_grad,) = torch.autograd.grad(reference.sum(), [upcast])
+    assert fused_grad.dtype == torch.bfloat16
+    torch.testing.assert_close(fused_grad, reference_grad.bfloat16())
+
+
+def test_the_full_softmax_loss_is_cross_entropy_in_value_and_gradient():
+    generator = torch.Generator().manual_seed(2)
+    logits = (10 * torch.randn(8, 13, generator=generator, dtype=torch.float64)).requires_grad_()
+    targets = torch.tensor([0, 12, 5, 5, 3, 12, 7, 1])
+    upstream = torch.rand(8, generator=generator, dtype=torch.float64)
+    fused, reference = softmax_nll(logits, targets), F.cross_entropy(logits, targets, reduction="none")
+    torch.testing.assert_close(fused, reference)
+    torch.testing.assert_close(*(torch.autograd.grad(loss, [logits], upstream)[0] for loss in (fused, reference)))
+    assert torch.autograd.gradcheck(lambda x: softmax_nll(x, targets), (logits,))
+    # bf16 logits: the fp32 loss of their values, a bf16 gradient
+    low = logits.detach().bfloat16().requires_grad_()
+    upcast = low.detach().float().requires_grad_()
+    fused, reference = softmax_nll(low, targets), F.cross_entropy(upcast, targets, reduction="none")
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, reference)
+    (fused_grad,) = torch.autograd.grad(fused.sum(), [low])
+    (reference_grad,) = torch.autograd.grad(reference.sum(), [upcast])
+    assert fused_grad.dtype == torch.bfloat16
+    torch.testing.assert_close(fused_grad, reference_grad.bfloat16())
 
 
 @pytest.mark.parametrize("cosine_temperature,side_output", [(0.0, False), (0.05, False), (0.0, True)])
