@@ -8,7 +8,7 @@ on batches of its shuffle - and one full-ranking validation pass. Seconds per ep
 median step time + the validation pass (measured, not a whole epoch: the seed's epoch takes many minutes on a CPU).
 
     python benchmarks/bench_train.py --data_dir path/to/ml-1m --steps 15       # the seed's configuration
-    python benchmarks/bench_train.py --configs cpu_small cpu_small_bf16 cpu_small_compile
+    python benchmarks/bench_train.py --configs cpu_small cpu_sampled cpu_small_bf16 cpu_small_compile
     python benchmarks/bench_train.py --configs best best_fp32 --steps 10
     python benchmarks/bench_train.py --configs cpu_small --limit          # the step's share of the matmul rate
     python benchmarks/bench_train.py --steps 300 --configs best best_unpadded   # the loss-row padding: peak RSS
@@ -58,6 +58,8 @@ BENCH_CONFIGS = {  # --configs key: (table name, trainer.py flags)
     "seed": ("the seed's (configs/seed.txt: hidden 256, 4 layers, T 50, batch 64, all four tasks)",
              [f"@{CONFIGS / 'seed.txt'}"]),
     "cpu_small": ("CPU default (configs/cpu_small.txt: hidden 64, 2 layers, batch 128, causal)", [CPU_SMALL]),
+    "cpu_sampled": ("AVX2 default (configs/cpu_sampled.txt: the CPU default, sampled item loss, 1,024 negatives)",
+                    [f"@{CONFIGS / 'cpu_sampled.txt'}"]),
     "cpu_small_bf16": ("CPU default, --amp bf16", [CPU_SMALL, "--amp", "bf16"]),
     "cpu_small_compile": ("CPU default, --compile (inductor)", [CPU_SMALL, "--compile"]),
     "best": ("best model (configs/best.txt: hidden 256, 4 layers, T 50, batch 128, causal, crop 0.5, bf16)", [BEST]),
