@@ -340,7 +340,8 @@ class _SoftmaxNLL(torch.autograd.Function):
     def backward(ctx, grad):
         weights, total, targets = ctx.saved_tensors
         grad_logits = weights * (grad / total).unsqueeze(1)
-        grad_logits.scatter_add_(1, targets.unsqueeze(1), -grad.unsqueeze(1))
+        rows = torch.arange(targets.numel(), device=targets.device)
+        grad_logits[rows, targets] -= grad  # one entry a row: an index_put without accumulation (deterministic on GPUs)
         return grad_logits.to(ctx.logits_dtype), None
 
 
