@@ -383,7 +383,7 @@ def sampled_softmax_nll(target_logits: torch.Tensor, negative_logits: torch.Tens
     constant N, which cancels. A negative that is the row's own target (an accidental hit, accidental_hits (R, N))
     is left out. With every item once among the negatives and a uniform q, this is the full softmax's
     cross-entropy exactly. Equal to logsumexp over [target, negatives] minus the target, computed by
-    _SampledSoftmaxNLL in two passes over the (R, N) scores forward and one backward.
+    _SampledSoftmaxNLL with one (R, N) buffer forward and one backward.
     """
     return _SampledSoftmaxNLL.apply(target_logits, negative_logits, target_log_q, negative_log_q, accidental_hits)
 
