@@ -172,6 +172,25 @@ def test_resume_refuses_other_config_or_data(synthetic_ml1m_dir, tmp_path):
                           "--resume", last))
 
 
+def test_the_optimizer_is_fused_adamw_whose_first_step_is_the_hand_computed_one():
+    """AdamW's first step moves each parameter by lr * g / (|g| + eps) (the moments' bias corrections cancel), after
+    decaying the weight matrices alone by (1 - lr * weight_decay): not the embeddings, biases or norms."""
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"item_embedding": torch.nn.Embedding(5, 3), "dense": torch.nn.Linear(3, 2),
+                                 "norm": torch.nn.LayerNorm(2)})
+    optimizer = trainer.make_optimizer(model, parse_args(["--learning_rate", "0.01", "--weight_decay", "0.1"]))
+    assert all(group["fused"] for group in optimizer.param_groups)
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    grads = {name: torch.randn_like(parameter) for name, parameter in model.named_parameters()}
+    for name, parameter in model.named_parameters():
+        parameter.grad = grads[name].clone()
+    optimizer.step()
+    for name, parameter in model.named_parameters():
+        decay = 0.1 if name == "dense.weight" else 0.0
+        expected = before[name] * (1 - 0.01 * decay) - 0.01 * grads[name] / (grads[name].abs() + 1e-8)
+        torch.testing.assert_close(parameter.detach(), expected, rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_resume_accepts_a_checkpoint_from_before_a_new_model_flag(synthetic_ml1m_dir, tmp_path):
     """A checkpoint written before a model flag existed (here --cosine_temperature, added 2026-12-01) resumes with
     the flag's default, as the engine loads it; a key this version does not know is refused by name."""
