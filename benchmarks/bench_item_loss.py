@@ -13,6 +13,8 @@ against the 3,706-item figure of the same run.
     python benchmarks/bench_item_loss.py                          # the table, 2 threads
     python benchmarks/bench_item_loss.py --repeats 3 --train_step # also a whole training step of the best model
                                                                   # (--amp off) on ML-1M, full vs sampled
+    python benchmarks/bench_item_loss.py --sampled_only --adamw loop   # torch's default AdamW on a CPU, a loop of
+                                                                  # element-wise passes (default: the trainer's, fused)
 
 --train_step times the trainer's forward_backward + optimizer_step at 3,706 items (benchmarks/bench_train.py's
 measure, configurations best_fp32 and best_fp32_sampled) and estimates the step at the larger catalogues as that
@@ -48,7 +50,7 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure(num_items: int, num_negatives: int, rows: int, repeats: int, threads: int) -> dict:
+def measure(num_items: int, num_negatives: int, rows: int, repeats: int, threads: int, fused: bool = True) -> dict:
     """Seconds of the item loss (forward + backward) and of AdamW on the item table, and the peak RSS."""
     torch.set_num_threads(threads)
     best = parse_args([f"@{CONFIGS / 'best.txt'}"])  # the item head's shape; one encoder layer: not timed here
@@ -60,7 +62,7 @@ def measure(num_items: int, num_negatives: int, rows: int, repeats: int, threads
     objective = MultiTaskObjective(model, best.task_weights, num_negatives=num_negatives,
                                    generator=torch.Generator().manual_seed(0))
     item_parameters = [model.item_embedding.weight, model.item_head.bias]
-    optimizer = torch.optim.AdamW(item_parameters, lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(item_parameters, lr=1e-3, weight_decay=0.0, fused=fused)  # fused: as the trainer's
     hidden_rows = torch.randn(rows, config.hidden_size, requires_grad=True)
     targets = torch.randint(1, num_items + 1, (rows,), generator=torch.Generator().manual_seed(1))
     real = torch.ones(rows, dtype=torch.bool)
@@ -81,11 +83,12 @@ def measure(num_items: int, num_negatives: int, rows: int, repeats: int, threads
 
 
 def loss_table(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
-    cases = [(loss, items) for items in CATALOGUES for loss in ("full", "sampled")]
+    cases = [(loss, items) for items in CATALOGUES for loss in ("full", "sampled") if not (args.sampled_only and
+                                                                                          loss == "full")]
     cases += [("sampled", items) for items in SAMPLED_ONLY]
     print(f"item loss forward + backward, then AdamW on the item table; {args.rows} loss rows x hidden 256, cosine "
           f"head, fp32, {args.threads} threads, median of {args.repeats} after one warm-up; sampled: "
-          f"{args.num_negatives} negatives\n")
+          f"{args.num_negatives} negatives; AdamW {args.adamw}\n")
     print("| loss | items | loss fwd+bwd (s) | x 3,706 | AdamW on the item table (s) | loss + AdamW (s) | x 3,706 "
           "| peak RSS (MB) | the loss's share of it (MB) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -93,7 +96,7 @@ def loss_table(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
     for loss, items in cases:
         negatives = args.num_negatives if loss == "sampled" else 0
         m = measured[loss, items] = in_fresh_process(measure, items, negatives, args.rows, args.repeats,
-                                                     args.threads)
+                                                     args.threads, args.adamw == "fused")
         base = measured[loss, CATALOGUES[0]]
         total, base_total = m["loss_s"] + m["adam_s"], base["loss_s"] + base["adam_s"]
         print(f"| {loss} | {items:,} | {m['loss_s']:.3f} | {m['loss_s'] / base['loss_s']:.2f} | {m['adam_s']:.3f} "
@@ -133,7 +136,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train_step", action="store_true", help="also time the best model's training step")
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "ml-1m"))
+    parser.add_argument("--adamw", choices=("fused", "loop"), default="fused",
+                        help="fused: the trainer's AdamW; loop: torch's default on a CPU")
+    parser.add_argument("--sampled_only", action="store_true", help="leave out the full softmax (minutes at 87,000)")
     args = parser.parse_args()
+    if args.sampled_only and args.train_step:
+        parser.error("--train_step compares the full softmax with the sampled loss: leave out --sampled_only")
     measured = loss_table(args)
     if args.train_step:
         train_step_estimate(args, measured)
