@@ -33,6 +33,14 @@ DEVICE_DEFAULTS = {
     "cuda": [f"@{CONFIGS / 'best.txt'}"],
 }
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that multiply bf16 in hardware
+# A short --max_minutes on a slow bf16 CPU: the best model's epoch on ML-1M is 289 steps of 164.4 GFLOP of matrix
+# products, which run at 38-41% of the CPU's bf16 matmul rate (benchmarks/bench_train.py --limit on two AVX-512-bf16
+# CPUs: 0.57 s a step at 763 GFLOP/s, 0.98 s at 400-422). Where the budget fits fewer than BEST_MIN_EPOCHS of its
+# epochs the small model with the sampled loss gives more (at 2.9 epochs: test NDCG@10 0.167 against 0.18,
+# docs/RESULTS.md#the-bf16-cpu-default-at-15-minutes), so a CPU that slow trains that instead.
+BEST_EPOCH_GFLOP = 289 * 164.4
+BEST_STEP_SHARE = 0.40
+BEST_MIN_EPOCHS = 4
 ML1M_USERS, ML1M_RATINGS = 6040, 1_000_209  # for the preflight memory estimate
 
 
@@ -190,6 +198,7 @@ def device_defaults(argv: list[str]) -> tuple[list[str], str]:
         return [], ""
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", default="auto")
+    device.add_argument("--max_minutes", type=float, default=None)
     name = device.parse_known_args(argv)[0].device
     if name.startswith("cuda") or (name == "auto" and cuda_available()):
         key, why = "cuda", "a CUDA GPU"
@@ -200,6 +209,15 @@ def device_defaults(argv: list[str]) -> tuple[list[str], str]:
                "a CPU without bf16 instructions (no avx512_bf16 or amx_bf16: bf16 would be emulated, about 17x "
                "slower than fp32)")
     flags = DEVICE_DEFAULTS[key]
+    budget = device.parse_known_args(argv)[0].max_minutes
+    if key == "cpu_bf16" and budget is not None and budget > 0:
+        rate = matmul_gflops()
+        epochs = budget * 60 * BEST_STEP_SHARE * rate / BEST_EPOCH_GFLOP
+        if epochs < BEST_MIN_EPOCHS:
+            flags = DEVICE_DEFAULTS["cpu"][:1]  # the given --max_minutes, not the AVX2 default's 45
+            why = (f"{why} too slow for the best model in --max_minutes {budget:g}: bf16 matmul {rate:.0f} GFLOP/s "
+                   f"fits about {epochs:.1f} of its epochs, fewer than {BEST_MIN_EPOCHS}, where this configuration "
+                   "gives more")
     shown = " ".join(Path(flag[1:]).relative_to(CONFIGS.parent).as_posix() if flag.startswith("@") else flag
                      for flag in flags)
     return flags, f"{shown}, the best measured configuration for {why}; an @config file or flags override it"
@@ -216,6 +234,25 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
     line = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
     flags = set(line.group(1).split()) if line else set()
     return [flag for flag in BF16_CPU_FLAGS if flag in flags]
+
+
+def matmul_gflops(dtype: str = "bfloat16", size: int = 1024, repeats: int = 5) -> float:
+    """This CPU's rate on a square matrix product in GFLOP/s (dtype: a torch dtype's name), the median of `repeats`
+    products after one warm-up, with torch's current threads (the bf16 default: about 30 ms on a CPU that multiplies
+    bf16 in hardware). Another job on the cores lowers it."""
+    import statistics
+    import time
+
+    import torch
+
+    a, b = (torch.randn(size, size).to(getattr(torch, dtype)) for _ in range(2))
+    a @ b
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(seconds) / 1e9
 
 
 def cuda_available() -> bool:
@@ -258,7 +295,8 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
         description="Train the enhanced BERT4Rec on MovieLens 1M (multi-task, full-ranking evaluation). Without an "
                     "@config file, `python trainer.py` starts from the best measured configuration for its device: "
                     f"{' '.join(DEVICE_DEFAULTS['cpu_bf16'])} on a GPU or a CPU with bf16 instructions, "
-                    f"{' '.join(DEVICE_DEFAULTS['cpu'])} on other CPUs (later flags override them). The defaults "
+                    f"{' '.join(DEVICE_DEFAULTS['cpu'])} on other CPUs and on bf16 CPUs whose --max_minutes fits fewer "
+                    f"than {BEST_MIN_EPOCHS} of the best model's epochs (later flags override them). The defaults "
                     "listed below are the seed's "
                     "(@configs/seed.txt).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

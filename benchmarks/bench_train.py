@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.fresh_process import in_fresh_process, peak_rss_mb  # noqa: E402
 from data_processor import eval_inputs  # noqa: E402
 from train_config import CONFIGS, parse_args, validate_config  # noqa: E402
+from train_config import matmul_gflops as probe_gflops  # noqa: E402
 from trainer import (  # noqa: E402
     data_to_tensors,
     epoch_batches,
@@ -114,17 +115,9 @@ def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: i
 
 
 def matmul_gflops(dtype: str, size: int, threads: int) -> float:
-    """This CPU's rate on one large square matmul (median of 3 after one warm-up)."""
+    """This CPU's rate on one large square matmul (median of 3 after one warm-up; the trainer's own probe)."""
     torch.set_num_threads(threads)
-    a = torch.randn(size, size).to(getattr(torch, dtype))
-    b = torch.randn(size, size).to(getattr(torch, dtype))
-    a @ b
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return 2 * size ** 3 / statistics.median(times) / 1e9
+    return probe_gflops(dtype, size, repeats=3)
 
 
 def table_row(name: str, m: dict, limits: dict[str, float]) -> str:

@@ -503,6 +503,37 @@ def test_defaults_per_device_and_the_seed_one_flag_away(monkeypatch):
     assert parse_args([], use_device_defaults=False) == TrainConfig()
 
 
+def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_small_sampled_model(monkeypatch):
+    monkeypatch.setattr(train_config, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    rates = []
+    monkeypatch.setattr(train_config, "matmul_gflops", lambda: rates.pop())
+    small = parse_args([f"@{REPO / 'configs' / 'cpu_sampled.txt'}", "--max_minutes", "15", "--device", "cpu"])
+    best = parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--max_minutes", "15", "--device", "cpu"])
+    # 15 minutes at 0.40 x 422 GFLOP/s: 15 x 60 x 168.8 / (289 x 164.4) = 3.2 of the best model's epochs
+    rates.append(422.0)
+    slow = parse_args(["--device", "cpu", "--max_minutes", "15"], use_device_defaults=True)
+    assert slow == small and slow.max_minutes == 15.0
+    assert slow.defaults.startswith("configs/cpu_sampled.txt, the best measured configuration for a CPU that "
+                                    "multiplies bf16 in hardware (avx512_bf16) too slow for the best model in "
+                                    "--max_minutes 15: bf16 matmul 422 GFLOP/s fits about 3.2 of its epochs, fewer "
+                                    "than 4")
+    rates.append(763.0)  # 5.8 epochs
+    assert parse_args(["--device", "cpu", "--max_minutes", "15"], use_device_defaults=True) == best
+    rates.append(422.0)  # 30 minutes at 422: 6.4 epochs
+    assert parse_args(["--device", "cpu", "--max_minutes", "30"], use_device_defaults=True).hidden_size == 256
+    # no budget, a config file, or an AVX2 CPU: nothing to probe (the list is empty, so a probe would raise)
+    assert parse_args(["--device", "cpu"], use_device_defaults=True).hidden_size == 256
+    assert parse_args(["@configs/best.txt", "--max_minutes", "1"], use_device_defaults=True).hidden_size == 256
+    monkeypatch.setattr(train_config, "cpu_bf16_flags", lambda: [])
+    assert parse_args(["--device", "cpu", "--max_minutes", "1"], use_device_defaults=True) == replace(
+        small, max_minutes=1.0)
+
+
+def test_the_matmul_probe_measures_a_real_product():
+    fp32 = train_config.matmul_gflops("float32", size=128, repeats=3)
+    assert 0.1 < fp32 < 100_000  # 4.2 MFLOP a product on any CPU from a laptop's to a server's
+
+
 def test_the_cpu_probe_reads_the_bf16_flags_of_proc_cpuinfo():
     avx2 = "processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\nbogomips\t: 4890.85\n"
     avx512_bf16 = avx2.replace("avx2 fma", "avx2 avx512f avx512_bf16 fma")
