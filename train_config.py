@@ -213,11 +213,13 @@ def device_defaults(argv: list[str]) -> tuple[list[str], str]:
     if key == "cpu_bf16" and budget is not None and budget > 0:
         rate = matmul_gflops()
         epochs = budget * 60 * BEST_STEP_SHARE * rate / BEST_EPOCH_GFLOP
+        fits = f"bf16 matmul {rate:.0f} GFLOP/s fits about {epochs:.1f} of the best model's epochs"
         if epochs < BEST_MIN_EPOCHS:
             flags = DEVICE_DEFAULTS["cpu"][:1]  # the given --max_minutes, not the AVX2 default's 45
-            why = (f"{why} too slow for the best model in --max_minutes {budget:g}: bf16 matmul {rate:.0f} GFLOP/s "
-                   f"fits about {epochs:.1f} of its epochs, fewer than {BEST_MIN_EPOCHS}, where this configuration "
-                   "gives more")
+            why = (f"{why} too slow for the best model in --max_minutes {budget:g}: {fits}, fewer than "
+                   f"{BEST_MIN_EPOCHS}, where this configuration gives more")
+        else:
+            why = f"{why}: {fits} in --max_minutes {budget:g}"
     shown = " ".join(Path(flag[1:]).relative_to(CONFIGS.parent).as_posix() if flag.startswith("@") else flag
                      for flag in flags)
     return flags, f"{shown}, the best measured configuration for {why}; an @config file or flags override it"
