@@ -533,7 +533,8 @@ def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_small_sampled_model(monkey
 
 def test_the_matmul_probe_measures_a_real_product():
     fp32 = train_config.matmul_gflops("float32", size=128, repeats=3)
-    assert 0.1 < fp32 < 100_000  # 4.2 MFLOP a product on any CPU from a laptop's to a server's
+    # 4.2 MFLOP a product: a rate, finite and positive; no lower bound (another job on the cores can slow it 1000x)
+    assert 0 < fp32 < 100_000 and math.isfinite(fp32)
 
 
 def test_the_cpu_probe_reads_the_bf16_flags_of_proc_cpuinfo():
