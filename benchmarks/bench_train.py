@@ -117,7 +117,7 @@ def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: i
 def matmul_gflops(dtype: str, size: int, threads: int) -> float:
     """This CPU's rate on one large square matmul (median of 3 after one warm-up; the trainer's own probe)."""
     torch.set_num_threads(threads)
-    return probe_gflops(dtype, size, repeats=3)
+    return probe_gflops(dtype, size, repeats=3, fastest=False)
 
 
 def table_row(name: str, m: dict, limits: dict[str, float]) -> str:
