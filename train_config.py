@@ -26,7 +26,8 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 # model (hidden 256, causal, the crop, the cosine item head, bf16, 12 epochs: test NDCG@10 0.2050 over three seeds,
 # 32.9 training minutes on a 2-core AVX-512-bf16 CPU); elsewhere (AVX2 CPUs emulate bf16 about 17x slower than
 # fp32) the small model with the sampled item loss (1,024 negatives: its step is 1.5x shorter than the full
-# softmax's) and a time-budget lr decay, ending by itself after 45 minutes.
+# softmax's) and a time-budget lr decay, ending by itself after 45 minutes; the same small model on a bf16 CPU too
+# slow for the best model in the --max_minutes given (device_defaults, below).
 DEVICE_DEFAULTS = {
     "cpu": [f"@{CONFIGS / 'cpu_sampled.txt'}", "--max_minutes", "45"],
     "cpu_bf16": [f"@{CONFIGS / 'best.txt'}"],
@@ -36,8 +37,8 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that
 # A short --max_minutes on a slow bf16 CPU: the best model's epoch on ML-1M is 289 steps of 164.4 GFLOP of matrix
 # products, which run at 38-41% of the CPU's bf16 matmul rate (benchmarks/bench_train.py --limit on two AVX-512-bf16
 # CPUs: 0.57 s a step at 763 GFLOP/s, 0.98 s at 400-422). Where the budget fits fewer than BEST_MIN_EPOCHS of its
-# epochs the small model with the sampled loss gives more (at 2.9 epochs: test NDCG@10 0.167 against 0.18,
-# docs/RESULTS.md#the-bf16-cpu-default-at-15-minutes), so a CPU that slow trains that instead.
+# epochs the small model with the sampled loss gives more (15 minutes, 3 epochs: test NDCG@10 0.1686
+# against 0.1821, docs/RESULTS.md#the-bf16-cpu-default-at-15-minutes), so a CPU that slow trains that instead.
 BEST_EPOCH_GFLOP = 289 * 164.4
 BEST_STEP_SHARE = 0.40
 BEST_MIN_EPOCHS = 4
