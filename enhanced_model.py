@@ -509,8 +509,11 @@ class EnhancedBERT4Rec(nn.Module):
         """item_logits' columns of each row's own target, (N,) for targets (N,), and of shared negatives, (N, S) for
         negatives (S,): the sampled item loss's scores, without the (N, num_items) matrix."""
         head = self.item_head
-        return head.sampled_scores(hidden_rows, self.output_item_rows(targets), head.bias[targets],
-                                   self.output_item_rows(negatives), head.bias[negatives])
+        # one lookup of targets and negatives together: each lookup's backward fills a gradient of the whole table
+        items = torch.cat([targets, negatives])
+        rows, bias = self.output_item_rows(items), head.bias[items]
+        n = len(targets)
+        return head.sampled_scores(hidden_rows, rows[:n], bias[:n], rows[n:], bias[n:])
 
     def item_logits(self, hidden_rows: Tensor) -> Tensor:
         """Scores (N, num_items+2) of every item for N hidden rows (gather the positions first: never call
