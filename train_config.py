@@ -200,7 +200,8 @@ def device_defaults(argv: list[str]) -> tuple[list[str], str]:
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", default="auto")
     device.add_argument("--max_minutes", type=float, default=None)
-    name = device.parse_known_args(argv)[0].device
+    known = device.parse_known_args(argv)[0]
+    name, budget = known.device, known.max_minutes
     if name.startswith("cuda") or (name == "auto" and cuda_available()):
         key, why = "cuda", "a CUDA GPU"
     else:
@@ -210,7 +211,6 @@ def device_defaults(argv: list[str]) -> tuple[list[str], str]:
                "a CPU without bf16 instructions (no avx512_bf16 or amx_bf16: bf16 would be emulated, about 17x "
                "slower than fp32)")
     flags = DEVICE_DEFAULTS[key]
-    budget = device.parse_known_args(argv)[0].max_minutes
     if key == "cpu_bf16" and budget is not None and budget > 0:
         rate = matmul_gflops()
         epochs = budget * 60 * BEST_STEP_SHARE * rate / BEST_EPOCH_GFLOP
