@@ -104,6 +104,11 @@ def metadata_stage(folder: str, cache_dir: str) -> dict:
     return _stopwatch(data_processor.save_metadata, data, Path(cache_dir) / "metadata.json")
 
 
+def seconds_text(seconds: float) -> str:
+    """Two decimals, or two significant digits below 0.01 s (a tiny stage's reload is not 0.00 s)."""
+    return f"{seconds:.2f}" if seconds >= 0.01 else f"{seconds:.1e}"
+
+
 def model_flags(model: str, num_negatives: int) -> list[str]:
     return [*MODELS[model][1], "--item_loss", "sampled", "--num_negatives", str(num_negatives)]
 
@@ -163,7 +168,7 @@ def render(records: list[dict], work: Path) -> None:
     training step against the catalogue) from every record so far."""
     records.sort(key=lambda r: (r["events"], r["items"], STAGES.index(r["stage"]), r.get("model", "")))
     rows = ["| events | users | items | stage | seconds | peak RSS (GB) | note |", "|---|---|---|---|---|---|---|"]
-    rows += [f"| {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['stage']} | {r['seconds']:.2f} "
+    rows += [f"| {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['stage']} | {seconds_text(r['seconds'])} "
              f"| {r['peak_mb'] / 1024:.2f} | {r.get('note', '')} |" for r in records]
     (work / "scale.md").write_text("\n".join(rows) + "\n")
     from plots import plot_scale

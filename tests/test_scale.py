@@ -8,7 +8,7 @@ import pytest
 
 import readers
 from benchmarks.scale import main as scale_main
-from benchmarks.scale import parse_size, shape
+from benchmarks.scale import parse_size, seconds_text, shape
 from benchmarks.synthetic_movielens import MIN_EVENTS, main, write_synthetic_movielens
 
 USERS, ITEMS, EVENTS = 100, 2000, 5000
@@ -66,7 +66,8 @@ def test_scale_writes_a_table_of_each_stage_at_each_size(tmp_path):
     rows = (tmp_path / "scale.md").read_text().splitlines()[2:]
     assert [row.split(" | ")[:4] for row in rows] == [
         *(["| 1,000", "6", "400", stage] for stage in stages), *(["| 2,000", "13", "400", stage] for stage in stages)]
-    assert all(float(row.split(" | ")[4]) > 0 for row in rows)
+    assert all(float(row.split(" | ")[4]) > 0 for row in rows)  # a stage under 0.01 s keeps two digits, not 0.00
+    assert (seconds_text(101.944), seconds_text(0.0312), seconds_text(0.00314)) == ("101.94", "0.03", "3.1e-03")
     assert (tmp_path / "events_2000_items_400" / "cache" / "metadata.json").is_file()
     assert len(list((tmp_path / "events_2000_items_400" / "cache").glob("*/cache.json"))) == 1  # the processed arrays
 
