@@ -431,14 +431,17 @@ class EnhancedBERT4Rec(nn.Module):
         day_of_year: Tensor | None = None,
         user_idx: Tensor | None = None,
         return_attention: bool = False,
+        item_embeds: Tensor | None = None,
         **user_features: Tensor,
     ) -> EncoderOutput:
         """Encode left-padded item sequences (B, T <= seq_length); day_of_year (B, T), user_idx (B,) and each user
         feature by its name (config.user_features: (B,) indices, or (B, size) multi-hot; ML-1M: gender=, age=,
         occupation=) are required only when their part is switched on. The newest position is always at
-        seq_length - 1, so a shorter T equals the same sequence with more left padding."""
+        seq_length - 1, so a shorter T equals the same sequence with more left padding. item_embeds (B, T, H), when
+        given, are item_seq's rows of item_embedding already looked up (a training step looks every item it reads up
+        at once: each lookup's backward writes a gradient the size of the whole item table)."""
         self._check_inputs(item_seq, day_of_year, user_idx, user_features)
-        x = self.input_dropout(self.input_norm(self._embed_sequence(item_seq, day_of_year)))
+        x = self.input_dropout(self.input_norm(self._embed_sequence(item_seq, day_of_year, item_embeds)))
         cross_weights = None
         if self.user_meta is not None:
             values = [user_features[feature["name"]] for feature in self.config.user_features]
@@ -449,11 +452,17 @@ class EnhancedBERT4Rec(nn.Module):
             cross_weights = cross_weights.mean(dim=1)  # (B, T, n_user_tokens): one distribution per position
         return EncoderOutput(hidden=hidden, self_attention=self_weights, cross_attention=cross_weights)
 
-    def _embed_sequence(self, item_seq: Tensor, day_of_year: Tensor | None) -> Tensor:
+    def _embed_sequence(self, item_seq: Tensor, day_of_year: Tensor | None, item_embeds: Tensor | None) -> Tensor:
         """item + position (+ day of year) (+ item features): the query of the cross-attention."""
         T = item_seq.size(1)
         positions = torch.arange(self.config.seq_length - T, self.config.seq_length, device=item_seq.device)
-        embeds = self.item_embedding(item_seq) + self.position_embedding(positions)
+        if item_embeds is None:
+            item_embeds = self.item_embedding(item_seq)
+        elif item_embeds.shape != (*item_seq.shape, self.config.hidden_size):
+            expected = (*item_seq.shape, self.config.hidden_size)
+            raise ValueError(f"item_embeds must be item_seq's embedding rows, {expected}, got "
+                             f"{tuple(item_embeds.shape)}")
+        embeds = item_embeds + self.position_embedding(positions)
         if self.day_embedding is not None:
             embeds = embeds + self.day_embedding(day_of_year)
         if self.item_meta is not None:
@@ -497,21 +506,23 @@ class EnhancedBERT4Rec(nn.Module):
         every_item = torch.arange(self.config.item_vocab_size, device=self.item_embedding.weight.device)
         return self.item_embedding.weight + self.item_meta(every_item[None])[0]
 
-    def output_item_rows(self, items: Tensor) -> Tensor:
+    def output_item_rows(self, items: Tensor, item_embeds: Tensor | None = None) -> Tensor:
         """output_item_table()'s rows of these items (any shape; rows along a new last dimension), computed for
-        them alone."""
-        rows = self.item_embedding(items)
+        them alone; item_embeds: their item_embedding rows, where the caller looked them up already."""
+        rows = self.item_embedding(items) if item_embeds is None else item_embeds
         if self.config.item_side_output:
             rows = rows + self.item_meta(items)
         return rows
 
-    def sampled_item_logits(self, hidden_rows: Tensor, targets: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
+    def sampled_item_logits(self, hidden_rows: Tensor, targets: Tensor, negatives: Tensor,
+                            item_embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """item_logits' columns of each row's own target, (N,) for targets (N,), and of shared negatives, (N, S) for
-        negatives (S,): the sampled item loss's scores, without the (N, num_items) matrix."""
+        negatives (S,): the sampled item loss's scores, without the (N, num_items) matrix. item_embeds (N + S, H):
+        the item_embedding rows of targets then negatives, where the caller looked them up already."""
         head = self.item_head
         # one lookup of targets and negatives together: each lookup's backward fills a gradient of the whole table
         items = torch.cat([targets, negatives])
-        rows, bias = self.output_item_rows(items), head.bias[items]
+        rows, bias = self.output_item_rows(items, item_embeds), head.bias[items]
         n = len(targets)
         return head.sampled_scores(hidden_rows, rows[:n], bias[:n], rows[n:], bias[n:])
 
@@ -525,12 +536,16 @@ class EnhancedBERT4Rec(nn.Module):
         against target - 1 equals cross-entropy of item_logits against target (exp(-inf) adds nothing)."""
         return self.item_head.real_item_logits(hidden_rows, self.output_item_table())
 
-    def predict_rating(self, hidden_rows: Tensor, item_idx: Tensor, user_idx: Tensor | None = None) -> Tensor:
+    def predict_rating(self, hidden_rows: Tensor, item_idx: Tensor, user_idx: Tensor | None = None,
+                       item_embeds: Tensor | None = None) -> Tensor:
         """Rating in [1, 5], (N,), of candidate item_idx (N,) at the positions of hidden_rows (N, H), for users
-        user_idx (N,); None (or index 0) leaves the user bias out, as for a new user."""
+        user_idx (N,); None (or index 0) leaves the user bias out, as for a new user. item_embeds (N, H): item_idx's
+        item_embedding rows, where the caller looked them up already."""
         if self.rating_head is None:
             raise RuntimeError("the rating head is switched off (use_rating_head=False)")
-        return self.rating_head(hidden_rows, self.item_embedding(item_idx), item_idx, user_idx)
+        if item_embeds is None:
+            item_embeds = self.item_embedding(item_idx)
+        return self.rating_head(hidden_rows, item_embeds, item_idx, user_idx)
 
     def set_rating_baseline(self, mean: float, user_bias: Tensor | np.ndarray, item_bias: Tensor | np.ndarray) -> None:
         """Fill the rating head's bias baseline: user_bias indexed by user index (up to num_users + 1 entries),

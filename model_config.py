@@ -94,7 +94,7 @@ ML1M_USER_FEATURES = ({"name": "gender", "kind": "categorical", "size": 3},
                       {"name": "occupation", "kind": "categorical", "size": 22})
 ENCODED_KINDS = ("categorical", "multi", "bucketed")
 # Arguments of EnhancedBERT4Rec.forward: user features are passed by their names beside them
-RESERVED_NAMES = ("item_seq", "day_of_year", "user_idx", "return_attention", "identity")
+RESERVED_NAMES = ("item_seq", "day_of_year", "user_idx", "return_attention", "item_embeds", "identity")
 # Keys of checkpoints written before features were declared, and where each size now lives
 _LEGACY_SIZES = {"num_genres": ("item_features", "genres"), "num_years": ("item_features", "year"),
                  "num_genders": ("user_features", "gender"), "num_ages": ("user_features", "age"),

@@ -271,23 +271,35 @@ class MultiTaskObjective(nn.Module):
             raise ValueError(f"batches made with mask_last={batch['mask_last']} do not fit next_item weight "
                              f"{weights['next_item']}: mask_last must be on exactly when the next-item task is")
         item_seq = batch["masked_seq"]
-        hidden = self.model(item_seq, batch["days"], **batch["user"]).hidden
         is_cloze = batch["masked"] if weights["item_prediction"] > 0 else torch.zeros_like(batch["masked"])
         is_next = torch.zeros_like(is_cloze)
         if weights["next_item"] > 0:
             is_next[:, -1] = True
         index, real = target_index(is_cloze | is_next, self.row_bucket)
-        rows = hidden.flatten(0, 1)[index]
         targets = batch["targets"].flatten()[index]
+        negatives = log_q = None
+        if self.num_negatives > 0:
+            negatives, log_q = draw_negatives(targets[real], self.model.config.num_items, self.num_negatives,
+                                              self.generator)
+        # Every item row of the step in one lookup (the windows' items, the targets, the negatives): each lookup's
+        # backward writes a gradient the size of the whole item table, which dominates the step's growth with the
+        # catalogue.
+        items = [item_seq.flatten(), targets] + ([negatives] if negatives is not None else [])
+        seq_embeds, target_embeds, *negative_embeds = self.model.item_embedding(torch.cat(items)).split(
+            [len(part) for part in items])
+        hidden = self.model(item_seq, batch["days"], item_embeds=seq_embeds.view(*item_seq.shape, -1),
+                            **batch["user"]).hidden
+        rows = hidden.flatten(0, 1)[index]
         next_rows = is_next.flatten()[index] & real
-        nll = self.item_nll(rows, targets, real)
+        sample = None if negatives is None else (negatives, log_q, torch.cat([target_embeds, *negative_embeds]))
+        nll = self.item_nll(rows, targets, real, sample)
         if weights["item_prediction"] > 0:
             losses["item_prediction"] = masked_mean(nll, real & ~next_rows)
         if weights["next_item"] > 0:
             losses["next_item"] = masked_mean(nll, next_rows)
         if weights["rating_prediction"] > 0:
             users = batch["user"]["user_idx"].unsqueeze(1).expand_as(item_seq).flatten()[index]
-            predicted = self.model.predict_rating(rows, targets, users).float()
+            predicted = self.model.predict_rating(rows, targets, users, target_embeds).float()
             true = batch["target_ratings"].flatten()[index].float()
             losses["rating_prediction"] = masked_mean((predicted - true).square(), real)
         if weights["user_preference"] > 0:
@@ -297,15 +309,22 @@ class MultiTaskObjective(nn.Module):
         return losses
 
 
-    def item_nll(self, rows: torch.Tensor, targets: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    def item_nll(self, rows: torch.Tensor, targets: torch.Tensor, real: torch.Tensor,
+                 sample: tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
+                 ) -> torch.Tensor:
         """The item losses' cross-entropy of each row against its target: over every item, or with num_negatives >
         0 over the target and the step's shared negatives (draw_negatives, sampled_softmax_nll). Computed in fp32
-        whatever the autocast."""
+        whatever the autocast. sample: the negatives and log q already drawn, with the item_embedding rows of
+        targets then negatives; without it they are drawn and looked up here."""
         if self.num_negatives == 0:
             return softmax_nll(self.model.real_item_logits(rows), targets - 1)
-        negatives, log_q = draw_negatives(targets[real], self.model.config.num_items, self.num_negatives,
-                                          self.generator)
-        target_logits, negative_logits = self.model.sampled_item_logits(rows, targets, negatives)
+        if sample is None:
+            negatives, log_q = draw_negatives(targets[real], self.model.config.num_items, self.num_negatives,
+                                              self.generator)
+            item_embeds = None
+        else:
+            negatives, log_q, item_embeds = sample
+        target_logits, negative_logits = self.model.sampled_item_logits(rows, targets, negatives, item_embeds)
         return sampled_softmax_nll(target_logits.float(), negative_logits, log_q(targets), log_q(negatives),
                                    negatives.unsqueeze(0) == targets.unsqueeze(1))
 

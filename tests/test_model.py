@@ -161,7 +161,13 @@ def test_features_are_declared_per_dataset():
         model(**{key: value for key, value in inputs.items() if key != "topics"})
     with pytest.raises(ValueError, match="'colour' is not a user feature"):
         model(**inputs, colour=torch.ones(B, dtype=torch.long))
+    # the item rows a training step looks up itself give the same encoding; rows of another shape are refused
+    torch.testing.assert_close(model(**inputs, item_embeds=model.item_embedding(item_seq)).hidden,
+                               model(**inputs).hidden, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="item_embeds must be item_seq's embedding rows"):
+        model(**inputs, item_embeds=model.item_embedding(item_seq[:, 1:]))
     for bad, message in ((dict(user_features=[{"name": "user_idx", "kind": "categorical", "size": 3}]), "rename"),
+                         (dict(user_features=[{"name": "item_embeds", "kind": "categorical", "size": 3}]), "rename"),
                          (dict(item_features=[{"name": "a", "kind": "display", "size": 3}]), "kind 'display'"),
                          (dict(item_features=[{"name": "a", "kind": "multi", "size": 0}]), "positive integer size"),
                          (dict(preference_feature="year"), "not a multi item feature"),

@@ -171,11 +171,8 @@ def test_the_proposal_s_frequencies_are_its_q():
     torch.testing.assert_close(frequency, log_q(torch.arange(1, 9)).exp(), atol=3e-3, rtol=0)
 
 
-@pytest.mark.parametrize("amp", ["off", "bf16"])
-@pytest.mark.parametrize("cosine_temperature", [0.0, 0.05])
-def test_the_objective_trains_with_sampled_negatives(cosine_temperature, amp):
-    model = tiny_model(cosine_temperature=cosine_temperature, use_item_side_info=False, use_preference_head=False,
-                       dropout=0.0)
+def two_window_batch() -> dict:
+    """A causal batch of two windows of the tiny model's 40 items, the newest position masked."""
     windows = {
         "window_items": torch.tensor([[0, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6]]),
         "window_ratings": torch.tensor([[0, 5, 4, 3, 4, 4], [1, 2, 3, 4, 5, 5]]),
@@ -184,9 +181,17 @@ def test_the_objective_trains_with_sampled_negatives(cosine_temperature, amp):
         "user:age": torch.tensor([0, 3, 5]), "user:occupation": torch.tensor([0, 11, 21]),
         "user_preference_profile": torch.eye(3),
     }
+    return make_batch(windows, torch.tensor([0, 1]), 41, 0.5, 0.0, 0.0, torch.Generator().manual_seed(1),
+                      mask_last=True, causal=True)
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+@pytest.mark.parametrize("cosine_temperature", [0.0, 0.05])
+def test_the_objective_trains_with_sampled_negatives(cosine_temperature, amp):
+    model = tiny_model(cosine_temperature=cosine_temperature, use_item_side_info=False, use_preference_head=False,
+                       dropout=0.0)
     weights = {"item_prediction": 1.0, "next_item": 0.5, "rating_prediction": 0.3, "user_preference": 0.0}
-    batch = make_batch(windows, torch.tensor([0, 1]), 41, 0.5, 0.0, 0.0, torch.Generator().manual_seed(1),
-                       mask_last=True, causal=True)
+    batch = two_window_batch()
     objective = MultiTaskObjective(model, weights, 8, num_negatives=16, generator=torch.Generator().manual_seed(2))
     with torch.autocast("cpu", torch.bfloat16, enabled=amp == "bf16"):
         losses = objective(batch)
@@ -251,3 +256,62 @@ def test_as_many_negatives_as_items_trains_the_full_softmax_and_says_so(syntheti
         assert (note in done.stdout) is (loss == "full")
         results = json.loads((tmp_path / negatives / "results.json").read_text())
         assert results["train_config"]["item_loss"] == loss
+
+
+def uses_of(loss: torch.Tensor, parameter: torch.Tensor) -> int:
+    """How many edges of loss's autograd graph lead into parameter: one per lookup or other use of it."""
+    seen, stack, uses = set(), [loss.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is not None and getattr(child, "variable", None) is parameter:
+                uses += 1
+            stack.append(child)
+    return uses
+
+
+@pytest.mark.parametrize("item_side_output", [False, True])
+@pytest.mark.parametrize("num_negatives", [0, 16])
+def test_a_step_looks_every_item_row_up_once_with_the_same_losses_and_gradients(num_negatives, item_side_output):
+    model = tiny_model(cosine_temperature=0.05, use_preference_head=False, dropout=0.0,
+                       item_side_output=item_side_output)
+    weights = {"item_prediction": 1.0, "next_item": 0.5, "rating_prediction": 0.3, "user_preference": 0.0}
+    batch = two_window_batch()
+    objective = MultiTaskObjective(model, weights, 8, num_negatives=num_negatives,
+                                   generator=torch.Generator().manual_seed(2))
+    losses = objective(batch)
+    table = model.item_embedding.weight
+    # the sampled loss reads the table through one lookup; the full softmax also scores the whole table
+    assert uses_of(losses["total"], table) == 1 + (num_negatives == 0)
+    losses["total"].backward()
+    gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    # the same step with a lookup per use, through the model's own methods
+    model.zero_grad()
+    item_seq = batch["masked_seq"]
+    hidden = model(item_seq, batch["days"], **batch["user"]).hidden
+    next_position = torch.zeros_like(batch["masked"])
+    next_position[:, -1] = True
+    rows_at = batch["masked"] | next_position
+    rows, targets = hidden[rows_at], batch["targets"][rows_at]
+    is_next = next_position[rows_at]
+    if num_negatives:
+        negatives, log_q = draw_negatives(targets, 40, num_negatives, torch.Generator().manual_seed(2))
+        target_logits, negative_logits = model.sampled_item_logits(rows, targets, negatives)
+        nll = sampled_softmax_nll(target_logits, negative_logits, log_q(targets), log_q(negatives),
+                                  negatives.unsqueeze(0) == targets.unsqueeze(1))
+    else:
+        nll = softmax_nll(model.real_item_logits(rows), targets - 1)
+    users = batch["user"]["user_idx"].unsqueeze(1).expand_as(item_seq)[rows_at]
+    rating = (model.predict_rating(rows, targets, users) - batch["target_ratings"][rows_at].float()).square().mean()
+    expected = {"item_prediction": nll[~is_next].mean(), "next_item": nll[is_next].mean(), "rating_prediction": rating}
+    for task, loss in expected.items():
+        torch.testing.assert_close(losses[task], loss)
+    sum(weights[task] * loss for task, loss in expected.items()).backward()
+    assert uses_of(rating, table) == 2  # the reference did look the rows up separately
+    for name, p in model.named_parameters():
+        if name in gradients:
+            torch.testing.assert_close(gradients[name], p.grad, msg=name)
