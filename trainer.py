@@ -284,22 +284,21 @@ class MultiTaskObjective(nn.Module):
         # Every item row of the step in one lookup (the windows' items, the targets, the negatives): each lookup's
         # backward writes a gradient the size of the whole item table, which dominates the step's growth with the
         # catalogue.
-        items = [item_seq.flatten(), targets] + ([negatives] if negatives is not None else [])
-        seq_embeds, target_embeds, *negative_embeds = self.model.item_embedding(torch.cat(items)).split(
-            [len(part) for part in items])
-        hidden = self.model(item_seq, batch["days"], item_embeds=seq_embeds.view(*item_seq.shape, -1),
+        looked_up = self.model.item_embedding(torch.cat([item_seq.flatten(), targets] + (
+            [negatives] if negatives is not None else [])))
+        window_rows, output_rows = looked_up[:item_seq.numel()], looked_up[item_seq.numel():]  # targets, negatives
+        hidden = self.model(item_seq, batch["days"], item_embeds=window_rows.view(*item_seq.shape, -1),
                             **batch["user"]).hidden
         rows = hidden.flatten(0, 1)[index]
         next_rows = is_next.flatten()[index] & real
-        sample = None if negatives is None else (negatives, log_q, torch.cat([target_embeds, *negative_embeds]))
-        nll = self.item_nll(rows, targets, real, sample)
+        nll = self.item_nll(rows, targets, real, None if negatives is None else (negatives, log_q, output_rows))
         if weights["item_prediction"] > 0:
             losses["item_prediction"] = masked_mean(nll, real & ~next_rows)
         if weights["next_item"] > 0:
             losses["next_item"] = masked_mean(nll, next_rows)
         if weights["rating_prediction"] > 0:
             users = batch["user"]["user_idx"].unsqueeze(1).expand_as(item_seq).flatten()[index]
-            predicted = self.model.predict_rating(rows, targets, users, target_embeds).float()
+            predicted = self.model.predict_rating(rows, targets, users, output_rows[:len(targets)]).float()
             true = batch["target_ratings"].flatten()[index].float()
             losses["rating_prediction"] = masked_mean((predicted - true).square(), real)
         if weights["user_preference"] > 0:
