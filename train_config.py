@@ -26,19 +26,22 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 # model (hidden 256, causal, the crop, the cosine item head, bf16, 12 epochs: test NDCG@10 0.2050 over three seeds,
 # 32.9 training minutes on a 2-core AVX-512-bf16 CPU); elsewhere (AVX2 CPUs emulate bf16 about 17x slower than
 # fp32) the small model with the sampled item loss (1,024 negatives: its step is 1.5x shorter than the full
-# softmax's) and a time-budget lr decay, ending by itself after 45 minutes; the same small model on a bf16 CPU too
-# slow for the best model in the --max_minutes given (device_defaults, below).
+# softmax's) and a time-budget lr decay, ending by itself after 45 minutes; on a bf16 CPU too slow for the best
+# model in the --max_minutes given (device_defaults, below), a model between the two: the best model's recipe at
+# hidden 128 with 2 layers and the sampled loss, in bf16.
 DEVICE_DEFAULTS = {
     "cpu": [f"@{CONFIGS / 'cpu_sampled.txt'}", "--max_minutes", "45"],
     "cpu_bf16": [f"@{CONFIGS / 'best.txt'}"],
+    "cpu_bf16_short": [f"@{CONFIGS / 'bf16_small.txt'}"],
     "cuda": [f"@{CONFIGS / 'best.txt'}"],
 }
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that multiply bf16 in hardware
 # A short --max_minutes on a slow bf16 CPU: the best model's epoch on ML-1M is 289 steps of 164.4 GFLOP of matrix
 # products, which run at 38-41% of the CPU's bf16 matmul rate (benchmarks/bench_train.py --limit on two AVX-512-bf16
 # CPUs: 0.57 s a step at 763 GFLOP/s, 0.98 s at 400-422). Where the budget fits fewer than BEST_MIN_EPOCHS of its
-# epochs the small model with the sampled loss gives more (15 minutes, 3 epochs: test NDCG@10 0.1686
-# against 0.1821, docs/RESULTS.md#the-bf16-cpu-default-at-15-minutes), so a CPU that slow trains that instead.
+# epochs a smaller model gives more (15 minutes, 3 epochs: test NDCG@10 0.1686 against 0.1872 for
+# configs/bf16_small.txt and 0.1821 for the AVX2 default, docs/RESULTS.md#the-bf16-cpu-default-at-15-minutes), so a
+# CPU that slow trains configs/bf16_small.txt instead.
 BEST_EPOCH_GFLOP = 289 * 164.4
 BEST_STEP_SHARE = 0.40
 BEST_MIN_EPOCHS = 4
@@ -216,7 +219,7 @@ def device_defaults(argv: list[str]) -> tuple[list[str], str]:
         epochs = budget * 60 * BEST_STEP_SHARE * rate / BEST_EPOCH_GFLOP
         fits = f"bf16 matmul {rate:.0f} GFLOP/s fits about {epochs:.1f} of the best model's epochs"
         if epochs < BEST_MIN_EPOCHS:
-            flags = DEVICE_DEFAULTS["cpu"][:1]  # the given --max_minutes, not the AVX2 default's 45
+            flags = DEVICE_DEFAULTS["cpu_bf16_short"]  # under the given --max_minutes
             why = (f"{why} too slow for the best model in --max_minutes {budget:g}: {fits}, fewer than "
                    f"{BEST_MIN_EPOCHS}, where this configuration gives more")
         else:
@@ -299,8 +302,9 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
         description="Train the enhanced BERT4Rec on MovieLens 1M (multi-task, full-ranking evaluation). Without an "
                     "@config file, `python trainer.py` starts from the best measured configuration for its device: "
                     f"{' '.join(DEVICE_DEFAULTS['cpu_bf16'])} on a GPU or a CPU with bf16 instructions, "
-                    f"{' '.join(DEVICE_DEFAULTS['cpu'])} on other CPUs and on bf16 CPUs whose --max_minutes fits fewer "
-                    f"than {BEST_MIN_EPOCHS} of the best model's epochs (later flags override them). The defaults "
+                    f"{' '.join(DEVICE_DEFAULTS['cpu'])} on other CPUs, {' '.join(DEVICE_DEFAULTS['cpu_bf16_short'])} "
+                    f"on bf16 CPUs whose --max_minutes fits fewer than {BEST_MIN_EPOCHS} of the best model's epochs "
+                    "(later flags override them). The defaults "
                     "listed below are the seed's "
                     "(@configs/seed.txt).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -6,9 +6,10 @@ one run after another so that each has the machine to itself. Test figures come 
 (validation NDCG@10 against training minutes and epochs) into --out. Finished runs (results.json present) are
 read, not rerun; an interrupted run is resumed from its last.pt, so an interrupted benchmark continues.
 
-Without --config it trains the three configurations `python trainer.py` chooses between (PRESETS): the CPU default
-with the full softmax, the CPU default with the sampled item loss, and the best model (bf16: for machines that
-multiply bf16 in hardware). Any --config replaces all three, so on a CPU that emulates bf16 list the ones wanted:
+Without --config it trains the configurations `python trainer.py` chooses between (PRESETS): the small model with
+the sampled item loss (CPUs without bf16 instructions), the hidden-128 bf16 model (bf16 CPUs on a short budget) and
+the best model (bf16: for machines that multiply bf16 in hardware), with the small model's full softmax beside them.
+Any --config replaces all four, so on a CPU that emulates bf16 list the ones wanted:
 `--config cpu_full "@configs/cpu_small.txt" --config cpu_sampled "@configs/cpu_sampled.txt" --config best_fp32
 "@configs/best.txt --amp off"`.
 
@@ -37,6 +38,7 @@ from plots import plot_time_to_quality  # noqa: E402
 PRESETS = {  # the configurations compared when no --config is given: name -> trainer.py flags
     "cpu_full": "@configs/cpu_small.txt",
     "cpu_sampled": "@configs/cpu_sampled.txt",
+    "bf16_small": "@configs/bf16_small.txt",
     "best": "@configs/best.txt",
 }
 BUDGET_SHARES = (0.25, 0.5, 1.0)  # the table's "best validation NDCG@10 by this share of the budget" columns

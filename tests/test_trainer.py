@@ -503,17 +503,21 @@ def test_defaults_per_device_and_the_seed_one_flag_away(monkeypatch):
     assert parse_args([], use_device_defaults=False) == TrainConfig()
 
 
-def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_small_sampled_model(monkeypatch):
+def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_smaller_bf16_model(monkeypatch):
     monkeypatch.setattr(train_config, "cpu_bf16_flags", lambda: ["avx512_bf16"])
     rates = []
     monkeypatch.setattr(train_config, "matmul_gflops", lambda: rates.pop())
-    small = parse_args([f"@{REPO / 'configs' / 'cpu_sampled.txt'}", "--max_minutes", "15", "--device", "cpu"])
+    small = parse_args([f"@{REPO / 'configs' / 'bf16_small.txt'}", "--max_minutes", "15", "--device", "cpu"])
+    # the best model's recipe at hidden 128, 2 layers, with the sampled loss
+    assert small == parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--hidden_size", "128", "--num_layers", "2",
+                                "--item_loss", "sampled", "--num_negatives", "1024", "--max_epochs", "200",
+                                "--patience", "10", "--max_minutes", "15", "--device", "cpu"])
     best = parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--max_minutes", "15", "--device", "cpu"])
     # 15 minutes at 0.40 x 422 GFLOP/s: 15 x 60 x 168.8 / (289 x 164.4) = 3.2 of the best model's epochs
     rates.append(422.0)
     slow = parse_args(["--device", "cpu", "--max_minutes", "15"], use_device_defaults=True)
     assert slow == small and slow.max_minutes == 15.0
-    assert slow.defaults.startswith("configs/cpu_sampled.txt, the best measured configuration for a CPU that "
+    assert slow.defaults.startswith("configs/bf16_small.txt, the best measured configuration for a CPU that "
                                     "multiplies bf16 in hardware (avx512_bf16) too slow for the best model in "
                                     "--max_minutes 15: bf16 matmul 422 GFLOP/s fits about 3.2 of the best model's "
                                     "epochs, fewer than 4")
@@ -527,8 +531,8 @@ def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_small_sampled_model(monkey
     assert parse_args(["--device", "cpu"], use_device_defaults=True).hidden_size == 256
     assert parse_args(["@configs/best.txt", "--max_minutes", "1"], use_device_defaults=True).hidden_size == 256
     monkeypatch.setattr(train_config, "cpu_bf16_flags", lambda: [])
-    assert parse_args(["--device", "cpu", "--max_minutes", "1"], use_device_defaults=True) == replace(
-        small, max_minutes=1.0)
+    assert parse_args(["--device", "cpu", "--max_minutes", "1"], use_device_defaults=True) == parse_args(
+        [f"@{REPO / 'configs' / 'cpu_sampled.txt'}", "--max_minutes", "1", "--device", "cpu"])
 
 
 def test_the_matmul_probe_measures_a_real_product():
