@@ -133,7 +133,9 @@ def plot_scale(records: list[dict[str, Any]], path: str | Path) -> Path | None:
     for colour, model in enumerate(models):
         points = sorted({r["items"]: r["seconds"] for r in records
                          if r["stage"] == "train" and r["model"] == model}.items())
-        axes[1].plot(*zip(*points, strict=True), marker="o", color=f"C{colour}", label=f"{model} model, sampled loss")
+        loss = "full softmax" if model.endswith("_full") else "sampled loss"
+        axes[1].plot(*zip(*points, strict=True), marker="o", color=f"C{colour}",
+                     label=f"{model.removesuffix('_full')} model, {loss}")
     for axis, label in ((axes[0], "events"), (axes[1], "items in the catalogue")):
         axis.set_xscale("log")
         axis.set_yscale("log")

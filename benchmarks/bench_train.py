@@ -74,18 +74,26 @@ BENCH_CONFIGS = {  # --configs key: (table name, trainer.py flags)
 
 
 def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: int, cache_dir: str | None = None,
-            validate: bool = True) -> dict:
+            validate: bool = True, device: str = "cpu") -> dict:
     """Set one configuration's run up as trainer.py does and time its training steps and (validate) a full-ranking
-    validation pass of every user (eval_s; 0 without it). cache_dir: the processed arrays' cache (runs/cache)."""
+    validation pass of every user (eval_s; 0 without it). cache_dir: the processed arrays' cache (runs/cache).
+    On a GPU (device "cuda") each timed interval waits for the device's queue to empty at both ends, and
+    gpu_peak_mb is the largest memory torch allocated there (0 on a CPU)."""
     torch.set_num_threads(threads)
     config = parse_args(["--data_dir", data_dir, "--cache_dir", cache_dir or str(REPO / "runs" / "cache"), *flags,
-                         "--device", "cpu"])
+                         "--device", device])
     validate_config(config)
     run = start_run(config, setup_runtime(config))
     run.data_tensors = data_to_tensors(run.data, run.runtime.device)
     num_windows = len(run.data.window_users)
     batches = cycle(epoch_batches(window_shard(run.data.window_users, 0, 1), config.batch_size, run.generators[0]))
     run.objective.train()
+
+    on_gpu = run.runtime.device.type == "cuda"
+
+    def synchronize() -> None:
+        if on_gpu:
+            torch.cuda.synchronize(run.runtime.device)
 
     def step() -> None:
         forward_backward(run, next(batches))
@@ -97,21 +105,26 @@ def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: i
         step()
     times = []
     for _ in range(steps):
+        synchronize()
         started = time.perf_counter()
         step()
+        synchronize()
         times.append(time.perf_counter() - started)
     train_rss_mb = peak_rss_mb()
     eval_s = 0.0
     if validate:
         val_split = to_eval_tensors(eval_inputs(run.data, "val", config.seq_length), run.runtime.device)
+        synchronize()
         started = time.perf_counter()
         evaluate(run.model, val_split, run.data_tensors, config.eval_batch_size)
+        synchronize()
         eval_s = time.perf_counter() - started
     return {"step_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times),
             "batch_size": config.batch_size, "steps_per_epoch": -(-num_windows // config.batch_size),
             "windows": num_windows, "eval_s": eval_s, "users": run.data.num_users, "items": run.data.num_items,
             "step_flops": counter.get_total_flops(), "parameters": sum(p.numel() for p in run.model.parameters()),
-            "train_rss_mb": train_rss_mb, "peak_rss_mb": peak_rss_mb()}
+            "train_rss_mb": train_rss_mb, "peak_rss_mb": peak_rss_mb(),
+            "gpu_peak_mb": torch.cuda.max_memory_allocated(run.runtime.device) / 2**20 if on_gpu else 0.0}
 
 
 def matmul_gflops(dtype: str, size: int, threads: int) -> float:

@@ -3,6 +3,8 @@
 
     python benchmarks/scale.py --sizes 1M 5M 20M 32M --work runs/scale        # every stage at each size
     python benchmarks/scale.py --sizes 1M --items 3706 27000 --stages write process train   # the step vs the catalogue
+    python benchmarks/scale.py --sizes 1M --items 3706 87585 --stages write process train --models best_bf16 \
+        --item_loss full --device cuda       # the same on a GPU, the best model as configured, full softmax
 
 Sizes name the events; users and items scale from ML-32M's shape (200,948 users, 87,585 movies for 32,000,204
 ratings) unless --items fixes the catalogue (one point per value). Stages:
@@ -12,8 +14,9 @@ ratings) unless --items fixes the catalogue (one point per value). Stages:
 - "process": raw files -> the training arrays with the cache written (data_processor.load_dataset);
 - "reload": the same from the cache, every array then read once;
 - "metadata": metadata.json (which training writes and inference reads);
-- "train": the median training step of each --models configuration with the sampled item loss, set up and run by
-  the trainer's own code (benchmarks/bench_train.measure: batch, forward, backward, clipping, AdamW);
+- "train": the median training step of each --models configuration with the --item_loss item loss (sampled unless
+  told), set up and run by the trainer's own code (benchmarks/bench_train.measure: batch, forward, backward,
+  clipping, AdamW) on --device (on a GPU each step is timed from an empty queue to an empty queue);
 - "evaluate": one full-ranking validation pass over every user (trainer.evaluate), the CPU default's shape;
 - "export": the all-users top-10 through the engine (RecommendationEngine.export_recommendations, streamed CSV),
   from a checkpoint of the CPU default's shape (freshly initialised: the cost does not depend on the weights).
@@ -40,9 +43,10 @@ from train_config import CONFIGS  # noqa: E402
 ML32M_USERS, ML32M_ITEMS, ML32M_EVENTS = 200_948, 87_585, 32_000_204
 STAGES = ("write", "read", "process", "reload", "metadata", "train", "evaluate", "export")
 SUFFIXES = {"K": 1_000, "M": 1_000_000}
-MODELS = {  # --models key: (name, trainer.py flags); both with the sampled item loss, fp32
+MODELS = {  # --models key: (name, trainer.py flags), with the --item_loss item loss
     "cpu": ("CPU default (hidden 64, 2 layers)", [f"@{CONFIGS / 'cpu_small.txt'}"]),
     "best": ("best model's shape (hidden 256, 4 layers), fp32", [f"@{CONFIGS / 'best.txt'}", "--amp", "off"]),
+    "best_bf16": ("best model as configured (hidden 256, 4 layers, bf16)", [f"@{CONFIGS / 'best.txt'}"]),
 }
 
 
@@ -109,20 +113,31 @@ def seconds_text(seconds: float) -> str:
     return f"{seconds:.2f}" if seconds >= 0.01 else f"{seconds:.1e}"
 
 
-def model_flags(model: str, num_negatives: int) -> list[str]:
-    return [*MODELS[model][1], "--item_loss", "sampled", "--num_negatives", str(num_negatives)]
+def model_flags(model: str, num_negatives: int, item_loss: str = "sampled") -> list[str]:
+    return [*MODELS[model][1], "--item_loss", item_loss, "--num_negatives", str(num_negatives)]
 
 
-def train_stage(folder: str, cache_dir: str, model: str, num_negatives: int, steps: int, threads: int) -> dict:
-    """The median of `steps` training steps (after 2 warm-up steps) of one --models configuration."""
+def model_key(model: str, item_loss: str) -> str:
+    """A training record's model: the --models key, with "_full" when the item loss is the full softmax."""
+    return model if item_loss == "sampled" else f"{model}_full"
+
+
+def train_stage(folder: str, cache_dir: str, model: str, num_negatives: int, steps: int, threads: int,
+                item_loss: str = "sampled", device: str = "cpu") -> dict:
+    """The median of `steps` training steps (after 2 warm-up steps, 10 on a GPU) of one --models configuration."""
     from benchmarks.bench_train import measure
 
-    measured = measure(model_flags(model, num_negatives), folder, steps, 2, threads, cache_dir, validate=False)
+    warmup = 10 if device.startswith("cuda") else 2
+    measured = measure(model_flags(model, num_negatives, item_loss), folder, steps, warmup, threads, cache_dir,
+                       validate=False, device=device)
+    loss = "sampled loss" if item_loss == "sampled" else "full softmax"
+    gpu = f", {measured['gpu_peak_mb'] / 1024:.1f} GB on the GPU" if measured["gpu_peak_mb"] else ""
     return {"seconds": measured["step_s"], "peak_mb": measured["train_rss_mb"], "step_gflop":
             measured["step_flops"] / 1e9, "steps_per_epoch": measured["steps_per_epoch"],
-            "note": f"{MODELS[model][0]}: {measured['batch_size'] / measured['step_s']:.0f} sequences/s, "
-                    f"{measured['step_flops'] / 1e9:.1f} GFLOP per step, {measured['steps_per_epoch']:,} steps "
-                    "per epoch"}
+            "gpu_peak_mb": measured["gpu_peak_mb"], "device": device,
+            "note": f"{MODELS[model][0]}, {loss}, {device}: {measured['batch_size'] / measured['step_s']:.0f} "
+                    f"sequences/s, {measured['step_flops'] / 1e9:.1f} GFLOP per step, "
+                    f"{measured['steps_per_epoch']:,} steps per epoch{gpu}"}
 
 
 def evaluate_stage(folder: str, cache_dir: str, num_negatives: int, threads: int) -> dict:
@@ -190,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_negatives", type=int, default=1024, help="the sampled item loss's negatives")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per configuration")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--item_loss", choices=("sampled", "full"), default="sampled",
+                        help="the training stage's item loss (full: the softmax over every item)")
+    parser.add_argument("--device", default="cpu", help="where the training stage runs: cpu, cuda, cuda:N (every "
+                        "other stage is the CPU's)")
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -203,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             stages = {"write": [(write_stage, str(folder), users, items, events)], "read": [(read_stage, str(folder))],
                       "process": [(process_stage, str(folder), cache)], "reload": [(reload_stage, str(folder), cache)],
                       "metadata": [(metadata_stage, str(folder), cache)],
-                      "train": [(train_stage, str(folder), cache, model, args.num_negatives, args.steps, args.threads)
-                                for model in args.models],
+                      "train": [(train_stage, str(folder), cache, model, args.num_negatives, args.steps, args.threads,
+                                 args.item_loss, args.device) for model in args.models],
                       "evaluate": [(evaluate_stage, str(folder), cache, args.num_negatives, args.threads)],
                       "export": [(export_stage, model_dir, args.threads)]}
             for stage in (stage for stage in STAGES if stage in args.stages):
@@ -214,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                     in_fresh_process(write_model, str(folder), cache, model_dir, args.num_negatives)
                 for function, *stage_args in stages[stage]:
                     measured = in_fresh_process(function, *stage_args)
-                    model = stage_args[2] if stage == "train" else ""
+                    model = model_key(stage_args[2], args.item_loss) if stage == "train" else ""
                     record = {"events": events, "users": users, "items": items, "stage": stage, "model": model,
                               **measured}
                     records = [r for r in records if (r["events"], r["items"], r["stage"], r.get("model", "")) !=

@@ -87,3 +87,10 @@ def test_scale_times_training_evaluation_and_the_export_and_adds_to_its_records(
     assert (tmp_path / "scale.png").read_bytes()[:4] == b"\x89PNG"
     assert scale_main([*common, "--items", "500", "--stages", "train"]) == 0  # the same point again: replaced
     assert len(json.loads((tmp_path / "scale.json").read_text())) == 6  # with the two writes
+    assert scale_main([*common, "--items", "500", "--stages", "train", "--item_loss", "full"]) == 0  # beside it
+    trains = {r["model"]: r for r in json.loads((tmp_path / "scale.json").read_text())
+              if r["stage"] == "train" and r["items"] == 500}
+    assert sorted(trains) == ["cpu", "cpu_full"]
+    assert "sampled loss, cpu:" in trains["cpu"]["note"] and "full softmax, cpu:" in trains["cpu_full"]["note"]
+    assert trains["cpu_full"]["step_gflop"] > trains["cpu"]["step_gflop"]  # 500 items' logits against 50 negatives
+    assert trains["cpu_full"]["gpu_peak_mb"] == 0 and trains["cpu_full"]["device"] == "cpu"
