@@ -67,7 +67,8 @@ def test_scale_writes_a_table_of_each_stage_at_each_size(tmp_path):
     assert [row.split(" | ")[:4] for row in rows] == [
         *(["| 1,000", "6", "400", stage] for stage in stages), *(["| 2,000", "13", "400", stage] for stage in stages)]
     assert all(float(row.split(" | ")[4]) > 0 for row in rows)  # a stage under 0.01 s keeps two digits, not 0.00
-    assert (seconds_text(101.944), seconds_text(0.0312), seconds_text(0.00314)) == ("101.94", "0.03", "3.1e-03")
+    assert [seconds_text(s) for s in (101.944, 1.0, 0.34, 0.01796, 0.00314)] == ["101.94", "1.00", "0.34", "0.018",
+                                                                                "0.0031"]
     assert (tmp_path / "events_2000_items_400" / "cache" / "metadata.json").is_file()
     assert len(list((tmp_path / "events_2000_items_400" / "cache").glob("*/cache.json"))) == 1  # the processed arrays
 
