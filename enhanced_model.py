@@ -140,9 +140,16 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, key_mask: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, key_mask: Tensor, need_weights: bool,
+                query_rows: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """query_rows: only the newest query_rows positions read the sequence and come out (B, query_rows, H);
+        every position is still a key."""
         normed = self.attention_norm(x)
-        attended, weights = self.attention(normed, normed, key_mask, need_weights)
+        queries = normed
+        if query_rows is not None:
+            x, queries = x[:, -query_rows:], normed[:, -query_rows:]
+            key_mask = key_mask[:, -query_rows:] if key_mask.dim() == 3 else key_mask
+        attended, weights = self.attention(queries, normed, key_mask, need_weights)
         x = x + self.dropout(attended)
         x = x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
         return x, weights
@@ -159,7 +166,11 @@ class Encoder(nn.Module):
         self.gradient_checkpointing = config.gradient_checkpointing
         self.causal = config.causal
 
-    def forward(self, x: Tensor, key_mask: Tensor, need_weights: bool) -> tuple[Tensor, list[Tensor] | None]:
+    def forward(self, x: Tensor, key_mask: Tensor, need_weights: bool,
+                query_rows: int | None = None) -> tuple[Tensor, list[Tensor] | None]:
+        """query_rows: the output holds the newest query_rows positions only (B, query_rows, H), and the last layer
+        computes no other row (its queries, output projection and feed-forward: 10 of its 12 H^2 multiply-adds a
+        row), the same values as slicing the whole output."""
         if self.causal:
             T = key_mask.size(1)
             older = torch.ones(T, T, dtype=torch.bool, device=key_mask.device).tril()  # [query, key]: key <= query
@@ -168,11 +179,12 @@ class Encoder(nn.Module):
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         recompute = recompute and not need_weights
         all_weights = []
-        for layer in self.layers:
+        for depth, layer in enumerate(self.layers, start=1):
+            rows = query_rows if depth == len(self.layers) else None
             if recompute:
-                x, weights = checkpoint(layer, x, key_mask, False, use_reentrant=False)
+                x, weights = checkpoint(layer, x, key_mask, False, rows, use_reentrant=False)
             else:
-                x, weights = layer(x, key_mask, need_weights)
+                x, weights = layer(x, key_mask, need_weights, rows)
             all_weights.append(weights)
         return self.final_norm(x), (all_weights if need_weights else None)
 
@@ -432,6 +444,7 @@ class EnhancedBERT4Rec(nn.Module):
         user_idx: Tensor | None = None,
         return_attention: bool = False,
         item_embeds: Tensor | None = None,
+        query_rows: int | None = None,
         **user_features: Tensor,
     ) -> EncoderOutput:
         """Encode left-padded item sequences (B, T <= seq_length); day_of_year (B, T), user_idx (B,) and each user
@@ -439,7 +452,8 @@ class EnhancedBERT4Rec(nn.Module):
         occupation=) are required only when their part is switched on. The newest position is always at
         seq_length - 1, so a shorter T equals the same sequence with more left padding. item_embeds (B, T, H), when
         given, are item_seq's rows of item_embedding already looked up (a training step looks every item it reads up
-        at once: each lookup's backward writes a gradient the size of the whole item table)."""
+        at once: each lookup's backward writes a gradient the size of the whole item table). query_rows: hidden holds
+        the newest query_rows positions only (B, query_rows, H), which the last layer then computes alone."""
         self._check_inputs(item_seq, day_of_year, user_idx, user_features)
         x = self.input_dropout(self.input_norm(self._embed_sequence(item_seq, day_of_year, item_embeds)))
         cross_weights = None
@@ -447,7 +461,7 @@ class EnhancedBERT4Rec(nn.Module):
             values = [user_features[feature["name"]] for feature in self.config.user_features]
             user_tokens, token_known = self.user_meta(user_idx, values)
             x, cross_weights = self.cross_attention(x, user_tokens, token_known, return_attention)
-        hidden, self_weights = self.encoder(x, item_seq != PAD_INDEX, return_attention)
+        hidden, self_weights = self.encoder(x, item_seq != PAD_INDEX, return_attention, query_rows)
         if cross_weights is not None:
             cross_weights = cross_weights.mean(dim=1)  # (B, T, n_user_tokens): one distribution per position
         return EncoderOutput(hidden=hidden, self_attention=self_weights, cross_attention=cross_weights)
@@ -700,16 +714,20 @@ def readout_rows(model: EnhancedBERT4Rec, item_seq: Tensor, hidden: Tensor) -> T
 
 @torch.no_grad()
 def score_last_position(model: EnhancedBERT4Rec, item_seq: Tensor, day_of_year: Tensor,
-                        user: dict[str, Tensor], bf16: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                        user: dict[str, Tensor], bf16: bool = False,
+                        states: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
     """Item scores (B, vocabulary) of each row's next item, the hidden rows they were read from (B, H: readout_rows)
     and all hidden states (B, T, H). bf16: the encoder runs under bf16 autocast (where the hardware multiplies bf16,
     most of the work at a fraction of the time); the hidden states are then cast back, and the item scores are
-    always computed in fp32 (bf16's 8-bit mantissa would tie many of them)."""
+    always computed in fp32 (bf16's 8-bit mantissa would tie many of them). states=False: the last layer computes
+    the two rows readout_rows may read and no others (a fifth of a 4-layer encoder's work), and the hidden states
+    come back as None."""
+    query_rows = None if states else 2  # readout_rows reads the newest position or the one before it
     with torch.autocast(item_seq.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
-        hidden = model(item_seq, day_of_year, **user).hidden
+        hidden = model(item_seq, day_of_year, query_rows=query_rows, **user).hidden
     hidden = hidden.float()
     rows = readout_rows(model, item_seq, hidden)
-    return model.item_logits(rows).float(), rows, hidden
+    return model.item_logits(rows).float(), rows, hidden if states else None
 
 
 def exclude_seen(scores: Tensor, seen_offsets: np.ndarray, seen_items: np.ndarray) -> None:

@@ -61,7 +61,8 @@ def score_and_hidden(
             hidden_rows.append(torch.full((len(batch), config.hidden_size), math.nan))
             continue
         inputs = model_inputs(batch, config, empty_day, device)
-        scores, hidden, _ = score_last_position(model, inputs.item_seq, inputs.days, inputs.user, bf16)
+        scores, hidden, _ = score_last_position(model, inputs.item_seq, inputs.days, inputs.user, bf16,
+                                               states=False)
         # by strategy, not user_index: a known user whose identity an explanation hides stays "personalized"
         new_users = [row for row, r in enumerate(batch) if r.strategy in (SEQUENCE, DEMOGRAPHICS)]
         if new_users and prior.weight:
@@ -101,7 +102,7 @@ def nonfinite_part(model: EnhancedBERT4Rec) -> str | None:
     probe = [Request(0, unknown, short[:0], short[:0], [], POPULARITY),
              Request(1, (1,) * len(unknown), short, np.ones_like(short), [], POPULARITY)]
     inputs = model_inputs(probe, config, 1, device)
-    scores, hidden, _ = score_last_position(model, inputs.item_seq, inputs.days, inputs.user)
+    scores, hidden, _ = score_last_position(model, inputs.item_seq, inputs.days, inputs.user, states=False)
     parts = {"scores": scores[:, 1:-1], "hidden rows": hidden}
     if model.rating_head is not None:
         items = torch.ones((2, 1), dtype=torch.long)

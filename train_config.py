@@ -304,9 +304,7 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False)
                     f"{' '.join(DEVICE_DEFAULTS['cpu_bf16'])} on a GPU or a CPU with bf16 instructions, "
                     f"{' '.join(DEVICE_DEFAULTS['cpu'])} on other CPUs, {' '.join(DEVICE_DEFAULTS['cpu_bf16_short'])} "
                     f"on bf16 CPUs whose --max_minutes fits fewer than {BEST_MIN_EPOCHS} of the best model's epochs "
-                    "(later flags override them). The defaults "
-                    "listed below are the seed's "
-                    "(@configs/seed.txt).",
+                    "(later flags override them). The defaults listed below are the seed's (@configs/seed.txt).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         fromfile_prefix_chars="@",  # python trainer.py @configs/best.txt
     )

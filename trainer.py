@@ -577,7 +577,8 @@ def evaluate(model: EnhancedBERT4Rec, split: EvalTensors, data_tensors: dict[str
         stop = min(start + batch_size, len(inputs.users))
         users = split.users[start:stop]
         scores, rows, hidden = score_last_position(model, split.items[start:stop], split.days[start:stop],
-                                             user_features(data_tensors, users))
+                                                   user_features(data_tensors, users),
+                                                   states=model.config.use_preference_head)
         offsets = inputs.seen_offsets[start:stop + 1]
         exclude_seen(scores, offsets, inputs.seen_items)
         ranks.append(target_ranks(scores, split.targets[start:stop]))

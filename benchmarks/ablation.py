@@ -1,4 +1,4 @@
-"""Ablation on the real ML-1M: what each side-information part and each auxiliary task adds to plain BERT4Rec.
+r"""Ablation on the real ML-1M: what each side-information part and each auxiliary task adds to plain BERT4Rec.
 
 Every row is the same trainer.py run at the same training budget (the shared flags, e.g. a configuration file,
 plus --max_minutes/--max_epochs), differing only in the switches below, for each seed. Test figures come

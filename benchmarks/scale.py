@@ -1,4 +1,4 @@
-"""What each stage costs as the data grows: time and peak RSS per stage, on synthetic ML-32M-shaped files
+r"""What each stage costs as the data grows: time and peak RSS per stage, on synthetic ML-32M-shaped files
 (benchmarks/synthetic_movielens.py) of several sizes, each stage in a fresh process.
 
     python benchmarks/scale.py --sizes 1M 5M 20M 32M --work runs/scale        # every stage at each size

@@ -1,4 +1,4 @@
-"""Time to quality on the real ML-1M: validation NDCG@10 against training minutes, configurations side by side.
+r"""Time to quality on the real ML-1M: validation NDCG@10 against training minutes, configurations side by side.
 
 Each configuration (a name and trainer.py flags) is trained for every seed under the same --max_minutes budget,
 one run after another so that each has the machine to itself. Test figures come from each run's results.json

@@ -577,3 +577,25 @@ def test_readout_rows_read_a_causal_model_at_its_newest_event_and_the_mask_witho
     assert torch.equal(readout_rows(causal, item_seq, hidden), torch.stack([hidden[0, 2], hidden[1, 2], hidden[2, 3]]))
     bidirectional = build(small_config(seq_length=4))
     assert torch.equal(readout_rows(bidirectional, item_seq, hidden), hidden[:, -1])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_query_rows_give_the_newest_rows_of_the_whole_pass_and_scores_without_the_states(causal):
+    from enhanced_model import score_last_position
+
+    config = small_config(causal=causal, num_layers=3)
+    model = build(config).eval()
+    inputs = make_inputs(config, [12, 5, 1, 0])  # full, padded, the [MASK] alone after one event, no event
+    with torch.no_grad():
+        whole = model(**inputs).hidden
+        newest = model(**inputs, query_rows=2).hidden
+        one_position = model(**{**inputs, "item_seq": inputs["item_seq"][:, -1:],
+                                "day_of_year": inputs["day_of_year"][:, -1:]}, query_rows=2).hidden
+    assert newest.shape == (4, 2, config.hidden_size) and one_position.shape == (4, 1, config.hidden_size)
+    assert torch.allclose(newest, whole[:, -2:], atol=1e-5)
+    item_seq, days = inputs.pop("item_seq"), inputs.pop("day_of_year")
+    scores, rows, states = score_last_position(model, item_seq, days, inputs)
+    fast_scores, fast_rows, none = score_last_position(model, item_seq, days, inputs, states=False)
+    assert torch.equal(states, whole) and none is None
+    assert torch.allclose(fast_rows, rows, atol=1e-5) and torch.allclose(fast_scores, scores, atol=1e-4)
+    assert torch.equal(fast_scores.topk(5).indices, scores.topk(5).indices)
