@@ -28,7 +28,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 # fp32) the small model with the sampled item loss (1,024 negatives: its step is 1.5x shorter than the full
 # softmax's) and a time-budget lr decay, ending by itself after 45 minutes; on a bf16 CPU too slow for the best
 # model in the --max_minutes given (device_defaults, below), a model between the two: the best model's recipe at
-# hidden 128 with 2 layers, batch 64 and the sampled loss, in bf16.
+# hidden 128 with 2 layers, batch 64, dropout 0.1 and the sampled loss, in bf16.
 DEVICE_DEFAULTS = {
     "cpu": [f"@{CONFIGS / 'cpu_sampled.txt'}", "--max_minutes", "45"],
     "cpu_bf16": [f"@{CONFIGS / 'best.txt'}"],
@@ -39,7 +39,7 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that
 # A short --max_minutes on a slow bf16 CPU: the best model's epoch on ML-1M is 289 steps of 164.4 GFLOP of matrix
 # products, which run at 38-41% of the CPU's bf16 matmul rate (benchmarks/bench_train.py --limit on two AVX-512-bf16
 # CPUs: 0.57 s a step at 763 GFLOP/s, 0.98 s at 400-422). Where the budget fits fewer than BEST_MIN_EPOCHS of its
-# epochs a smaller model gives more (15 minutes, 3 epochs: test NDCG@10 0.1686 against 0.1910 for
+# epochs a smaller model gives more (15 minutes, 3 epochs: test NDCG@10 0.1686 against 0.1949 for
 # configs/bf16_small.txt and 0.1821 for the AVX2 default, docs/RESULTS.md#the-bf16-cpu-default-at-15-minutes), so a
 # CPU that slow trains configs/bf16_small.txt instead.
 BEST_EPOCH_GFLOP = 289 * 164.4
