@@ -701,6 +701,9 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Enhan
     return model.eval()
 
 
+READOUT_ROWS = 2  # the newest positions readout_rows may read: the [MASK]'s and the newest event's
+
+
 def readout_rows(model: EnhancedBERT4Rec, item_seq: Tensor, hidden: Tensor) -> Tensor:
     """The hidden row (B, H) that scores each row's next item in data_processor.scoring_input's layout (newest
     position [MASK]): the [MASK]'s for a bidirectional model. A causal model trains every event's position to
@@ -722,7 +725,7 @@ def score_last_position(model: EnhancedBERT4Rec, item_seq: Tensor, day_of_year: 
     always computed in fp32 (bf16's 8-bit mantissa would tie many of them). states=False: the last layer computes
     the two rows readout_rows may read and no others (a fifth of a 4-layer encoder's work), and the hidden states
     come back as None."""
-    query_rows = None if states else 2  # readout_rows reads the newest position or the one before it
+    query_rows = None if states else READOUT_ROWS
     with torch.autocast(item_seq.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
         hidden = model(item_seq, day_of_year, query_rows=query_rows, **user).hidden
     hidden = hidden.float()

@@ -511,9 +511,8 @@ def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_smaller_bf16_model(monkeyp
     # the best model's recipe at hidden 128, 2 layers, batch 64, dropout 0.1, with the sampled loss
     assert small == parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--hidden_size", "128", "--num_layers", "2",
                                 "--batch_size", "64", "--warmup_steps", "400", "--dropout", "0.1",
-                                "--item_loss", "sampled",
-                                "--num_negatives", "1024", "--max_epochs", "200", "--patience", "10",
-                                "--max_minutes", "15", "--device", "cpu"])
+                                "--item_loss", "sampled", "--num_negatives", "1024", "--max_epochs", "200",
+                                "--patience", "10", "--max_minutes", "15", "--device", "cpu"])
     best = parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--max_minutes", "15", "--device", "cpu"])
     # 15 minutes at 0.40 x 422 GFLOP/s: 15 x 60 x 168.8 / (289 x 164.4) = 3.2 of the best model's epochs
     rates.append(422.0)
