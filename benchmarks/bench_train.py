@@ -28,6 +28,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from itertools import cycle
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from data_processor import eval_inputs  # noqa: E402
 from train_config import CONFIGS, parse_args, validate_config  # noqa: E402
 from train_config import matmul_gflops as probe_gflops  # noqa: E402
 from trainer import (  # noqa: E402
+    Run,
     data_to_tensors,
     epoch_batches,
     evaluate,
@@ -63,6 +65,11 @@ BENCH_CONFIGS = {  # --configs key: (table name, trainer.py flags)
                     [f"@{CONFIGS / 'cpu_sampled.txt'}"]),
     "cpu_small_bf16": ("CPU default, --amp bf16", [CPU_SMALL, "--amp", "bf16"]),
     "cpu_small_compile": ("CPU default, --compile (inductor)", [CPU_SMALL, "--compile"]),
+    "bf16_small": ("short-budget bf16 default (configs/bf16_small.txt: hidden 128, 2 layers, batch 64, sampled)",
+                   [f"@{CONFIGS / 'bf16_small.txt'}"]),
+    "bf16_small_fp32": ("short-budget bf16 default, --amp off", [f"@{CONFIGS / 'bf16_small.txt'}", "--amp", "off"]),
+    "bf16_small_compile": ("short-budget bf16 default, --compile (inductor)",
+                           [f"@{CONFIGS / 'bf16_small.txt'}", "--compile"]),
     "best": ("best model (configs/best.txt: hidden 256, 4 layers, T 50, batch 128, causal, crop 0.5, bf16)", [BEST]),
     "best_fp32": ("best model, --amp off", [BEST, "--amp", "off"]),
     "best_fp32_sampled": ("best model, --amp off, --item_loss sampled (1,024 negatives)",
@@ -73,21 +80,30 @@ BENCH_CONFIGS = {  # --configs key: (table name, trainer.py flags)
 }
 
 
-def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: int, cache_dir: str | None = None,
-            validate: bool = True, device: str = "cpu") -> dict:
-    """Set one configuration's run up as trainer.py does and time its training steps and (validate) a full-ranking
-    validation pass of every user (eval_s; 0 without it). cache_dir: the processed arrays' cache (runs/cache).
-    On a GPU (device "cuda") each timed interval waits for the device's queue to empty at both ends, and
-    gpu_peak_mb is the largest memory torch allocated there (0 on a CPU)."""
+def training_run(flags: list[str], data_dir: str, threads: int, cache_dir: str | None = None,
+                 device: str = "cpu") -> tuple[Run, Iterator]:
+    """A run set up from trainer.py flags as the trainer sets it up (in training mode, its tensors on the device),
+    and an endless stream of its training batches. cache_dir: the processed arrays' cache (runs/cache)."""
     torch.set_num_threads(threads)
     config = parse_args(["--data_dir", data_dir, "--cache_dir", cache_dir or str(REPO / "runs" / "cache"), *flags,
                          "--device", device])
     validate_config(config)
     run = start_run(config, setup_runtime(config))
     run.data_tensors = data_to_tensors(run.data, run.runtime.device)
-    num_windows = len(run.data.window_users)
-    batches = cycle(epoch_batches(window_shard(run.data.window_users, 0, 1), config.batch_size, run.generators[0]))
     run.objective.train()
+    batches = cycle(epoch_batches(window_shard(run.data.window_users, 0, 1), config.batch_size, run.generators[0]))
+    return run, batches
+
+
+def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: int, cache_dir: str | None = None,
+            validate: bool = True, device: str = "cpu") -> dict:
+    """Set one configuration's run up as trainer.py does and time its training steps and (validate) a full-ranking
+    validation pass of every user (eval_s; 0 without it). cache_dir: the processed arrays' cache (runs/cache).
+    On a GPU (device "cuda") each timed interval waits for the device's queue to empty at both ends, and
+    gpu_peak_mb is the largest memory torch allocated there (0 on a CPU)."""
+    run, batches = training_run(flags, data_dir, threads, cache_dir, device)
+    config = run.config
+    num_windows = len(run.data.window_users)
 
     on_gpu = run.runtime.device.type == "cuda"
 
