@@ -37,14 +37,15 @@ DEVICE_DEFAULTS = {
 }
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that multiply bf16 in hardware
 # A short --max_minutes on a slow bf16 CPU: the best model's epoch on ML-1M is 289 steps of 164.4 GFLOP of matrix
-# products, which run at 38-41% of the CPU's bf16 matmul rate (benchmarks/bench_train.py --limit on two AVX-512-bf16
-# CPUs: 0.57 s a step at 763 GFLOP/s, 0.98 s at 400-422). Where the budget fits fewer than BEST_MIN_EPOCHS of its
-# epochs a smaller model gives more (15 minutes, 3 epochs: test NDCG@10 0.1686 against 0.1949 for
-# configs/bf16_small.txt and 0.1821 for the AVX2 default, docs/RESULTS.md#the-bf16-cpu-default-at-15-minutes), so a
-# CPU that slow trains configs/bf16_small.txt instead.
+# products, which run at 52% of the CPU's bf16 matmul rate (benchmarks/bench_train.py --limit on the slower
+# AVX-512-bf16 CPU: 0.79 s a step, 209 GFLOP/s). Where the budget fits fewer than BEST_MIN_EPOCHS of its epochs a
+# smaller model gives more: 15 minutes there (4 epochs; at this share a 430 GFLOP/s probe predicts 4.2) gave test
+# NDCG@10 0.1797 against 0.1990 for configs/bf16_small.txt and 0.1821 for the AVX2 default
+# (docs/RESULTS.md#the-bf16-cpu-default-at-15-minutes), so a CPU that slow trains configs/bf16_small.txt instead;
+# 5 is the smallest whole number above that losing point.
 BEST_EPOCH_GFLOP = 289 * 164.4
-BEST_STEP_SHARE = 0.40
-BEST_MIN_EPOCHS = 4
+BEST_STEP_SHARE = 0.52
+BEST_MIN_EPOCHS = 5
 ML1M_USERS, ML1M_RATINGS = 6040, 1_000_209  # for the preflight memory estimate
 
 

@@ -68,8 +68,6 @@ BENCH_CONFIGS = {  # --configs key: (table name, trainer.py flags)
     "bf16_small": ("short-budget bf16 default (configs/bf16_small.txt: hidden 128, 2 layers, batch 64, sampled)",
                    [f"@{CONFIGS / 'bf16_small.txt'}"]),
     "bf16_small_fp32": ("short-budget bf16 default, --amp off", [f"@{CONFIGS / 'bf16_small.txt'}", "--amp", "off"]),
-    "bf16_small_compile": ("short-budget bf16 default, --compile (inductor)",
-                           [f"@{CONFIGS / 'bf16_small.txt'}", "--compile"]),
     "best": ("best model (configs/best.txt: hidden 256, 4 layers, T 50, batch 128, causal, crop 0.5, bf16)", [BEST]),
     "best_fp32": ("best model, --amp off", [BEST, "--amp", "off"]),
     "best_fp32_sampled": ("best model, --amp off, --item_loss sampled (1,024 negatives)",

@@ -1,9 +1,12 @@
-"""benchmarks/bench_train.py: its configurations are the checked-in files, and it times the trainer's own step."""
+"""benchmarks/bench_train.py and bench_dropout.py: their configurations are the checked-in files, and they time the
+trainer's own step."""
 
 import pytest
 import torch
 from conftest import TINY
 
+import enhanced_model
+from benchmarks.bench_dropout import paired_steps
 from benchmarks.bench_train import BENCH_CONFIGS, measure, table_row
 from data_processor import load_dataset
 from train_config import CONFIGS, parse_args, validate_config
@@ -28,6 +31,20 @@ def test_the_configurations_are_the_config_files_plus_their_named_change():
     for key, (name, value) in changes.items():
         base = best if key.startswith("best") else cpu_small
         assert config(key) == {**base, name: value}, key
+    small = config("bf16_small")
+    assert small == vars(parse_args([f"@{CONFIGS / 'bf16_small.txt'}"])) and small["amp"] == "bf16"
+    assert config("bf16_small_fp32") == {**small, "amp": "off"}
+
+
+def test_the_dropout_benchmark_times_both_variants_and_puts_the_models_dropout_back(synthetic_ml1m_dir, tmp_path):
+    threads, ours = torch.get_num_threads(), enhanced_model.dropout
+    try:
+        medians = paired_steps([*TINY, "--cache_dir", str(tmp_path / "cache"), "--dropout", "0.2"],
+                               str(synthetic_ml1m_dir), 3, 1, 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(medians) == {"enhanced_model.dropout", "F.dropout"} and min(medians.values()) > 0
+    assert enhanced_model.dropout is ours
 
 
 def test_measure_runs_the_trainers_step_on_synthetic_data(synthetic_ml1m_dir, tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.bench_inference import top10_agreement, write_untrained_checkpoint
+from benchmarks.bench_inference import near_ties, top10_agreement, write_untrained_checkpoint
 from data_processor import (
     GENDERS,
     GENRES,
@@ -1145,6 +1145,11 @@ def test_bf16_scoring_ranks_as_fp32_does_and_is_not_a_no_op(trained):
     assert top10_agreement(trained.engine, trained.engine, users, 7) == (1.0, 1.0)
     same_list, same_set = top10_agreement(bf16_engine, trained.engine, users, 512)
     assert same_list <= same_set and same_set == float(same_top10.double().mean())
+    # every user whose top 10 differs is within twice the largest score difference of a tie
+    ties = near_ties(bf16_engine, trained.engine, users, 512)
+    assert ties["difference_max"] == float((bf16 - fp32)[finite].abs().max()) > 0
+    assert 1 - same_set <= ties["set_share"] <= ties["order_share"] and 1 - same_list <= ties["order_share"]
+    assert near_ties(trained.engine, trained.engine, users, 7)["difference_max"] == 0.0
     bf16_engine.precision = "fp32"  # an attribute: the engine then scores exactly as the default one
     assert torch.equal(bf16_engine.score_batch(users).scores, fp32)
 

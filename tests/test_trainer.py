@@ -514,19 +514,19 @@ def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_smaller_bf16_model(monkeyp
                                 "--item_loss", "sampled", "--num_negatives", "1024", "--max_epochs", "200",
                                 "--patience", "10", "--max_minutes", "15", "--device", "cpu"])
     best = parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--max_minutes", "15", "--device", "cpu"])
-    # 15 minutes at 0.40 x 422 GFLOP/s: 15 x 60 x 168.8 / (289 x 164.4) = 3.2 of the best model's epochs
+    # 15 minutes at 0.52 x 422 GFLOP/s: 15 x 60 x 219.4 / (289 x 164.4) = 4.2 of the best model's epochs
     rates.append(422.0)
     slow = parse_args(["--device", "cpu", "--max_minutes", "15"], use_device_defaults=True)
     assert slow == small and slow.max_minutes == 15.0
     assert slow.defaults.startswith("configs/bf16_small.txt, the best measured configuration for a CPU that "
                                     "multiplies bf16 in hardware (avx512_bf16) too slow for the best model in "
-                                    "--max_minutes 15: bf16 matmul 422 GFLOP/s fits about 3.2 of the best model's "
-                                    "epochs, fewer than 4")
+                                    "--max_minutes 15: bf16 matmul 422 GFLOP/s fits about 4.2 of the best model's "
+                                    "epochs, fewer than 5")
     rates.append(763.0)
     fast = parse_args(["--device", "cpu", "--max_minutes", "15"], use_device_defaults=True)
-    assert fast == best and "(avx512_bf16): bf16 matmul 763 GFLOP/s fits about 5.8 of the best model's epochs in " \
+    assert fast == best and "(avx512_bf16): bf16 matmul 763 GFLOP/s fits about 7.5 of the best model's epochs in " \
         "--max_minutes 15" in fast.defaults
-    rates.append(422.0)  # 30 minutes at 422: 6.4 epochs
+    rates.append(422.0)  # 30 minutes at 422: 8.3 epochs
     assert parse_args(["--device", "cpu", "--max_minutes", "30"], use_device_defaults=True).hidden_size == 256
     # no budget, a config file, or an AVX2 CPU: nothing to probe (the list is empty, so a probe would raise)
     assert parse_args(["--device", "cpu"], use_device_defaults=True).hidden_size == 256
