@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,14 +29,10 @@ from benchmarks.fresh_process import in_fresh_process  # noqa: E402
 from trainer import forward_backward, optimizer_step  # noqa: E402
 
 
-def torch_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    return F.dropout(x, p, training)
-
-
 def paired_steps(flags: list[str], data_dir: str, pairs: int, warmup: int, threads: int) -> dict:
     """Median step seconds of each variant over `pairs` pairs of steps, the two orders alternating."""
     run, batches = training_run(flags, data_dir, threads)
-    variants = {"enhanced_model.dropout": enhanced_model.dropout, "F.dropout": torch_dropout}
+    variants = {"enhanced_model.dropout": enhanced_model.dropout, "F.dropout": F.dropout}
     times: dict[str, list[float]] = {name: [] for name in variants}
 
     def step(name: str) -> float:
