@@ -21,6 +21,7 @@ if __name__ == "__main__":  # refuse bad flags before the seconds torch takes to
     signal.signal(signal.SIGINT, interrupted_while_starting)  # Ctrl-C during the imports: one line, not a traceback
     preflight(sys.argv[1:])
 
+import ctypes
 import io
 import json
 import math
@@ -688,8 +689,35 @@ class Runtime:
         return self.rank == 0
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # the largest mmap threshold glibc accepts on a 64-bit system
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory this process frees for its next allocations; True when it took (Linux
+    with glibc), False elsewhere, where nothing changes.
+
+    By default malloc serves large blocks with fresh mmaps and hands the top of its heap back to the system once
+    more than twice its (self-adjusting) mmap threshold lies free there, so every training step allocated its
+    activations, scores and gradients in pages that the kernel had to fault in and zero again: about 8,400 page
+    faults a step of configs/bf16_small.txt on a CPU (33 MB). Here blocks up to 32 MB (glibc's most) come from the
+    heap and the heap keeps up to 2 GB free at its top, so a step reuses the pages of the steps before: about 200
+    faults a step, the step 0.91x, the same peak RSS (benchmarks/bench_allocator.py, docs/RESULTS.md). Blocks above
+    32 MB are still mapped afresh each time.
+    """
+    if sys.platform != "linux":
+        return False
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (musl's mallopt does nothing)
+        return False
+    return bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)) and bool(libc.mallopt(M_MMAP_THRESHOLD,
+                                                                             MMAP_THRESHOLD_MAX))
+
+
 def setup_runtime(config: TrainConfig) -> Runtime:
-    """Device choice and, under torchrun, the process group (gloo on CPU, nccl on GPU)."""
+    """Device choice, the allocator's setting (keep_freed_memory) and, under torchrun, the process group (gloo on
+    CPU, nccl on GPU)."""
+    keep_freed_memory()
     try:
         device = pick_device(config.device, config.amp)
     except ValueError as error:

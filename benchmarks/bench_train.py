@@ -24,6 +24,7 @@ docs/RESULTS.md#benchmarks-speed-and-memory.
 from __future__ import annotations
 
 import argparse
+import resource
 import shlex
 import statistics
 import sys
@@ -118,12 +119,14 @@ def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: i
     with FlopCounterMode(display=False) as counter:
         step()
     times = []
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(steps):
         synchronize()
         started = time.perf_counter()
         step()
         synchronize()
         times.append(time.perf_counter() - started)
+    page_faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / max(1, steps)
     train_rss_mb = peak_rss_mb()
     eval_s = 0.0
     if validate:
@@ -137,7 +140,7 @@ def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: i
             "batch_size": config.batch_size, "steps_per_epoch": -(-num_windows // config.batch_size),
             "windows": num_windows, "eval_s": eval_s, "users": run.data.num_users, "items": run.data.num_items,
             "step_flops": counter.get_total_flops(), "parameters": sum(p.numel() for p in run.model.parameters()),
-            "train_rss_mb": train_rss_mb, "peak_rss_mb": peak_rss_mb(),
+            "train_rss_mb": train_rss_mb, "peak_rss_mb": peak_rss_mb(), "page_faults_per_step": page_faults,
             "gpu_peak_mb": torch.cuda.max_memory_allocated(run.runtime.device) / 2**20 if on_gpu else 0.0}
 
 

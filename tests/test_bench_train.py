@@ -1,13 +1,15 @@
-"""benchmarks/bench_train.py and bench_dropout.py: their configurations are the checked-in files, and they time the
-trainer's own step."""
+"""benchmarks/bench_train.py, bench_dropout.py and bench_allocator.py: their configurations are the checked-in files,
+and they time the trainer's own step."""
 
 import pytest
 import torch
 from conftest import TINY
 
 import enhanced_model
+from benchmarks.bench_allocator import VARIANTS, one_measurement
 from benchmarks.bench_dropout import paired_steps
 from benchmarks.bench_train import BENCH_CONFIGS, measure, table_row
+from benchmarks.fresh_process import in_fresh_process
 from data_processor import load_dataset
 from train_config import CONFIGS, parse_args, validate_config
 
@@ -58,5 +60,13 @@ def test_measure_runs_the_trainers_step_on_synthetic_data(synthetic_ml1m_dir, tm
     assert (measured["batch_size"], measured["windows"], measured["steps_per_epoch"]) == (16, windows,
                                                                                            -(-windows // 16))
     assert measured["step_min_s"] <= measured["step_s"] <= measured["step_max_s"] and measured["step_flops"] > 0
+    assert measured["page_faults_per_step"] >= 0
     row = table_row("tiny", measured, {"fp32": 100.0})
     assert row.startswith("| tiny | ") and row.count("|") == 11  # nine columns and one share
+
+
+def test_the_allocator_benchmark_measures_each_variant_in_a_process_of_its_own(synthetic_ml1m_dir, tmp_path):
+    flags = [*TINY, "--cache_dir", str(tmp_path / "cache")]
+    for variant in VARIANTS:
+        measured = in_fresh_process(one_measurement, variant, flags, str(synthetic_ml1m_dir), 2, 1, 1)
+        assert measured["step_s"] > 0 and measured["page_faults_per_step"] >= 0 and measured["eval_s"] == 0.0
