@@ -689,8 +689,7 @@ class Runtime:
         return self.rank == 0
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # the largest mmap threshold glibc accepts on a 64-bit system
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
 def keep_freed_memory() -> bool:
@@ -700,18 +699,18 @@ def keep_freed_memory() -> bool:
     By default malloc serves large blocks with fresh mmaps and hands the top of its heap back to the system once
     more than twice its (self-adjusting) mmap threshold lies free there, so every training step allocated its
     activations, scores and gradients in pages that the kernel had to fault in and zero again: about 8,400 page
-    faults a step of configs/bf16_small.txt on a CPU (33 MB). Here blocks up to 32 MB (glibc's most) come from the
-    heap and the heap keeps up to 2 GB free at its top, so a step reuses the pages of the steps before: about 200
-    faults a step, the step 0.91x, the same peak RSS (benchmarks/bench_allocator.py, docs/RESULTS.md). Blocks above
-    32 MB are still mapped afresh each time.
+    faults a step of configs/bf16_small.txt on a CPU (33 MB), 60,000-76,000 of configs/best.txt (its full-softmax
+    scores are 38 MB a step). Here every block comes from the heap (no mmap; glibc still maps one where the heap
+    cannot grow) and the heap keeps up to 2 GB free at its top, so a step reuses the pages of the steps before: a
+    few hundred faults a step, the steps 0.9x, the peak RSS within 100 MB (benchmarks/bench_allocator.py,
+    docs/RESULTS.md).
     """
     if sys.platform != "linux":
         return False
     libc = ctypes.CDLL(None)
     if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (musl's mallopt does nothing)
         return False
-    return bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)) and bool(libc.mallopt(M_MMAP_THRESHOLD,
-                                                                             MMAP_THRESHOLD_MAX))
+    return bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)) and bool(libc.mallopt(M_MMAP_MAX, 0))
 
 
 def setup_runtime(config: TrainConfig) -> Runtime:
