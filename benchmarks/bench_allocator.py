@@ -2,9 +2,10 @@
 glibc's defaults: step time, page faults a step and peak RSS.
 
 The setting is process-wide and cannot be undone in a process, so each measurement is a fresh process (the step as
-benchmarks/bench_train.py times it, without the validation pass), the two variants alternating pair by pair (the
-order swapped every pair), so that a drift in the machine's speed falls on both. The ratio is the median of the
-pairs' ratios.
+benchmarks/bench_train.py times it, after one untimed validation pass, as a training's epochs after the first: that
+pass's large blocks raise glibc's self-adjusting mmap threshold, which changes what the default costs), the two
+variants alternating pair by pair (the order swapped every pair), so that a drift in the machine's speed falls on
+both. The ratio is the median of the pairs' ratios.
 
     python benchmarks/bench_allocator.py --data_dir path/to/ml-1m --configs bf16_small best --pairs 6
 
@@ -33,7 +34,7 @@ def one_measurement(variant: str, flags: list[str], data_dir: str, steps: int, w
     """bench_train.measure's training steps in this process, with the allocator setting on (kept) or left off."""
     if variant != "kept":
         trainer.keep_freed_memory = lambda: False  # setup_runtime's call then changes nothing
-    return measure(flags, data_dir, steps, warmup, threads, validate=False)
+    return measure(flags, data_dir, steps, warmup, threads, validate=False, validate_first=True)
 
 
 def main() -> None:

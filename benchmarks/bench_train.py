@@ -95,9 +95,11 @@ def training_run(flags: list[str], data_dir: str, threads: int, cache_dir: str |
 
 
 def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: int, cache_dir: str | None = None,
-            validate: bool = True, device: str = "cpu") -> dict:
+            validate: bool = True, device: str = "cpu", validate_first: bool = False) -> dict:
     """Set one configuration's run up as trainer.py does and time its training steps and (validate) a full-ranking
     validation pass of every user (eval_s; 0 without it). cache_dir: the processed arrays' cache (runs/cache).
+    validate_first: one validation pass before the warm-up, untimed, as every epoch of a training after its first
+    has behind it (its large blocks raise glibc's self-adjusting mmap threshold: docs/RESULTS.md).
     On a GPU (device "cuda") each timed interval waits for the device's queue to empty at both ends, and
     gpu_peak_mb is the largest memory torch allocated there (0 on a CPU)."""
     run, batches = training_run(flags, data_dir, threads, cache_dir, device)
@@ -114,6 +116,11 @@ def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: i
         forward_backward(run, next(batches))
         optimizer_step(run)
 
+    if validate_first:
+        run.model.eval()
+        evaluate(run.model, to_eval_tensors(eval_inputs(run.data, "val", config.seq_length), run.runtime.device),
+                 run.data_tensors, config.eval_batch_size)
+        run.objective.train()
     for _ in range(warmup):
         step()
     with FlopCounterMode(display=False) as counter:
