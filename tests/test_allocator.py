@@ -9,9 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Six blocks of 16 MB alive together, then freed, as a training step's tensors are: 96 MB free at the heap's top,
-# more than glibc's default keeps there whatever its self-adjusting threshold (at most twice 32 MB). The minor page
-# faults of ten such cycles after three of warm-up, with the setting (or without it: `default`).
+# Six blocks of 16 MB alive together, then freed, as a training step's tensors are: 96 MB free at once, more than
+# glibc's default trims down to (twice its self-adjusting threshold, at most 64 MB) when the blocks lie at the heap's
+# top. The minor page faults of ten such cycles after three of warm-up, with the setting (or without it: `default`).
 CYCLE = """
 import resource, sys, torch
 sys.path.insert(0, {repo!r})
