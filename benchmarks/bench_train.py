@@ -68,6 +68,8 @@ BENCH_CONFIGS = {  # --configs key: (table name, trainer.py flags)
     "cpu_small_compile": ("CPU default, --compile (inductor)", [CPU_SMALL, "--compile"]),
     "bf16_small": ("short-budget bf16 default (configs/bf16_small.txt: hidden 128, 2 layers, batch 64, sampled)",
                    [f"@{CONFIGS / 'bf16_small.txt'}"]),
+    "bf16_small_compile": ("short-budget bf16 default, --compile (inductor)",
+                           [f"@{CONFIGS / 'bf16_small.txt'}", "--compile"]),
     "bf16_small_fp32": ("short-budget bf16 default, --amp off", [f"@{CONFIGS / 'bf16_small.txt'}", "--amp", "off"]),
     "best": ("best model (configs/best.txt: hidden 256, 4 layers, T 50, batch 128, causal, crop 0.5, bf16)", [BEST]),
     "best_fp32": ("best model, --amp off", [BEST, "--amp", "off"]),
@@ -116,11 +118,21 @@ def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: i
         forward_backward(run, next(batches))
         optimizer_step(run)
 
+    val_split = None
+
+    def validation_pass() -> float:
+        """One full-ranking validation pass, timed; the validation tensors are built on the first."""
+        nonlocal val_split
+        if val_split is None:
+            val_split = to_eval_tensors(eval_inputs(run.data, "val", config.seq_length), run.runtime.device)
+        synchronize()
+        started = time.perf_counter()
+        evaluate(run.model, val_split, run.data_tensors, config.eval_batch_size)  # restores the training mode
+        synchronize()
+        return time.perf_counter() - started
+
     if validate_first:
-        run.model.eval()
-        evaluate(run.model, to_eval_tensors(eval_inputs(run.data, "val", config.seq_length), run.runtime.device),
-                 run.data_tensors, config.eval_batch_size)
-        run.objective.train()
+        validation_pass()
     for _ in range(warmup):
         step()
     with FlopCounterMode(display=False) as counter:
@@ -135,14 +147,7 @@ def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: i
         times.append(time.perf_counter() - started)
     page_faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / max(1, steps)
     train_rss_mb = peak_rss_mb()
-    eval_s = 0.0
-    if validate:
-        val_split = to_eval_tensors(eval_inputs(run.data, "val", config.seq_length), run.runtime.device)
-        synchronize()
-        started = time.perf_counter()
-        evaluate(run.model, val_split, run.data_tensors, config.eval_batch_size)
-        synchronize()
-        eval_s = time.perf_counter() - started
+    eval_s = validation_pass() if validate else 0.0
     return {"step_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times),
             "batch_size": config.batch_size, "steps_per_epoch": -(-num_windows // config.batch_size),
             "windows": num_windows, "eval_s": eval_s, "users": run.data.num_users, "items": run.data.num_items,

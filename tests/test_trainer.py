@@ -134,6 +134,28 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert resumed_results["test"] == straight_results["test"]
 
 
+def test_validating_less_often_trains_the_same_weights(synthetic_ml1m_dir, tmp_path):
+    """Validation draws nothing from the training's random streams, so --eval_every changes which epochs are
+    validated and nothing else: the same weights after every epoch, validation figures only at the due epochs
+    and the last, and at the last the same figures."""
+    runs = {}
+    for every in (1, 2):
+        out = tmp_path / f"every{every}"
+        _, runs[every] = train(tiny_config(synthetic_ml1m_dir, out, "--max_epochs", "3", "--deterministic",
+                                           "--eval_every", str(every)))
+        runs[every]["weights"] = load_checkpoint(out / "checkpoints" / "last.pt")["model_state"]
+    validated = {every: [r["epoch"] for r in run["history"] if "val_NDCG@10" in r] for every, run in runs.items()}
+    assert validated == {1: [1, 2, 3], 2: [2, 3]}
+    for name, tensor in runs[1]["weights"].items():
+        assert torch.equal(runs[2]["weights"][name], tensor), name
+    def training_part(run: dict) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.startswith("val_") and k != "train_seconds"}
+                for r in run["history"]]
+
+    assert training_part(runs[1]) == training_part(runs[2])  # losses, steps and learning rates
+    assert runs[1]["history"][2]["val_NDCG@10"] == runs[2]["history"][2]["val_NDCG@10"]
+
+
 def test_resume_keeps_an_earlier_best_epoch(synthetic_ml1m_dir, tmp_path):
     """The resumed run must restore the best metric, the best epoch and the early-stopping count: with a best
     validation figure no later epoch can beat, the best stays epoch 1, best_model.pt is not replaced, the test
@@ -628,11 +650,12 @@ def test_a_causal_run_is_evaluated_at_its_newest_event_and_served_the_same_way(s
 def test_the_best_config_file_is_the_measured_cpu_command():
     """configs/best.txt is the command of docs/RESULTS.md's three CPU seeds of the best model, written out: the CPU
     default made larger, bf16, 12 epochs, the crop and the cosine item head (--patience 400 there, 12 here: neither
-    stops a 12-epoch run early)."""
+    stops a 12-epoch run early). It validates after epochs 4, 8 and 12 where those runs validated every epoch: the
+    same training (test_validating_less_often_trains_the_same_weights), and all three were best at epoch 12."""
     measured = parse_args([f"@{REPO / 'configs' / 'cpu_small.txt'}", "--amp", "bf16", "--dropout", "0.2",
                            "--batch_size", "128", "--max_epochs", "12", "--patience", "12", "--hidden_size", "256",
                            "--num_heads", "4", "--num_layers", "4", "--learning_rate", "1e-3", "--seq_length", "50",
-                           "--next_item_crop", "0.5", "--cosine_temperature", "0.05"])
+                           "--next_item_crop", "0.5", "--cosine_temperature", "0.05", "--eval_every", "4"])
     best = parse_args([f"@{REPO / 'configs' / 'best.txt'}"])
     assert best == measured
     assert best.cosine_temperature == 0.05 and best.hidden_size == 256 and best.max_epochs == 12
