@@ -144,7 +144,8 @@ class TrainConfig(ModelFlags):
     max_epochs: int = optimisation_flag(100, "maximum training epochs", resume_may_change=True)
     patience: int = optimisation_flag(15, "early stopping: evaluations without validation NDCG@10 improvement",
                                       resume_may_change=True)
-    eval_every: int = optimisation_flag(1, "validate every N epochs", resume_may_change=True)
+    eval_every: int = optimisation_flag(1, "validate every N epochs and after the last (validation leaves the "
+                                           "training unchanged)", resume_may_change=True)
     eval_batch_size: int = optimisation_flag(512, "users per batch in full-ranking evaluation",
                                              resume_may_change=True)
     max_minutes: float | None = optimisation_flag(None, "stop cleanly after this many minutes of training, then "
