@@ -26,6 +26,7 @@ import argparse
 import base64
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -1152,7 +1153,13 @@ def _write_cache(path: Path, key: str, data: SequenceData, sources: dict[str, So
         (temp / _CACHE_INDEX).write_text(json.dumps(index))
         if path.exists():
             os.replace(path, old)
-        os.replace(temp, path)
+        try:
+            os.replace(temp, path)
+        except OSError as exc:
+            # Another process building the same cache (each rank of a torchrun, two runs started together) renamed
+            # its copy into place between the two renames: the same sources and key, so its copy stands.
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (path / _CACHE_INDEX).is_file():
+                raise
     finally:
         for leftover in (temp, old):
             shutil.rmtree(leftover, ignore_errors=True)

@@ -38,14 +38,14 @@ DEVICE_DEFAULTS = {
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that multiply bf16 in hardware
 # A short --max_minutes on a slow bf16 CPU: the best model's epoch on ML-1M is 289 steps of 164.4 GFLOP of matrix
 # products, which run at 52% of the CPU's bf16 matmul rate (benchmarks/bench_train.py --limit on the slower
-# AVX-512-bf16 CPU: 0.79 s a step, 209 GFLOP/s). Where the budget fits fewer than BEST_MIN_EPOCHS of its epochs a
-# smaller model gives more: 15 minutes there (4 epochs; at this share a 430 GFLOP/s probe predicts 4.2) gave test
-# NDCG@10 0.1797 against 0.1990 for configs/bf16_small.txt and 0.1821 for the AVX2 default
-# (docs/RESULTS.md#the-bf16-cpu-default-at-15-minutes), so a CPU that slow trains configs/bf16_small.txt instead;
-# 5 is the smallest whole number above that losing point.
+# AVX-512-bf16 CPU: 0.79 s a step, 209 GFLOP/s). Where the budget fits fewer than BEST_MIN_EPOCHS of its epochs,
+# configs/bf16_small.txt gives more in the same minutes (docs/RESULTS.md#where-the-best-model-overtakes-the-small-one):
+# the best model's 4.2, 5 and 6 epochs reach test NDCG@10 0.1849, 0.1921 and 0.1953 (validation 0.1950 to 0.2032),
+# that model 0.1986 in 15 minutes (nine runs, validation 0.2072-0.2086) and 0.1984 in 25.5 (validation 0.2098); the
+# best model's 7 epochs (one H200 run) are level on validation (0.2079) and ahead on test (0.2016), its 12 far ahead.
 BEST_EPOCH_GFLOP = 289 * 164.4
 BEST_STEP_SHARE = 0.52
-BEST_MIN_EPOCHS = 5
+BEST_MIN_EPOCHS = 7
 ML1M_USERS, ML1M_RATINGS = 6040, 1_000_209  # for the preflight memory estimate
 
 

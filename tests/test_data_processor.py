@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -477,6 +478,29 @@ def test_unreadable_cache_is_rebuilt(tmp_path, parse_counter):
     items.write_bytes(items.read_bytes()[:-8])  # an array cut short
     assert_same_data(data, load_dataset(folder, cache_dir=cache, verify=False))
     assert len(parse_counter) == 2
+
+
+def test_a_cache_renamed_into_place_by_another_process_first_stands(tmp_path, monkeypatch):
+    """Two processes building the same cache (the ranks of a torchrun): the one that renames its folder into place
+    second finds the name taken by a whole cache, keeps that one and removes its own."""
+    folder = write_ml1m(tmp_path / "ml-1m")
+    cache = tmp_path / "cache"
+    first = load_dataset(folder, cache_dir=cache, seq_length=4, verify=False)
+    other = shutil.copytree(cache / "ml1m_T4_S2", tmp_path / "other")
+    shutil.rmtree(cache / "ml1m_T4_S2")
+    real_replace = os.replace
+
+    def the_other_process_first(source, target):
+        if str(source).endswith(".part"):
+            shutil.copytree(other, target)  # the other writer's rename, just before this one's
+        return real_replace(source, target)
+
+    monkeypatch.setattr(dp.os, "replace", the_other_process_first)
+    second = load_dataset(folder, cache_dir=cache, seq_length=4, verify=False)
+    monkeypatch.undo()
+    assert_same_data(first, second)
+    assert [path.name for path in cache.iterdir()] == ["ml1m_T4_S2"]  # this writer's folder removed
+    assert_same_data(first, load_dataset(folder, cache_dir=cache, seq_length=4, verify=False))
 
 
 def test_cache_holds_no_pickles(tmp_path):
