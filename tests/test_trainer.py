@@ -148,6 +148,7 @@ def test_validating_less_often_trains_the_same_weights(synthetic_ml1m_dir, tmp_p
     assert validated == {1: [1, 2, 3], 2: [2, 3]}
     for name, tensor in runs[1]["weights"].items():
         assert torch.equal(runs[2]["weights"][name], tensor), name
+
     def training_part(run: dict) -> list[dict]:
         return [{k: v for k, v in r.items() if not k.startswith("val_") and k != "train_seconds"}
                 for r in run["history"]]
