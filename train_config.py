@@ -36,15 +36,17 @@ DEVICE_DEFAULTS = {
     "cuda": [f"@{CONFIGS / 'best.txt'}"],
 }
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that multiply bf16 in hardware
-# A short --max_minutes on a slow bf16 CPU: the best model's epoch on ML-1M is 289 steps of 164.4 GFLOP of matrix
-# products, which run at 52% of the CPU's bf16 matmul rate (benchmarks/bench_train.py --limit on the slower
-# AVX-512-bf16 CPU: 0.79 s a step, 209 GFLOP/s). Where the budget fits fewer than BEST_MIN_EPOCHS of its epochs,
+# A short --max_minutes on a bf16 CPU: device_defaults times the best model's training step on this CPU
+# (trainer.step_seconds, about 4 s) and predicts its ML-1M epochs in the budget: 289 steps each, plus a
+# validation pass every 4th epoch that costs about 20 steps' time (5 an epoch). Where fewer than BEST_MIN_EPOCHS fit,
 # configs/bf16_small.txt gives more in the same minutes (docs/RESULTS.md#where-the-best-model-overtakes-the-small-one):
 # the best model's 4.2, 5 and 6 epochs reach test NDCG@10 0.1849, 0.1921 and 0.1953 (validation 0.1950 to 0.2032),
 # that model 0.1986 in 15 minutes (nine runs, validation 0.2072-0.2086) and 0.1984 in 25.5 (validation 0.2098); the
 # best model's 7 epochs (one H200 run) are level on validation (0.2079) and ahead on test (0.2016), its 12 far ahead.
-BEST_EPOCH_GFLOP = 289 * 164.4
-BEST_STEP_SHARE = 0.52
+# The step is timed rather than predicted from a matrix-product rate: the best model's step runs at 52% of the
+# 1024^2 bf16 rate on an AVX-512-bf16 CPU but at 21% on an AMX one (0.67-0.70 s a step there against 0.79, at 2.7x
+# the rate), and that rate itself read anywhere from 469 to 1,165 GFLOP/s on the AMX CPU.
+BEST_EPOCH_STEPS = 289 + 5
 BEST_MIN_EPOCHS = 7
 ML1M_USERS, ML1M_RATINGS = 6040, 1_000_209  # for the preflight memory estimate
 
@@ -196,10 +198,12 @@ class FlagFileParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def device_defaults(argv: list[str]) -> tuple[list[str], str]:
+def device_defaults(argv: list[str], probe: bool = True) -> tuple[list[str], str]:
     """The flags `python trainer.py` starts from when argv names no @config file, and why: the best measured
     configuration for what the machine it will run on can do (DEVICE_DEFAULTS). Nothing ("", no reason) when a
-    config file is given or a run is resumed (the checkpoint holds its settings)."""
+    config file is given or a run is resumed (the checkpoint holds its settings). probe=False skips timing the
+    best model's step on a bf16 CPU given a --max_minutes, and takes the best model (the preflight's check of the
+    flags, which must not wait for torch)."""
     if any(arg.startswith("@") or arg.startswith("--resume") for arg in argv):
         return [], ""
     device = argparse.ArgumentParser(add_help=False)
@@ -216,10 +220,10 @@ def device_defaults(argv: list[str]) -> tuple[list[str], str]:
                "a CPU without bf16 instructions (no avx512_bf16 or amx_bf16: bf16 would be emulated, about 17x "
                "slower than fp32)")
     flags = DEVICE_DEFAULTS[key]
-    if key == "cpu_bf16" and budget is not None and budget > 0:
-        rate = matmul_gflops()
-        epochs = budget * 60 * BEST_STEP_SHARE * rate / BEST_EPOCH_GFLOP
-        fits = f"bf16 matmul {rate:.0f} GFLOP/s fits about {epochs:.1f} of the best model's epochs"
+    if key == "cpu_bf16" and budget is not None and budget > 0 and probe:
+        step = best_step_seconds()
+        epochs = budget * 60 / (step * BEST_EPOCH_STEPS)
+        fits = f"the best model's training step takes {step:.2f} s here, so about {epochs:.1f} of its epochs fit"
         if epochs < BEST_MIN_EPOCHS:
             flags = DEVICE_DEFAULTS["cpu_bf16_short"]  # under the given --max_minutes
             why = (f"{why} too slow for the best model in --max_minutes {budget:g}: {fits}, fewer than "
@@ -244,24 +248,11 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
     return [flag for flag in BF16_CPU_FLAGS if flag in flags]
 
 
-def matmul_gflops(dtype: str = "bfloat16", size: int = 1024, repeats: int = 9, fastest: bool = True) -> float:
-    """This CPU's rate on a square matrix product in GFLOP/s (dtype: a torch dtype's name) over `repeats` products
-    after one warm-up, with torch's current threads: the fastest product's by default (the machine's capacity: a
-    pause only slows a product; 10 products of 1024^2 in bf16 take about 50 ms on a CPU that multiplies bf16 in
-    hardware), the median's with fastest=False. Another job on the cores lowers it."""
-    import statistics
-    import time
+def best_step_seconds() -> float:
+    """Seconds of one training step of configs/best.txt on this CPU (trainer.step_seconds; imports torch)."""
+    from trainer import step_seconds
 
-    import torch
-
-    a, b = (torch.randn(size, size).to(getattr(torch, dtype)) for _ in range(2))
-    a @ b
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - start)
-    return 2 * size**3 / (min(seconds) if fastest else statistics.median(seconds)) / 1e9
+    return step_seconds([f"@{CONFIGS / 'best.txt'}"])
 
 
 def cuda_available() -> bool:
@@ -292,13 +283,14 @@ def add_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
         group.add_argument(f"--{spec.name}", default=spec.default, **options)
 
 
-def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False) -> TrainConfig:
+def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False, probe: bool = True) -> TrainConfig:
     """The command line: every TrainConfig field is a flag, `--help` shows each default (the seed's).
 
-    use_device_defaults (the CLI's main): without an @config file, start from DEVICE_DEFAULTS for the device.
+    use_device_defaults (the CLI's main): without an @config file, start from DEVICE_DEFAULTS for the device
+    (probe: see device_defaults).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    defaults, why = device_defaults(argv) if use_device_defaults else ([], "")
+    defaults, why = device_defaults(argv, probe) if use_device_defaults else ([], "")
     argv = defaults + argv
     parser = FlagFileParser(
         description="Train the enhanced BERT4Rec on MovieLens 1M (multi-task, full-ranking evaluation). Without an "
@@ -519,7 +511,7 @@ def preflight(argv: list[str]) -> None:
     """The command line's checks, run before trainer.py imports torch: a refused flag exits with status 2 and one
     line on stderr; anything else returns (trainer.main parses again)."""
     try:
-        validate_config(parse_args(argv, use_device_defaults=True))
+        validate_config(parse_args(argv, use_device_defaults=True, probe=False))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

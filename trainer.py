@@ -29,6 +29,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import tempfile
 import time
 import uuid
@@ -1005,6 +1006,57 @@ def start_run(config: TrainConfig, runtime: Runtime) -> Run:
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
     return Run(config, runtime, data, model, objective, optimizer, scheduler, scaler, generators, state, budget,
                started, budget_clock_start=started, shard=shard)
+
+
+def step_seconds(flags: list[str], steps: int = 3, warmup: int = 2, seed: int = 0) -> float:
+    """Median seconds of one training step of the configuration `flags` (trainer.py flags) on this CPU, with torch's
+    current threads, after `warmup` untimed steps: its network at ML-1M's sizes (ModelConfig's defaults: 3,706
+    items, 6,040 users, their features), its objective, batches made as make_batch makes them, the backward pass,
+    clipping and fused AdamW, on random windows (the values do not change a step's cost; its shapes do). It costs
+    steps + warmup steps and the network's set-up: about 4 s for configs/best.txt on a 2-core bf16 CPU.
+    train_config.device_defaults times the best model with it to choose what a --max_minutes can train."""
+    config = parse_args([*flags, "--device", "cpu"])
+    validate_config(config)
+    keep_freed_memory()  # the allocator setting the training runs with (setup_runtime)
+    generator = torch.Generator().manual_seed(seed)
+    model_config = ModelConfig(**{name: getattr(config, name) for name in MODEL_FLAGS},
+                               use_rating_head=config.rating_prediction_weight > 0,
+                               use_preference_head=config.user_preference_weight > 0)
+    model = EnhancedBERT4Rec(model_config)
+    users, windows, shape = model_config.num_users, 4 * config.batch_size, (4 * config.batch_size, config.seq_length)
+
+    def uniform(high: int, size: tuple[int, ...], low: int = 1) -> torch.Tensor:
+        return torch.randint(low, high, size, generator=generator)
+
+    tensors = {"window_items": uniform(model_config.num_items + 1, shape), "window_ratings": uniform(6, shape),
+               "window_days": uniform(367, shape), "window_users": uniform(users + 1, (windows,)).sort().values,
+               "user_preference_profile": torch.rand(users + 1, model_config.preference_size or 1,
+                                                     generator=generator).softmax(-1),
+               "user_first_window": torch.zeros(users + 1, dtype=torch.long)}
+    for feature in model_config.user_features:
+        size = (users + 1, feature["size"]) if feature["kind"] == "multi" else (users + 1,)
+        tensors[f"user:{feature['name']}"] = uniform(feature["size"] if feature["kind"] != "multi" else 2, size,
+                                                     low=0)
+    objective = MultiTaskObjective(model, config.task_weights, config.loss_row_bucket,
+                                   config.num_negatives if config.item_loss == "sampled" else 0, generator)
+    optimizer = make_optimizer(model, config)
+    objective.train()
+    times = []
+    for _ in range(warmup + steps):
+        started = time.perf_counter()
+        batch = make_batch(tensors, uniform(windows, (config.batch_size,), low=0), model_config.mask_index,
+                           config.mask_prob, config.user_dropout, config.demographics_dropout, generator,
+                           mask_last=config.next_item_on, crop_prob=config.next_item_crop,
+                           new_user_prob=config.new_user_prob, causal=config.causal)
+        with autocast_context(config.amp, "cpu"):
+            loss = objective(batch)["total"]
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[warmup:])
 
 
 def finished_because(run: Run) -> str:

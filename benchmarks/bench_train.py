@@ -42,7 +42,6 @@ sys.path.insert(0, str(REPO))
 from benchmarks.fresh_process import in_fresh_process, peak_rss_mb  # noqa: E402
 from data_processor import eval_inputs  # noqa: E402
 from train_config import CONFIGS, parse_args, validate_config  # noqa: E402
-from train_config import matmul_gflops as probe_gflops  # noqa: E402
 from trainer import (  # noqa: E402
     Run,
     data_to_tensors,
@@ -156,10 +155,18 @@ def measure(flags: list[str], data_dir: str, steps: int, warmup: int, threads: i
             "gpu_peak_mb": torch.cuda.max_memory_allocated(run.runtime.device) / 2**20 if on_gpu else 0.0}
 
 
-def matmul_gflops(dtype: str, size: int, threads: int) -> float:
-    """This CPU's rate on one large square matmul (median of 3 after one warm-up; the trainer's own probe)."""
+def matmul_gflops(dtype: str, size: int, threads: int, repeats: int = 3) -> float:
+    """This CPU's rate in GFLOP/s on a square matrix product (dtype: a torch dtype's name), the median of `repeats`
+    products after one warm-up, on `threads` threads. Another job on the cores lowers it."""
     torch.set_num_threads(threads)
-    return probe_gflops(dtype, size, repeats=3, fastest=False)
+    a, b = (torch.randn(size, size).to(getattr(torch, dtype)) for _ in range(2))
+    a @ b
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(seconds) / 1e9
 
 
 def table_row(name: str, m: dict, limits: dict[str, float]) -> str:

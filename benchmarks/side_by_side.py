@@ -82,7 +82,8 @@ def check_flags(runs: dict[str, list[str]], common: list[str], data_dir: str, ou
     """Refuse the whole set before anything starts when one run's flags would be refused by trainer.py."""
     for name, flags in runs.items():
         try:
-            validate_config(parse_args(trainer_argv(flags, common, data_dir, out / name), use_device_defaults=True))
+            validate_config(parse_args(trainer_argv(flags, common, data_dir, out / name), use_device_defaults=True,
+                                       probe=False))
         except ConfigError as error:
             raise ConfigError(f"run {name}: {error}") from None
         except SystemExit:  # the parser has printed its message

@@ -24,6 +24,7 @@ from data_processor import eval_inputs, load_dataset, mask_index, scoring_input,
 from enhanced_model import model_from_checkpoint, read_checkpoint
 from inference import RecommendationEngine
 from trainer import (
+    ConfigError,
     TrainConfig,
     TrainingError,
     autocast_context,
@@ -32,6 +33,7 @@ from trainer import (
     load_checkpoint,
     parse_args,
     ranking_metrics,
+    step_seconds,
     target_ranks,
     train,
     training_events,
@@ -528,8 +530,8 @@ def test_defaults_per_device_and_the_seed_one_flag_away(monkeypatch):
 
 def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_smaller_bf16_model(monkeypatch):
     monkeypatch.setattr(train_config, "cpu_bf16_flags", lambda: ["avx512_bf16"])
-    rates = []
-    monkeypatch.setattr(train_config, "matmul_gflops", lambda: rates.pop())
+    steps = []
+    monkeypatch.setattr(train_config, "best_step_seconds", lambda: steps.pop())
     small = parse_args([f"@{REPO / 'configs' / 'bf16_small.txt'}", "--max_minutes", "15", "--device", "cpu"])
     # the best model's recipe at hidden 128, 2 layers, batch 64, dropout 0.1, with the sampled loss
     assert small == parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--hidden_size", "128", "--num_layers", "2",
@@ -537,34 +539,42 @@ def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_smaller_bf16_model(monkeyp
                                 "--item_loss", "sampled", "--num_negatives", "1024", "--max_epochs", "200",
                                 "--patience", "10", "--max_minutes", "15", "--device", "cpu"])
     best = parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--max_minutes", "15", "--device", "cpu"])
-    # 15 minutes at 0.52 x 422 GFLOP/s: 15 x 60 x 219.4 / (289 x 164.4) = 4.2 of the best model's epochs
-    rates.append(422.0)
+    # 15 minutes at 0.79 s a step, 289 steps and 5 steps' validation an epoch: 900 / (0.79 x 294) = 3.9 epochs
+    steps.append(0.79)
     slow = parse_args(["--device", "cpu", "--max_minutes", "15"], use_device_defaults=True)
     assert slow == small and slow.max_minutes == 15.0
     assert slow.defaults.startswith("configs/bf16_small.txt, the best measured configuration for a CPU that "
                                     "multiplies bf16 in hardware (avx512_bf16) too slow for the best model in "
-                                    "--max_minutes 15: bf16 matmul 422 GFLOP/s fits about 4.2 of the best model's "
-                                    "epochs, fewer than 7")
-    rates.append(763.0)
+                                    "--max_minutes 15: the best model's training step takes 0.79 s here, so about "
+                                    "3.9 of its epochs fit, fewer than 7")
+    steps.append(0.43)  # 900 / (0.43 x 294) = 7.1 epochs
     fast = parse_args(["--device", "cpu", "--max_minutes", "15"], use_device_defaults=True)
-    assert fast == best and "(avx512_bf16): bf16 matmul 763 GFLOP/s fits about 7.5 of the best model's epochs in " \
-        "--max_minutes 15" in fast.defaults
-    rates.append(422.0)  # 20 minutes at 422: 5.6 epochs, where the best model's 5 and 6 were measured behind
+    assert fast == best and "(avx512_bf16): the best model's training step takes 0.43 s here, so about 7.1 of its " \
+        "epochs fit in --max_minutes 15" in fast.defaults
+    steps.append(0.79)  # 20 minutes: 5.2 epochs, where the best model's 5 and 6 were measured behind
     assert parse_args(["--device", "cpu", "--max_minutes", "20"], use_device_defaults=True).hidden_size == 128
-    rates.append(422.0)  # 30 minutes at 422: 8.3 epochs
+    steps.append(0.79)  # 30 minutes: 7.8 epochs
     assert parse_args(["--device", "cpu", "--max_minutes", "30"], use_device_defaults=True).hidden_size == 256
-    # no budget, a config file, or an AVX2 CPU: nothing to probe (the list is empty, so a probe would raise)
+    # no budget, a config file, the preflight's check (probe=False) or an AVX2 CPU: nothing is timed (the list is
+    # empty, so timing would raise)
     assert parse_args(["--device", "cpu"], use_device_defaults=True).hidden_size == 256
     assert parse_args(["@configs/best.txt", "--max_minutes", "1"], use_device_defaults=True).hidden_size == 256
+    assert parse_args(["--device", "cpu", "--max_minutes", "1"], use_device_defaults=True, probe=False) == replace(
+        best, max_minutes=1.0)
     monkeypatch.setattr(train_config, "cpu_bf16_flags", lambda: [])
     assert parse_args(["--device", "cpu", "--max_minutes", "1"], use_device_defaults=True) == parse_args(
         [f"@{REPO / 'configs' / 'cpu_sampled.txt'}", "--max_minutes", "1", "--device", "cpu"])
 
 
-def test_the_matmul_probe_measures_a_real_product():
-    fp32 = train_config.matmul_gflops("float32", size=128, repeats=3)
-    # 4.2 MFLOP a product: a rate, finite and positive; no lower bound (another job on the cores can slow it 1000x)
-    assert 0 < fp32 < 100_000 and math.isfinite(fp32)
+@pytest.mark.parametrize("config", ["best.txt", "bf16_small.txt"])
+def test_the_step_probe_times_real_training_steps_of_a_configuration(config):
+    # each configuration's recipe (causal, the crop, the cosine head, bf16, full or sampled loss) at a tiny size
+    seconds = step_seconds([f"@{REPO / 'configs' / config}", "--hidden_size", "16", "--num_heads", "2",
+                            "--num_layers", "1", "--batch_size", "8"], steps=2, warmup=1)
+    # a duration, finite and positive; no bound (another job on the cores can slow it 1000x)
+    assert 0 < seconds < 600 and math.isfinite(seconds)
+    with pytest.raises(ConfigError, match="--hidden_size"):  # flags are checked as the trainer checks them
+        step_seconds([f"@{REPO / 'configs' / config}", "--hidden_size", "0"])
 
 
 def test_the_cpu_probe_reads_the_bf16_flags_of_proc_cpuinfo():
