@@ -285,6 +285,26 @@ def test_recommend_batch_equals_single_calls(trained):
         assert scores.scores[1, column[movie_id]].item() == pytest.approx(score, abs=1e-5)
 
 
+def test_batch_scoring_takes_the_devices_batch_size_unless_given_one(trained, tmp_path, monkeypatch):
+    """score_batch, recommend_batch and export_recommendations score engine.BATCH_USERS users a forward pass on a CPU
+    (64: small batches reuse the memory the one before freed) unless given batch_size, with the same rankings."""
+    import engine as engine_module
+
+    sizes = []
+    real = engine_module.score_and_hidden
+    monkeypatch.setattr(engine_module, "score_and_hidden",
+                        lambda *args, **kwargs: (sizes.append(args[4]), real(*args, **kwargs))[1])
+    engine, user_ids = trained.engine, trained.engine.user_ids
+    assert engine_module.BATCH_USERS["cpu"] == 64 and len(user_ids) > 64  # more than one batch
+    default = engine.recommend_batch(user_ids, k=5)
+    engine.score_batch(user_ids[:3])
+    rows = engine.export_recommendations(tmp_path / "top.csv", k=5, progress=False)
+    assert sizes == [64, 64] + [64] * math.ceil(len(user_ids) / 64) and rows == 5 * len(user_ids)
+    whole = engine.recommend_batch(user_ids, k=5, batch_size=512)
+    assert sizes[-1] == 512
+    assert [[r["movie_id"] for r in top] for top in default] == [[r["movie_id"] for r in top] for top in whole]
+
+
 def test_recommend_batch_excludes_each_sequences_own_movies(trained):
     """With explicit item_sequences, filter_seen excludes each row's own sequence (not a known user's stored history,
     nor another row's); filter_seen=False lists them like any movie."""
