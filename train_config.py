@@ -37,7 +37,7 @@ DEVICE_DEFAULTS = {
 }
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that multiply bf16 in hardware
 # A short --max_minutes on a bf16 CPU: device_defaults times the best model's training step on this CPU
-# (trainer.step_seconds, about 4 s) and predicts its ML-1M epochs in the budget: 289 steps each, plus a
+# (trainer.step_seconds, about 5 s) and predicts its ML-1M epochs in the budget: 289 steps each, plus a
 # validation pass every 4th epoch that costs about 20 steps' time (5 an epoch). Where fewer than BEST_MIN_EPOCHS fit,
 # configs/bf16_small.txt gives more in the same minutes (docs/RESULTS.md#where-the-best-model-overtakes-the-small-one):
 # the best model's 4.2, 5 and 6 epochs reach test NDCG@10 0.1849, 0.1921 and 0.1953 (validation 0.1950 to 0.2032),

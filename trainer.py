@@ -1013,7 +1013,7 @@ def step_seconds(flags: list[str], steps: int = 3, warmup: int = 2, seed: int = 
     current threads, after `warmup` untimed steps: its network at ML-1M's sizes (ModelConfig's defaults: 3,706
     items, 6,040 users, their features), its objective, batches made as make_batch makes them, the backward pass,
     clipping and fused AdamW, on random windows (the values do not change a step's cost; its shapes do). It costs
-    steps + warmup steps and the network's set-up: about 4 s for configs/best.txt on a 2-core bf16 CPU.
+    steps + warmup steps and the network's set-up: about 5 s for configs/best.txt on a 2-core bf16 CPU.
     train_config.device_defaults times the best model with it to choose what a --max_minutes can train."""
     config = parse_args([*flags, "--device", "cpu"])
     validate_config(config)
