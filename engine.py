@@ -123,11 +123,16 @@ from signup_prior import (
 # Users per forward pass of score_batch, recommend_batch and export_recommendations when batch_size is not given, by
 # device type. On a CPU small batches keep a pass's largest blocks (the feed-forward's activations, users x 50
 # positions x 4H) under glibc's mmap threshold (at most 32 MB), so each batch reuses the memory the one before it
-# freed instead of having fresh pages mapped and zeroed: every ML-1M user with the best model's shape, in a fresh
-# process, 6.2 s in bf16 at 64 or 128 users against 8.7 s at 512, 12.9 s in fp32 at 64 against 16.5
+# freed instead of having fresh pages mapped and zeroed: every ML-1M user with the best model's shape, fresh
+# processes alternating 64 and 512 users, 0.82-0.84x the time in bf16 and 0.66-0.80x in fp32
 # (docs/RESULTS.md#benchmarks-speed-and-memory). A GPU keeps the larger batch.
 BATCH_USERS = {"cpu": 64}
 GPU_BATCH_USERS = 512
+
+
+def default_batch_users(device: torch.device) -> int:
+    """The users per forward pass batch scoring takes on `device` when not told (BATCH_USERS)."""
+    return BATCH_USERS.get(device.type, GPU_BATCH_USERS)
 
 
 @dataclass
@@ -433,7 +438,7 @@ class RecommendationEngine:
     def _batch_users(self, batch_size: int | None) -> int:
         """batch_size as given (a positive int), or when None the device's default (BATCH_USERS)."""
         if batch_size is None:
-            return BATCH_USERS.get(self.device.type, GPU_BATCH_USERS)
+            return default_batch_users(self.device)
         return positive_int(batch_size, "batch_size")
 
     def _score_and_hidden(self, requests: list[Request], filter_seen: bool, batch_size: int | None = None,

@@ -30,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from data_processor import SequenceData, load_dataset, save_metadata  # noqa: E402
-from engine import BATCH_USERS, GPU_BATCH_USERS  # noqa: E402
+from engine import default_batch_users  # noqa: E402
 from enhanced_model import EnhancedBERT4Rec  # noqa: E402
 from inference import RecommendationEngine  # noqa: E402
 from inference_inputs import PRECISIONS  # noqa: E402
@@ -142,7 +142,7 @@ def main() -> int:
           f"p95 {p95:.1f} ms (target p50 <= {TARGET_P50_S * 1e3:.0f} ms: {p50_verdict})")
     print(f"explain_recommendation(user_id, its top item), {len(explain_seconds)} calls: "
           f"p50 {e50:.1f} ms, p95 {e95:.1f} ms")
-    batch = args.batch_size or BATCH_USERS.get(engine.device.type, GPU_BATCH_USERS)
+    batch = args.batch_size or default_batch_users(engine.device)
     print(f"recommend_batch(all {len(user_ids)} users, k=10, batch {batch}), median of "
           f"{len(batch_seconds)}: {all_users:.1f} s (runs {', '.join(f'{s:.1f}' for s in batch_seconds)}; "
           f"target <= {TARGET_ALL_USERS_S:.0f} s: {batch_verdict})")
