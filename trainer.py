@@ -1044,10 +1044,8 @@ def step_seconds(flags: list[str], steps: int = 3, warmup: int = 2, seed: int = 
     times = []
     for _ in range(warmup + steps):
         started = time.perf_counter()
-        batch = make_batch(tensors, uniform(windows, (config.batch_size,), low=0), model_config.mask_index,
-                           config.mask_prob, config.user_dropout, config.demographics_dropout, generator,
-                           mask_last=config.next_item_on, crop_prob=config.next_item_crop,
-                           new_user_prob=config.new_user_prob, causal=config.causal)
+        batch = configured_batch(config, tensors, uniform(windows, (config.batch_size,), low=0),
+                                 model_config.mask_index, generator)
         with autocast_context(config.amp, "cpu"):
             loss = objective(batch)["total"]
         loss.backward()
@@ -1169,6 +1167,14 @@ def train_epoch(run: Run) -> tuple[dict, bool]:
     return record, out_of_time
 
 
+def configured_batch(config: TrainConfig, tensors: dict[str, torch.Tensor], rows: torch.Tensor,
+                     mask_token: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """make_batch with the masking, dropout, crop, new-user and causal settings of the trainer's flags `config`."""
+    return make_batch(tensors, rows, mask_token, config.mask_prob, config.user_dropout, config.demographics_dropout,
+                      generator, mask_last=config.next_item_on, crop_prob=config.next_item_crop,
+                      new_user_prob=config.new_user_prob, causal=config.causal)
+
+
 def forward_backward(run: Run, rows: torch.Tensor, sync_gradients: bool = True) -> dict[str, torch.Tensor]:
     """The gradient half of a training step on the windows `rows`: their batch (fresh masks from the run's mask
     generator), the objective under --amp, and the backward pass of the total loss / --grad_accum_steps (scaled
@@ -1177,10 +1183,8 @@ def forward_backward(run: Run, rows: torch.Tensor, sync_gradients: bool = True) 
     accumulation is complete: train_epoch reads the losses in between, so a diverged loss is refused before it
     reaches the weights; benchmarks/bench_train.py times the two together."""
     config, runtime = run.config, run.runtime
-    batch = make_batch(run.data_tensors, rows.to(runtime.device), mask_index(run.data.num_items), config.mask_prob,
-                       config.user_dropout, config.demographics_dropout, run.generators[1],
-                       mask_last=config.next_item_on, crop_prob=config.next_item_crop,
-                       new_user_prob=config.new_user_prob, causal=config.causal)
+    batch = configured_batch(config, run.data_tensors, rows.to(runtime.device), mask_index(run.data.num_items),
+                             run.generators[1])
     sync = nullcontext() if sync_gradients or runtime.world_size == 1 else run.objective.no_sync()
     with sync:
         with autocast_context(config.amp, runtime.device.type):

@@ -152,10 +152,11 @@ def main() -> int:
               f"{median:.1f} s (runs {', '.join(f'{s:.1f}' for s in seconds)}; target <= "
               f"{TARGET_ALL_USERS_S:.0f} s: {'met' if median <= TARGET_ALL_USERS_S else 'MISSED'})")
     if args.precision != "fp32":
-        same_list, same_set = top10_agreement(engine, fp32_engine, user_ids, args.batch_size)
+        ours, theirs = (e.score_batch(user_ids, batch_size=args.batch_size).scores for e in (engine, fp32_engine))
+        same_list, same_set = top10_agreement(ours, theirs)
         print(f"top 10 in {args.precision} against fp32, all {len(user_ids)} users: the same list for "
               f"{same_list:.2%}, the same set for {same_set:.2%}")
-        ties = near_ties(engine, fp32_engine, user_ids, args.batch_size)
+        ties = near_ties(ours, theirs)
         print(f"largest |score difference| of a user against fp32: median {ties['difference_median']:.4f}, 99th "
               f"percentile {ties['difference_p99']:.4f}, largest {ties['difference_max']:.4f}; users within twice "
               f"the largest of a tie (re-scoring them in fp32 would give fp32's top 10 to everyone): "
@@ -164,27 +165,24 @@ def main() -> int:
     return 0
 
 
-def top10_agreement(engine: RecommendationEngine, reference: RecommendationEngine, user_ids: list[int],
-                    batch_size: int | None) -> tuple[float, float]:
-    """The share of users whose top 10 from engine is reference's, in the same order, and as a set."""
-    ours, theirs = ([[r["movie_id"] for r in top] for top in e.recommend_batch(user_ids, k=10, batch_size=batch_size)]
-                    for e in (engine, reference))
-    same_list = sum(a == b for a, b in zip(ours, theirs, strict=True)) / len(user_ids)
-    same_set = sum(set(a) == set(b) for a, b in zip(ours, theirs, strict=True)) / len(user_ids)
-    return same_list, same_set
+def top10_agreement(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float]:
+    """The share of users (rows of two engines' score_batch scores) whose top 10 in ours is theirs, in the same order
+    (as recommend_batch lists them), and as a set."""
+    ours_top, theirs_top = ours.topk(10, dim=1).indices, theirs.topk(10, dim=1).indices
+    same_list = (ours_top == theirs_top).all(dim=1)
+    same_set = (ours_top.sort(dim=1).values == theirs_top.sort(dim=1).values).all(dim=1)
+    return float(same_list.double().mean()), float(same_set.double().mean())
 
 
-def near_ties(engine: RecommendationEngine, reference: RecommendationEngine, user_ids: list[int],
-              batch_size: int | None) -> dict[str, float]:
-    """How far engine's scores are from reference's, and which users could rank differently because of it.
+def near_ties(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float]:
+    """How far an engine's scores `ours` are from a reference's `theirs` (score_batch scores of the same users),
+    and which users could rank differently because of it.
 
     difference_*: the median, 99th percentile and largest over users of a user's largest |score difference|
     (movies scored in both). With e the largest of all, a user's top 10 can differ from reference's as a set only
-    where engine's 10th and 11th scores are within 2e, and in order only where two neighbours among its first 11
+    where ours' 10th and 11th scores are within 2e, and in order only where two neighbours among its first 11
     are: set_share and order_share are those users' shares, the ones a re-check that is sure to agree with the
     reference would have to score again."""
-    ours = engine.score_batch(user_ids, batch_size=batch_size).scores
-    theirs = reference.score_batch(user_ids, batch_size=batch_size).scores
     difference = (ours - theirs).where(torch.isfinite(theirs), 0.0).abs().amax(dim=1).double()
     margin = 2 * float(difference.max())
     top = ours.topk(11, dim=1).values

@@ -43,6 +43,9 @@ from train_config import CONFIGS  # noqa: E402
 ML32M_USERS, ML32M_ITEMS, ML32M_EVENTS = 200_948, 87_585, 32_000_204
 STAGES = ("write", "read", "process", "reload", "metadata", "train", "evaluate", "export")
 SUFFIXES = {"K": 1_000, "M": 1_000_000}
+# untimed steps before a training stage's timed ones: a GPU's first steps also tune its kernels and fill its
+# allocator's cache, so it gets more of them
+WARMUP_STEPS = {"cpu": 2, "cuda": 10}
 MODELS = {  # --models key: (name, trainer.py flags), with the --item_loss item loss
     "cpu": ("CPU default (hidden 64, 2 layers)", [f"@{CONFIGS / 'cpu_small.txt'}"]),
     "best": ("best model's shape (hidden 256, 4 layers), fp32", [f"@{CONFIGS / 'best.txt'}", "--amp", "off"]),
@@ -125,10 +128,10 @@ def model_key(model: str, item_loss: str) -> str:
 
 def train_stage(folder: str, cache_dir: str, model: str, num_negatives: int, steps: int, threads: int,
                 item_loss: str = "sampled", device: str = "cpu") -> dict:
-    """The median of `steps` training steps (after 2 warm-up steps, 10 on a GPU) of one --models configuration."""
+    """The median of `steps` training steps (after WARMUP_STEPS of the device's kind) of one --models configuration."""
     from benchmarks.bench_train import measure
 
-    warmup = 10 if device.startswith("cuda") else 2
+    warmup = WARMUP_STEPS["cuda" if device.startswith("cuda") else "cpu"]
     measured = measure(model_flags(model, num_negatives, item_loss), folder, steps, warmup, threads, cache_dir,
                        validate=False, device=device)
     loss = "sampled loss" if item_loss == "sampled" else "full softmax"

@@ -1161,15 +1161,20 @@ def test_bf16_scoring_ranks_as_fp32_does_and_is_not_a_no_op(trained):
     assert torch.equal(bf16.argmax(dim=1), fp32.argmax(dim=1))
     same_top10 = (bf16.topk(10).indices.sort().values == fp32.topk(10).indices.sort().values).all(dim=1)
     assert float(same_top10.float().mean()) >= 0.9
-    # bench_inference's agreement count: an engine agrees with itself for every user, bf16 with fp32 for most
-    assert top10_agreement(trained.engine, trained.engine, users, 7) == (1.0, 1.0)
-    same_list, same_set = top10_agreement(bf16_engine, trained.engine, users, 512)
+    # bench_inference's agreement count: scores agree with themselves for every user, bf16 with fp32 for most, and
+    # the count is the one recommend_batch's own lists give
+    assert top10_agreement(fp32, fp32) == (1.0, 1.0)
+    same_list, same_set = top10_agreement(bf16, fp32)
+    lists = [[[r["movie_id"] for r in top] for top in engine.recommend_batch(users, k=10, batch_size=7)]
+             for engine in (bf16_engine, trained.engine)]
+    assert same_list == sum(a == b for a, b in zip(*lists, strict=True)) / len(users)
+    assert same_set == sum(set(a) == set(b) for a, b in zip(*lists, strict=True)) / len(users)
     assert same_list <= same_set and same_set == float(same_top10.double().mean())
     # every user whose top 10 differs is within twice the largest score difference of a tie
-    ties = near_ties(bf16_engine, trained.engine, users, 512)
+    ties = near_ties(bf16, fp32)
     assert ties["difference_max"] == float((bf16 - fp32)[finite].abs().max()) > 0
     assert 1 - same_set <= ties["set_share"] <= ties["order_share"] and 1 - same_list <= ties["order_share"]
-    assert near_ties(trained.engine, trained.engine, users, 7)["difference_max"] == 0.0
+    assert near_ties(fp32, fp32)["difference_max"] == 0.0
     bf16_engine.precision = "fp32"  # an attribute: the engine then scores exactly as the default one
     assert torch.equal(bf16_engine.score_batch(users).scores, fp32)
 
