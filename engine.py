@@ -120,19 +120,19 @@ from signup_prior import (
     NewUserPrior,
 )
 
-# Users per forward pass of score_batch, recommend_batch and export_recommendations when batch_size is not given, by
-# device type. On a CPU small batches keep a pass's largest blocks (the feed-forward's activations, users x 50
+# Users per forward pass of score_batch, recommend_batch and export_recommendations when batch_size is not given.
+# On a CPU small batches keep a pass's largest blocks (the feed-forward's activations, users x 50
 # positions x 4H) under glibc's mmap threshold (at most 32 MB), so each batch reuses the memory the one before it
 # freed instead of having fresh pages mapped and zeroed: every ML-1M user with the best model's shape, fresh
 # processes alternating 64 and 512 users, 0.82-0.84x the time in bf16 and 0.66-0.80x in fp32
 # (docs/RESULTS.md#benchmarks-speed-and-memory). A GPU keeps the larger batch.
-BATCH_USERS = {"cpu": 64}
+CPU_BATCH_USERS = 64
 GPU_BATCH_USERS = 512
 
 
 def default_batch_users(device: torch.device) -> int:
-    """The users per forward pass batch scoring takes on `device` when not told (BATCH_USERS)."""
-    return BATCH_USERS.get(device.type, GPU_BATCH_USERS)
+    """The users per forward pass batch scoring takes on `device` when not told."""
+    return CPU_BATCH_USERS if device.type == "cpu" else GPU_BATCH_USERS
 
 
 @dataclass
@@ -259,7 +259,8 @@ class RecommendationEngine:
         batch_size: int | None = None,
         demographics: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> BatchScores:
-        """Scores of every movie for many users, batch_size users per forward pass (offline use; None: BATCH_USERS).
+        """Scores of every movie for many users, batch_size users per forward pass (offline use; None:
+        default_batch_users).
 
         Each row follows get_recommendations' rules for (user_ids[i], item_sequences[i], timestamps[i],
         **demographics[i]); item_sequences None = every user's known history; demographics[i] is None or a dict
@@ -436,7 +437,7 @@ class RecommendationEngine:
                             self.new_user_prior_window)
 
     def _batch_users(self, batch_size: int | None) -> int:
-        """batch_size as given (a positive int), or when None the device's default (BATCH_USERS)."""
+        """batch_size as given (a positive int), or when None the device's default (default_batch_users)."""
         if batch_size is None:
             return default_batch_users(self.device)
         return positive_int(batch_size, "batch_size")

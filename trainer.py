@@ -1049,10 +1049,7 @@ def step_seconds(flags: list[str], steps: int = 3, warmup: int = 2, seed: int = 
         with autocast_context(config.amp, "cpu"):
             loss = objective(batch)["total"]
         loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        apply_gradients(model, optimizer, config.grad_clip)
         times.append(time.perf_counter() - started)
     return statistics.median(times[warmup:])
 
@@ -1194,18 +1191,24 @@ def forward_backward(run: Run, rows: torch.Tensor, sync_gradients: bool = True) 
     return losses
 
 
-def optimizer_step(run: Run) -> None:
-    """Clip, step (through the fp16 scaler when on), clear the gradients and advance the schedule."""
-    if run.scaler is not None:
-        run.scaler.unscale_(run.optimizer)
-    if run.config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
-    if run.scaler is not None:
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
+def apply_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
+                    scaler: torch.amp.GradScaler | None = None) -> None:
+    """Clip the gradients (grad_clip > 0), step the optimizer (through the fp16 scaler when given), clear them."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
     else:
-        run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def optimizer_step(run: Run) -> None:
+    """Apply the gradients (clipped, through the fp16 scaler when on) and advance the schedule."""
+    apply_gradients(run.model, run.optimizer, run.config.grad_clip, run.scaler)
     if not run.config.deterministic and run.config.max_minutes:  # --deterministic: the schedule follows steps only
         run.budget["used"] = run.budget_spent() / (run.config.max_minutes * 60)
     run.scheduler.step()

@@ -168,7 +168,7 @@ def write_model(folder: str, cache_dir: str, out: str, num_negatives: int) -> No
 
 
 def export_stage(out: str, threads: int) -> dict:
-    """Load the engine and write every known user's top 10 to a CSV (streamed, chunks of 512 users)."""
+    """Load the engine and write every known user's top 10 to a CSV (streamed, the engine's batches of users)."""
     import torch
 
     from engine import RecommendationEngine

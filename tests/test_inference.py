@@ -286,8 +286,8 @@ def test_recommend_batch_equals_single_calls(trained):
 
 
 def test_batch_scoring_takes_the_devices_batch_size_unless_given_one(trained, tmp_path, monkeypatch):
-    """score_batch, recommend_batch and export_recommendations score engine.BATCH_USERS users a forward pass on a CPU
-    (64: small batches reuse the memory the one before freed) unless given batch_size, with the same rankings."""
+    """score_batch, recommend_batch and export_recommendations score engine.CPU_BATCH_USERS users a forward pass on a
+    CPU (64: small batches reuse the memory the one before freed) unless given batch_size, with the same rankings."""
     import engine as engine_module
 
     sizes = []
@@ -295,7 +295,7 @@ def test_batch_scoring_takes_the_devices_batch_size_unless_given_one(trained, tm
     monkeypatch.setattr(engine_module, "score_and_hidden",
                         lambda *args, **kwargs: (sizes.append(args[4]), real(*args, **kwargs))[1])
     engine, user_ids = trained.engine, trained.engine.user_ids
-    assert engine_module.BATCH_USERS["cpu"] == 64 and len(user_ids) > 64  # more than one batch
+    assert engine_module.CPU_BATCH_USERS == 64 and len(user_ids) > 64  # more than one batch
     default = engine.recommend_batch(user_ids, k=5)
     engine.score_batch(user_ids[:3])
     rows = engine.export_recommendations(tmp_path / "top.csv", k=5, progress=False)
