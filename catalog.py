@@ -173,8 +173,10 @@ def signup_groups(catalog: Catalog, features: np.ndarray) -> np.ndarray:
 
 def movie_record(catalog: Catalog, movie_id: int) -> dict[str, Any]:
     movie = catalog.movies[movie_id]
-    # the title and each item feature's value by its name (ML-1M: genres, year); not the model's indices
-    return {"movie_id": movie_id, **{key: value for key, value in movie.items() if not key.endswith("_index")}}
+    # the title and each item feature's value by its name (ML-1M: genres, year); not the model's indices. Lists are
+    # copied: a caller changing a record's genres must not change the catalog's
+    return {"movie_id": movie_id, **{key: value.copy() if isinstance(value, list) else value
+                                     for key, value in movie.items() if not key.endswith("_index")}}
 
 
 def default_day(day: int | None) -> int:

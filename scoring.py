@@ -151,23 +151,28 @@ def top_k_records(model: EnhancedBERT4Rec, catalog: Catalog, scores: torch.Tenso
     # Python lists read once, and each listed movie's record made once: per-element tensor reads and a record per
     # row took about 1 s of ML-1M's all-users top 10 (60,400 records)
     movie_ids, values, ratings = catalog.item_movie_ids[items.numpy()].tolist(), values.tolist(), ratings.tolist()
-    records: dict[int, dict[str, Any]] = {}
+    records: dict[int, tuple[dict[str, Any], list[str]]] = {}
     with_rating = model.rating_head is not None
     answers = []
     for row, (request, row_keep) in enumerate(zip(requests, keep.tolist(), strict=True)):
-        kept = [j for j, listed in enumerate(row_keep) if listed][:k]
-        answers.append([
-            {"rank": rank, **_cached_record(records, catalog, movie_ids[row][j]), "score": values[row][j],
-             "strategy": request.strategy,
-             **({"predicted_rating": None if math.isnan(ratings[row][j]) else ratings[row][j]} if with_rating else {})}
-            for rank, j in enumerate(kept, 1)
-        ])
+        listings = []
+        for rank, j in enumerate([j for j, listed in enumerate(row_keep) if listed][:k], 1):
+            record, list_keys = _cached_record(records, catalog, movie_ids[row][j])
+            listing = {"rank": rank, **record, "score": values[row][j], "strategy": request.strategy}
+            for key in list_keys:  # its own lists (the genres): a caller may change one listing, never another
+                listing[key] = listing[key].copy()
+            if with_rating:
+                listing["predicted_rating"] = None if math.isnan(ratings[row][j]) else ratings[row][j]
+            listings.append(listing)
+        answers.append(listings)
     return answers
 
 
-def _cached_record(records: dict[int, dict[str, Any]], catalog: Catalog, movie_id: int) -> dict[str, Any]:
-    """movie_record(catalog, movie_id), made on first use and kept in records (callers copy it into their own)."""
-    record = records.get(movie_id)
-    if record is None:
-        record = records[movie_id] = movie_record(catalog, movie_id)
-    return record
+def _cached_record(records: dict[int, tuple[dict[str, Any], list[str]]], catalog: Catalog,
+                   movie_id: int) -> tuple[dict[str, Any], list[str]]:
+    """movie_record(catalog, movie_id) and its list-valued keys, made on first use and kept in records."""
+    cached = records.get(movie_id)
+    if cached is None:
+        record = movie_record(catalog, movie_id)
+        cached = records[movie_id] = (record, [key for key, value in record.items() if isinstance(value, list)])
+    return cached

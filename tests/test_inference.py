@@ -305,6 +305,22 @@ def test_batch_scoring_takes_the_devices_batch_size_unless_given_one(trained, tm
     assert [[r["movie_id"] for r in top] for top in default] == [[r["movie_id"] for r in top] for top in whole]
 
 
+def test_recommend_batch_gives_every_listing_its_own_record(trained):
+    """A movie listed for several users comes as a separate dict with its own genres list each time (top_k_records
+    makes each movie's record once per call and copies it): changing one listing changes no other, nor the catalog."""
+    listings = {}
+    for records in trained.engine.recommend_batch(trained.engine.user_ids[:30], k=10):
+        for record in records:
+            listings.setdefault(record["movie_id"], []).append(record)
+    first, second = next(found for found in listings.values() if len(found) > 1)[:2]
+    title, genres = second["title"], list(second["genres"])
+    first["title"], first["score"] = "changed", -1.0
+    first["genres"].append("changed")
+    assert second["title"] == title != "changed" and second["score"] != -1.0 and second["genres"] == genres
+    again = trained.engine.recommend_batch(trained.engine.user_ids[:30], k=10)
+    assert all("changed" not in record["genres"] for records in again for record in records)  # nor the catalog's
+
+
 def test_recommend_batch_excludes_each_sequences_own_movies(trained):
     """With explicit item_sequences, filter_seen excludes each row's own sequence (not a known user's stored history,
     nor another row's); filter_seen=False lists them like any movie."""
