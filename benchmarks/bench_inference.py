@@ -34,6 +34,7 @@ from engine import default_batch_users  # noqa: E402
 from enhanced_model import EnhancedBERT4Rec  # noqa: E402
 from inference import RecommendationEngine  # noqa: E402
 from inference_inputs import PRECISIONS  # noqa: E402
+from scoring import top_k_records  # noqa: E402
 from train_config import parse_args  # noqa: E402
 from trainer import TrainConfig, build_model_config, save_model_checkpoint  # noqa: E402
 
@@ -57,6 +58,19 @@ def timed(call) -> float:
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
+
+
+def recommend_batch_parts(engine: RecommendationEngine, user_ids: list[int],
+                          batch_size: int | None) -> tuple[float, float, list[list[dict]]]:
+    """Seconds of recommend_batch(user_ids, k=10)'s two parts, run as it runs them: scoring (the encoder and every
+    movie's score, seen movies excluded) and the records (scoring.top_k_records: the top 10, the rating head's
+    predictions, a dict per listed movie); and the records, recommend_batch's answer."""
+    requests = engine._resolve_batch(user_ids, None, None, None)
+    started = time.perf_counter()
+    scores, hidden = engine._score_and_hidden(requests, True, batch_size)
+    scored = time.perf_counter()
+    records = top_k_records(engine.model, engine._catalog, scores, hidden, 10, requests)
+    return scored - started, time.perf_counter() - scored, records
 
 
 def main() -> int:
@@ -103,6 +117,7 @@ def main() -> int:
             timed(lambda: engine.recommend_batch(user_ids, k=10, batch_size=args.batch_size))
             for _ in range(args.batch_runs)
         ]
+        parts = [recommend_batch_parts(engine, user_ids, args.batch_size) for _ in range(args.batch_runs)]
         load_seconds = [
             timed(lambda: RecommendationEngine(model_path, metadata_path, device=args.device)) for _ in range(3)
         ]
@@ -147,6 +162,9 @@ def main() -> int:
     print(f"recommend_batch(all {len(user_ids)} users, k=10, batch {batch}), median of "
           f"{len(batch_seconds)}: {all_users:.1f} s (runs {', '.join(f'{s:.1f}' for s in batch_seconds)}; "
           f"target <= {TARGET_ALL_USERS_S:.0f} s: {batch_verdict})")
+    print(f"  its two parts, each the median of {len(parts)} more runs: scoring "
+          f"{statistics.median(p[0] for p in parts):.2f} s, the records (top 10, predicted ratings, a dict per "
+          f"movie) {statistics.median(p[1] for p in parts):.2f} s")
     for suffix, seconds in export_seconds.items():
         median = statistics.median(seconds)
         print(f"export_recommendations(all {len(user_ids)} users, k=10) to {suffix}, median of {len(seconds)}: "

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.bench_inference import near_ties, top10_agreement, write_untrained_checkpoint
+from benchmarks.bench_inference import near_ties, recommend_batch_parts, top10_agreement, write_untrained_checkpoint
 from data_processor import (
     GENDERS,
     GENRES,
@@ -1193,6 +1193,14 @@ def test_bf16_scoring_ranks_as_fp32_does_and_is_not_a_no_op(trained):
     assert near_ties(fp32, fp32)["difference_max"] == 0.0
     bf16_engine.precision = "fp32"  # an attribute: the engine then scores exactly as the default one
     assert torch.equal(bf16_engine.score_batch(users).scores, fp32)
+
+
+def test_the_benchmark_s_two_parts_of_recommend_batch_are_recommend_batch(trained):
+    users = trained.engine.user_ids[:20]
+    scoring_seconds, records_seconds, records = recommend_batch_parts(trained.engine, users, 7)
+    assert records == trained.engine.recommend_batch(users, k=10, batch_size=7)
+    assert len(records) == 20 and all(len(top) == 10 for top in records)
+    assert scoring_seconds > 0 and records_seconds > 0
 
 
 @pytest.mark.parametrize("precision", ["fp16", "BF16", None, 16])

@@ -1,5 +1,6 @@
 """The sampled item loss (--item_loss sampled): the logQ-corrected sampled softmax against hand-computed answers,
-its proposal, its scores under both item heads, and a tiny training run; the full softmax unchanged."""
+its proposal, its scores under both item heads, a tiny training run and the benchmark of its gradient against the
+full softmax's; the full softmax unchanged."""
 
 import json
 import math
@@ -13,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY, ml1m_items
 
+from benchmarks.bench_train import training_run
+from benchmarks.sampled_gradient import gradients, loss_rows, measure
 from enhanced_model import EnhancedBERT4Rec, ModelConfig
 from trainer import (
     MultiTaskObjective,
@@ -315,3 +318,33 @@ def test_a_step_looks_every_item_row_up_once_with_the_same_losses_and_gradients(
     for name, p in model.named_parameters():
         if name in gradients:
             torch.testing.assert_close(gradients[name], p.grad, msg=name)
+
+
+def test_the_gradient_benchmark_finds_the_full_softmax_s_gradient_as_the_draws_cover_the_catalogue(
+        synthetic_ml1m_dir, tmp_path):
+    threads = torch.get_num_threads()
+    try:  # training_run sets the process's thread count
+        run, batches = training_run([*TINY, "--amp", "off", "--cache_dir", str(tmp_path / "cache")],
+                                    str(synthetic_ml1m_dir), 1)
+    finally:
+        torch.set_num_threads(threads)
+    run.objective.eval()
+    num_items = run.objective.model.config.num_items
+    # the full softmax against itself: the same gradient exactly
+    rows, targets, real = loss_rows(run, next(batches))
+    first, second = gradients(run, rows, targets, real, 0), gradients(run, rows, targets, real, 0)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    # 200,000 draws over the synthetic catalogue: every item drawn, thousands of times; the gradients are close, and
+    # the loss is the full one plus log(N q(target)) on average (the target's logQ correction, constant per row)
+    many = measure(run, batches, [200_000], 1, 2)[200_000]
+    assert many["rows_touched"] == 1.0 and many["row_cosine"] > 0.99 and many["table_error"] < 0.1
+    sampled_rows, sampled_table, sampled_loss = gradients(run, rows, targets, real, 200_000)
+    real_targets = targets[real]
+    q = 0.5 * (real_targets.unsqueeze(1) == real_targets).double().mean(1) + 0.5 / num_items
+    assert sampled_loss - first[2] == pytest.approx(torch.log(200_000 * q).mean().item(), abs=0.02)
+    # two negatives: the batch's targets and at most two drawn items get a gradient, nothing else
+    rows, targets, real = loss_rows(run, next(batches))
+    touched = int((gradients(run, rows, targets, real, 2)[1] != 0).any(1).sum())
+    distinct_targets = targets[real].unique().numel()
+    assert distinct_targets <= touched <= distinct_targets + 2 < num_items
+    assert measure(run, batches, [2], 1, 2)[2]["table_error"] > many["table_error"]
