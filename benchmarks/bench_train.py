@@ -65,7 +65,7 @@ BENCH_CONFIGS = {  # --configs key: (table name, trainer.py flags)
                     [f"@{CONFIGS / 'cpu_sampled.txt'}"]),
     "cpu_small_bf16": ("CPU default, --amp bf16", [CPU_SMALL, "--amp", "bf16"]),
     "cpu_small_compile": ("CPU default, --compile (inductor)", [CPU_SMALL, "--compile"]),
-    "bf16_small": ("short-budget bf16 default (configs/bf16_small.txt: hidden 128, 2 layers, batch 64, sampled)",
+    "bf16_small": ("short-budget bf16 default (configs/bf16_small.txt: hidden 128, 2 layers, batch 64, full softmax)",
                    [f"@{CONFIGS / 'bf16_small.txt'}"]),
     "bf16_small_compile": ("short-budget bf16 default, --compile (inductor)",
                            [f"@{CONFIGS / 'bf16_small.txt'}", "--compile"]),
