@@ -533,11 +533,11 @@ def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_smaller_bf16_model(monkeyp
     steps = []
     monkeypatch.setattr(train_config, "best_step_seconds", lambda: steps.pop())
     small = parse_args([f"@{REPO / 'configs' / 'bf16_small.txt'}", "--max_minutes", "15", "--device", "cpu"])
-    # the best model's recipe at hidden 128, 2 layers, batch 64, dropout 0.1, with the sampled loss
+    # the best model's recipe at hidden 128, 2 layers, batch 64, dropout 0.1, with its full softmax
     assert small == parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--hidden_size", "128", "--num_layers", "2",
-                                "--batch_size", "64", "--warmup_steps", "400", "--dropout", "0.1",
-                                "--item_loss", "sampled", "--num_negatives", "1024", "--max_epochs", "200",
-                                "--patience", "10", "--max_minutes", "15", "--device", "cpu"])
+                                "--batch_size", "64", "--warmup_steps", "400", "--dropout", "0.1", "--max_epochs",
+                                "200", "--patience", "10", "--max_minutes", "15", "--device", "cpu"])
+    assert small.item_loss == "full"
     best = parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--max_minutes", "15", "--device", "cpu"])
     # 15 minutes at 0.79 s a step, 289 steps and 5 steps' validation an epoch: 900 / (0.79 x 294) = 3.9 epochs
     steps.append(0.79)
