@@ -273,11 +273,7 @@ class MultiTaskObjective(nn.Module):
             raise ValueError(f"batches made with mask_last={batch['mask_last']} do not fit next_item weight "
                              f"{weights['next_item']}: mask_last must be on exactly when the next-item task is")
         item_seq = batch["masked_seq"]
-        is_cloze = batch["masked"] if weights["item_prediction"] > 0 else torch.zeros_like(batch["masked"])
-        is_next = torch.zeros_like(is_cloze)
-        if weights["next_item"] > 0:
-            is_next[:, -1] = True
-        index, real = target_index(is_cloze | is_next, self.row_bucket)
+        index, real, next_rows = self.loss_positions(batch)
         targets = batch["targets"].flatten()[index]
         negatives = log_q = None
         if self.num_negatives > 0:
@@ -292,7 +288,6 @@ class MultiTaskObjective(nn.Module):
         hidden = self.model(item_seq, batch["days"], item_embeds=window_rows.view(*item_seq.shape, -1),
                             **batch["user"]).hidden
         rows = hidden.flatten(0, 1)[index]
-        next_rows = is_next.flatten()[index] & real
         nll = self.item_nll(rows, targets, real, None if negatives is None else (negatives, log_q, output_rows))
         if weights["item_prediction"] > 0:
             losses["item_prediction"] = masked_mean(nll, real & ~next_rows)
@@ -309,6 +304,17 @@ class MultiTaskObjective(nn.Module):
         losses["total"] = sum(weights[task] * loss for task, loss in losses.items())
         return losses
 
+
+    def loss_positions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The flat (B*T) positions the item losses read (target_index of item_prediction's positions and, with
+        next_item on, each window's newest one), which of them are real, and which are next_item's."""
+        weights = self.task_weights
+        is_cloze = batch["masked"] if weights["item_prediction"] > 0 else torch.zeros_like(batch["masked"])
+        is_next = torch.zeros_like(is_cloze)
+        if weights["next_item"] > 0:
+            is_next[:, -1] = True
+        index, real = target_index(is_cloze | is_next, self.row_bucket)
+        return index, real, is_next.flatten()[index] & real
 
     def item_nll(self, rows: torch.Tensor, targets: torch.Tensor, real: torch.Tensor,
                  sample: tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], torch.Tensor] | None = None,

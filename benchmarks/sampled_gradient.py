@@ -34,22 +34,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_train import training_run  # noqa: E402
-from trainer import configured_batch, mask_index, masked_mean, target_index  # noqa: E402
+from trainer import configured_batch, mask_index, masked_mean  # noqa: E402
 
 
 def loss_rows(run, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The hidden rows the item losses read for a batch of these training windows (made as the trainer makes it),
-    their targets and which rows are real: MultiTaskObjective's selection (every target position, the newest one
-    for the next-item task), the rows detached."""
+    """The hidden rows the item losses read for a batch of these training windows (made as the trainer makes it,
+    the rows chosen by MultiTaskObjective.loss_positions), detached, with their targets and which rows are real."""
     batch = configured_batch(run.config, run.data_tensors, windows, mask_index(run.data.num_items), run.generators[1])
-    objective, weights = run.objective, run.objective.task_weights
-    is_cloze = batch["masked"] if weights["item_prediction"] > 0 else torch.zeros_like(batch["masked"])
-    is_next = torch.zeros_like(is_cloze)
-    if weights["next_item"] > 0:
-        is_next[:, -1] = True
-    index, real = target_index(is_cloze | is_next, objective.row_bucket)
+    index, real, _ = run.objective.loss_positions(batch)
     with torch.no_grad():
-        hidden = objective.model(batch["masked_seq"], batch["days"], **batch["user"]).hidden
+        hidden = run.objective.model(batch["masked_seq"], batch["days"], **batch["user"]).hidden
     return hidden.flatten(0, 1)[index], batch["targets"].flatten()[index], real
 
 
