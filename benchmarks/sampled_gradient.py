@@ -59,7 +59,14 @@ def gradients(run, rows: torch.Tensor, targets: torch.Tensor, real: torch.Tensor
     return row_grad[real], table_grad, loss.item()
 
 
+def relative_error(estimate: torch.Tensor, exact: torch.Tensor) -> float:
+    return ((estimate - exact).norm() / exact.norm()).item()
+
+
 def measure(run, batches, negatives: list[int], num_batches: int, draws: int) -> dict[int, dict[str, float]]:
+    """For each count of negatives, the means over num_batches batches of: the median row's gradient cosine with the
+    full softmax's (one draw), the item table's gradient error for one draw and for the mean of `draws`, the share
+    of the catalogue's rows one draw reaches, and the sampled loss minus the full one (mean over the draws)."""
     results: dict[int, dict[str, list[float]]] = {n: {} for n in negatives}
     for _ in range(num_batches):
         rows, targets, real = loss_rows(run, next(batches))
@@ -69,11 +76,9 @@ def measure(run, batches, negatives: list[int], num_batches: int, draws: int) ->
             record = results[n]
             cosines = torch.nn.functional.cosine_similarity(drawn[0][0], full_rows, dim=1)
             record.setdefault("row_cosine", []).append(cosines.median().item())
-            error = (drawn[0][1] - full_table).norm() / full_table.norm()
-            record.setdefault("table_error", []).append(error.item())
+            record.setdefault("table_error", []).append(relative_error(drawn[0][1], full_table))
             mean_table = torch.stack([table for _, table, _ in drawn]).mean(0)
-            record.setdefault("table_error_mean", []).append(((mean_table - full_table).norm()
-                                                              / full_table.norm()).item())
+            record.setdefault("table_error_mean", []).append(relative_error(mean_table, full_table))
             touched = (drawn[0][1] != 0).any(1)[1:-1].float().mean()  # the real items' rows (not pad, MASK)
             record.setdefault("rows_touched", []).append(touched.item())
             record.setdefault("loss_bias", []).append(statistics.fmean(loss for *_, loss in drawn) - full_loss)
@@ -98,7 +103,11 @@ def main() -> None:
                                 args.cache_dir)
     if args.model_path:
         checkpoint = torch.load(args.model_path, map_location="cpu", weights_only=True)
-        run.objective.model.load_state_dict(checkpoint["model_state"])
+        try:
+            run.objective.model.load_state_dict(checkpoint["model_state"])
+        except (KeyError, RuntimeError) as error:
+            parser.error(f"--model_path {args.model_path} is not a trainer.py checkpoint of --flags {args.flags!r} "
+                         f"({str(error).splitlines()[0]}): pass the flags it was trained with")
     run.objective.eval()
     results = measure(run, batches, args.negatives, args.batches, args.draws)
     num_items = run.objective.model.config.num_items
