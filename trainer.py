@@ -304,7 +304,6 @@ class MultiTaskObjective(nn.Module):
         losses["total"] = sum(weights[task] * loss for task, loss in losses.items())
         return losses
 
-
     def loss_positions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The flat (B*T) positions the item losses read (target_index of item_prediction's positions and, with
         next_item on, each window's newest one), which of them are real, and which are next_item's."""
