@@ -347,14 +347,16 @@ class _SoftmaxNLL(torch.autograd.Function):
     F.cross_entropy on fp32 logits writes the log-softmax forward, then a zero-filled (R, C) gradient for the target
     column and the log-softmax's gradient backward; under bf16 autocast a fp32 copy of the logits comes first. Here
     the shifted exponentials are written once (from the logits as they are, bf16 included), kept for the backward,
-    and the gradient is one scaled copy of them less 1 at each target: d nll / d s_j = p_j - [j = target].
+    and the gradient is one scaled copy of them, written in the logits' dtype, less 1 at each target:
+    d nll / d s_j = p_j - [j = target].
     """
 
     @staticmethod
     def forward(ctx, logits, targets):
         precision = torch.promote_types(logits.dtype, torch.float32)  # bf16 and fp16 logits: fp32
         shift = logits.amax(1).to(precision)
-        weights = (logits - shift.unsqueeze(1)).exp_()  # in `precision`: a bf16 tensor minus a fp32 one is fp32
+        # a copy in `precision` shifted and exponentiated in place: one (R, C) buffer, not a cast and a difference
+        weights = logits.to(precision, copy=True).sub_(shift.unsqueeze(1)).exp_()
         total = weights.sum(1)
         ctx.save_for_backward(weights, total, targets)
         ctx.logits_dtype = logits.dtype
@@ -364,10 +366,13 @@ class _SoftmaxNLL(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         weights, total, targets = ctx.saved_tensors
-        grad_logits = weights * (grad / total).unsqueeze(1)
+        scale = grad / total
         rows = torch.arange(targets.numel(), device=targets.device)
-        grad_logits[rows, targets] -= grad  # one entry a row: an index_put without accumulation (deterministic on GPUs)
-        return grad_logits.to(ctx.logits_dtype), None
+        at_targets = weights[rows, targets] * scale - grad
+        # one pass, computed in fp32 and rounded once into the logits' dtype: no fp32 (R, C) gradient in between
+        grad_logits = torch.mul(weights, scale.unsqueeze(1), out=torch.empty_like(weights, dtype=ctx.logits_dtype))
+        grad_logits[rows, targets] = at_targets.to(ctx.logits_dtype)  # one entry a row: deterministic on GPUs
+        return grad_logits, None
 
 
 def draw_negatives(real_targets: torch.Tensor, num_items: int, num_negatives: int,

@@ -135,6 +135,9 @@ def test_the_full_softmax_loss_is_cross_entropy_in_value_and_gradient():
     (reference_grad,) = torch.autograd.grad(reference.sum(), [upcast])
     assert fused_grad.dtype == torch.bfloat16
     torch.testing.assert_close(fused_grad, reference_grad.bfloat16())
+    # rounded once: exactly the fp32 gradient of the same values, cast to bf16 (no bf16 arithmetic in between)
+    (fp32_grad,) = torch.autograd.grad(softmax_nll(upcast, targets).sum(), [upcast])
+    assert torch.equal(fused_grad, fp32_grad.bfloat16())
 
 
 @pytest.mark.parametrize("cosine_temperature,side_output", [(0.0, False), (0.05, False), (0.0, True)])
