@@ -335,44 +335,65 @@ class MultiTaskObjective(nn.Module):
                                    negatives.unsqueeze(0) == targets.unsqueeze(1))
 
 
-def softmax_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def softmax_nll(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
     """The cross-entropy of each row of logits (R, C) against its target column, (R,): F.cross_entropy(logits.float(),
-    targets, reduction="none"), computed in fp32 whatever logits' dtype by _SoftmaxNLL."""
-    return _SoftmaxNLL.apply(logits, targets)
+    targets, reduction="none"), computed in fp32 whatever logits' dtype by _SoftmaxNLL. chunk_rows: the rows each
+    element-wise pass covers at a time (softmax_chunk_rows by default); any value gives the same numbers."""
+    return _SoftmaxNLL.apply(logits, targets, chunk_rows or softmax_chunk_rows(logits))
+
+
+SOFTMAX_CHUNK_ELEMENTS = 1 << 18  # 1 MB of fp32 scores: a chunk's passes stay in a core's L2 cache
+
+
+def softmax_chunk_rows(logits: torch.Tensor) -> int:
+    """Rows a chunk of _SoftmaxNLL's passes: on a CPU as many as fit SOFTMAX_CHUNK_ELEMENTS (at least 16, to bound
+    the passes' Python overhead at large catalogues); elsewhere every row at once (a GPU gains nothing from it)."""
+    if logits.device.type != "cpu":
+        return max(1, logits.size(0))
+    return max(16, SOFTMAX_CHUNK_ELEMENTS // max(1, logits.size(1)))
 
 
 class _SoftmaxNLL(torch.autograd.Function):
-    """softmax_nll with one (R, C) fp32 buffer forward and one backward.
+    """softmax_nll with one (R, C) fp32 buffer forward and one backward, each written in chunks of rows.
 
     F.cross_entropy on fp32 logits writes the log-softmax forward, then a zero-filled (R, C) gradient for the target
     column and the log-softmax's gradient backward; under bf16 autocast a fp32 copy of the logits comes first. Here
     the shifted exponentials are written once (from the logits as they are, bf16 included), kept for the backward,
     and the gradient is one scaled copy of them, written in the logits' dtype, less 1 at each target:
-    d nll / d s_j = p_j - [j = target].
+    d nll / d s_j = p_j - [j = target]. Each pass (copy, shift, exponential, sum; scale and cast) runs over a chunk
+    of rows small enough to stay in cache, not over all R rows in turn: on a CPU the unchunked passes wait on memory
+    (docs/RESULTS.md, benchmarks). The chunks change no number: every operation is row by row.
     """
 
     @staticmethod
-    def forward(ctx, logits, targets):
+    def forward(ctx, logits, targets, chunk_rows):
         precision = torch.promote_types(logits.dtype, torch.float32)  # bf16 and fp16 logits: fp32
-        shift = logits.amax(1).to(precision)
-        # a copy in `precision` shifted and exponentiated in place: one (R, C) buffer, not a cast and a difference
-        weights = logits.to(precision, copy=True).sub_(shift.unsqueeze(1)).exp_()
-        total = weights.sum(1)
+        weights = torch.empty(logits.shape, dtype=precision, device=logits.device)
+        shift = torch.empty(logits.size(0), dtype=precision, device=logits.device)
+        total = torch.empty_like(shift)
+        for start in range(0, logits.size(0), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            chunk = weights[rows].copy_(logits[rows])
+            torch.amax(chunk, 1, out=shift[rows])
+            torch.sum(chunk.sub_(shift[rows].unsqueeze(1)).exp_(), 1, out=total[rows])
         ctx.save_for_backward(weights, total, targets)
-        ctx.logits_dtype = logits.dtype
+        ctx.logits_dtype, ctx.chunk_rows = logits.dtype, chunk_rows
         return shift + total.log() - logits.gather(1, targets.unsqueeze(1)).squeeze(1).to(precision)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         weights, total, targets = ctx.saved_tensors
-        scale = grad / total
+        scale = (grad / total).unsqueeze(1)
         rows = torch.arange(targets.numel(), device=targets.device)
-        at_targets = weights[rows, targets] * scale - grad
-        # one pass, computed in fp32 and rounded once into the logits' dtype: no fp32 (R, C) gradient in between
-        grad_logits = torch.mul(weights, scale.unsqueeze(1), out=torch.empty_like(weights, dtype=ctx.logits_dtype))
+        at_targets = weights[rows, targets] * scale.squeeze(1) - grad
+        # computed in fp32 and rounded once into the logits' dtype: no fp32 (R, C) gradient in between
+        grad_logits = torch.empty_like(weights, dtype=ctx.logits_dtype)
+        for start in range(0, weights.size(0), ctx.chunk_rows):
+            chunk = slice(start, start + ctx.chunk_rows)
+            torch.mul(weights[chunk], scale[chunk], out=grad_logits[chunk])
         grad_logits[rows, targets] = at_targets.to(ctx.logits_dtype)  # one entry a row: deterministic on GPUs
-        return grad_logits, None
+        return grad_logits, None, None
 
 
 def draw_negatives(real_targets: torch.Tensor, num_items: int, num_negatives: int,

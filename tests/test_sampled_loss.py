@@ -23,6 +23,7 @@ from trainer import (
     make_batch,
     parse_args,
     sampled_softmax_nll,
+    softmax_chunk_rows,
     softmax_nll,
     train,
 )
@@ -138,6 +139,22 @@ def test_the_full_softmax_loss_is_cross_entropy_in_value_and_gradient():
     # rounded once: exactly the fp32 gradient of the same values, cast to bf16 (no bf16 arithmetic in between)
     (fp32_grad,) = torch.autograd.grad(softmax_nll(upcast, targets).sum(), [upcast])
     assert torch.equal(fused_grad, fp32_grad.bfloat16())
+
+
+def test_the_full_softmax_loss_in_chunks_of_rows_gives_the_same_bits():
+    generator = torch.Generator().manual_seed(3)
+    logits = (20 * torch.randn(300, 5000, generator=generator)).bfloat16()
+    targets = torch.randint(0, 5000, (300,), generator=generator)
+    upstream = torch.rand(300, generator=generator)
+    assert 1 < softmax_chunk_rows(logits) < 300  # the default splits these rows into several chunks
+    results = []
+    for chunk_rows in (None, 300, 7):  # the default, one chunk, and chunks whose last one is short
+        leaf = logits.clone().requires_grad_()
+        loss = softmax_nll(leaf, targets, chunk_rows)
+        results.append((loss, *torch.autograd.grad(loss, [leaf], upstream)))
+    for loss, grad in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
+    torch.testing.assert_close(results[0][0], F.cross_entropy(logits.float(), targets, reduction="none"))
 
 
 @pytest.mark.parametrize("cosine_temperature,side_output", [(0.0, False), (0.05, False), (0.0, True)])
