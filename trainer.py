@@ -346,11 +346,11 @@ SOFTMAX_CHUNK_ELEMENTS = 1 << 18  # 1 MB of fp32 scores: a chunk's passes stay i
 
 
 def softmax_chunk_rows(logits: torch.Tensor) -> int:
-    """Rows a chunk of _SoftmaxNLL's passes: on a CPU as many as fit SOFTMAX_CHUNK_ELEMENTS (at least 16, to bound
+    """Rows a chunk of _SoftmaxNLL's passes: on a CPU as many as fit SOFTMAX_CHUNK_ELEMENTS (at least 4, to bound
     the passes' Python overhead at large catalogues); elsewhere every row at once (a GPU gains nothing from it)."""
     if logits.device.type != "cpu":
         return max(1, logits.size(0))
-    return max(16, SOFTMAX_CHUNK_ELEMENTS // max(1, logits.size(1)))
+    return max(4, SOFTMAX_CHUNK_ELEMENTS // max(1, logits.size(1)))
 
 
 class _SoftmaxNLL(torch.autograd.Function):

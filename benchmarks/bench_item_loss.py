@@ -15,6 +15,14 @@ against the 3,706-item figure of the same run.
                                                                   # (--amp off) on ML-1M, full vs sampled
     python benchmarks/bench_item_loss.py --sampled_only --adamw loop   # torch's default AdamW on a CPU, a loop of
                                                                   # element-wise passes (default: the trainer's, fused)
+    python benchmarks/bench_item_loss.py --chunks --rows 2560 --items 3706 27000    # the softmax's chunks of rows
+    python benchmarks/bench_item_loss.py --chunks --items 3706 --chunk_steps bf16_small best --repeats 100
+
+--chunks times the full softmax's cross-entropy (trainer.softmax_nll, forward and backward) on bf16 scores of --rows
+rows at each catalogue, its element-wise passes in chunks of rows (the default, trainer.softmax_chunk_rows) and in
+one chunk of every row (how it ran before the chunks), alternating in one process, and checks that both give the same
+bits; --chunk_steps also times whole training steps of those configurations on ML-1M, the chunked and the one-chunk
+loss alternating step by step in one process (the machine's drift between processes is larger than the change).
 
 --train_step times the trainer's forward_backward + optimizer_step at 3,706 items (benchmarks/bench_train.py's
 measure, configurations best_fp32 and best_fp32_sampled) and estimates the step at the larger catalogues as that
@@ -36,10 +44,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import trainer  # noqa: E402
 from benchmarks.fresh_process import in_fresh_process, peak_rss_mb  # noqa: E402
 from enhanced_model import EnhancedBERT4Rec, ModelConfig  # noqa: E402
 from train_config import CONFIGS, TrainConfig, parse_args  # noqa: E402
-from trainer import MultiTaskObjective  # noqa: E402
+from trainer import MultiTaskObjective, softmax_chunk_rows, softmax_nll  # noqa: E402
 
 CATALOGUES = (3706, 27_000, 87_000)
 SAMPLED_ONLY = (1_000_000,)  # the full softmax's logits would not fit
@@ -128,6 +137,65 @@ def train_step_estimate(args: argparse.Namespace, measured: dict[tuple[str, int]
               f"| {step['step_s'] + grown(87_000):.2f} | {growth:.2f}x{verdict} | {rss_87k:.0f} |", flush=True)
 
 
+def chunk_table(args: argparse.Namespace) -> None:
+    """softmax_nll in chunks of rows against one chunk, alternating in this process: median seconds, same bits."""
+    torch.set_num_threads(args.threads)
+    trainer.keep_freed_memory()  # the allocator setting training runs with
+    print(f"full softmax's cross-entropy, forward + backward, bf16 scores, {args.rows} rows, {args.threads} threads, "
+          f"median of {args.repeats} each after 3 warm-ups, alternating\n")
+    print("| items | rows a chunk | one chunk (s) | in chunks (s) | ratio | the same losses and gradients |")
+    print("|---|---|---|---|---|---|")
+    for items in args.items:
+        generator = torch.Generator().manual_seed(0)
+        scores = (3 * torch.randn(args.rows, items, generator=generator)).bfloat16()  # a cosine head's spread
+        targets = torch.randint(0, items, (args.rows,), generator=generator)
+        chunked = softmax_chunk_rows(scores)
+        if chunked >= args.rows:
+            print(f"| {items:,} | {chunked} | - | - | - | (one chunk holds every row) |")
+            continue
+        times: dict[int, list[float]] = {args.rows: [], chunked: []}
+        results = {}
+        for repeat in range(args.repeats + 3):  # the first three: warm-up (the heap grows to its steady size)
+            for chunk_rows in times:
+                leaf = scores.clone().requires_grad_()
+                started = time.perf_counter()
+                loss = softmax_nll(leaf, targets, chunk_rows)
+                loss.sum().backward()
+                if repeat >= 3:
+                    times[chunk_rows].append(time.perf_counter() - started)
+                results[chunk_rows] = (loss.detach(), leaf.grad)
+        same = all(torch.equal(a, b) for a, b in zip(results[args.rows], results[chunked], strict=True))
+        one, many = statistics.median(times[args.rows]), statistics.median(times[chunked])
+        print(f"| {items:,} | {chunked} | {one:.4f} | {many:.4f} | {many / one:.3f} | {same} |", flush=True)
+
+
+def chunk_steps(args: argparse.Namespace) -> None:
+    """Training steps of each configuration with the chunked softmax and with one chunk, alternating step by step."""
+    from benchmarks.bench_train import BENCH_CONFIGS, training_run
+
+    if not args.chunk_steps:
+        return
+    print(f"\nwhole training steps on ML-1M, {args.threads} threads, the loss in chunks and in one chunk "
+          f"alternating step by step, {args.repeats} steps each after 5 warm-up steps\n")
+    print("| configuration | one chunk (s) | in chunks (s) | ratio |")
+    print("|---|---|---|---|")
+    chunk_elements = trainer.SOFTMAX_CHUNK_ELEMENTS
+    for name in args.chunk_steps:
+        run, batches = training_run(BENCH_CONFIGS[name][1], args.data_dir, args.threads)
+        times: dict[str, list[float]] = {"one": [], "chunks": []}
+        for step in range(args.repeats + 5):
+            for kind in ("one", "chunks") if step % 2 else ("chunks", "one"):
+                trainer.SOFTMAX_CHUNK_ELEMENTS = chunk_elements if kind == "chunks" else 1 << 62
+                started = time.perf_counter()
+                trainer.forward_backward(run, next(batches))
+                trainer.optimizer_step(run)
+                if step >= 5:
+                    times[kind].append(time.perf_counter() - started)
+        trainer.SOFTMAX_CHUNK_ELEMENTS = chunk_elements
+        one, many = statistics.median(times["one"]), statistics.median(times["chunks"])
+        print(f"| {name} | {one:.4f} | {many:.4f} | {many / one:.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=6400, help="loss rows: batch 128 x 50 positions")
@@ -139,7 +207,17 @@ def main() -> None:
     parser.add_argument("--adamw", choices=("fused", "loop"), default="fused",
                         help="fused: the trainer's AdamW; loop: torch's default on a CPU")
     parser.add_argument("--sampled_only", action="store_true", help="leave out the full softmax (minutes at 87,000)")
+    parser.add_argument("--chunks", action="store_true",
+                        help="the full softmax's passes in chunks of rows against one chunk, in one process")
+    parser.add_argument("--items", type=int, nargs="+", default=list(CATALOGUES),
+                        help="with --chunks: the catalogues to time")
+    parser.add_argument("--chunk_steps", nargs="*", default=[], metavar="CONFIG",
+                        help="with --chunks: also whole training steps of these bench_train configurations")
     args = parser.parse_args()
+    if args.chunks:
+        chunk_table(args)
+        chunk_steps(args)
+        return
     if args.sampled_only and args.train_step:
         parser.error("--train_step compares the full softmax with the sampled loss: leave out --sampled_only")
     measured = loss_table(args)
