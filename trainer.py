@@ -338,8 +338,12 @@ class MultiTaskObjective(nn.Module):
 def softmax_nll(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
     """The cross-entropy of each row of logits (R, C) against its target column, (R,): F.cross_entropy(logits.float(),
     targets, reduction="none"), computed in fp32 whatever logits' dtype by _SoftmaxNLL. chunk_rows: the rows each
-    element-wise pass covers at a time (softmax_chunk_rows by default); any value gives the same numbers."""
-    return _SoftmaxNLL.apply(logits, targets, chunk_rows or softmax_chunk_rows(logits))
+    element-wise pass covers at a time (softmax_chunk_rows by default); any value >= 1 gives the same numbers."""
+    if chunk_rows is None:
+        chunk_rows = softmax_chunk_rows(logits)
+    elif chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1 (or None for softmax_chunk_rows), got {chunk_rows}")
+    return _SoftmaxNLL.apply(logits, targets, chunk_rows)
 
 
 SOFTMAX_CHUNK_ELEMENTS = 1 << 18  # 1 MB of fp32 scores: a chunk's passes stay in a core's L2 cache

@@ -155,6 +155,8 @@ def test_the_full_softmax_loss_in_chunks_of_rows_gives_the_same_bits():
     for loss, grad in results[1:]:
         assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
     torch.testing.assert_close(results[0][0], F.cross_entropy(logits.float(), targets, reduction="none"))
+    with pytest.raises(ValueError, match="chunk_rows must be >= 1"):
+        softmax_nll(logits, targets, 0)
 
 
 @pytest.mark.parametrize("cosine_temperature,side_output", [(0.0, False), (0.05, False), (0.0, True)])
