@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import trainer  # noqa: E402
+from benchmarks.bench_train import BENCH_CONFIGS  # noqa: E402
 from benchmarks.fresh_process import in_fresh_process, peak_rss_mb  # noqa: E402
 from enhanced_model import EnhancedBERT4Rec, ModelConfig  # noqa: E402
 from train_config import CONFIGS, TrainConfig, parse_args  # noqa: E402
@@ -115,7 +116,6 @@ def loss_table(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
 
 
 def train_step_estimate(args: argparse.Namespace, measured: dict[tuple[str, int], dict]) -> None:
-    from benchmarks.bench_train import BENCH_CONFIGS
     from benchmarks.bench_train import measure as measure_step
 
     print(f"\nwhole training step, best model --amp off on ML-1M (3,706 items), {args.threads} threads, median of "
@@ -171,7 +171,7 @@ def chunk_table(args: argparse.Namespace) -> None:
 
 def chunk_steps(args: argparse.Namespace) -> None:
     """Training steps of each configuration with the chunked softmax and with one chunk, alternating step by step."""
-    from benchmarks.bench_train import BENCH_CONFIGS, training_run
+    from benchmarks.bench_train import training_run
 
     if not args.chunk_steps:
         return
@@ -211,7 +211,7 @@ def main() -> None:
                         help="the full softmax's passes in chunks of rows against one chunk, in one process")
     parser.add_argument("--items", type=int, nargs="+", default=list(CATALOGUES),
                         help="with --chunks: the catalogues to time")
-    parser.add_argument("--chunk_steps", nargs="*", default=[], metavar="CONFIG",
+    parser.add_argument("--chunk_steps", nargs="*", default=[], metavar="CONFIG", choices=sorted(BENCH_CONFIGS),
                         help="with --chunks: also whole training steps of these bench_train configurations")
     args = parser.parse_args()
     if args.chunks:
