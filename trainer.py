@@ -376,10 +376,10 @@ class _SoftmaxNLL(torch.autograd.Function):
         shift = torch.empty(logits.size(0), dtype=precision, device=logits.device)
         total = torch.empty_like(shift)
         for start in range(0, logits.size(0), chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            chunk = weights[rows].copy_(logits[rows])
-            torch.amax(chunk, 1, out=shift[rows])
-            torch.sum(chunk.sub_(shift[rows].unsqueeze(1)).exp_(), 1, out=total[rows])
+            part = slice(start, start + chunk_rows)
+            chunk = weights[part].copy_(logits[part])
+            torch.amax(chunk, 1, out=shift[part])
+            torch.sum(chunk.sub_(shift[part].unsqueeze(1)).exp_(), 1, out=total[part])
         ctx.save_for_backward(weights, total, targets)
         ctx.logits_dtype, ctx.chunk_rows = logits.dtype, chunk_rows
         return shift + total.log() - logits.gather(1, targets.unsqueeze(1)).squeeze(1).to(precision)
@@ -388,14 +388,14 @@ class _SoftmaxNLL(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         weights, total, targets = ctx.saved_tensors
-        scale = (grad / total).unsqueeze(1)
+        scale = grad / total
         rows = torch.arange(targets.numel(), device=targets.device)
-        at_targets = weights[rows, targets] * scale.squeeze(1) - grad
+        at_targets = weights[rows, targets] * scale - grad
         # computed in fp32 and rounded once into the logits' dtype: no fp32 (R, C) gradient in between
         grad_logits = torch.empty_like(weights, dtype=ctx.logits_dtype)
         for start in range(0, weights.size(0), ctx.chunk_rows):
-            chunk = slice(start, start + ctx.chunk_rows)
-            torch.mul(weights[chunk], scale[chunk], out=grad_logits[chunk])
+            part = slice(start, start + ctx.chunk_rows)
+            torch.mul(weights[part], scale[part].unsqueeze(1), out=grad_logits[part])
         grad_logits[rows, targets] = at_targets.to(ctx.logits_dtype)  # one entry a row: deterministic on GPUs
         return grad_logits, None, None
 
