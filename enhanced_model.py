@@ -765,13 +765,16 @@ def score_last_position(model: EnhancedBERT4Rec, item_seq: Tensor, day_of_year: 
     most of the work at a fraction of the time); the hidden states are then cast back, and the item scores are
     always computed in fp32 (bf16's 8-bit mantissa would tie many of them). states=False: the last layer computes
     the two rows readout_rows may read and no others (a fifth of a 4-layer encoder's work), and the hidden states
-    come back as None."""
+    come back as None. Inside a caller's autocast the encoder runs in the caller's precision and the item scores
+    still in fp32."""
     query_rows = None if states else READOUT_ROWS
-    with torch.autocast(item_seq.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+    device_type = item_seq.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext():
         hidden = model(item_seq, day_of_year, query_rows=query_rows, **user).hidden
-    hidden = hidden.float()
-    rows = readout_rows(model, item_seq, hidden)
-    return model.item_logits(rows).float(), rows, hidden if states else None
+    with torch.autocast(device_type, enabled=False):
+        hidden = hidden.float()
+        rows = readout_rows(model, item_seq, hidden)
+        return model.item_logits(rows).float(), rows, hidden if states else None
 
 
 def exclude_seen(scores: Tensor, seen_offsets: np.ndarray, seen_items: np.ndarray) -> None:

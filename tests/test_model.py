@@ -612,6 +612,26 @@ def test_readout_rows_read_a_causal_model_at_its_newest_event_and_the_mask_witho
     assert torch.equal(readout_rows(bidirectional, item_seq, hidden), hidden[:, -1])
 
 
+def test_the_item_scores_stay_fp32_inside_a_caller_s_bf16_autocast():
+    """score_last_position's encoder follows the caller's autocast (a notebook scoring under its own); its item
+    scores are fp32 whatever the context."""
+    from enhanced_model import score_last_position
+
+    config = small_config(causal=True)
+    model = build(config).eval()
+    inputs = make_inputs(config, [12, 5, 1, 0])
+    item_seq, days = inputs.pop("item_seq"), inputs.pop("day_of_year")
+    alone = score_last_position(model, item_seq, days, inputs, bf16=True, states=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = score_last_position(model, item_seq, days, inputs, bf16=True, states=False)
+    assert torch.equal(inside[0], alone[0]) and torch.equal(inside[1], alone[1])
+    with torch.no_grad():
+        fp32_scores = model.item_logits(inside[1])
+    assert inside[0].dtype == torch.float32 and torch.equal(inside[0], fp32_scores)
+    fp32 = score_last_position(model, item_seq, days, inputs, states=False)
+    assert not torch.equal(fp32[1], alone[1])  # the encoder did run in bf16
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_query_rows_give_the_newest_rows_of_the_whole_pass_and_scores_without_the_states(causal):
     from enhanced_model import score_last_position
