@@ -133,6 +133,8 @@ class TrainConfig(ModelFlags):
                                "evaluation always ranks every item)", choices=ITEM_LOSSES)
     num_negatives: int = task_flag(1024, "--item_loss sampled: negatives drawn per step (with replacement), fewer than "
                                    "the catalogue's items")
+    label_smoothing: float = task_flag(0.0, "--item_loss full: the share of each item-loss row's target spread evenly "
+                                       "over every item, as F.cross_entropy's label_smoothing (0: off)")
     batch_size: int = optimisation_flag(64, "training batch size (per process)")
     learning_rate: float = optimisation_flag(1e-4, "peak learning rate (AdamW)")
     weight_decay: float = optimisation_flag(0.01, "AdamW weight decay (not on biases, norms, embeddings)")
@@ -368,6 +370,9 @@ def validate_config(config: TrainConfig) -> None:
         (lambda: config.item_loss in ITEM_LOSSES,
          f"--item_loss must be one of {', '.join(ITEM_LOSSES)}, not {config.item_loss!r}"),
         (lambda: config.num_negatives > 0, "--num_negatives must be positive"),
+        (lambda: 0 <= config.label_smoothing < 1, "--label_smoothing must be in [0, 1)"),
+        (lambda: config.label_smoothing == 0 or config.item_loss == "full",
+         "--label_smoothing needs --item_loss full (the sampled loss sees only a few items a row): pass one of them"),
         (lambda: 0 <= config.new_user_prob <= 1, "--new_user_prob must be in [0, 1]"),
         (lambda: 0 <= config.demographics_dropout <= 1, "--demographics_dropout must be in [0, 1]"),
         (lambda: all(w >= 0 for w in config.task_weights.values()), "task weights must be >= 0"),

@@ -248,13 +248,15 @@ class MultiTaskObjective(nn.Module):
     """
 
     def __init__(self, model: EnhancedBERT4Rec, task_weights: dict[str, float], row_bucket: int = 0,
-                 num_negatives: int = 0, generator: torch.Generator | None = None) -> None:
+                 num_negatives: int = 0, generator: torch.Generator | None = None,
+                 label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.task_weights = task_weights
         self.row_bucket = row_bucket
         self.num_negatives = num_negatives  # 0: the full softmax; > 0: the sampled one, negatives from generator
         self.generator = generator
+        self.label_smoothing = label_smoothing  # the full softmax's (softmax_nll)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One encoder pass over the masked windows; every task reads its rows from it.
@@ -323,7 +325,7 @@ class MultiTaskObjective(nn.Module):
         whatever the autocast. sample: the negatives and log q already drawn, with the item_embedding rows of
         targets then negatives; without it they are drawn and looked up here."""
         if self.num_negatives == 0:
-            return softmax_nll(self.model.real_item_logits(rows), targets - 1)
+            return softmax_nll(self.model.real_item_logits(rows), targets - 1, label_smoothing=self.label_smoothing)
         if sample is None:
             negatives, log_q = draw_negatives(targets[real], self.model.config.num_items, self.num_negatives,
                                               self.generator)
@@ -335,15 +337,19 @@ class MultiTaskObjective(nn.Module):
                                    negatives.unsqueeze(0) == targets.unsqueeze(1))
 
 
-def softmax_nll(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+def softmax_nll(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None,
+                label_smoothing: float = 0.0) -> torch.Tensor:
     """The cross-entropy of each row of logits (R, C) against its target column, (R,): F.cross_entropy(logits.float(),
-    targets, reduction="none"), computed in fp32 whatever logits' dtype by _SoftmaxNLL. chunk_rows: the rows each
-    element-wise pass covers at a time (softmax_chunk_rows by default); any value >= 1 gives the same numbers."""
+    targets, reduction="none", label_smoothing=label_smoothing), computed in fp32 whatever logits' dtype by
+    _SoftmaxNLL. chunk_rows: the rows each element-wise pass covers at a time (softmax_chunk_rows by default); any
+    value >= 1 gives the same numbers."""
     if chunk_rows is None:
         chunk_rows = softmax_chunk_rows(logits)
     elif chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1 (or None for softmax_chunk_rows), got {chunk_rows}")
-    return _SoftmaxNLL.apply(logits, targets, chunk_rows)
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    return _SoftmaxNLL.apply(logits, targets, chunk_rows, label_smoothing)
 
 
 SOFTMAX_CHUNK_ELEMENTS = 1 << 18  # 1 MB of fp32 scores: a chunk's passes stay in a core's L2 cache
@@ -367,37 +373,52 @@ class _SoftmaxNLL(torch.autograd.Function):
     d nll / d s_j = p_j - [j = target]. Each pass (copy, shift, exponential, sum; scale and cast) runs over a chunk
     of rows small enough to stay in cache, not over all R rows in turn: on a CPU the unchunked passes wait on memory
     (docs/RESULTS.md, benchmarks). The chunks change no number: every operation is row by row.
+
+    Label smoothing e targets (1 - e) at the row's item and e / C at every item: the loss is logsumexp(s) -
+    (1 - e) s_target - e mean(s), and its gradient p_j - (1 - e) [j = target] - e / C. It adds one pass a chunk each
+    way (the row's mean forward, the constant backward); e = 0 runs the passes above alone.
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, chunk_rows):
+    def forward(ctx, logits, targets, chunk_rows, label_smoothing):
         precision = torch.promote_types(logits.dtype, torch.float32)  # bf16 and fp16 logits: fp32
         weights = torch.empty(logits.shape, dtype=precision, device=logits.device)
         shift = torch.empty(logits.size(0), dtype=precision, device=logits.device)
-        total = torch.empty_like(shift)
+        total, mean = torch.empty_like(shift), torch.empty_like(shift)
         for start in range(0, logits.size(0), chunk_rows):
             part = slice(start, start + chunk_rows)
             chunk = weights[part].copy_(logits[part])
+            if label_smoothing:
+                torch.mean(chunk, 1, out=mean[part])
             torch.amax(chunk, 1, out=shift[part])
             torch.sum(chunk.sub_(shift[part].unsqueeze(1)).exp_(), 1, out=total[part])
         ctx.save_for_backward(weights, total, targets)
-        ctx.logits_dtype, ctx.chunk_rows = logits.dtype, chunk_rows
-        return shift + total.log() - logits.gather(1, targets.unsqueeze(1)).squeeze(1).to(precision)
+        ctx.logits_dtype, ctx.chunk_rows, ctx.label_smoothing = logits.dtype, chunk_rows, label_smoothing
+        at_targets = logits.gather(1, targets.unsqueeze(1)).squeeze(1).to(precision)
+        if label_smoothing:
+            return shift + total.log() - (1 - label_smoothing) * at_targets - label_smoothing * mean
+        return shift + total.log() - at_targets
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         weights, total, targets = ctx.saved_tensors
+        smoothing = ctx.label_smoothing
         scale = grad / total
         rows = torch.arange(targets.numel(), device=targets.device)
-        at_targets = weights[rows, targets] * scale - grad
+        spread = grad * (smoothing / weights.size(1))  # e / C of each row's gradient, taken from every item
+        at_targets = weights[rows, targets] * scale - grad * (1 - smoothing) - spread
         # computed in fp32 and rounded once into the logits' dtype: no fp32 (R, C) gradient in between
         grad_logits = torch.empty_like(weights, dtype=ctx.logits_dtype)
         for start in range(0, weights.size(0), ctx.chunk_rows):
             part = slice(start, start + ctx.chunk_rows)
-            torch.mul(weights[part], scale[part].unsqueeze(1), out=grad_logits[part])
+            if smoothing:
+                torch.addcmul(-spread[part].unsqueeze(1), weights[part], scale[part].unsqueeze(1),
+                              out=grad_logits[part])
+            else:
+                torch.mul(weights[part], scale[part].unsqueeze(1), out=grad_logits[part])
         grad_logits[rows, targets] = at_targets.to(ctx.logits_dtype)  # one entry a row: deterministic on GPUs
-        return grad_logits, None, None
+        return grad_logits, None, None, None
 
 
 def draw_negatives(real_targets: torch.Tensor, num_items: int, num_negatives: int,
@@ -1025,7 +1046,7 @@ def start_run(config: TrainConfig, runtime: Runtime) -> Run:
                   torch.Generator(runtime.device).manual_seed(config.seed + 1 + runtime.rank))
     objective: nn.Module = MultiTaskObjective(model, config.task_weights, config.loss_row_bucket,
                                               config.num_negatives if config.item_loss == "sampled" else 0,
-                                              generators[1])
+                                              generators[1], config.label_smoothing)
     if runtime.world_size > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
     optimizer = make_optimizer(model, config)
@@ -1073,7 +1094,8 @@ def step_seconds(flags: list[str], steps: int = 3, warmup: int = 2, seed: int = 
         tensors[f"user:{feature['name']}"] = uniform(feature["size"] if feature["kind"] != "multi" else 2, size,
                                                      low=0)
     objective = MultiTaskObjective(model, config.task_weights, config.loss_row_bucket,
-                                   config.num_negatives if config.item_loss == "sampled" else 0, generator)
+                                   config.num_negatives if config.item_loss == "sampled" else 0, generator,
+                                   config.label_smoothing)
     optimizer = make_optimizer(model, config)
     objective.train()
     times = []

@@ -159,6 +159,35 @@ def test_the_full_softmax_loss_in_chunks_of_rows_gives_the_same_bits():
         softmax_nll(logits, targets, 0)
 
 
+def test_label_smoothing_is_cross_entropy_s_in_value_and_gradient():
+    # by hand: three equal logits, target 0, e = 0.3: loss log 3; gradient p - (1 - e) [target] - e / 3
+    flat = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    loss = softmax_nll(flat, torch.tensor([0]), label_smoothing=0.3)
+    torch.testing.assert_close(loss, torch.tensor([math.log(3)], dtype=torch.float64))
+    (grad,) = torch.autograd.grad(loss.sum(), [flat])
+    torch.testing.assert_close(grad, torch.tensor([[1 / 3 - 0.7 - 0.1, 1 / 3 - 0.1, 1 / 3 - 0.1]],
+                                                  dtype=torch.float64))
+    generator = torch.Generator().manual_seed(4)
+    logits = (10 * torch.randn(9, 13, generator=generator, dtype=torch.float64)).requires_grad_()
+    targets = torch.tensor([0, 12, 5, 5, 3, 12, 7, 1, 2])
+    upstream = torch.rand(9, generator=generator, dtype=torch.float64)
+    for chunk_rows in (None, 2):
+        fused = softmax_nll(logits, targets, chunk_rows, label_smoothing=0.1)
+        reference = F.cross_entropy(logits, targets, reduction="none", label_smoothing=0.1)
+        torch.testing.assert_close(fused, reference)
+        torch.testing.assert_close(*(torch.autograd.grad(loss, [logits], upstream)[0] for loss in (fused, reference)))
+    assert torch.autograd.gradcheck(lambda x: softmax_nll(x, targets, 4, 0.25), (logits,))
+    # bf16 logits: the fp32 loss of their values and its fp32 gradient rounded once
+    low = logits.detach().bfloat16().requires_grad_()
+    upcast = low.detach().float().requires_grad_()
+    fused = softmax_nll(low, targets, label_smoothing=0.1)
+    torch.testing.assert_close(fused, F.cross_entropy(upcast, targets, reduction="none", label_smoothing=0.1))
+    (fp32_grad,) = torch.autograd.grad(softmax_nll(upcast, targets, label_smoothing=0.1).sum(), [upcast])
+    assert torch.equal(torch.autograd.grad(fused.sum(), [low])[0], fp32_grad.bfloat16())
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        softmax_nll(logits, targets, label_smoothing=1.0)
+
+
 @pytest.mark.parametrize("cosine_temperature,side_output", [(0.0, False), (0.05, False), (0.0, True)])
 def test_every_item_once_with_a_uniform_q_is_the_full_softmax(cosine_temperature, side_output):
     model = tiny_model(cosine_temperature=cosine_temperature, item_side_output=side_output)
@@ -251,6 +280,23 @@ def test_a_sampled_run_trains_and_the_full_softmax_is_unchanged(synthetic_ml1m_d
 
     assert losses_and_metrics(full) == losses_and_metrics(plain) and full["test"] == plain["test"]  # bit-identical
     assert losses_and_metrics(full) != losses_and_metrics(sampled)
+
+
+def test_label_smoothing_reaches_the_objective_s_item_loss(synthetic_ml1m_dir, tmp_path):
+    model = tiny_model(cosine_temperature=0.05, use_preference_head=False, dropout=0.0)
+    weights = {"item_prediction": 1.0, "next_item": 0.5, "rating_prediction": 0.3, "user_preference": 0.0}
+    rows = torch.randn(6, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    targets, real = torch.tensor([1, 5, 9, 9, 20, 2]), torch.ones(6, dtype=torch.bool)
+    logits = model.real_item_logits(rows).float()
+    for smoothing in (0.0, 0.2):
+        nll = MultiTaskObjective(model, weights, 8, label_smoothing=smoothing).item_nll(rows, targets, real)
+        torch.testing.assert_close(nll, F.cross_entropy(logits, targets - 1, reduction="none",
+                                                        label_smoothing=smoothing))
+    flags = ("--max_epochs", "1", "--deterministic", "--seed", "5")
+    _, plain = train(tiny_config(synthetic_ml1m_dir, tmp_path / "plain", *flags))
+    _, smoothed = train(tiny_config(synthetic_ml1m_dir, tmp_path / "smoothed", *flags, "--label_smoothing", "0.1"))
+    assert smoothed["train_config"]["label_smoothing"] == 0.1
+    assert smoothed["history"][0]["item_prediction"] != plain["history"][0]["item_prediction"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
