@@ -661,7 +661,8 @@ def preference_top_k_overlap(logits: Tensor, target: Tensor, k: int = 3) -> Tens
 
 
 CHECKPOINT_FORMAT = 1
-NOT_PLAIN_FIELDS = ("model_state", "optimizer", "scheduler", "scaler", "rng", "fields_sha256")  # tensors, states
+NOT_PLAIN_FIELDS = ("model_state", "optimizer", "scheduler", "scaler", "rng", "weight_average",
+                    "fields_sha256")  # tensors, states
 
 
 def fields_digest(checkpoint: dict[str, Any]) -> str:

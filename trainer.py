@@ -831,6 +831,46 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.98), fused=fused)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's parameters (--ema_decay): after the t-th optimizer step each
+    average moves toward its parameter by 1 - min(decay, (1 + t) / (10 + t)), so the first steps, far from where the
+    run ends, weigh little in it. Validation, best_model.pt and the test figures use the average (applied()); the
+    optimizer keeps stepping the raw weights, which last.pt holds beside the average for --resume."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.parameters = dict(model.named_parameters())
+        self.average = {name: parameter.detach().clone() for name, parameter in self.parameters.items()}
+
+    def update(self) -> None:
+        self.updates += 1
+        weight = 1 - min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(list(self.average.values()), [p.detach() for p in self.parameters.values()], weight)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The model holds the averaged weights inside the block and its raw weights again after it."""
+        raw = [parameter.detach().clone() for parameter in self.parameters.values()]
+        with torch.no_grad():
+            torch._foreach_copy_(list(self.parameters.values()), list(self.average.values()))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(list(self.parameters.values()), raw)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "average": dict(self.average)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue a saved average; without one (a checkpoint whose weights are the average, or a run without it)
+        the average starts again from the model's weights as loaded."""
+        self.updates = state.get("updates", 0)
+        with torch.no_grad():
+            for name, value in {**self.parameters, **state.get("average", {})}.items():
+                self.average[name].copy_(value)
+
+
 def data_to_tensors(data: SequenceData, device: torch.device,
                     shard: WindowShard | None = None) -> dict[str, torch.Tensor]:
     """The training tensors on the device: the windows of `shard` only (default: all; the cache's arrays are
@@ -970,6 +1010,7 @@ class Run:
     val_split: EvalTensors | None = None  # rank 0's
     shard: WindowShard = WindowShard(0, 0, 0)  # this rank's training windows (window_shard)
     wandb_run: Any = None
+    average: WeightAverage | None = None  # --ema_decay's
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -983,17 +1024,24 @@ class Run:
         if self.runtime.is_main:
             print(*args)
 
-    def save(self, name: str) -> None:
-        """A full training checkpoint: the model plus everything --resume needs to continue bit-exactly."""
+    def save(self, name: str, averaged: bool = False) -> None:
+        """A full training checkpoint: the model plus everything --resume needs to continue bit-exactly. With
+        --ema_decay the model's weights are the raw ones and the average rides beside them, or (averaged: inside
+        WeightAverage.applied, for best_model.pt) the weights are the average, so inference reads it as the model."""
         shuffle, mask = self.generators
         rng = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "mask": mask.get_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         scaler = self.scaler.state_dict() if self.scaler is not None else {}
         self.state["budget_seconds_used"] = self.budget_spent()
+        average = {}
+        if self.average is not None:
+            average = self.average.state_dict()
+            if averaged:
+                del average["average"]
         save_model_checkpoint(self.checkpoint_dir / name, self.model, self.data.fingerprint, self.config,
                               optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                              scaler=scaler, rng=rng, **self.state)
+                              scaler=scaler, rng=rng, weight_average=average, **self.state)
 
 
 def run_training(config: TrainConfig, runtime: Runtime) -> tuple[EnhancedBERT4Rec, dict]:
@@ -1060,8 +1108,9 @@ def start_run(config: TrainConfig, runtime: Runtime) -> Run:
              "history": [], "train_seconds": 0.0, "run_id": uuid.uuid4().hex,  # run_id: kept across resumes
              "budget_seconds_used": 0.0}  # the --max_minutes clock, data loading included
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     return Run(config, runtime, data, model, objective, optimizer, scheduler, scaler, generators, state, budget,
-               started, budget_clock_start=started, shard=shard)
+               started, budget_clock_start=started, shard=shard, average=average)
 
 
 def step_seconds(flags: list[str], steps: int = 3, warmup: int = 2, seed: int = 0) -> float:
@@ -1130,6 +1179,8 @@ def resume(run: Run, path: str) -> None:
     checkpoint = load_checkpoint(path)
     check_resumable(checkpoint, run.model.config, run.config, run.data.fingerprint, path)
     run.model.load_state_dict(checkpoint["model_state"])
+    if run.average is not None:
+        run.average.load_state_dict(checkpoint.get("weight_average", {}))
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     if run.scaler is not None and checkpoint["scaler"]:
@@ -1270,16 +1321,22 @@ def optimizer_step(run: Run) -> None:
         run.budget["used"] = run.budget_spent() / (run.config.max_minutes * 60)
     run.scheduler.step()
     run.state["step"] += 1
+    if run.average is not None:
+        run.average.update()
 
 
 def validate_and_checkpoint(run: Run, record: dict, last: bool) -> bool:
     """Validate when due (every --eval_every epochs and at the end), keep best_model.pt on improvement, always write
     last.pt, log to wandb. Returns whether early stopping ends the run."""
     config, state = run.config, run.state
+    def averaged() -> AbstractContextManager:  # the weights validation and best_model.pt see
+        return run.average.applied() if run.average is not None else nullcontext()
+
     if state["epoch"] % config.eval_every == 0 or state["epoch"] == config.max_epochs or last:
         metrics = {}
         if run.runtime.is_main:  # other ranks take rank 0's figure
-            metrics = evaluate(run.model, run.val_split, run.data_tensors, config.eval_batch_size)
+            with averaged():
+                metrics = evaluate(run.model, run.val_split, run.data_tensors, config.eval_batch_size)
         ndcg = broadcast_float(metrics.get("NDCG@10", 0.0), run.runtime)
         record.update({f"val_{name}": value for name, value in metrics.items()})
         improved = ndcg > state["best_metric"]
@@ -1289,7 +1346,8 @@ def validate_and_checkpoint(run: Run, record: dict, last: bool) -> bool:
             state["evals_without_improvement"] += 1
         state["history"].append(record)
         if run.runtime.is_main and improved:
-            run.save("best_model.pt")
+            with averaged():
+                run.save("best_model.pt", averaged=run.average is not None)
     else:
         state["history"].append(record)
     if run.runtime.is_main:

@@ -124,6 +124,7 @@ TRAINER_FLAGS = [
     (["--warmup_steps", "-1"], "--warmup_steps must be >= 0"),
     (["--lr_decay_fraction", "0"], "--lr_decay_fraction must be in (0, 1]"),
     (["--label_smoothing", "1"], "--label_smoothing must be in [0, 1)"),
+    (["--ema_decay", "1"], "--ema_decay must be in [0, 1)"),
     (["--label_smoothing", "0.1", "--item_loss", "sampled"], "--label_smoothing needs --item_loss full"),
     (["--next_item_weight", "0", "--item_prediction_weight", "0"], "at least one of"),
     (["--causal", "--next_item_weight", "0"], "--causal (the CPU default) needs --next_item_weight > 0"),
