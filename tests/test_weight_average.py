@@ -4,6 +4,7 @@ import pytest
 import torch
 from test_trainer import tiny_config
 
+from benchmarks.weight_average import compare
 from trainer import WeightAverage, load_checkpoint, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -69,6 +70,12 @@ def test_a_run_validates_and_keeps_the_average_and_trains_the_raw_weights_unchan
     assert averaged["train_config"]["ema_decay"] == 0.9
     assert averaged["test"] != plain["test"]
     assert [r["total"] for r in averaged["history"]] == [r["total"] for r in plain["history"]]
+    # benchmarks/weight_average.py evaluates both sets of last.pt's weights: the raw ones are the plain run's, the
+    # average is best_model.pt's (one epoch: the best is the last), so each test figure is a run's results.json's
+    figures = compare(averaged_out / "checkpoints" / "last.pt")
+    for weights, run in (("raw", plain), ("average", averaged)):
+        assert figures[weights]["test"] == {name: run["test"][name] for name in figures[weights]["test"]}
+        assert figures[weights]["val"]["NDCG@10"] == run["validation"]["NDCG@10"]
 
 
 def test_a_resumed_run_continues_the_average_bit_exactly(synthetic_ml1m_dir, tmp_path):
