@@ -3,8 +3,8 @@ r"""A run's raw weights against its moving average (--ema_decay), on the same st
 Reads a last.pt written with --ema_decay, which holds both (the raw weights as the model, the average beside them),
 and evaluates each on the validation and test users by the EVALUATION.md protocol, in fp32 as the trainer does. The
 two share every training step, so their difference is the average's alone, free of the machine's speed and of the
-seed. last.pt is the run's last epoch: in a run whose best validation figure is its last (every 15-minute run of
-docs/RESULTS.md#a-moving-average-of-the-weights) its average is best_model.pt, and its test row is results.json's.
+seed. last.pt is the run's last epoch: where that epoch is also the best on validation, its average is
+best_model.pt and its test row is results.json's. Results: docs/RESULTS.md#a-moving-average-of-the-weights.
 
     python benchmarks/weight_average.py --data_dir path/to/ml-1m runs/ttq15_ema/small_ema998_seed0/last.pt
 """
