@@ -144,7 +144,7 @@ class TrainConfig(ModelFlags):
     lr_decay_fraction: float = optimisation_flag(0.2, "--lr_schedule wsd: the share of the run (steps or "
                                                  "--max_minutes) spent decaying")
     ema_decay: float = optimisation_flag(0.0, "keep an exponential moving average of the weights, this much of it "
-                                         "kept per optimizer step (e.g. 0.999; 0: off): validation, best_model.pt and "
+                                         "kept per optimizer step (e.g. 0.998; 0: off): validation, best_model.pt and "
                                          "the test figures use the average, the training goes on from the raw weights")
     grad_clip: float = optimisation_flag(1.0, "clip gradient norm (0: off)")
     grad_accum_steps: int = optimisation_flag(1, "micro-batches per optimizer step")
@@ -387,7 +387,7 @@ def validate_config(config: TrainConfig) -> None:
         (lambda: config.warmup_steps >= 0, "--warmup_steps must be >= 0"),
         (lambda: 0 < config.lr_decay_fraction <= 1, "--lr_decay_fraction must be in (0, 1]"),
         (lambda: config.weight_decay >= 0, "--weight_decay must be >= 0"),
-        (lambda: 0 <= config.ema_decay < 1, "--ema_decay must be in [0, 1) (0: off; e.g. 0.999)"),
+        (lambda: 0 <= config.ema_decay < 1, "--ema_decay must be in [0, 1) (0: off; e.g. 0.998)"),
         (lambda: config.grad_clip >= 0, "--grad_clip must be >= 0 (0: off)"),
         (lambda: config.patience > 0, "--patience must be positive"),
         (lambda: config.eval_every > 0, "--eval_every must be positive"),
