@@ -1069,15 +1069,22 @@ def run_training(config: TrainConfig, runtime: Runtime) -> tuple[EnhancedBERT4Re
     return run.model, finish(run)
 
 
+def load_run_data(settings: dict[str, Any], data_dir: str | Path | None = None) -> SequenceData:
+    """The dataset a run with these trainer settings (asdict of a TrainConfig, or a checkpoint's train_config)
+    trains on: its --data_dir (or data_dir, for a moved copy), cache, windows, hold-outs and format."""
+    return load_dataset(data_dir or settings["data_dir"], cache_dir=settings["cache_dir"],
+                        seq_length=settings["seq_length"], window_stride=settings["window_stride"],
+                        holdout_users=settings["holdout_users"], holdout_items=settings["holdout_items"],
+                        dataset=settings["dataset"])
+
+
 def start_run(config: TrainConfig, runtime: Runtime) -> Run:
     """Data, network, objective, optimiser, schedule and generators of a fresh run (seeded, before any resume)."""
     started = time.monotonic()
     torch.manual_seed(config.seed + runtime.rank)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
-    data = load_dataset(config.data_dir, cache_dir=config.cache_dir, seq_length=config.seq_length,
-                        window_stride=config.window_stride, holdout_users=config.holdout_users,
-                        holdout_items=config.holdout_items, dataset=config.dataset)
+    data = load_run_data(asdict(config))
     config, notes = fit_to_data(config, data)
     if runtime.is_main:
         for note in notes:

@@ -18,23 +18,22 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from data_processor import eval_inputs, load_dataset  # noqa: E402
+from data_processor import eval_inputs  # noqa: E402
 from enhanced_model import model_from_checkpoint  # noqa: E402
-from trainer import data_to_tensors, evaluate, load_checkpoint, to_eval_tensors  # noqa: E402
+from trainer import data_to_tensors, evaluate, load_checkpoint, load_run_data, to_eval_tensors  # noqa: E402
 
 
-def compare(checkpoint_path: str | Path, data_dir: str | Path | None = None) -> dict[str, dict[str, dict]]:
-    """{"raw" | "average": {"val" | "test": the trainer's metrics}} for the checkpoint's two sets of weights."""
-    checkpoint = load_checkpoint(checkpoint_path)
+def compare(checkpoint_path: str | Path, data_dir: str | Path | None = None,
+            checkpoint: dict | None = None) -> dict[str, dict[str, dict]]:
+    """{"raw" | "average": {"val" | "test": the trainer's metrics}} for the checkpoint's two sets of weights
+    (`checkpoint`: the file's contents when already read)."""
+    checkpoint = checkpoint if checkpoint is not None else load_checkpoint(checkpoint_path)
     average = checkpoint.get("weight_average", {}).get("average")
     if not average:
         raise SystemExit(f"{checkpoint_path} holds no moving average: pass the last.pt of a run trained with "
                          "--ema_decay")
     config = checkpoint["train_config"]
-    data = load_dataset(data_dir or config["data_dir"], cache_dir=config["cache_dir"],
-                        seq_length=config["seq_length"], window_stride=config["window_stride"],
-                        holdout_users=config["holdout_users"], holdout_items=config["holdout_items"],
-                        dataset=config["dataset"])
+    data = load_run_data(config, data_dir)
     if data.fingerprint != checkpoint["data_fingerprint"]:
         raise SystemExit(f"{checkpoint_path} was trained on other data than {data_dir}: pass its --data_dir")
     device = torch.device("cpu")
@@ -64,7 +63,7 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for path in args.checkpoints:
         checkpoint = load_checkpoint(path)
-        for weights, splits in compare(path, args.data_dir).items():
+        for weights, splits in compare(path, args.data_dir, checkpoint).items():
             val, test = splits["val"], splits["test"]
             print(f"| {path} | {checkpoint['epoch']} ({checkpoint['step']}) | {weights} | {val['NDCG@10']:.4f} / "
                   f"{val['HR@10']:.4f} | {test['NDCG@10']:.4f} / {test['HR@10']:.4f} |")
