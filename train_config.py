@@ -140,8 +140,9 @@ class TrainConfig(ModelFlags):
     weight_decay: float = optimisation_flag(0.01, "AdamW weight decay (not on biases, norms, embeddings)")
     warmup_steps: int = optimisation_flag(500, "linear warmup steps (optimizer steps)")
     lr_schedule: str = optimisation_flag("cosine", "decay after warmup (wsd: hold the peak, then decay linearly over "
-                                         "--lr_decay_fraction)", choices=["cosine", "linear", "constant", "wsd"])
-    lr_decay_fraction: float = optimisation_flag(0.2, "--lr_schedule wsd: the share of the run (steps or "
+                                         "--lr_decay_fraction; wsd_sqrt: the same decaying as 1 - sqrt of its "
+                                         "progress)", choices=["cosine", "linear", "constant", "wsd", "wsd_sqrt"])
+    lr_decay_fraction: float = optimisation_flag(0.2, "--lr_schedule wsd and wsd_sqrt: the share of the run (steps or "
                                                  "--max_minutes) spent decaying")
     ema_decay: float = optimisation_flag(0.0, "keep an exponential moving average of the weights, this much of it "
                                          "kept per optimizer step (e.g. 0.998; 0: off): validation, best_model.pt and "

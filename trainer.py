@@ -792,10 +792,11 @@ def setup_runtime(config: TrainConfig) -> Runtime:
 
 def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedule: str,
                          budget_used: float = 0.0, decay_fraction: float = 0.2) -> float:
-    """Linear warmup to the peak, then cosine or linear decay to 0 at total_steps (or constant, or wsd).
+    """Linear warmup to the peak, then cosine or linear decay to 0 at total_steps (or constant, or wsd, wsd_sqrt).
 
     wsd (warmup-stable-decay) holds the peak and decays linearly to 0 over the last decay_fraction of the run, so
     a short budget trains at the peak learning rate for most of its time instead of decaying from the first step.
+    wsd_sqrt decays as 1 - sqrt(d) of the decay's progress d: faster at first, then slower near 0.
     budget_used (0..1, the share of --max_minutes spent) makes the decay end on time: progress is the larger of
     the step share and the time share, so a run under a time budget reaches its low learning rate before it is cut.
     """
@@ -804,8 +805,9 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedul
     if schedule == "constant":
         return 1.0
     progress = min(1.0, max((step - warmup_steps) / max(1, total_steps - warmup_steps), budget_used))
-    if schedule == "wsd":
-        return min(1.0, (1.0 - progress) / decay_fraction)
+    if schedule in ("wsd", "wsd_sqrt"):
+        remaining = min(1.0, (1.0 - progress) / decay_fraction)
+        return remaining if schedule == "wsd" else 1.0 - math.sqrt(1.0 - remaining)
     return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
 
 

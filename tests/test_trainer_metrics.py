@@ -198,6 +198,16 @@ def test_warmup_stable_decay_holds_the_peak_then_decays_linearly_over_the_last_s
     assert learning_rate_factor(20, 10, 110, "wsd", budget_used=1.2) == pytest.approx(0.0)
 
 
+def test_wsd_sqrt_decays_as_one_minus_the_square_root_of_the_decay_progress():
+    # the same warm-up and stable phase as wsd; a quarter of the decay done leaves 1 - sqrt(0.25) = 0.5
+    assert learning_rate_factor(0, 10, 110, "wsd_sqrt") == pytest.approx(0.1)
+    assert learning_rate_factor(90, 10, 110, "wsd_sqrt") == pytest.approx(1.0)
+    assert learning_rate_factor(95, 10, 110, "wsd_sqrt") == pytest.approx(0.5)
+    assert learning_rate_factor(100, 10, 110, "wsd_sqrt") == pytest.approx(1 - 0.5 ** 0.5)
+    assert learning_rate_factor(110, 10, 110, "wsd_sqrt") == pytest.approx(0.0)
+    assert learning_rate_factor(20, 10, 110, "wsd_sqrt", budget_used=0.85) == pytest.approx(0.5)
+
+
 def test_learning_rate_schedule_ends_with_the_time_budget():
     # progress is the larger of the step share and the budget share, so a time-limited run ends its decay on time
     assert learning_rate_factor(20, 10, 110, "cosine", budget_used=0.5) == pytest.approx(0.5)
