@@ -144,6 +144,8 @@ class TrainConfig(ModelFlags):
                                          "progress)", choices=["cosine", "linear", "constant", "wsd", "wsd_sqrt"])
     lr_decay_fraction: float = optimisation_flag(0.2, "--lr_schedule wsd and wsd_sqrt: the share of the run (steps or "
                                                  "--max_minutes) spent decaying")
+    optimizer: str = optimisation_flag("adamw", "adamw, or muon: Muon for the encoder's, projections' and heads' "
+                                       "hidden weight matrices, AdamW for the rest", choices=["adamw", "muon"])
     ema_decay: float = optimisation_flag(0.0, "keep an exponential moving average of the weights, this much of it "
                                          "kept per optimizer step (e.g. 0.998; 0: off): validation, best_model.pt and "
                                          "the test figures use the average, the training goes on from the raw weights")

@@ -61,6 +61,8 @@ from enhanced_model import (
     CheckpointFileError,
     EnhancedBERT4Rec,
     ModelConfig,
+    PreferenceHead,
+    RatingHead,
     exclude_seen,
     fields_digest,
     model_from_checkpoint,
@@ -821,16 +823,62 @@ def autocast_context(amp: str, device_type: str) -> AbstractContextManager:
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms and embeddings. Fused (one pass over each parameter, no temporaries)
     on CPUs and CUDA GPUs: torch's default on a CPU is seven element-wise passes per parameter with two temporaries
-    of its size, a cost that grows with the item table (docs/RESULTS.md#at-scale)."""
+    of its size, a cost that grows with the item table (docs/RESULTS.md#at-scale).
+
+    --optimizer muon hands the hidden weight matrices (muon_matrices) to torch's Muon instead, at the same learning
+    rate and weight decay, its update scaled to AdamW's RMS ("match_rms_adamw"); the rest stays with AdamW."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if parameter.ndim < 2 or "embed" in name or "norm" in name:
             no_decay.append(parameter)
         else:
             decay.append(parameter)
+    orthogonalised = muon_matrices(model) if config.optimizer == "muon" else set()
+    muon = [parameter for parameter in decay if id(parameter) in orthogonalised]
+    decay = [parameter for parameter in decay if id(parameter) not in orthogonalised]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = all(parameter.device.type in ("cpu", "cuda") for parameter in model.parameters())
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.98), fused=fused)
+    adamw = torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.98), fused=fused)
+    if not muon:
+        return adamw
+    return OptimizerPair(adamw=adamw, muon=torch.optim.Muon(muon, lr=config.learning_rate,
+                                                            weight_decay=config.weight_decay,
+                                                            adjust_lr_fn="match_rms_adamw"))
+
+
+def muon_matrices(model: nn.Module) -> set[int]:
+    """The ids of the weight matrices --optimizer muon orthogonalises: every 2-D weight of a Linear layer (attention,
+    feed-forward, side-information projections, the heads' hidden layers) except the rating and preference heads'
+    output layers, whose 1 and 18 rows are a prediction, not a hidden representation. Embeddings stay with AdamW."""
+    outputs = {id(head.mlp[-1]) for head in model.modules() if isinstance(head, (RatingHead, PreferenceHead))}
+    return {id(module.weight) for module in model.modules()
+            if isinstance(module, nn.Linear) and id(module) not in outputs}
+
+
+class OptimizerPair(torch.optim.Optimizer):
+    """Two optimizers stepped as one, over disjoint parameters: param_groups is both lists of groups (so one
+    scheduler sets both learning rates and gradient scaling unscales both), the state dict holds each by name."""
+
+    def __init__(self, **parts: torch.optim.Optimizer) -> None:  # not super().__init__: it would copy the groups
+        self.parts = parts
+        self.defaults: dict[str, Any] = {}
+        self.state: dict = {}
+        self.param_groups = [group for part in parts.values() for group in part.param_groups]
+
+    def step(self, closure: Callable | None = None) -> None:
+        for part in self.parts.values():
+            part.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts.values():
+            part.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {name: part.state_dict() for name, part in self.parts.items()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for name, part in self.parts.items():
+            part.load_state_dict(state_dict[name])
 
 
 class WeightAverage:

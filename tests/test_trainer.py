@@ -183,6 +183,60 @@ def test_resume_keeps_an_earlier_best_epoch(synthetic_ml1m_dir, tmp_path):
     assert resumed["history"][0] == first["history"][0]
 
 
+def test_muon_orthogonalises_the_hidden_matrices_and_adamw_keeps_the_rest():
+    """--optimizer muon: every Linear weight but the rating and preference heads' output layers goes to Muon, whose
+    first step (no weight decay) is the gradient's polar factor U V^T scaled to AdamW's RMS, 0.2 sqrt(max(A, B)) lr;
+    embeddings, biases, norms and the two output layers stay with AdamW, and each parameter is in one group."""
+    from enhanced_model import EnhancedBERT4Rec, ModelConfig
+
+    torch.manual_seed(0)
+    model = EnhancedBERT4Rec(ModelConfig(num_items=40, num_users=10, hidden_size=32, num_heads=4, num_layers=2,
+                                         seq_length=12, side_dim=8))
+    optimizer = trainer.make_optimizer(model, parse_args(["--optimizer", "muon", "--learning_rate", "0.01",
+                                                          "--weight_decay", "0"]))
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    muon = [names[id(p)] for group in optimizer.parts["muon"].param_groups for p in group["params"]]
+    adamw = [names[id(p)] for group in optimizer.parts["adamw"].param_groups for p in group["params"]]
+    assert sorted(muon + adamw) == sorted(names.values())  # each parameter once
+    assert "encoder.layers.0.feed_forward.expand.weight" in muon and "cross_attention.attention.query.weight" in muon
+    assert all(name.endswith(".weight") and "embed" not in name for name in muon)
+    assert {"rating_head.mlp.2.weight", "preference_head.mlp.2.weight", "item_embedding.weight"} <= set(adamw)
+    assert len(optimizer.param_groups) == 3  # AdamW's two and Muon's: what the scheduler sets
+
+    expand = model.encoder.layers[0].feed_forward.expand.weight  # 128 x 32
+    before = expand.detach().clone()
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    gradient = expand.grad.clone()
+    optimizer.step()
+    update = (before - expand.detach()) / (0.01 * 0.2 * math.sqrt(max(expand.shape)))
+    u, _, vh = torch.linalg.svd(gradient, full_matrices=False)
+    polar = u @ vh
+    assert torch.nn.functional.cosine_similarity(update.flatten(), polar.flatten(), dim=0) > 0.95
+    singular = torch.linalg.svdvals(update)
+    assert singular.min() > 0.5 and singular.max() < 1.3  # Newton-Schulz's five steps: near 1, not exactly
+    optimizer.zero_grad()
+    assert all(parameter.grad is None for parameter in model.parameters())
+
+
+def test_muon_checkpoints_resume_to_the_same_weights(synthetic_ml1m_dir, tmp_path):
+    """Both optimizers' states travel in last.pt as plain data: one epoch, then a resumed second, gives the weights
+    of two epochs straight (a constant learning rate, so the schedule does not depend on --max_epochs)."""
+    muon = ["--deterministic", "--optimizer", "muon", "--lr_schedule", "constant"]
+    train(tiny_config(synthetic_ml1m_dir, tmp_path / "straight", "--max_epochs", "2", *muon))
+    train(tiny_config(synthetic_ml1m_dir, tmp_path / "resumed", "--max_epochs", "1", *muon))
+    last = tmp_path / "resumed" / "checkpoints" / "last.pt"
+    assert set(load_checkpoint(last)["optimizer"]) == {"adamw", "muon"}
+    train(tiny_config(synthetic_ml1m_dir, tmp_path / "resumed", "--max_epochs", "2", *muon, "--resume", str(last)))
+    expected = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model_state"]
+    actual = load_checkpoint(last)["model_state"]
+    for name, tensor in expected.items():
+        assert torch.equal(actual[name], tensor), name
+    with pytest.raises(TrainingError, match=r"--optimizer adamw \(the checkpoint's: muon\)"):
+        train(tiny_config(synthetic_ml1m_dir, tmp_path / "other", "--max_epochs", "3", "--deterministic",
+                          "--optimizer", "adamw", "--lr_schedule", "constant", "--resume", str(last)))
+
+
 def test_resume_refuses_other_config_or_data(synthetic_ml1m_dir, tmp_path):
     train(tiny_config(synthetic_ml1m_dir, tmp_path, "--max_epochs", "1"))
     last = str(tmp_path / "checkpoints" / "last.pt")
