@@ -172,11 +172,16 @@ def signup_groups(catalog: Catalog, features: np.ndarray) -> np.ndarray:
 
 
 def movie_record(catalog: Catalog, movie_id: int) -> dict[str, Any]:
-    movie = catalog.movies[movie_id]
-    # the title and each item feature's value by its name (ML-1M: genres, year); not the model's indices. Lists are
-    # copied: a caller changing a record's genres must not change the catalog's
-    return {"movie_id": movie_id, **{key: value.copy() if isinstance(value, list) else value
-                                     for key, value in movie.items() if not key.endswith("_index")}}
+    """The movie's id, title and each item feature's value by its name (ML-1M: genres, year), not the model's
+    indices; with lists of its own (own_lists)."""
+    return own_lists({"movie_id": movie_id, **{key: value for key, value in catalog.movies[movie_id].items()
+                                               if not key.endswith("_index")}})
+
+
+def own_lists(record: dict[str, Any]) -> dict[str, Any]:
+    """A copy of record whose list values (a movie's genres) are copies too: a caller changing one record's list
+    must change neither the catalog nor another record."""
+    return {key: value.copy() if isinstance(value, list) else value for key, value in record.items()}
 
 
 def default_day(day: int | None) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from catalog import DEMOGRAPHICS, POPULARITY, SEQUENCE, Catalog, Request, movie_record, signup_groups
+from catalog import DEMOGRAPHICS, POPULARITY, SEQUENCE, Catalog, Request, movie_record, own_lists, signup_groups
 from data_processor import scoring_input
 from enhanced_model import EnhancedBERT4Rec, ModelConfig, exclude_seen, score_last_position
 from signup_prior import NewUserPrior, signup_log_prior
@@ -151,28 +151,19 @@ def top_k_records(model: EnhancedBERT4Rec, catalog: Catalog, scores: torch.Tenso
     # Python lists read once, and each listed movie's record made once: per-element tensor reads and a record per
     # row took about 1 s of ML-1M's all-users top 10 (60,400 records)
     movie_ids, values, ratings = catalog.item_movie_ids[items.numpy()].tolist(), values.tolist(), ratings.tolist()
-    records: dict[int, tuple[dict[str, Any], list[str]]] = {}
+    records: dict[int, dict[str, Any]] = {}
     with_rating = model.rating_head is not None
     answers = []
     for row, (request, row_keep) in enumerate(zip(requests, keep.tolist(), strict=True)):
         listings = []
         for rank, j in enumerate([j for j, listed in enumerate(row_keep) if listed][:k], 1):
-            record, list_keys = _cached_record(records, catalog, movie_ids[row][j])
-            listing = {"rank": rank, **record, "score": values[row][j], "strategy": request.strategy}
-            for key in list_keys:  # its own lists (the genres): a caller may change one listing, never another
-                listing[key] = listing[key].copy()
+            movie_id = movie_ids[row][j]
+            record = records.get(movie_id)
+            if record is None:
+                record = records[movie_id] = movie_record(catalog, movie_id)
+            listing = {"rank": rank, **own_lists(record), "score": values[row][j], "strategy": request.strategy}
             if with_rating:
                 listing["predicted_rating"] = None if math.isnan(ratings[row][j]) else ratings[row][j]
             listings.append(listing)
         answers.append(listings)
     return answers
-
-
-def _cached_record(records: dict[int, tuple[dict[str, Any], list[str]]], catalog: Catalog,
-                   movie_id: int) -> tuple[dict[str, Any], list[str]]:
-    """movie_record(catalog, movie_id) and its list-valued keys, made on first use and kept in records."""
-    cached = records.get(movie_id)
-    if cached is None:
-        record = movie_record(catalog, movie_id)
-        cached = records[movie_id] = (record, [key for key, value in record.items() if isinstance(value, list)])
-    return cached
