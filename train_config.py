@@ -22,35 +22,35 @@ TASKS = ("item_prediction", "next_item", "rating_prediction", "user_preference")
 ITEM_LOSSES = ("full", "sampled")  # --item_loss: the full softmax, or the sampled one (trainer.sampled_softmax_nll)
 CONFIGS = Path(__file__).resolve().parent / "configs"
 # What `python trainer.py` trains when no @config file is given, by what the machine can do (docs/RESULTS.md has
-# the measurements): where bf16 matrix products run in hardware (a GPU, or a CPU with AVX-512 BF16 or AMX) the best
-# model (hidden 256, causal, the crop, the cosine item head, bf16, 12 epochs: test NDCG@10 0.2050 over three seeds,
-# 32.9 training minutes on a 2-core AVX-512-bf16 CPU); elsewhere (AVX2 CPUs emulate bf16 about 17x slower than
-# fp32) the small model with the sampled item loss (1,024 negatives: its step is 1.5x shorter than the full
-# softmax's) and a time-budget lr decay, ending by itself after 45 minutes; on a bf16 CPU too slow for the best
-# model in the --max_minutes given (device_defaults, below), a model between the two: the best model's recipe at
-# hidden 128 with 2 layers, batch 64, dropout 0.1 and the full softmax, in bf16.
+# the measurements): on a GPU the best model (hidden 256, causal, the crop, the cosine item head, bf16, AdamW for 12
+# epochs: test NDCG@10 0.2050 over three seeds, 1.5-1.7 training minutes on an H200); on a CPU that multiplies bf16 in
+# hardware (AVX-512 BF16 or AMX) the same model with Muon for its hidden matrices, 8 epochs (27% fewer training
+# minutes on a 2-core AVX-512-bf16 CPU for the same quality: docs/RESULTS.md#muon-and-a-1---sqrt-cooldown); elsewhere
+# (AVX2 CPUs emulate bf16 about 17x slower than fp32) the small model with the sampled item loss (1,024 negatives:
+# its step is 1.5x shorter than the full softmax's) and a time-budget lr decay, ending by itself after 45 minutes; on
+# a bf16 CPU too slow for the best model in the --max_minutes given (device_defaults, below), a model between the two:
+# the best model's recipe at hidden 128 with 2 layers, batch 64, dropout 0.1 and the full softmax, in bf16.
 DEVICE_DEFAULTS = {
     "cpu": [f"@{CONFIGS / 'cpu_sampled.txt'}", "--max_minutes", "45"],
-    "cpu_bf16": [f"@{CONFIGS / 'best.txt'}"],
+    "cpu_bf16": [f"@{CONFIGS / 'best_muon.txt'}"],
     "cpu_bf16_short": [f"@{CONFIGS / 'bf16_small.txt'}"],
     "cuda": [f"@{CONFIGS / 'best.txt'}"],
 }
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that multiply bf16 in hardware
 # A short --max_minutes on a bf16 CPU: device_defaults times the best model's training step on this CPU
 # (trainer.step_seconds, about 5 s) and predicts its ML-1M epochs in the budget: 289 steps each, plus a
-# validation pass every 4th epoch that costs about 20 steps' time (5 an epoch). Where fewer than BEST_MIN_EPOCHS fit,
-# configs/bf16_small.txt gives more in the same minutes (docs/RESULTS.md#where-the-best-model-overtakes-the-small-one):
+# validation pass every 4th epoch that costs about 20 steps' time (5 an epoch). Where its 8 epochs do not fit,
+# configs/bf16_small.txt trains instead (docs/RESULTS.md#where-the-best-model-overtakes-the-small-one): with AdamW
 # the best model's 4.2, 5 and 6 epochs reach test NDCG@10 0.1849, 0.1921 and 0.1953 (validation 0.1950 to 0.2032),
-# that model with the sampled loss 0.1986 in 15 minutes (nine runs, validation 0.2072-0.2086) and 0.1984 in 25.5
-# (validation 0.2098), with the full softmax, its loss now, 0.1988 (four runs on an AMX CPU, validation 0.2090) and
-# 0.2043 / 0.2046 in 25.5 / 27.7 minutes (validation 0.2106 / 0.2101); the best model's 7, 8 and 10 epochs on that
-# CPU reach validation 0.2063 (two seeds), 0.2101 and 0.2111 (test 0.1998, 0.2029, 0.2040), its 12 0.2136 (0.2062):
-# level with the small model at its 8 and 10 epochs' minutes, behind it at 7 and fewer, ahead at 12.
+# its 7, 8 and 10 validation 0.2063, 0.2101 and 0.2111, level with the small model at those epochs' minutes
+# (validation 0.2072-0.2106 in 15 to 27.7 minutes) and behind it at 7 and fewer; with Muon its 8 epochs reach
+# validation 0.2122-0.2174 (three seeds), ahead of the small model in the same minutes. Muon's shorter runs were not
+# measured, so the small model keeps them.
 # The step is timed rather than predicted from a matrix-product rate: the best model's step runs at 52% of the
 # 1024^2 bf16 rate on an AVX-512-bf16 CPU but at 21% on an AMX one (0.67-0.70 s a step there against 0.79, at 2.7x
 # the rate), and that rate itself read anywhere from 469 to 1,165 GFLOP/s on the AMX CPU.
 BEST_EPOCH_STEPS = 289 + 5
-BEST_MIN_EPOCHS = 10
+BEST_MIN_EPOCHS = 8  # configs/best_muon.txt's --max_epochs
 ML1M_USERS, ML1M_RATINGS = 6040, 1_000_209  # for the preflight memory estimate
 
 
@@ -260,10 +260,11 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
 
 
 def best_step_seconds() -> float:
-    """Seconds of one training step of configs/best.txt on this CPU (trainer.step_seconds; imports torch)."""
+    """Seconds of one training step of the bf16 CPU's best model (DEVICE_DEFAULTS["cpu_bf16"]) on this CPU
+    (trainer.step_seconds; imports torch)."""
     from trainer import step_seconds
 
-    return step_seconds([f"@{CONFIGS / 'best.txt'}"])
+    return step_seconds(DEVICE_DEFAULTS["cpu_bf16"])
 
 
 def cuda_available() -> bool:
@@ -306,7 +307,8 @@ def parse_args(argv: list[str] | None = None, use_device_defaults: bool = False,
     parser = FlagFileParser(
         description="Train the enhanced BERT4Rec on MovieLens 1M (multi-task, full-ranking evaluation). Without an "
                     "@config file, `python trainer.py` starts from the best measured configuration for its device: "
-                    f"{' '.join(DEVICE_DEFAULTS['cpu_bf16'])} on a GPU or a CPU with bf16 instructions, "
+                    f"{' '.join(DEVICE_DEFAULTS['cpu_bf16'])} on a CPU with bf16 instructions, "
+                    f"{' '.join(DEVICE_DEFAULTS['cuda'])} on a GPU, "
                     f"{' '.join(DEVICE_DEFAULTS['cpu'])} on other CPUs, {' '.join(DEVICE_DEFAULTS['cpu_bf16_short'])} "
                     f"on bf16 CPUs whose --max_minutes fits fewer than {BEST_MIN_EPOCHS} of the best model's epochs "
                     "(later flags override them). The defaults listed below are the seed's (@configs/seed.txt).",

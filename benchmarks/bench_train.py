@@ -71,6 +71,8 @@ BENCH_CONFIGS = {  # --configs key: (table name, trainer.py flags)
                            [f"@{CONFIGS / 'bf16_small.txt'}", "--compile"]),
     "bf16_small_fp32": ("short-budget bf16 default, --amp off", [f"@{CONFIGS / 'bf16_small.txt'}", "--amp", "off"]),
     "best": ("best model (configs/best.txt: hidden 256, 4 layers, T 50, batch 128, causal, crop 0.5, bf16)", [BEST]),
+    "best_muon": ("best model with Muon (configs/best_muon.txt: the bf16 CPUs' default)",
+                  [f"@{CONFIGS / 'best_muon.txt'}"]),
     "best_fp32": ("best model, --amp off", [BEST, "--amp", "off"]),
     "best_fp32_sampled": ("best model, --amp off, --item_loss sampled (1,024 negatives)",
                           [BEST, "--amp", "off", "--item_loss", "sampled"]),

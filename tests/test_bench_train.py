@@ -28,6 +28,7 @@ def test_the_configurations_are_the_config_files_plus_their_named_change():
     assert cpu_small == vars(parse_args([f"@{CONFIGS / 'cpu_small.txt'}"])) and cpu_small["causal"]
     assert config("seed") == vars(parse_args([]))  # the seed's file is the flags' defaults
     assert config("cpu_sampled") == {**cpu_small, "item_loss": "sampled", "num_negatives": 1024}
+    assert config("best_muon") == {**best, "optimizer": "muon", "max_epochs": 8, "patience": 8}
     changes = {"best_fp32": ("amp", "off"), "best_compile": ("compile", True), "best_unpadded": ("loss_row_bucket", 0),
                "cpu_small_bf16": ("amp", "bf16"), "cpu_small_compile": ("compile", True)}
     for key, (name, value) in changes.items():

@@ -184,9 +184,9 @@ def test_resume_keeps_an_earlier_best_epoch(synthetic_ml1m_dir, tmp_path):
 
 
 def test_muon_orthogonalises_the_hidden_matrices_and_adamw_keeps_the_rest():
-    """--optimizer muon: every Linear weight but the rating and preference heads' output layers goes to Muon, whose
-    first step (no weight decay) is the gradient's polar factor U V^T scaled to AdamW's RMS, 0.2 sqrt(max(A, B)) lr;
-    embeddings, biases, norms and the two output layers stay with AdamW, and each parameter is in one group."""
+    """--optimizer muon: every Linear weight outside the rating and preference heads goes to Muon, whose first step
+    (no weight decay) is the gradient's polar factor U V^T scaled to AdamW's RMS, 0.2 sqrt(max(A, B)) lr;
+    embeddings, biases, norms and the two heads stay with AdamW, and each parameter is in one group."""
     from enhanced_model import EnhancedBERT4Rec, ModelConfig
 
     torch.manual_seed(0)
@@ -200,7 +200,9 @@ def test_muon_orthogonalises_the_hidden_matrices_and_adamw_keeps_the_rest():
     assert sorted(muon + adamw) == sorted(names.values())  # each parameter once
     assert "encoder.layers.0.feed_forward.expand.weight" in muon and "cross_attention.attention.query.weight" in muon
     assert all(name.endswith(".weight") and "embed" not in name for name in muon)
-    assert {"rating_head.mlp.2.weight", "preference_head.mlp.2.weight", "item_embedding.weight"} <= set(adamw)
+    assert {"rating_head.mlp.0.weight", "rating_head.mlp.2.weight", "preference_head.mlp.0.weight",
+            "preference_head.mlp.2.weight", "item_embedding.weight"} <= set(adamw)
+    assert "item_head.transform.0.weight" in muon
     assert len(optimizer.param_groups) == 3  # AdamW's two and Muon's: what the scheduler sets
 
     expand = model.encoder.layers[0].feed_forward.expand.weight  # 128 x 32
@@ -217,6 +219,33 @@ def test_muon_orthogonalises_the_hidden_matrices_and_adamw_keeps_the_rest():
     assert singular.min() > 0.5 and singular.max() < 1.3  # Newton-Schulz's five steps: near 1, not exactly
     optimizer.zero_grad()
     assert all(parameter.grad is None for parameter in model.parameters())
+
+
+def test_optimizer_pair_runs_a_closure_once_and_steps_both_parts():
+    """OptimizerPair.step(closure), torch's convention: the closure (the loss and its gradients) runs once, then each
+    part steps its own parameters with those gradients, and the loss comes back."""
+    first, second = torch.nn.Parameter(torch.tensor([1.0, 2.0])), torch.nn.Parameter(torch.tensor([3.0]))
+    pair = trainer.OptimizerPair(a=torch.optim.SGD([first], lr=0.1), b=torch.optim.SGD([second], lr=0.5))
+    calls = []
+
+    def closure() -> torch.Tensor:
+        calls.append(1)
+        pair.zero_grad()
+        loss = (first**2).sum() + 2 * second.sum()  # gradients 2 * first = (2, 4) and 2
+        loss.backward()
+        return loss
+
+    with torch.no_grad():  # the closure computes its gradients all the same
+        loss = pair.step(closure)
+    assert len(calls) == 1 and loss.item() == 11.0
+    assert first.tolist() == pytest.approx([0.8, 1.6]) and second.tolist() == pytest.approx([2.0])
+    assert pair.step() is None and first.tolist() == pytest.approx([0.6, 1.2])  # no closure: the last gradients
+    # after load_state_dict (new group dicts in each part) a learning rate set on the pair still reaches its part
+    pair.load_state_dict(pair.state_dict())
+    pair.param_groups[1]["lr"] = 0.25
+    assert pair.parts["b"].param_groups[0]["lr"] == 0.25
+    pair.step()
+    assert second.tolist() == pytest.approx([0.5])  # 3 - 0.5 x 2 - 0.5 x 2, then - 0.25 x 2
 
 
 def test_muon_checkpoints_resume_to_the_same_weights(synthetic_ml1m_dir, tmp_path):
@@ -568,12 +597,14 @@ def test_defaults_per_device_and_the_seed_one_flag_away(monkeypatch):
                                    "CPU without bf16 instructions")
     monkeypatch.setattr(train_config, "cpu_bf16_flags", lambda: ["amx_bf16"])  # a CPU with AMX
     bf16_cpu = parse_args(["--device", "cpu"], use_device_defaults=True)
-    assert bf16_cpu == parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--device", "cpu"])
-    assert "configs/best.txt, the best measured configuration for a CPU that multiplies bf16 in hardware (amx_bf16)" \
-        in bf16_cpu.defaults
+    assert bf16_cpu == parse_args([f"@{REPO / 'configs' / 'best_muon.txt'}", "--device", "cpu"])
+    assert (bf16_cpu.optimizer, bf16_cpu.max_epochs, bf16_cpu.hidden_size) == ("muon", 8, 256)
+    assert "configs/best_muon.txt, the best measured configuration for a CPU that multiplies bf16 in hardware " \
+        "(amx_bf16)" in bf16_cpu.defaults
     gpu = parse_args(["--device", "cuda"], use_device_defaults=True)  # parsing only: no GPU needed
     assert gpu == parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--device", "cuda"])
-    assert (gpu.hidden_size, gpu.causal, gpu.next_item_crop, gpu.amp, gpu.max_epochs) == (256, True, 0.5, "bf16", 12)
+    assert (gpu.hidden_size, gpu.causal, gpu.next_item_crop, gpu.amp, gpu.max_epochs, gpu.optimizer) == (
+        256, True, 0.5, "bf16", 12, "adamw")
     assert gpu.cosine_temperature == 0.05
     assert parse_args(["--device", "cpu", "--hidden_size", "32"], use_device_defaults=True).hidden_size == 32
     # an @config file replaces the device's defaults; configs/seed.txt is the seed's configuration exactly
@@ -592,7 +623,7 @@ def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_smaller_bf16_model(monkeyp
                                 "--batch_size", "64", "--warmup_steps", "400", "--dropout", "0.1", "--max_epochs",
                                 "200", "--patience", "10", "--max_minutes", "15", "--device", "cpu"])
     assert small.item_loss == "full"
-    best = parse_args([f"@{REPO / 'configs' / 'best.txt'}", "--max_minutes", "15", "--device", "cpu"])
+    best = parse_args([f"@{REPO / 'configs' / 'best_muon.txt'}", "--max_minutes", "15", "--device", "cpu"])
     # 15 minutes at 0.79 s a step, 289 steps and 5 steps' validation an epoch: 900 / (0.79 x 294) = 3.9 epochs
     steps.append(0.79)
     slow = parse_args(["--device", "cpu", "--max_minutes", "15"], use_device_defaults=True)
@@ -600,17 +631,18 @@ def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_smaller_bf16_model(monkeyp
     assert slow.defaults.startswith("configs/bf16_small.txt, the best measured configuration for a CPU that "
                                     "multiplies bf16 in hardware (avx512_bf16) too slow for the best model in "
                                     "--max_minutes 15: the best model's training step takes 0.79 s here, so about "
-                                    "3.9 of its epochs fit, fewer than 10")
+                                    "3.9 of its epochs fit, fewer than 8")
     steps.append(0.30)  # 900 / (0.30 x 294) = 10.2 epochs
     fast = parse_args(["--device", "cpu", "--max_minutes", "15"], use_device_defaults=True)
     assert fast == best and "(avx512_bf16): the best model's training step takes 0.30 s here, so about 10.2 of its " \
         "epochs fit in --max_minutes 15" in fast.defaults
     steps.append(0.79)  # 20 minutes: 5.2 epochs, where the best model's 5 and 6 were measured behind
     assert parse_args(["--device", "cpu", "--max_minutes", "20"], use_device_defaults=True).hidden_size == 128
-    steps.append(0.79)  # 30 minutes: 7.8 epochs; the best model's 8 were measured level with the small model
+    steps.append(0.79)  # 30 minutes: 7.8 epochs, short of configs/best_muon.txt's 8
     assert parse_args(["--device", "cpu", "--max_minutes", "30"], use_device_defaults=True).hidden_size == 128
-    steps.append(0.79)  # 40 minutes: 10.3 epochs
-    assert parse_args(["--device", "cpu", "--max_minutes", "40"], use_device_defaults=True).hidden_size == 256
+    steps.append(0.79)  # 32 minutes: 8.3 epochs, all of its 8
+    assert parse_args(["--device", "cpu", "--max_minutes", "32"], use_device_defaults=True) == replace(
+        best, max_minutes=32.0)
     # no budget, a config file, the preflight's check (probe=False) or an AVX2 CPU: nothing is timed (the list is
     # empty, so timing would raise)
     assert parse_args(["--device", "cpu"], use_device_defaults=True).hidden_size == 256
@@ -622,7 +654,7 @@ def test_a_short_budget_on_a_slow_bf16_cpu_trains_the_smaller_bf16_model(monkeyp
         [f"@{REPO / 'configs' / 'cpu_sampled.txt'}", "--max_minutes", "1", "--device", "cpu"])
 
 
-@pytest.mark.parametrize("config", ["best.txt", "bf16_small.txt"])
+@pytest.mark.parametrize("config", ["best_muon.txt", "bf16_small.txt"])
 def test_the_step_probe_times_real_training_steps_of_a_configuration(config):
     # each configuration's recipe (causal, the crop, the cosine head, bf16, full or sampled loss) at a tiny size
     seconds = step_seconds([f"@{REPO / 'configs' / config}", "--hidden_size", "16", "--num_heads", "2",
@@ -728,3 +760,6 @@ def test_the_best_config_file_is_the_measured_cpu_command():
     best = parse_args([f"@{REPO / 'configs' / 'best.txt'}"])
     assert best == measured
     assert best.cosine_temperature == 0.05 and best.hidden_size == 256 and best.max_epochs == 12
+    # the bf16 CPUs' default: the same model with Muon, 8 epochs (docs/RESULTS.md, three seeds)
+    assert parse_args([f"@{REPO / 'configs' / 'best_muon.txt'}"]) == replace(
+        best, optimizer="muon", max_epochs=8, patience=8)
