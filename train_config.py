@@ -25,15 +25,16 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 # the measurements): on a GPU the best model (hidden 256, causal, the crop, the cosine item head, bf16, AdamW for 12
 # epochs: test NDCG@10 0.2050 over three seeds, 1.5-1.7 training minutes on an H200); on a CPU that multiplies bf16 in
 # hardware (AVX-512 BF16 or AMX) the same model with Muon for its hidden matrices, 8 epochs (27% fewer training
-# minutes on a 2-core AVX-512-bf16 CPU for the same quality: docs/RESULTS.md#muon-and-a-1---sqrt-cooldown); elsewhere
-# (AVX2 CPUs emulate bf16 about 17x slower than fp32) the small model with the sampled item loss (1,024 negatives:
-# its step is 1.5x shorter than the full softmax's) and a time-budget lr decay, ending by itself after 45 minutes; on
-# a bf16 CPU too slow for the best model in the --max_minutes given (device_defaults, below), a model between the two:
-# the best model's recipe at hidden 128 with 2 layers, batch 64, dropout 0.1 and the full softmax, in bf16.
+# minutes on a 2-core AVX-512-bf16 CPU for the same quality: docs/RESULTS.md#the-best-model-with-muon-8-epochs);
+# elsewhere (AVX2 CPUs emulate bf16 about 17x slower than fp32) the small model with the sampled item loss (1,024
+# negatives: its step is 1.5x shorter than the full softmax's) and a time-budget lr decay, ending by itself after 45
+# minutes; on a bf16 CPU too slow for the best model in the --max_minutes given (device_defaults, below), a model
+# between the two: the best model's recipe at hidden 128 with 2 layers, batch 64, dropout 0.1 and the full softmax, in
+# bf16 with Muon (docs/RESULTS.md#muon-for-the-short-budget-model: level with AdamW on test, ahead at equal epochs).
 DEVICE_DEFAULTS = {
     "cpu": [f"@{CONFIGS / 'cpu_sampled.txt'}", "--max_minutes", "45"],
     "cpu_bf16": [f"@{CONFIGS / 'best_muon.txt'}"],
-    "cpu_bf16_short": [f"@{CONFIGS / 'bf16_small.txt'}"],
+    "cpu_bf16_short": [f"@{CONFIGS / 'bf16_small_muon.txt'}"],
     "cuda": [f"@{CONFIGS / 'best.txt'}"],
 }
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that multiply bf16 in hardware

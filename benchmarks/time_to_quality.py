@@ -7,9 +7,9 @@ one run after another so that each has the machine to itself. Test figures come 
 read, not rerun; an interrupted run is resumed from its last.pt, so an interrupted benchmark continues.
 
 Without --config it trains the configurations `python trainer.py` chooses between (PRESETS): the small model with
-the sampled item loss (CPUs without bf16 instructions), the hidden-128 bf16 model (bf16 CPUs on a short budget), the
-best model with Muon for 8 epochs (bf16 CPUs) and with AdamW for 12 (GPUs), with the small model's full softmax
-beside them. Any --config replaces all five, so on a CPU that emulates bf16 list the ones wanted:
+the sampled item loss (CPUs without bf16 instructions), the hidden-128 bf16 model with Muon (bf16 CPUs on a short
+budget), the best model with Muon for 8 epochs (bf16 CPUs) and with AdamW for 12 (GPUs), with the small model's
+full softmax beside them. Any --config replaces all five, so on a CPU that emulates bf16 list the ones wanted:
 `--config cpu_full "@configs/cpu_small.txt" --config cpu_sampled "@configs/cpu_sampled.txt" --config best_fp32
 "@configs/best.txt --amp off"`.
 
@@ -38,7 +38,7 @@ from plots import plot_time_to_quality  # noqa: E402
 PRESETS = {  # the configurations compared when no --config is given: name -> trainer.py flags
     "cpu_full": "@configs/cpu_small.txt",
     "cpu_sampled": "@configs/cpu_sampled.txt",
-    "bf16_small": "@configs/bf16_small.txt",
+    "bf16_small_muon": "@configs/bf16_small_muon.txt",
     "best_muon": "@configs/best_muon.txt",
     "best": "@configs/best.txt",
 }
