@@ -70,7 +70,7 @@ BENCH_CONFIGS = {  # --configs key: (table name, trainer.py flags)
     "bf16_small_compile": ("short-budget bf16 model, --compile (inductor)",
                            [f"@{CONFIGS / 'bf16_small.txt'}", "--compile"]),
     "bf16_small_fp32": ("short-budget bf16 model, --amp off", [f"@{CONFIGS / 'bf16_small.txt'}", "--amp", "off"]),
-    "bf16_small_muon": ("short-budget bf16 default (configs/bf16_small_muon.txt: bf16_small.txt with Muon)",
+    "bf16_small_muon": ("short-budget bf16 default (configs/bf16_small_muon.txt: bf16_small.txt with Muon, lr 1.5e-3)",
                         [f"@{CONFIGS / 'bf16_small_muon.txt'}"]),
     "best": ("best model (configs/best.txt: hidden 256, 4 layers, T 50, batch 128, causal, crop 0.5, bf16)", [BEST]),
     "best_muon": ("best model with Muon (configs/best_muon.txt: the bf16 CPUs' default)",

@@ -37,7 +37,7 @@ def test_the_configurations_are_the_config_files_plus_their_named_change():
     small = config("bf16_small")
     assert small == vars(parse_args([f"@{CONFIGS / 'bf16_small.txt'}"])) and small["amp"] == "bf16"
     assert config("bf16_small_fp32") == {**small, "amp": "off"}
-    assert config("bf16_small_muon") == {**small, "optimizer": "muon"}
+    assert config("bf16_small_muon") == {**small, "optimizer": "muon", "learning_rate": 1.5e-3}
 
 
 def test_the_dropout_benchmark_times_both_variants_and_puts_the_models_dropout_back(synthetic_ml1m_dir, tmp_path):
