@@ -30,8 +30,8 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 # negatives: its step is 1.5x shorter than the full softmax's) and a time-budget lr decay, ending by itself after 45
 # minutes; on a bf16 CPU too slow for the best model in the --max_minutes given (device_defaults, below), a model
 # between the two: the best model's recipe at hidden 128 with 2 layers, batch 64, dropout 0.1 and the full softmax, in
-# bf16 with Muon at lr 1.5e-3 (docs/RESULTS.md#muon-for-the-short-budget-model: ahead of AdamW at equal epochs, and
-# at lr 1.5e-3 ahead of lr 1e-3 on validation).
+# bf16 with Muon at lr 1.5e-3 (docs/RESULTS.md#muon-for-the-short-budget-model: ahead of AdamW at equal epochs;
+# docs/RESULTS.md#lr-15e-3-for-the-short-budget-model: ahead of lr 1e-3 on validation).
 DEVICE_DEFAULTS = {
     "cpu": [f"@{CONFIGS / 'cpu_sampled.txt'}", "--max_minutes", "45"],
     "cpu_bf16": [f"@{CONFIGS / 'best_muon.txt'}"],
